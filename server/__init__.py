@@ -1,0 +1,1 @@
+"""stagechat's server: OpenAI protocol, serving, WebSocket, feedback API, engine pool and store."""

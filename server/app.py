@@ -1,0 +1,110 @@
+"""The FastAPI application: wires settings, engine pool, service, store, routers and the UI.
+
+`create_app` takes its parts explicitly (tests pass a pool of scripted engines); `build_app` makes
+the real parts from settings. Engines start in the background after the server is up, so `/health`
+answers at once and `/ready` turns 200 when every engine is warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from server.errors import APIError
+from server.pool import EnginePool, vllm_factory
+from server.registry import load_registry
+from server.routes import health, openai
+from server.serving import StageService
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as an OpenAI error body with the right status."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        err = exc.errors()[0]
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        if err.get("type") == "json_invalid":
+            message, param = "The request body is not valid JSON.", None
+        else:
+            param = ".".join(loc) or None
+            message = f"{param}: {err.get('msg')}" if param else str(err.get("msg"))
+        return JSONResponse(APIError(400, message, param=param, code=err.get("type")).body(), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(APIError(exc.status_code, str(exc.detail), type=kind).body(),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: bool = True) -> FastAPI:
+    service = StageService(pool=pool, store=store, log_prompts=settings.log_prompts)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        starting = asyncio.create_task(_start_engines(app, pool))
+        try:
+            yield
+        finally:
+            starting.cancel()
+            await pool.shutdown()
+            if store is not None:
+                store.close()
+
+    app = FastAPI(title="stagechat", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = service
+    app.state.store = store
+    app.state.startup_error = None
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(openai.router)
+    if store is not None:
+        from server.routes import feedback
+
+        app.include_router(feedback.router)
+    if with_ui:
+        from ui.app import mount_ui
+
+        mount_ui(app, service)
+    return app
+
+
+async def _start_engines(app: FastAPI, pool: EnginePool) -> None:
+    try:
+        await pool.start()
+        log.info("all engines warm: ready")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # /ready reports it; the process stays up so the error is visible
+        log.exception("engines failed to start")
+        app.state.startup_error = f"{type(exc).__name__}: {exc}"
+
+
+def build_app(settings: Settings, *, max_live_engines: int = 2, with_ui: bool = True) -> FastAPI:
+    """The real application: vLLM engines for the registry, the store from the database URL."""
+    registry = load_registry(settings.registry_path, data_dir=settings.data_dir)
+    pool = EnginePool(registry, vllm_factory, max_live_engines=max_live_engines)
+    store = None
+    try:
+        from server.store import Store
+    except ImportError:  # the store module is optional until the feedback issue lands
+        Store = None
+    if Store is not None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(settings.resolved_database_url)
+    return create_app(settings, pool, store=store, with_ui=with_ui)

@@ -1,0 +1,128 @@
+"""The `stagechat` command: serve, build-demo, eval, feedback export, rlhf-round.
+
+Each subcommand parses its flags and calls one function elsewhere; nothing runs at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from server.settings import REPO_ROOT, Settings
+
+DEFAULT_CONFIG = REPO_ROOT / "models" / "stages.yaml"
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from server.app import build_app
+    from server.registry import RegistryError
+
+    settings = Settings.from_env(registry_path=Path(args.config).resolve(), database_url=args.database_url,
+                                 log_prompts=False if args.no_log_prompts else None)
+    try:
+        app = build_app(settings, max_live_engines=args.max_engines, with_ui=not args.no_ui)
+    except RegistryError as exc:
+        print(f"stagechat: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def _build_demo(args) -> int:
+    from models.demo.build import build_demo
+
+    out = Path(args.out) if args.out else Settings.from_env().data_dir / "demo"
+    build_demo(out, size=args.size)
+    return 0
+
+
+def _eval(args) -> int:
+    from models.eval import main as eval_main
+
+    return eval_main(config=Path(args.config), as_json=args.json)
+
+
+def _feedback_export(args) -> int:
+    from server.export import export_to_file, export_to_hf_dataset
+    from server.store import Store
+
+    store = Store(Settings.from_env(database_url=args.database_url).resolved_database_url)
+    if args.out:
+        count = export_to_file(store, args.format, Path(args.out))
+        print(f"wrote {count} {args.format} rows to {args.out}")
+    if args.hf_dataset:
+        count = export_to_hf_dataset(store, args.format, Path(args.hf_dataset))
+        print(f"saved a {count}-row dataset to {args.hf_dataset}")
+    if not (args.out or args.hf_dataset):
+        print("stagechat: give --out FILE and/or --hf-dataset DIR", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _rlhf_round(args) -> int:
+    from models.rlhf_round import run_round
+
+    return run_round(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stagechat", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the stages of a registry (OpenAI API, WebSocket, UI)")
+    serve.add_argument("--config", default=str(DEFAULT_CONFIG), help="registry file (stages.yaml)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: SQLite in the data dir)")
+    serve.add_argument("--max-engines", type=int, default=int(os.environ.get("STAGECHAT_MAX_ENGINES", 2)),
+                       help="most vLLM engines alive at once (idle ones are evicted)")
+    serve.add_argument("--no-log-prompts", action="store_true", help="do not store prompts and answers")
+    serve.add_argument("--no-ui", action="store_true", help="API only, no Gradio UI at /")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=_serve)
+
+    build = sub.add_parser("build-demo", help="train the demo family (base, sft, rlhf, draft)")
+    build.add_argument("--config", default=str(DEFAULT_CONFIG), help="registry the family is built for")
+    build.add_argument("--size", choices=["full", "smoke"], default="full")
+    build.add_argument("--out", default=None, help="output folder (default: DATA_DIR/demo)")
+    build.set_defaults(func=_build_demo)
+
+    ev = sub.add_parser("eval", help="evaluate the stages through the serving path")
+    ev.add_argument("--config", default=str(DEFAULT_CONFIG))
+    ev.add_argument("--json", action="store_true", help="print JSON only")
+    ev.set_defaults(func=_eval)
+
+    fb = sub.add_parser("feedback", help="ratings and preferences")
+    fb_sub = fb.add_subparsers(dest="feedback_command", required=True)
+    export = fb_sub.add_parser("export", help="export ratings as a TRL dataset")
+    export.add_argument("--format", choices=["kto", "dpo", "sft"], required=True)
+    export.add_argument("--out", default=None, help="JSON-lines file")
+    export.add_argument("--hf-dataset", default=None, help="folder for a `datasets` dataset (save_to_disk)")
+    export.add_argument("--database-url", default=None)
+    export.set_defaults(func=_feedback_export)
+
+    rr = sub.add_parser("rlhf-round", help="train the next RLHF stage on collected ratings and register it")
+    rr.add_argument("--config", default=str(DEFAULT_CONFIG))
+    rr.add_argument("--from-stage", default="rlhf")
+    rr.add_argument("--method", choices=["kto", "dpo"], default="kto")
+    rr.add_argument("--name", required=True)
+    rr.add_argument("--min-ratings", type=int, default=1)
+    rr.add_argument("--database-url", default=None)
+    rr.add_argument("--server", default=None, help="URL of a running server to reload (POST /v1/admin/reload)")
+    rr.set_defaults(func=_rlhf_round)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The stage registry: which stages exist and what serves each (a `stages.yaml` file, as plain data).
+
+A stage is either a full checkpoint (`model:` a path or a Hugging Face id) or a LoRA adapter on
+another stage's checkpoint (`adapter:` a path, `base:` a stage). Paths may start with `{data_dir}`
+(the data directory, `STAGECHAT_DATA_DIR` or `data/`), and relative paths resolve against the
+registry file's folder. This module validates and resolves; it knows nothing about engines.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from server.settings import default_data_dir
+
+SPECULATIVE_OFF = "off"
+
+
+class RegistryError(ValueError):
+    """The registry file is unusable; the message names the file and the stage."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingDefaults(_Strict):
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
+
+
+class Stage(_Strict):
+    model: str | None = None
+    adapter: str | None = None
+    base: str | None = None
+    description: str = ""
+    sampling: SamplingDefaults = SamplingDefaults()
+    # method name -> vLLM speculative config (e.g. {"method": "ngram", "num_speculative_tokens": 4})
+    speculative: dict[str, dict[str, Any]] = {}
+    default_speculative: str = SPECULATIVE_OFF
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Stage":
+        if (self.model is None) == (self.adapter is None):
+            raise ValueError("give either `model:` (a checkpoint) or `adapter:` with `base:`")
+        if self.adapter is not None and self.base is None:
+            raise ValueError("an `adapter:` stage needs `base:`, the stage whose checkpoint it adapts")
+        if self.model is not None and self.base is not None:
+            raise ValueError("`base:` belongs to adapter stages only")
+        if SPECULATIVE_OFF in self.speculative:
+            raise ValueError(f"'{SPECULATIVE_OFF}' is reserved and cannot name a speculative method")
+        if self.default_speculative not in (SPECULATIVE_OFF, *self.speculative):
+            raise ValueError(f"default_speculative '{self.default_speculative}' is not listed under speculative")
+        return self
+
+
+class Registry(_Strict):
+    engine: dict[str, Any] = {}  # passed to vLLM's engine arguments as is
+    stages: dict[str, Stage]
+
+    @model_validator(mode="after")
+    def _bases_known(self) -> "Registry":
+        if not self.stages:
+            raise ValueError("`stages:` is empty")
+        for name, stage in self.stages.items():
+            seen = {name}
+            while stage.adapter is not None:
+                if stage.base not in self.stages:
+                    raise ValueError(f"stage '{name}': base '{stage.base}' is not a stage")
+                if stage.base in seen:
+                    raise ValueError(f"stage '{name}': adapter bases form a cycle")
+                seen.add(stage.base)
+                stage = self.stages[stage.base]
+        return self
+
+    def root(self, name: str) -> str:
+        """The full-checkpoint stage under `name` (itself when it is one)."""
+        while self.stages[name].adapter is not None:
+            name = self.stages[name].base
+        return name
+
+    def parent(self, name: str) -> str | None:
+        return self.stages[name].base
+
+    def speculative_methods(self, name: str) -> dict[str, dict[str, Any]]:
+        """Methods a stage offers: its own list, else its base's (an adapter rides that engine)."""
+        while not self.stages[name].speculative and self.stages[name].base is not None:
+            name = self.stages[name].base
+        return self.stages[name].speculative
+
+
+def _resolve(value: str, folder: Path, data_dir: Path) -> str:
+    expanded = os.path.expanduser(value.replace("{data_dir}", str(data_dir)))
+    path = Path(expanded)
+    if path.is_absolute():
+        return str(path)
+    local = folder / path
+    if value.startswith(".") or local.exists() or "/" not in value:
+        return str(local.resolve())
+    return value  # a Hugging Face id such as "allenai/OLMo-2-0425-1B"
+
+
+def _is_local(value: str) -> bool:
+    return value.startswith("/")
+
+
+def load_registry(path: str | Path, *, data_dir: Path | None = None, check_paths: bool = True) -> Registry:
+    """Read, validate and resolve a registry file. `check_paths` makes every local path required."""
+    path = Path(path)
+    data_dir = data_dir or default_data_dir()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RegistryError(f"{path}: registry file not found") from None
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        registry = Registry.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}" for err in exc.errors()
+        )
+        raise RegistryError(f"{path}: {problems}") from None
+
+    folder = path.parent.resolve()
+    for name, stage in registry.stages.items():
+        for key in ("model", "adapter"):
+            value = getattr(stage, key)
+            if value is None:
+                continue
+            resolved = _resolve(value, folder, data_dir)
+            if check_paths and _is_local(resolved) and not Path(resolved).exists():
+                raise RegistryError(f"{path}: stage '{name}': {key} path {resolved} does not exist")
+            setattr(stage, key, resolved)
+        for method, config in stage.speculative.items():
+            if isinstance(config.get("model"), str):
+                resolved = _resolve(config["model"], folder, data_dir)
+                if check_paths and _is_local(resolved) and not Path(resolved).exists():
+                    raise RegistryError(
+                        f"{path}: stage '{name}': speculative '{method}' model {resolved} does not exist"
+                    )
+                config["model"] = resolved
+    return registry

@@ -1,0 +1,260 @@
+"""The serving layer: one service behind every front door (HTTP, WebSocket, UI).
+
+It turns a validated OpenAI request into a prompt for the right engine (chat template, stage
+defaults, context-length checks), streams the engine's deltas back, keeps the figures (usage,
+timings, speculation), records every answer in the store, and updates metrics. It knows nothing
+about SSE, WebSocket frames or Gradio: front doors render `Generation` deltas their own way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from server import metrics
+from server.engine import Delta, SamplingSettings, SpeculativeFigures, TokenLogprob
+from server.errors import APIError, bad_request, not_ready
+from server.pool import EnginePool, Route
+from server.protocol import ChatCompletionRequest, CompletionRequest
+
+log = logging.getLogger(__name__)
+
+# A base checkpoint without a chat template still chats, in this plain transcript format; the
+# stop string keeps it from writing the user's next turn too.
+PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+PLAIN_STOP = "\nUser:"
+
+
+def plain_transcript(messages: list[dict[str, str]]) -> str:
+    lines = [f"{PLAIN_ROLES[m['role']]}: {m['content']}" for m in messages]
+    return "\n".join(lines) + "\nAssistant:"
+
+
+def prompt_hash(prompt: Any) -> str:
+    return hashlib.sha256(json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass
+class Choice:
+    index: int
+    text: str = ""
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    speculative: SpeculativeFigures | None = None
+    tokens: int = 0
+
+
+@dataclass
+class Generation:
+    """One request in flight: iterate it for batches of deltas; afterwards its fields hold the result."""
+
+    id: str
+    kind: str  # "chat" | "completion"
+    stage: str
+    created: int
+    prompt_token_ids: list[int]
+    settings: SamplingSettings
+    route: Route
+    prompt: list[dict[str, str]] | str  # chat messages, or completion text
+    client_id: str
+    choices: list[Choice] = field(default_factory=list)
+    ttft_ms: float | None = None
+    duration_ms: float = 0.0
+    _service: "StageService | None" = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.tokens for c in self.choices)
+
+    @property
+    def speculative(self) -> SpeculativeFigures | None:
+        """Speculation figures summed over the choices (None when speculation did not run)."""
+        figures = [c.speculative for c in self.choices if c.speculative]
+        if not figures:
+            return None
+        drafted = sum(f.draft_tokens for f in figures)
+        accepted = sum(f.accepted_tokens for f in figures)
+        steps = sum(f.draft_tokens / max(f.mean_acceptance_length, 1e-9) for f in figures) or 1
+        mean_len = sum(f.mean_acceptance_length * f.draft_tokens for f in figures) / max(drafted, 1)
+        return SpeculativeFigures(figures[0].method, drafted, accepted,
+                                  accepted / drafted if drafted else 0.0, mean_len if drafted else 1.0)
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+    def __aiter__(self) -> AsyncIterator[list[Delta]]:
+        return self._service._run(self)
+
+
+class StageService:
+    def __init__(self, *, pool: EnginePool, store=None, log_prompts: bool = True):
+        self.pool = pool
+        self.store = store
+        self.log_prompts = log_prompts
+
+    # -- what is served --------------------------------------------------------------------------
+
+    def stages(self) -> list[dict[str, Any]]:
+        registry = self.pool.registry
+        return [
+            {
+                "id": name,
+                "description": stage.description,
+                "parent": registry.parent(name),
+                "speculative": list(registry.speculative_methods(name)),
+                "default_speculative": stage.default_speculative,
+            }
+            for name, stage in registry.stages.items()
+        ]
+
+    # -- starting a generation -------------------------------------------------------------------
+
+    async def chat(self, request: ChatCompletionRequest, client_id: str = "anonymous") -> Generation:
+        route = await self._route(request.model, request.speculative)
+        messages = [m.plain() for m in request.messages]
+        tokenizer = route.engine.tokenizer
+        stop: tuple[str, ...] = ()
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text, stop = plain_transcript(messages), (PLAIN_STOP,)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        settings = self._settings(request, route, ids, param="messages")
+        if stop:
+            settings = _with_stop(settings, stop)
+        return self._generation("chatcmpl", "chat", request.model, ids, settings, route, messages, client_id)
+
+    async def complete(self, request: CompletionRequest, client_id: str = "anonymous") -> Generation:
+        route = await self._route(request.model, request.speculative)
+        text = request.prompt_text()
+        ids = route.engine.tokenizer.encode(text)
+        if not ids:
+            raise bad_request("The prompt is empty.", param="prompt")
+        settings = self._settings(request, route, ids, param="prompt")
+        return self._generation("cmpl", "completion", request.model, ids, settings, route, text, client_id)
+
+    async def _route(self, stage: str, speculative: str | None) -> Route:
+        self.pool.resolve(stage, speculative)  # 404 / 400 before anything waits
+        if not self.pool.ready:
+            raise not_ready()
+        return await self.pool.route(stage, speculative)
+
+    def _settings(self, request, route: Route, ids: list[int], *, param: str) -> SamplingSettings:
+        limit = route.engine.max_model_len
+        room = limit - len(ids)
+        if room < 1:
+            raise bad_request(
+                f"This model's maximum context length is {limit} tokens; the prompt has {len(ids)}.",
+                param=param, code="context_length_exceeded")
+        defaults = self.pool.registry.stages[request.model].sampling
+        asked = request.requested_max_tokens()
+        if asked is not None and asked > room:
+            raise bad_request(
+                f"This model's maximum context length is {limit} tokens: {len(ids)} in the prompt leave room "
+                f"for {room}, but max_tokens is {asked}.", param="max_tokens", code="context_length_exceeded")
+        max_tokens = asked or min(defaults.max_tokens or room, room)
+        return request.to_settings(defaults, max_tokens)
+
+    def _generation(self, prefix, kind, stage, ids, settings, route, prompt, client_id) -> Generation:
+        return Generation(
+            id=f"{prefix}-{uuid.uuid4().hex}", kind=kind, stage=stage, created=int(time.time()),
+            prompt_token_ids=ids, settings=settings, route=route, prompt=prompt, client_id=client_id,
+            choices=[Choice(i) for i in range(settings.n)], _service=self,
+        )
+
+    # -- running it ------------------------------------------------------------------------------
+
+    async def _run(self, gen: Generation) -> AsyncIterator[list[Delta]]:
+        stage = gen.stage
+        began = time.perf_counter()
+        last = began
+        outcome = "error"
+        metrics.RUNNING.labels(stage).inc()
+        stream = gen.route.engine.generate(gen.prompt_token_ids, gen.settings, gen.id, gen.route.adapter)
+        try:
+            async for batch in stream:
+                now = time.perf_counter()
+                if gen.ttft_ms is None:
+                    gen.ttft_ms = (now - began) * 1000
+                    metrics.TTFT.labels(stage).observe(now - began)
+                else:
+                    metrics.ITL.labels(stage).observe(now - last)
+                last = now
+                for delta in batch:
+                    choice = gen.choices[delta.index]
+                    choice.text += delta.text
+                    choice.tokens += len(delta.token_ids)
+                    if delta.logprobs:
+                        choice.logprobs.extend(delta.logprobs)
+                    if delta.finish_reason:
+                        choice.finish_reason = delta.finish_reason
+                        choice.speculative = delta.speculative
+                yield batch
+            outcome = "ok"
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
+        finally:
+            await stream.aclose()  # aborts in the engine when the consumer left early
+            gen.duration_ms = (time.perf_counter() - began) * 1000
+            metrics.RUNNING.labels(stage).dec()
+            metrics.REQUESTS.labels(stage, gen.kind, outcome).inc()
+            metrics.PROMPT_TOKENS.labels(stage).inc(gen.prompt_tokens)
+            metrics.COMPLETION_TOKENS.labels(stage).inc(gen.completion_tokens)
+            spec = gen.speculative
+            if spec:
+                metrics.SPEC_DRAFT.labels(stage, spec.method).inc(spec.draft_tokens)
+                metrics.SPEC_ACCEPTED.labels(stage, spec.method).inc(spec.accepted_tokens)
+        # Recorded before the caller sends its final frame, so a rating right after always finds it.
+        await self._record(gen)
+
+    async def _record(self, gen: Generation) -> None:
+        if self.store is None:
+            return
+        from server.store import GenerationRecord
+
+        records = []
+        for choice in gen.choices:
+            spec = choice.speculative
+            records.append(GenerationRecord(
+                id=gen.id if choice.index == 0 else f"{gen.id}:{choice.index}",
+                stage=gen.stage,
+                client_id=gen.client_id,
+                kind=gen.kind,
+                prompt_hash=prompt_hash(gen.prompt),
+                messages=gen.prompt if (self.log_prompts and gen.kind == "chat") else None,
+                prompt=gen.prompt if (self.log_prompts and gen.kind == "completion") else None,
+                completion=choice.text if self.log_prompts else None,
+                sampling=asdict(gen.settings),
+                speculative_method=gen.route.speculative_method,
+                speculative=asdict(spec) if spec else None,
+                prompt_tokens=gen.prompt_tokens,
+                completion_tokens=choice.tokens,
+                finish_reason=choice.finish_reason,
+                ttft_ms=gen.ttft_ms,
+                duration_ms=gen.duration_ms,
+                created_at=datetime.fromtimestamp(gen.created, timezone.utc),
+            ))
+        try:
+            await asyncio.to_thread(lambda: [self.store.record_generation(r) for r in records])
+        except Exception:  # the answer was served; a failed log must not turn it into an error
+            log.exception("could not record generation %s", gen.id)
+
+
+def _with_stop(settings: SamplingSettings, extra: tuple[str, ...]) -> SamplingSettings:
+    from dataclasses import replace
+
+    return replace(settings, stop=settings.stop + tuple(s for s in extra if s not in settings.stop))

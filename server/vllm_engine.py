@@ -1,0 +1,164 @@
+"""`VllmEngine`: the `Engine` protocol on a real vLLM `AsyncLLM` (CPU or GPU build alike).
+
+One instance serves one checkpoint with one speculative configuration; LoRA adapters ride on it
+per request. It turns `SamplingSettings` into vLLM's `SamplingParams`, streams output as deltas
+(vLLM's DELTA output kind: no re-sending of text already sent) and aborts requests whose consumer
+went away. It knows nothing about stages, chat templates or HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from server.engine import AdapterRef, Delta, EngineStats, SamplingSettings, SpeculativeFigures, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+
+class VllmEngine:
+    def __init__(
+        self,
+        model: str,
+        *,
+        engine_args: dict[str, Any] | None = None,
+        speculative_method: str | None = None,
+        speculative_config: dict[str, Any] | None = None,
+        max_lora_rank: int | None = None,
+    ):
+        self.model = model
+        self.speculative_method = speculative_method
+        self._engine_args = dict(engine_args or {})
+        self._speculative_config = speculative_config
+        self._max_lora_rank = max_lora_rank  # None: this engine serves no adapter
+        self._llm = None
+        self.tokenizer = None
+        self.max_model_len = 0
+
+    def _build_args(self):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        args: dict[str, Any] = {"model": self.model, "disable_log_stats": False}
+        if self._max_lora_rank is not None:
+            args.update(enable_lora=True, max_lora_rank=self._max_lora_rank)
+        if self._speculative_config is not None:
+            args["speculative_config"] = dict(self._speculative_config)
+            # per-request acceptance figures (CompletionOutput.spec_decode_metrics)
+            args["per_request_spec_decode_metrics"] = "summary"
+        args.update(self._engine_args)
+        return AsyncEngineArgs(**args)
+
+    async def start(self) -> None:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        # Building the engine takes tens of seconds of blocking work: keep the event loop free
+        # so /health answers meanwhile.
+        args = self._build_args()
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        self.tokenizer = self._llm.get_tokenizer()
+        self.max_model_len = self._llm.model_config.max_model_len
+
+    async def warm_up(self, adapters: list[AdapterRef]) -> None:
+        """One short generation per adapter (and without), so first requests pay no load cost."""
+        settings = SamplingSettings(max_tokens=2, temperature=0.0, ignore_eos=True)
+        prompt = self.tokenizer.encode("Hello", add_special_tokens=False) or [0]
+        for i, adapter in enumerate([None, *adapters]):
+            async for _ in self.generate(prompt, settings, f"warmup-{id(self)}-{i}", adapter):
+                pass
+
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        settings: SamplingSettings,
+        request_id: str,
+        adapter: AdapterRef | None = None,
+    ) -> AsyncIterator[list[Delta]]:
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
+
+        params = _sampling_params(settings)
+        lora = LoRARequest(adapter.name, adapter.int_id, adapter.path) if adapter else None
+        stream = self._llm.generate(
+            TokensPrompt(prompt_token_ids=prompt_token_ids), params, request_id, lora_request=lora
+        )
+        finished = False
+        try:
+            async for output in stream:
+                yield [self._delta(c, settings.logprobs or 0) for c in output.outputs]
+                finished = output.finished
+        finally:
+            if not finished:  # the consumer went away (or failed): free the engine's slot now
+                await stream.aclose()
+                await self._llm.abort(request_id)
+
+    def _delta(self, c, logprobs_k: int) -> Delta:
+        figures = None
+        if c.finish_reason is not None and c.spec_decode_metrics is not None:
+            m = c.spec_decode_metrics.to_dict()
+            figures = SpeculativeFigures(
+                method=self.speculative_method or "unknown",
+                draft_tokens=m["num_draft_tokens"],
+                accepted_tokens=m["num_accepted_draft_tokens"],
+                acceptance_rate=m["draft_acceptance_rate"],
+                mean_acceptance_length=m["mean_acceptance_length"],
+            )
+        return Delta(
+            index=c.index,
+            text=c.text,
+            token_ids=list(c.token_ids),
+            logprobs=_logprobs(c.token_ids, c.logprobs, logprobs_k) if c.logprobs is not None else None,
+            finish_reason=c.finish_reason,
+            speculative=figures,
+        )
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    def stats(self) -> EngineStats:
+        if self._llm is None:
+            return EngineStats()
+        return EngineStats(running_requests=self._llm.output_processor.get_num_unfinished_requests())
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+
+
+def _sampling_params(s: SamplingSettings):
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        n=s.n,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        min_p=s.min_p,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        repetition_penalty=s.repetition_penalty,
+        stop=list(s.stop) or None,
+        seed=s.seed,
+        max_tokens=s.max_tokens,
+        logprobs=s.logprobs,
+        ignore_eos=s.ignore_eos,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def _logprobs(token_ids, positions, k: int) -> list[TokenLogprob]:
+    """vLLM gives, per position, {token_id: Logprob(logprob, rank, decoded_token)}: the top k plus
+    the sampled token. OpenAI wants the sampled token and the top k alternatives by rank."""
+    result = []
+    for token_id, candidates in zip(token_ids, positions):
+        chosen = candidates[token_id]
+        top = sorted(candidates.values(), key=lambda lp: lp.rank)
+        result.append(TokenLogprob(
+            token=chosen.decoded_token or "",
+            logprob=max(chosen.logprob, -9999.0),  # -inf is not JSON
+            top=tuple((lp.decoded_token or "", max(lp.logprob, -9999.0)) for lp in top if lp.rank <= k),
+        ))
+    return result
