@@ -62,9 +62,10 @@ def utcnow() -> datetime:
 def prompt_hash(prompt: Sequence[dict[str, Any]] | str) -> str:
     """sha256 of the canonical JSON of chat messages (or of a completion prompt's text).
 
-    Canonical: sorted keys, no whitespace, UTF-8, so the same prompt always hashes the same.
+    Canonical: sorted keys, json's default separators, UTF-8, so the same prompt always hashes the
+    same. The serving layer must hash with this very function: ratings check sent prompts against it.
     """
-    canonical = json.dumps(prompt, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

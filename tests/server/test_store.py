@@ -1,0 +1,235 @@
+"""The store against real databases: a SQLite file and a PostgreSQL server (`store` is parametrized)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from server.store import (
+    Base,
+    FeedbackRow,
+    InvalidFeedback,
+    PreferenceRow,
+    Store,
+    UnknownResponse,
+    prompt_hash,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def count(store: Store, table: type[Base]) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def test_schema_is_the_migrations_and_matches_the_models(store: Store):
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    Store(store.url).close()  # opening again is a no-op upgrade
+
+
+def test_generation_round_trips(store: Store, log_answer):
+    record = log_answer()
+    got = store.get_generation(record.id)
+    assert got == record
+    assert got.created_at.tzinfo is not None
+    assert store.get_generation("chatcmpl-nope") is None
+
+
+def test_rerating_replaces_the_rating(store: Store, log_answer):
+    answer = log_answer()
+    first = store.rate(answer.id, "up", rater="alice", tags=["correct"])
+    second = store.rate(answer.id, "down", rater="alice", comment="actually wrong")
+    assert count(store, FeedbackRow) == 1
+    assert second.id == first.id and second.created_at == first.created_at
+    assert (second.rating, second.comment, second.tags) == ("down", "actually wrong", [])
+    assert second.updated_at >= first.updated_at
+    page, _ = store.list_feedback()
+    assert [(fb.id, fb.rating) for fb in page] == [(first.id, "down")]
+
+    store.rate(answer.id, "up", rater="bob")  # another rater: another rating
+    assert count(store, FeedbackRow) == 2
+
+
+def test_bad_ratings_are_refused_and_change_nothing(store: Store, log_answer):
+    answer = log_answer()
+    with pytest.raises(UnknownResponse) as e:
+        store.rate("chatcmpl-unknown", "up", rater="alice")
+    assert e.value.param == "response_id"
+    with pytest.raises(InvalidFeedback) as e:
+        store.rate(answer.id, "meh", rater="alice")
+    assert e.value.param == "rating"
+    with pytest.raises(InvalidFeedback):
+        store.rate(answer.id, "up", rater="alice", completion="not what it said")
+    with pytest.raises(InvalidFeedback):
+        store.rate(answer.id, "up", rater="alice", prompt=[{"role": "user", "content": "another question"}])
+    assert count(store, FeedbackRow) == 0
+
+
+def test_without_prompt_logging_a_rating_carries_its_text(store: Store, log_answer):
+    answer = log_answer("Capital of Peru?", "Lima.", logged=False)
+    assert store.get_generation(answer.id).completion is None
+    with pytest.raises(InvalidFeedback, match="does not log prompts.*'prompt'.*'completion'"):
+        store.rate(answer.id, "up", rater="alice")
+    with pytest.raises(InvalidFeedback, match="not the prompt"):
+        store.rate(answer.id, "up", rater="alice", prompt=[{"role": "user", "content": "Capital of Chile?"}],
+                   completion="Lima.")
+    prompt = [{"role": "user", "content": "Capital of Peru?"}]
+    fb = store.rate(answer.id, "up", rater="alice", prompt=prompt, completion="Lima.")
+    assert (fb.prompt, fb.completion) == (prompt, "Lima.")
+    [rated] = store.iter_rated_answers()
+    assert (rated.prompt, rated.completion, rated.label) == (prompt, "Lima.", True)
+
+
+def test_preferences(store: Store, log_answer):
+    a = log_answer(answer="Nairobi.", stage="sft")
+    b = log_answer(answer="Mombasa.", stage="rlhf")
+    other = log_answer("Capital of Peru?", "Lima.")
+    pref = store.prefer([a.id, b.id], "a", rater="alice")
+    assert (pref.response_ids, pref.choice, pref.stage_a, pref.stage_b) == ((a.id, b.id), "a", "sft", "rlhf")
+
+    # The same pair in the other order is the same preference: restated, not duplicated.
+    again = store.prefer([b.id, a.id], "a", rater="alice")
+    assert (again.id, again.response_ids, again.choice) == (pref.id, (b.id, a.id), "a")
+    assert count(store, PreferenceRow) == 1
+    [pair] = store.iter_preferred_pairs()
+    assert (pair.chosen, pair.rejected) == ("Mombasa.", "Nairobi.")  # b's text won the restated vote
+
+    with pytest.raises(InvalidFeedback, match="different prompts"):
+        store.prefer([a.id, other.id], "a", rater="alice")
+    with pytest.raises(InvalidFeedback, match="two different"):
+        store.prefer([a.id, a.id], "a", rater="alice")
+    with pytest.raises(InvalidFeedback, match="choice"):
+        store.prefer([a.id, b.id], "left", rater="alice")
+    with pytest.raises(UnknownResponse):
+        store.prefer([a.id, "chatcmpl-unknown"], "a", rater="alice")
+    assert count(store, PreferenceRow) == 1
+
+    store.prefer([a.id, b.id], "tie", rater="bob")
+    assert count(store, PreferenceRow) == 2
+    assert len(list(store.iter_preferred_pairs())) == 1  # a tie has no winner
+
+
+def test_list_filters_and_pages(store: Store, log_answer):
+    ids = []
+    for i in range(7):
+        answer = log_answer(f"q{i}", f"a{i}", stage="sft" if i % 2 else "base")
+        ids.append(store.rate(answer.id, "up" if i < 4 else "down", rater="alice").id)
+    newest_first = ids[::-1]
+
+    seen, after = [], None
+    while True:
+        page, has_more = store.list_feedback(limit=3, after=after)
+        seen += [fb.id for fb in page]
+        if not has_more:
+            break
+        after = page[-1].id
+    assert seen == newest_first
+
+    assert {fb.stage for fb in store.list_feedback(stage="sft")[0]} == {"sft"}
+    assert len(store.list_feedback(stage="sft")[0]) == 3
+    assert [fb.rating for fb in store.list_feedback(rating="down")[0]] == ["down"] * 3
+    assert store.list_feedback(rater="bob")[0] == []
+    now = datetime.now(timezone.utc)
+    assert len(store.list_feedback(since=now - timedelta(minutes=5))[0]) == 7
+    assert store.list_feedback(since=now + timedelta(minutes=5))[0] == []
+    assert store.list_feedback(until=now - timedelta(minutes=5))[0] == []
+    with pytest.raises(InvalidFeedback):
+        store.list_feedback(after="fb-unknown")
+    with pytest.raises(InvalidFeedback):
+        store.list_feedback(rating="meh")
+
+
+def test_concurrent_writers_from_threads(store: Store, log_answer):
+    """The serving layer logs from worker threads while raters re-rate: no lost or doubled rows."""
+    answer = log_answer()
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for i in range(10):
+                log_answer(f"q{worker}-{i}", "a")
+                store.rate(answer.id, "up" if i % 2 else "down", rater=f"rater{worker}")
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert count(store, FeedbackRow) == 6
+    assert {fb.rating for fb in store.list_feedback(limit=10)[0]} == {"up"}  # each rater's last word
+
+
+def test_sqlite_connections_are_durable(tmp_path: Path):
+    store = Store(f"sqlite:///{tmp_path / 'db' / 'stagechat.db'}")  # creates the folder
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    store.close()
+
+
+def test_an_acknowledged_rating_survives_kill_9(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'stagechat.db'}"
+    writer = textwrap.dedent(f"""
+        import sys, time
+        from server.store import GenerationRecord, Store, prompt_hash
+        store = Store({url!r})
+        messages = [{{"role": "user", "content": "hi"}}]
+        store.record_generation(GenerationRecord(
+            id="chatcmpl-k9", stage="sft", client_id="anonymous", kind="chat",
+            prompt_hash=prompt_hash(messages), messages=messages, prompt=None, completion="hello",
+            sampling={{}}, speculative_method=None, speculative=None, prompt_tokens=1,
+            completion_tokens=1, finish_reason="stop", ttft_ms=None, duration_ms=1.0))
+        fb = store.rate("chatcmpl-k9", "up", rater="alice", comment="keep me")
+        print("acked", fb.id, flush=True)
+        # Keep writing, so the kill lands mid-transaction, never at a quiet moment.
+        i = 0
+        while True:
+            i += 1
+            store.rate("chatcmpl-k9", "down", rater=f"r{{i}}")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", writer], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("acked"), proc.stderr.read()
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    acked_id = line.split()[1]
+
+    store = Store(url)
+    page, _ = store.list_feedback(rater="alice")
+    assert [(fb.id, fb.rating, fb.comment) for fb in page] == [(acked_id, "up", "keep me")]
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    store.close()
+
+
+def test_prompt_hash_is_canonical():
+    assert prompt_hash([{"role": "user", "content": "hi"}]) == prompt_hash([{"content": "hi", "role": "user"}])
+    assert prompt_hash("hi") != prompt_hash([{"role": "user", "content": "hi"}])
+
+
+def test_in_memory_sqlite_is_refused():
+    with pytest.raises(ValueError, match="SQLite file"):
+        Store("sqlite://")
