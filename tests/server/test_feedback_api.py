@@ -1,0 +1,158 @@
+"""The feedback API over HTTP: a tiny app with only the feedback router and the real error handlers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from server.app import install_error_handlers
+from server.auth import client_id_for
+from server.routes.feedback import router
+from server.settings import Settings
+from server.store import Store
+
+KENYA = [{"role": "user", "content": "What is the capital of Kenya?"}]
+USER, ADMIN = "user-key", "admin-key"
+
+
+@pytest.fixture
+def make_client(store: Store, tmp_path: Path) -> Callable[..., TestClient]:
+    def make(**settings) -> TestClient:
+        app = FastAPI()
+        install_error_handlers(app)
+        app.include_router(router)
+        app.state.store = store
+        app.state.settings = Settings(data_dir=tmp_path, **settings)
+        return TestClient(app)
+
+    return make
+
+
+@pytest.fixture
+def client(make_client) -> TestClient:
+    return make_client()
+
+
+def error(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_rate_and_rerate(client: TestClient, store: Store, log_answer):
+    answer = log_answer()
+    r = client.post("/v1/feedback", json={"response_id": answer.id, "rating": "up", "tags": ["correct"]})
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert first["object"] == "feedback" and first["id"].startswith("fb-")
+    assert (first["response_id"], first["rating"], first["tags"], first["stage"]) == (answer.id, "up", ["correct"], "sft")
+    assert isinstance(first["created_at"], int)
+
+    again = client.post("/v1/feedback", json={"response_id": answer.id, "rating": "down", "comment": "no"}).json()
+    assert (again["id"], again["rating"], again["comment"]) == (first["id"], "down", "no")
+    listing = client.get("/v1/feedback").json()
+    assert [(fb["id"], fb["rating"]) for fb in listing["data"]] == [(first["id"], "down")]
+
+
+def test_rating_errors(client: TestClient, log_answer):
+    answer = log_answer()
+    e = error(client.post("/v1/feedback", json={"response_id": "chatcmpl-nope", "rating": "up"}), 404)
+    assert (e["type"], e["param"]) == ("not_found_error", "response_id")
+    e = error(client.post("/v1/feedback", json={"response_id": answer.id, "rating": "meh"}), 400)
+    assert e["param"] == "rating" and "up, down" in e["message"]
+    error(client.post("/v1/feedback", json={"response_id": answer.id}), 400)  # missing rating
+    error(client.post("/v1/feedback", json={"response_id": answer.id, "rating": "up", "stars": 5}), 400)
+    error(client.post("/v1/feedback", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    assert client.get("/v1/feedback").json()["data"] == []  # nothing was stored
+
+
+def test_without_prompt_logging_the_body_carries_the_text(client: TestClient, log_answer):
+    answer = log_answer(logged=False)
+    e = error(client.post("/v1/feedback", json={"response_id": answer.id, "rating": "up"}), 400)
+    assert "does not log prompts" in e["message"] and "'prompt'" in e["message"] and "'completion'" in e["message"]
+    r = client.post("/v1/feedback", json={"response_id": answer.id, "rating": "up", "prompt": KENYA,
+                                          "completion": "Nairobi."})
+    assert r.status_code == 200, r.text
+
+
+def test_preferences(client: TestClient, log_answer):
+    a, b = log_answer(answer="Nairobi."), log_answer(answer="Mombasa.", stage="rlhf")
+    other = log_answer("Capital of Peru?", "Lima.")
+    r = client.post("/v1/preferences", json={"response_ids": [a.id, b.id], "choice": "a"})
+    assert r.status_code == 200, r.text
+    pref = r.json()
+    assert (pref["object"], pref["response_ids"], pref["choice"], pref["stages"]) == (
+        "preference", [a.id, b.id], "a", ["sft", "rlhf"])
+
+    e = error(client.post("/v1/preferences", json={"response_ids": [a.id, other.id], "choice": "a"}), 400)
+    assert "different prompts" in e["message"]
+    error(client.post("/v1/preferences", json={"response_ids": [a.id, a.id], "choice": "a"}), 400)
+    error(client.post("/v1/preferences", json={"response_ids": [a.id, b.id, other.id], "choice": "a"}), 400)
+    error(client.post("/v1/preferences", json={"response_ids": [a.id, b.id], "choice": "left"}), 400)
+    e = error(client.post("/v1/preferences", json={"response_ids": [a.id, "chatcmpl-nope"], "choice": "a"}), 404)
+    assert e["param"] == "response_ids"
+
+
+def test_list_filters_and_pages(client: TestClient, log_answer):
+    for i in range(5):
+        answer = log_answer(f"q{i}", "a", stage="base" if i < 2 else "sft")
+        client.post("/v1/feedback", json={"response_id": answer.id, "rating": "up" if i % 2 else "down"})
+
+    ids, after = [], None
+    while True:
+        page = client.get("/v1/feedback", params={"limit": 2, **({"after": after} if after else {})}).json()
+        assert page["object"] == "list"
+        ids += [fb["id"] for fb in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["last_id"]
+    assert len(ids) == len(set(ids)) == 5
+
+    assert len(client.get("/v1/feedback", params={"stage": "base"}).json()["data"]) == 2
+    assert {fb["rating"] for fb in client.get("/v1/feedback", params={"rating": "up"}).json()["data"]} == {"up"}
+    hour_ago, in_an_hour = time.time() - 3600, time.time() + 3600
+    assert len(client.get("/v1/feedback", params={"since": hour_ago}).json()["data"]) == 5
+    assert client.get("/v1/feedback", params={"since": in_an_hour}).json()["data"] == []
+    assert client.get("/v1/feedback", params={"until": "2000-01-01T00:00:00Z"}).json()["data"] == []
+    assert error(client.get("/v1/feedback", params={"since": "yesterday"}), 400)["param"] == "since"
+    error(client.get("/v1/feedback", params={"rating": "meh"}), 400)
+    error(client.get("/v1/feedback", params={"limit": 0}), 400)
+    assert error(client.get("/v1/feedback", params={"after": "fb-nope"}), 400)["param"] == "after"
+
+
+def test_export_streams_json_lines(client: TestClient, log_answer):
+    good, bad = log_answer(answer="Nairobi."), log_answer(answer="Mombasa.")
+    client.post("/v1/feedback", json={"response_id": good.id, "rating": "up"})
+    client.post("/v1/feedback", json={"response_id": bad.id, "rating": "down"})
+    r = client.get("/v1/feedback/export", params={"format": "dpo"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+    rows = [json.loads(line) for line in r.text.splitlines()]
+    assert rows == [{"prompt": KENYA, "chosen": [{"role": "assistant", "content": "Nairobi."}],
+                     "rejected": [{"role": "assistant", "content": "Mombasa."}]}]
+    assert len(client.get("/v1/feedback/export", params={"format": "kto"}).text.splitlines()) == 2
+    assert error(client.get("/v1/feedback/export", params={"format": "ppo"}), 400)["param"] == "format"
+
+
+def test_keys(make_client, log_answer):
+    client = make_client(api_keys=frozenset({USER, "other-key"}), admin_key=ADMIN)
+    user, other, admin = ({"authorization": f"Bearer {k}"} for k in (USER, "other-key", ADMIN))
+    a, b = log_answer(), log_answer()
+    assert error(client.post("/v1/feedback", json={"response_id": a.id, "rating": "up"}), 401)
+    fb = client.post("/v1/feedback", json={"response_id": a.id, "rating": "up"}, headers=user).json()
+    assert fb["client_id"] == client_id_for(USER) != USER  # the store never holds a key
+    client.post("/v1/feedback", json={"response_id": b.id, "rating": "down"}, headers=other)
+
+    # Raters see their own ratings; the admin sees everyone's.
+    assert [x["id"] for x in client.get("/v1/feedback", headers=user).json()["data"]] == [fb["id"]]
+    assert len(client.get("/v1/feedback", headers=admin).json()["data"]) == 2
+
+    e = error(client.get("/v1/feedback/export", params={"format": "kto"}, headers=user), 401)
+    assert e["code"] == "invalid_admin_key"
+    assert client.get("/v1/feedback/export", params={"format": "kto"}, headers=admin).status_code == 200
