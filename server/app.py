@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from server.errors import APIError
 from server.pool import EnginePool, vllm_factory
 from server.registry import load_registry
-from server.routes import health, openai
+from server.routes import health, openai, ws
 from server.serving import StageService
 from server.settings import Settings
 
@@ -73,6 +73,7 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(openai.router)
+    app.include_router(ws.router)  # before the UI: its mount at / would catch /v1/ws
     if store is not None:
         from server.routes import feedback
 

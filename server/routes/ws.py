@@ -1,0 +1,268 @@
+"""The WebSocket front door, `/v1/ws`: several chat generations multiplexed on one socket by `id`.
+
+Frames are JSON text. The client sends:
+- `{"type":"chat","id":ID,"model":STAGE,"messages":[...], ...}`: the fields of a chat completion
+  (validated by `ChatCompletionRequest`, run through `StageService.chat`, like `POST /v1/chat/completions`);
+- `{"type":"cancel","id":ID}`: abort that generation in the engine;
+- `{"type":"feedback","response_id":...,"rating":"up"|"down","comment"?, "id"?}`: stored by `Store.rate`,
+  exactly as `POST /v1/feedback` stores it; `{"type":"preference","response_ids":[A,B],"choice":...}` likewise.
+
+The server answers a chat with `delta` frames (`text`, plus `logprobs` in the chat-completion shape
+when asked, plus `index` when n > 1) and ends every request with exactly one `done` or one `error`.
+A cancelled request's `done` says `"finish_reason":"cancelled"`. Feedback gets one `ack` or `error`.
+Anything malformed gets an `error` frame (`id` null when it has none) and the socket stays open; a
+closed socket aborts all of its generations. This module renders frames; it knows nothing of
+engines or templates beyond what `StageService` and `Generation` expose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+from pydantic import BaseModel, ValidationError
+
+from server.auth import authenticate
+from server.errors import APIError, bad_request, not_found
+from server.protocol import ChatCompletionRequest, speculative_body
+from server.responses import chat_logprobs
+from server.serving import Generation, StageService
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# Fields of the frame envelope, not of the request they carry.
+_ENVELOPE = ("type", "id")
+# WebSocket close code for a refused credential (RFC 6455 "policy violation").
+POLICY_VIOLATION = 1008
+
+
+def validation_error(exc: ValidationError) -> APIError:
+    """A pydantic error as the same 400 the HTTP routes answer (first problem, dotted param)."""
+    err = exc.errors()[0]
+    param = ".".join(str(p) for p in err.get("loc", ())) or None
+    message = f"{param}: {err.get('msg')}" if param else str(err.get("msg"))
+    return bad_request(message, param=param, code=err.get("type"))
+
+
+def _frame_id(frame: dict[str, Any]) -> str | int | None:
+    value = frame.get("id")
+    # bool is an int in Python; an id of `true` is a client bug, not id 1.
+    return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+
+
+class _Gone(Exception):
+    """The socket closed under a send: stop quietly, the generation's close aborts it."""
+
+
+class Connection:
+    """One socket: its running generations by id, and one writer at a time."""
+
+    def __init__(self, websocket: WebSocket, service: StageService, client_id: str):
+        self.ws = websocket
+        self.service = service
+        self.client_id = client_id
+        self.running: dict[str | int, asyncio.Task] = {}
+        self.seen: set[str | int] = set()  # ids used on this socket: a late cancel is not an error
+        self.cancelled: set[str | int] = set()
+        self.chores: set[asyncio.Task] = set()  # feedback writes in flight
+        self.closed = False
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        async with self._send_lock:  # frames from concurrent generations must not interleave
+            try:
+                await self.ws.send_text(_dumps(frame))
+            except Exception as exc:  # starlette raises WebSocketDisconnect or RuntimeError after a close
+                self.closed = True
+                raise _Gone() from exc
+
+    async def error(self, id: str | int | None, exc: APIError) -> None:
+        await self.send({"type": "error", "id": id, "error": exc.body()["error"]})
+
+    # -- the receive loop ------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text")
+                if text is None:
+                    await self.error(None, bad_request("Frames must be JSON text, not binary.",
+                                                       code="invalid_frame"))
+                    continue
+                await self.dispatch(text)
+        finally:
+            await self.close()
+
+    async def dispatch(self, text: str) -> None:
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            return await self.error(None, bad_request("The frame is not valid JSON.", code="invalid_json"))
+        if not isinstance(frame, dict):
+            return await self.error(None, bad_request("A frame must be a JSON object.", code="invalid_frame"))
+        kind, fid = frame.get("type"), _frame_id(frame)
+        if "id" in frame and frame["id"] is not None and fid is None:
+            return await self.error(None, bad_request("'id' must be a string or an integer.", param="id",
+                                                      code="invalid_id"))
+        if kind == "chat":
+            await self.start_chat(fid, frame)
+        elif kind == "cancel":
+            await self.cancel(fid)
+        elif kind in ("feedback", "preference"):
+            task = asyncio.create_task(self.feedback(fid, kind, frame))
+            self.chores.add(task)
+            task.add_done_callback(self.chores.discard)
+        else:
+            await self.error(fid, bad_request(
+                f"Unknown frame type {kind!r}; expected chat, cancel, feedback or preference.",
+                param="type", code="unknown_type"))
+
+    # -- chat ------------------------------------------------------------------------------------
+
+    async def start_chat(self, fid: str | int | None, frame: dict[str, Any]) -> None:
+        if fid is None:
+            return await self.error(None, bad_request("A chat frame needs an 'id' (string or integer).",
+                                                      param="id", code="missing_id"))
+        if fid in self.running:
+            return await self.error(fid, bad_request(f"A generation with id {fid!r} is still running.",
+                                                     param="id", code="duplicate_id"))
+        try:
+            request = ChatCompletionRequest.model_validate({k: v for k, v in frame.items() if k not in _ENVELOPE})
+        except ValidationError as exc:
+            return await self.error(fid, validation_error(exc))
+        self.seen.add(fid)
+        # A task per generation, so one slow stream (or a starting engine) never blocks the others.
+        self.running[fid] = asyncio.create_task(self.run_chat(fid, request))
+
+    async def run_chat(self, fid: str | int, request: ChatCompletionRequest) -> None:
+        gen: Generation | None = None
+        try:
+            gen = await self.service.chat(request, self.client_id)
+            indexed = gen.settings.n > 1
+            async for batch in gen:
+                for delta in batch:
+                    if not delta.text and not delta.logprobs:
+                        continue  # a bare finish: the done frame says it
+                    out: dict[str, Any] = {"type": "delta", "id": fid, "text": delta.text}
+                    if indexed:
+                        out["index"] = delta.index
+                    if gen.settings.logprobs is not None:
+                        out["logprobs"] = chat_logprobs(delta.logprobs or [])
+                    await self.send(out)
+            self.running.pop(fid, None)  # finished: a cancel from now on is too late, not an error
+            await self.send(done_frame(fid, gen))
+        except asyncio.CancelledError:
+            # Leaving the `async for` closed the generation, which aborted it in the engine.
+            if fid in self.cancelled:
+                self.cancelled.discard(fid)
+                await self.send(done_frame(fid, gen, cancelled=True))
+            raise
+        except _Gone:
+            pass
+        except APIError as exc:
+            await self.error(fid, exc)
+        except Exception:
+            log.exception("websocket generation %s failed", fid)
+            await self.error(fid, APIError(500, "The generation failed.", type="server_error", code="internal_error"))
+        finally:
+            self.running.pop(fid, None)
+
+    async def cancel(self, fid: str | int | None) -> None:
+        if fid is None:
+            return await self.error(None, bad_request("A cancel frame needs the 'id' of a chat.", param="id",
+                                                      code="missing_id"))
+        task = self.running.get(fid)
+        if task is None:
+            if fid not in self.seen:
+                await self.error(fid, not_found(f"No generation with id {fid!r} on this socket.", param="id",
+                                                code="unknown_id"))
+            return  # already finished: its done frame went (or is going) out
+        self.cancelled.add(fid)
+        task.cancel()
+
+    # -- feedback --------------------------------------------------------------------------------
+
+    async def feedback(self, fid: str | int | None, kind: str, frame: dict[str, Any]) -> None:
+        store = self.service.store
+        if store is None:
+            return await self.error(fid, APIError(503, "This server keeps no feedback store.",
+                                                  type="service_unavailable", code="no_store"))
+        # The HTTP route's body types and helpers, so both doors validate and answer alike.
+        from server.routes.feedback import (FeedbackRequest, PreferenceRequest, _api_error, feedback_object,
+                                            preference_object)
+        from server.store import StoreError
+
+        body_type: type[BaseModel] = FeedbackRequest if kind == "feedback" else PreferenceRequest
+        try:
+            body = body_type.model_validate({k: v for k, v in frame.items() if k not in _ENVELOPE})
+        except ValidationError as exc:
+            return await self.error(fid, validation_error(exc))
+        try:
+            if kind == "feedback":
+                result = await asyncio.to_thread(
+                    store.rate, body.response_id, body.rating, rater=self.client_id, comment=body.comment,
+                    tags=body.tags, prompt=body.prompt, completion=body.completion)
+                obj = feedback_object(result)
+            else:
+                result = await asyncio.to_thread(
+                    store.prefer, body.response_ids, body.choice, rater=self.client_id, comment=body.comment,
+                    prompt=body.prompt, completions=body.completions)
+                obj = preference_object(result)
+        except StoreError as exc:
+            return await self.error(fid, _api_error(exc))
+        try:
+            await self.send({"type": "ack", "id": fid, kind: obj})
+        except _Gone:
+            pass  # stored all the same: the rating outlives the socket
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """The socket is gone: abort every generation (nobody will read it); let ratings finish."""
+        self.closed = True
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, *self.chores, return_exceptions=True)
+
+
+def done_frame(fid: str | int, gen: Generation | None, *, cancelled: bool = False) -> dict[str, Any]:
+    if gen is None:  # cancelled before the service had started it
+        return {"type": "done", "id": fid, "response_id": None, "finish_reason": "cancelled",
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, "speculative": None}
+    frame: dict[str, Any] = {
+        "type": "done", "id": fid, "response_id": gen.id, "model": gen.stage,
+        "finish_reason": "cancelled" if cancelled else gen.choices[0].finish_reason,
+        "usage": gen.usage(),
+        "speculative": speculative_body(gen.speculative),
+        "timings": {"ttft_ms": gen.ttft_ms, "duration_ms": gen.duration_ms},
+    }
+    if gen.settings.n > 1:
+        frame["choices"] = [{"index": c.index, "finish_reason": "cancelled" if cancelled else c.finish_reason}
+                            for c in gen.choices]
+    return frame
+
+
+@router.websocket("/v1/ws")
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    app = websocket.app
+    await websocket.accept()
+    try:
+        client_id = authenticate(websocket, app.state.settings)
+    except APIError as exc:
+        # Accept first, so a browser (which cannot read a refused handshake) sees why.
+        await websocket.send_text(_dumps({"type": "error", "id": None, "error": exc.body()["error"]}))
+        await websocket.close(code=POLICY_VIOLATION, reason=exc.message[:120])
+        return
+    await Connection(websocket, app.state.service, client_id).serve()
