@@ -1,0 +1,168 @@
+"""Fixtures for the browser tests: headless Debian Chromium through Playwright, and the real app
+(with its Gradio UI) served by uvicorn on a free loopback port.
+
+- `browser`: one Chromium per session, the system one (`/usr/bin/chromium`); never a download.
+- `fake_ui_server`: the app on scripted engines (per-token delay) and a real SQLite store, in a thread.
+- `vllm_ui_server`: the app on real vLLM (tiny checkpoint) in a subprocess, which logs when each
+  request's first token left the engine (`tests/ui/serve_instrumented.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not shutil.which(CHROMIUM):
+        pytest.fail("Chromium not found at /usr/bin/chromium: install it with `make system-deps` "
+                    "(apt-get install chromium).", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+def wait_ready(url: str, timeout: float = 240, process=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+class ThreadServer:
+    """uvicorn serving `app` in a daemon thread (its own event loop), stopped by `stop()`."""
+
+    def __init__(self, app, port: int):
+        import uvicorn
+
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_ready(self.url, timeout=30)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def fake_ui_server(fake_pool_factory, tmp_path):
+    """Factory: the real app with its UI on scripted engines (`delay` s per token) and a SQLite store."""
+    from server.app import create_app
+    from server.settings import Settings
+    servers = []
+
+    def make(registry=None, **engine_kwargs):
+        store = Store(f"sqlite:///{tmp_path / 'ui.db'}")
+        pool = fake_pool_factory(registry, **engine_kwargs) if registry else fake_pool_factory(**engine_kwargs)
+        app = create_app(Settings(data_dir=tmp_path), pool, store=store, with_ui=True)
+        server = ThreadServer(app, free_port())
+        server.store, server.pool = store, pool
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+class InstrumentedServer:
+    """`tests/ui/serve_instrumented.py` in a subprocess: the real app on vLLM, with first-token times."""
+
+    def __init__(self, config: Path, data_dir: Path):
+        import subprocess
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        self.first_tokens = data_dir / "first-tokens.jsonl"
+        self.log = data_dir / "server.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "STAGECHAT_DATA_DIR": str(data_dir), "VLLM_CPU_KVCACHE_SPACE": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("serve_instrumented.py")), "--config", str(config),
+             "--port", str(self.port), "--first-tokens", str(self.first_tokens)],
+            cwd=REPO, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_ready(self.url, process=self.process)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"server failed to start; log:\n{self.log.read_text()[-4000:]}")
+        self.store = Store(f"sqlite:///{data_dir / 'stagechat.db'}", upgrade=False)
+
+    def first_token_times(self) -> dict[str, float]:
+        import json
+
+        if not self.first_tokens.exists():
+            return {}
+        lines = [json.loads(line) for line in self.first_tokens.read_text().splitlines() if line]
+        return {row["request_id"]: row["t"] for row in lines}
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if getattr(self, "store", None) is not None:
+            self.store.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def vllm_ui_server(tiny_family, tmp_path_factory):
+    server = InstrumentedServer(tiny_family / "stages.yaml", tmp_path_factory.mktemp("ui-live"))
+    yield server
+    server.stop()

@@ -1,0 +1,1 @@
+"""stagechat's browser UI (Gradio), mounted into the FastAPI app."""

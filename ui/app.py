@@ -1,0 +1,42 @@
+"""The browser UI: one Gradio Blocks (Chat, Compare, Token view) mounted at `/` of the FastAPI app.
+
+Every tab calls the app's `StageService` in-process — the service behind the HTTP API and the
+WebSocket — so the UI behaves exactly like the API and talks no private protocol. Building the
+Blocks happens in `mount_ui`, never at import. The UI's routes live under `/` after the API's, so
+`/v1/...`, `/health` and friends must be registered before `mount_ui` is called.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+from fastapi import FastAPI
+
+from server.serving import StageService
+
+CSS = """
+.token-view span.tok { padding: 1px 0; border-radius: 3px; white-space: pre-wrap; cursor: help; }
+"""
+
+
+def build_ui(service: StageService) -> gr.Blocks:
+    from ui import chat, compare, controls, tokens
+
+    with gr.Blocks(title="stagechat") as blocks:
+        gr.Markdown("## stagechat — the training stages of one LLM, side by side")
+        history = gr.State([])  # every finished answer of this browser session, for the token view
+        with gr.Accordion("Decoding", open=True):
+            decoding = controls.build_decoding(service)
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                chat.build(service, decoding, history)
+            with gr.Tab("Compare", id="compare"):
+                compare.build(service, decoding, history)
+            with gr.Tab("Token view", id="tokens"):
+                tokens.build(history)
+    return blocks
+
+
+def mount_ui(app: FastAPI, service: StageService) -> None:
+    # footer_links=[] and no run history: the page is a tool, and runs already live in the store.
+    gr.mount_gradio_app(app, build_ui(service), path="/", footer_links=[], run_history=False, css=CSS,
+                        ssr_mode=False)
