@@ -11,6 +11,9 @@ REQUESTS = Counter("stagechat_requests", "Generation requests by outcome", ["sta
 PROMPT_TOKENS = Counter("stagechat_prompt_tokens", "Prompt tokens", ["stage"])
 COMPLETION_TOKENS = Counter("stagechat_completion_tokens", "Generated tokens", ["stage"])
 RUNNING = Gauge("stagechat_running_requests", "Generations in progress", ["stage"])
+# Set at scrape time from the engines themselves: proves an abort reached the engine.
+ENGINE_REQUESTS = Gauge("stagechat_engine_unfinished_requests", "Requests an engine has not finished",
+                        ["model", "speculative"])
 TTFT = Histogram("stagechat_time_to_first_token_seconds", "Time to first token", ["stage"], buckets=_LATENCY_BUCKETS)
 ITL = Histogram("stagechat_inter_token_latency_seconds", "Time between streamed deltas", ["stage"],
                 buckets=_LATENCY_BUCKETS)

@@ -109,7 +109,10 @@ class EnginePool:
             speculative_method=method,
             speculative_config=config,
             max_lora_rank=max((_lora_rank(a.path) for a in adapters), default=None),
-            max_loras=max(1, len(adapters)),
+            # One slot more than adapters, left empty: vLLM's CPU LoRA kernels read the last slot for
+            # requests without an adapter, so a base request batched with an adapter request would
+            # get that adapter's delta (vllm-project/vllm PR #49656). An empty last slot adds zero.
+            max_loras=len(adapters) + 1,
             engine_args=dict(self.registry.engine),
         )
 

@@ -83,7 +83,7 @@ def tiny_family(tmp_path_factory) -> Path:
     make_tiny_checkpoint(root / "base")
     make_tiny_adapter(root / "base", root / "lora")
     (root / "stages.yaml").write_text(
-        "engine: {max_model_len: 256, dtype: float32}\n"
+        "engine: {max_model_len: 512, dtype: float32}\n"
         "stages:\n"
         "  base:\n"
         "    model: ./base\n"

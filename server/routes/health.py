@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from server import metrics
+
 router = APIRouter()
 
 
@@ -26,5 +28,7 @@ async def ready(request: Request):
 
 
 @router.get("/metrics")
-async def prometheus_metrics():
+async def prometheus_metrics(request: Request):
+    for (model, method), engine in request.app.state.service.pool.engines().items():
+        metrics.ENGINE_REQUESTS.labels(model, method or "off").set(engine.stats().running_requests)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,142 @@
+"""The real server (`stagechat serve`, real vLLM) on a tiny random checkpoint, driven by the official
+`openai` client, sync and async, streamed and not, plus every error case and client disconnects."""
+
+import asyncio
+import re
+import time
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.integration
+
+MESSAGES = [{"role": "user", "content": "What is the capital of Kenya?"}]
+
+
+@pytest.fixture(scope="module")
+def client(live_server):
+    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="none", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def aclient(live_server):
+    return openai.AsyncOpenAI(base_url=f"{live_server.url}/v1", api_key="none", max_retries=0)
+
+
+def test_lists_stages(client):
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {"base", "sft"}
+    assert models["sft"].model_extra["parent"] == "base"
+    assert models["base"].model_extra["description"] == "random tiny base"
+
+
+def test_chat_and_text_completion(client):
+    chat = client.chat.completions.create(model="base", messages=MESSAGES, max_tokens=8, temperature=0)
+    assert chat.model == "base" and chat.choices[0].finish_reason in ("length", "stop")
+    assert 0 < chat.usage.completion_tokens <= 8
+    text = client.completions.create(model="base", prompt="The capital of Kenya is", max_tokens=5, temperature=0)
+    assert text.object == "text_completion" and text.usage.completion_tokens <= 5
+
+
+def test_streaming_equals_non_streaming_at_temperature_zero(client):
+    full = client.chat.completions.create(model="sft", messages=MESSAGES, max_tokens=12, temperature=0)
+    chunks = list(client.chat.completions.create(model="sft", messages=MESSAGES, max_tokens=12, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == full.choices[0].message.content
+    assert len([c for c in chunks if c.choices]) > 1  # token by token, not one lump
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+
+
+def test_adapter_stage_answers_differently_from_its_base_on_the_same_engine(client, live_server):
+    base = client.chat.completions.create(model="base", messages=MESSAGES, max_tokens=12, temperature=0)
+    sft = client.chat.completions.create(model="sft", messages=MESSAGES, max_tokens=12, temperature=0)
+    assert sft.model == "sft"
+    assert base.choices[0].message.content != sft.choices[0].message.content
+    engines = httpx.get(f"{live_server.url}/ready").json()["engines"]
+    assert len(engines) == 1  # base and its adapter share one vLLM engine
+
+
+def test_seeded_sampling_is_reproducible(client):
+    def sample(seed):
+        return client.chat.completions.create(model="base", messages=MESSAGES, max_tokens=16, temperature=1.0,
+                                              seed=seed).choices[0].message.content
+
+    assert sample(7) == sample(7)
+    assert len({sample(7), sample(8), sample(9)}) > 1
+
+
+def test_logprobs(client):
+    chat = client.chat.completions.create(model="base", messages=MESSAGES, max_tokens=4, temperature=0,
+                                          logprobs=True, top_logprobs=3)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    for position in content:
+        assert len(position.top_logprobs) == 3
+        best = max(p.logprob for p in position.top_logprobs)
+        assert position.logprob == pytest.approx(best, abs=1e-4)  # greedy picks the most likely token
+    text = client.completions.create(model="base", prompt="Hello", max_tokens=3, temperature=0, logprobs=2)
+    assert all(len(top) == 2 for top in text.choices[0].logprobs.top_logprobs)
+
+
+def test_n_and_stop(client):
+    chat = client.chat.completions.create(model="base", messages=MESSAGES, max_tokens=6, n=3, temperature=1, seed=1)
+    assert [c.index for c in chat.choices] == [0, 1, 2]
+
+
+def test_async_client_concurrent_streams(aclient):
+    async def one(stage):
+        stream = await aclient.chat.completions.create(model=stage, messages=MESSAGES, max_tokens=8,
+                                                       stream=True, temperature=0)
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    async def both():
+        return await asyncio.gather(one("base"), one("sft"), one("base"))
+
+    a, b, c = asyncio.run(both())
+    assert a == c and a != b
+
+
+@pytest.mark.parametrize(("kwargs", "status", "param"), [
+    ({"model": "gpt-9"}, 404, "model"),
+    ({"temperature": 9}, 400, "temperature"),
+    ({"max_tokens": 100000}, 400, "max_tokens"),
+    ({"top_logprobs": 50, "logprobs": True}, 400, "top_logprobs"),
+    ({"extra_body": {"speculative": "eagle"}}, 400, "speculative"),
+    ({"messages": [{"role": "user", "content": "word " * 600}]}, 400, "messages"),
+])
+def test_errors(client, kwargs, status, param):
+    args = {"model": "base", "messages": MESSAGES, "max_tokens": 4, **kwargs}
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(**args)
+    assert err.value.status_code == status
+    assert err.value.body["param"] == param and err.value.body["message"]
+
+
+def test_malformed_json(live_server):
+    r = httpx.post(f"{live_server.url}/v1/chat/completions", content=b"{", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return sum(float(v) for v in re.findall(rf'^{name}(?:\{{[^}}]*\}})? (\S+)$', text, re.M))
+
+
+def test_client_disconnect_aborts_the_generation(live_server):
+    # 16 sequences of 450 tokens: seconds of work even for the tiny model, so an abort shows.
+    url, n, max_tokens = live_server.url, 16, 450
+    generated_before = metric(url, "vllm:generation_tokens_total")
+    body = {"model": "base", "messages": MESSAGES, "max_tokens": max_tokens, "n": n, "stream": True,
+            "ignore_eos": True}
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+            next(line for line in r.iter_lines() if line.startswith("data: "))
+    deadline = time.monotonic() + 30
+    while metric(url, "stagechat_engine_unfinished_requests") != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # The engine stopped early: it generated fewer tokens than the request asked for.
+    assert metric(url, "vllm:generation_tokens_total") - generated_before < n * max_tokens / 2
+    assert metric(url, 'stagechat_requests_total\\{kind="chat",outcome="cancelled",stage="base"\\}') == 1
