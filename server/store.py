@@ -36,6 +36,7 @@ Choice = Literal["a", "b", "tie", "both_bad"]
 RATINGS: tuple[str, ...] = ("up", "down")
 CHOICES: tuple[str, ...] = ("a", "b", "tie", "both_bad")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+_SCHEMA_LOCK = 0x5354_4147  # PostgreSQL advisory-lock key held while upgrading the schema
 
 
 class StoreError(Exception):
@@ -288,7 +289,11 @@ def upgrade_schema(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection:
+    # Two processes may start on a fresh database at once (server + `stagechat feedback export`):
+    # take the database's write lock first, so the second waits and then finds the schema at head.
+    with engine.execution_options(sqlite_begin="IMMEDIATE").begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

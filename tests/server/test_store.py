@@ -41,6 +41,26 @@ def test_schema_is_the_migrations_and_matches_the_models(store: Store):
     Store(store.url).close()  # opening again is a no-op upgrade
 
 
+def test_processes_starting_together_on_a_fresh_database(store_url: str):
+    """Each Store upgrades the schema on start; concurrent starts must not trip over each other."""
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            Store(store_url).close()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    # Daemon threads with a bounded wait: without the schema lock PostgreSQL starts can block forever.
+    threads = [threading.Thread(target=start, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "schema upgrades blocked each other"
+    assert errors == []
+
+
 def test_generation_round_trips(store: Store, log_answer):
     record = log_answer()
     got = store.get_generation(record.id)
