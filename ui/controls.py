@@ -62,12 +62,13 @@ def speculative_choices(service: StageService, stage: str | None = None) -> list
 
 def build_decoding(service: StageService) -> Decoding:
     with gr.Row():
-        temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="temperature")
-        top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top_p")
-        max_tokens = gr.Slider(1, 512, value=64, step=1, label="max tokens")
-        seed = gr.Number(value=-1, precision=0, minimum=-1, label="seed (-1: random)")
-        speculative = gr.Dropdown(speculative_choices(service), value=SPEC_DEFAULT, label="speculative decoding")
-    system = gr.Textbox(label="system prompt", placeholder="optional", lines=1)
+        temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="temperature", elem_id="decoding-temperature")
+        top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top_p", elem_id="decoding-top-p")
+        max_tokens = gr.Slider(1, 512, value=64, step=1, label="max tokens", elem_id="decoding-max-tokens")
+        seed = gr.Number(value=-1, precision=0, minimum=-1, label="seed (-1: random)", elem_id="decoding-seed")
+        speculative = gr.Dropdown(speculative_choices(service), value=SPEC_DEFAULT, label="speculative decoding",
+                                  elem_id="decoding-speculative")
+    system = gr.Textbox(label="system prompt", placeholder="optional", lines=1, elem_id="decoding-system")
     return Decoding(temperature, top_p, max_tokens, seed, speculative, system)
 
 
