@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from server.engine import AdapterRef, Delta, EngineStats, SamplingSettings, SpeculativeFigures, TokenLogprob
 
 log = logging.getLogger(__name__)
+
+DEFAULT_CPU_KVCACHE_GIB = "2"
 
 
 class VllmEngine:
@@ -53,6 +56,9 @@ class VllmEngine:
     async def start(self) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        # vLLM's CPU backend otherwise reserves 92% of the machine's memory per engine, so a
+        # second engine (or anything else) cannot start. A few GiB of KV cache serve small models.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
         # Building the engine takes tens of seconds of blocking work: keep the event loop free
         # so /health answers meanwhile.
         args = self._build_args()
