@@ -45,7 +45,8 @@ def build(service: StageService, decoding: Decoding, history: gr.State) -> None:
     with gr.Row():
         for i, slot in enumerate(SLOTS):
             with gr.Column(visible=i < 2) as column:
-                titles.append(gr.Markdown(f"### {slot}", elem_id=f"compare-title-{slot}"))
+                first = f"### {slot}: {stage_ids[i]}" if i < min(2, len(stage_ids)) else f"### {slot}"
+                titles.append(gr.Markdown(first, elem_id=f"compare-title-{slot}"))
                 texts.append(gr.Markdown(elem_id=f"compare-answer-{slot}", min_height=120,
                                          container=True))
                 figures.append(gr.Markdown(elem_id=f"compare-stats-{slot}"))
