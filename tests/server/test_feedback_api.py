@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,52 @@ def test_keys(make_client, log_answer):
     e = error(client.get("/v1/feedback/export", params={"format": "kto"}, headers=user), 401)
     assert e["code"] == "invalid_admin_key"
     assert client.get("/v1/feedback/export", params={"format": "kto"}, headers=admin).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the real app: the serving layer logs answers, the feedback API rates them.
+
+
+@contextmanager
+def serve(fake_app, store: Store, tmp_path: Path, **settings) -> Iterator[TestClient]:
+    app, _ = fake_app(store=store, settings=Settings(data_dir=tmp_path, **settings))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "scripted engines never got ready"
+            time.sleep(0.01)
+        yield client
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_answers_from_the_app_can_be_rated_and_exported(fake_app, store: Store, tmp_path: Path):
+    with serve(fake_app, store, tmp_path) as client:
+        body = client.post("/v1/chat/completions", json={"model": "sft", "messages": KENYA, "n": 2,
+                                                         "max_tokens": 4, "seed": 1}).json()
+        first, second = body["id"], f"{body['id']}:1"
+        logged = store.get_generation(first)
+        assert logged is not None and logged.messages == KENYA and logged.stage == "sft"
+        assert logged.completion == body["choices"][0]["message"]["content"]
+
+        assert client.post("/v1/feedback", json={"response_id": first, "rating": "up"}).status_code == 200
+        assert client.post("/v1/feedback", json={"response_id": second, "rating": "up"}).status_code == 200
+        pref = client.post("/v1/preferences", json={"response_ids": [first, second], "choice": "a"})
+        assert pref.status_code == 200, pref.text
+        sft = [json.loads(x) for x in client.get("/v1/feedback/export", params={"format": "sft"}).text.splitlines()]
+        texts = {c["message"]["content"] for c in body["choices"]}  # scripted answers may coincide
+        assert sorted(sft, key=str) == sorted(
+            [{"messages": KENYA + [{"role": "assistant", "content": t}]} for t in texts], key=str)
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_with_prompt_logging_off_the_app_logs_only_a_hash(fake_app, store: Store, tmp_path: Path):
+    with serve(fake_app, store, tmp_path, log_prompts=False) as client:
+        body = client.post("/v1/chat/completions", json={"model": "sft", "messages": KENYA, "max_tokens": 4}).json()
+        text = body["choices"][0]["message"]["content"]
+        logged = store.get_generation(body["id"])
+        assert (logged.messages, logged.completion) == (None, None)
+        e = error(client.post("/v1/feedback", json={"response_id": body["id"], "rating": "up"}), 400)
+        assert "does not log prompts" in e["message"]
+        r = client.post("/v1/feedback", json={"response_id": body["id"], "rating": "up", "prompt": KENYA,
+                                              "completion": text})
+        assert r.status_code == 200, r.text
