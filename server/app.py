@@ -16,12 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from server.errors import APIError
+from server.errors import APIError, from_validation_errors
 from server.pool import EnginePool, vllm_factory
 from server.registry import load_registry
 from server.routes import health, openai, ws
 from server.serving import StageService
 from server.settings import Settings
+from server.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        err = exc.errors()[0]
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        if err.get("type") == "json_invalid":
-            message, param = "The request body is not valid JSON.", None
-        else:
-            param = ".".join(loc) or None
-            message = f"{param}: {err.get('msg')}" if param else str(err.get("msg"))
-        return JSONResponse(APIError(400, message, param=param, code=err.get("type")).body(), status_code=400)
+        return JSONResponse(from_validation_errors(exc.errors()).body(), status_code=400)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
@@ -100,12 +94,5 @@ def build_app(settings: Settings, *, max_live_engines: int = 2, with_ui: bool = 
     """The real application: vLLM engines for the registry, the store from the database URL."""
     registry = load_registry(settings.registry_path, data_dir=settings.data_dir)
     pool = EnginePool(registry, vllm_factory, max_live_engines=max_live_engines)
-    store = None
-    try:
-        from server.store import Store
-    except ImportError:  # the store module is optional until the feedback issue lands
-        Store = None
-    if Store is not None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(settings.resolved_database_url)
+    store = Store(settings.resolved_database_url)
     return create_app(settings, pool, store=store, with_ui=with_ui)

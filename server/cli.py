@@ -51,16 +51,19 @@ def _feedback_export(args) -> int:
     from server.export import export_to_file, export_to_hf_dataset
     from server.store import Store
 
-    store = Store(Settings.from_env(database_url=args.database_url).resolved_database_url)
-    if args.out:
-        count = export_to_file(store, args.format, Path(args.out))
-        print(f"wrote {count} {args.format} rows to {args.out}")
-    if args.hf_dataset:
-        count = export_to_hf_dataset(store, args.format, Path(args.hf_dataset))
-        print(f"saved a {count}-row dataset to {args.hf_dataset}")
     if not (args.out or args.hf_dataset):
         print("stagechat: give --out FILE and/or --hf-dataset DIR", file=sys.stderr)
         return 2
+    store = Store(Settings.from_env(database_url=args.database_url).resolved_database_url)
+    try:
+        if args.out:
+            count = export_to_file(store, args.format, Path(args.out))
+            print(f"wrote {count} {args.format} rows to {args.out}")
+        if args.hf_dataset:
+            count = export_to_hf_dataset(store, args.format, Path(args.hf_dataset))
+            print(f"saved a {count}-row dataset to {args.hf_dataset}")
+    finally:
+        store.close()
     return 0
 
 

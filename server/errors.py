@@ -37,3 +37,13 @@ def unauthorized(message: str = "Invalid or missing API key.") -> APIError:
 
 def not_ready(message: str = "The server is still warming up its engines.") -> APIError:
     return APIError(503, message, type="service_unavailable", code="not_ready")
+
+
+def from_validation_errors(errors: list[dict[str, Any]]) -> APIError:
+    """Pydantic/FastAPI validation errors as one 400: the first problem, with a dotted `param`."""
+    err = errors[0]
+    if err.get("type") == "json_invalid":
+        return bad_request("The request body is not valid JSON.", code="json_invalid")
+    param = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or None
+    message = f"{param}: {err.get('msg')}" if param else str(err.get("msg"))
+    return bad_request(message, param=param, code=err.get("type"))

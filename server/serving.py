@@ -9,8 +9,6 @@ about SSE, WebSocket frames or Gradio: front doors render `Generation` deltas th
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 import uuid
@@ -21,9 +19,10 @@ from typing import Any
 
 from server import metrics
 from server.engine import Delta, SamplingSettings, SpeculativeFigures, TokenLogprob
-from server.errors import APIError, bad_request, not_ready
+from server.errors import bad_request, not_ready
 from server.pool import EnginePool, Route
 from server.protocol import ChatCompletionRequest, CompletionRequest
+from server.store import GenerationRecord, prompt_hash
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +35,6 @@ PLAIN_STOP = "\nUser:"
 def plain_transcript(messages: list[dict[str, str]]) -> str:
     lines = [f"{PLAIN_ROLES[m['role']]}: {m['content']}" for m in messages]
     return "\n".join(lines) + "\nAssistant:"
-
-
-def prompt_hash(prompt: Any) -> str:
-    return hashlib.sha256(json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 @dataclass
@@ -86,7 +81,6 @@ class Generation:
             return None
         drafted = sum(f.draft_tokens for f in figures)
         accepted = sum(f.accepted_tokens for f in figures)
-        steps = sum(f.draft_tokens / max(f.mean_acceptance_length, 1e-9) for f in figures) or 1
         mean_len = sum(f.mean_acceptance_length * f.draft_tokens for f in figures) / max(drafted, 1)
         return SpeculativeFigures(figures[0].method, drafted, accepted,
                                   accepted / drafted if drafted else 0.0, mean_len if drafted else 1.0)
@@ -104,6 +98,7 @@ class StageService:
         self.pool = pool
         self.store = store
         self.log_prompts = log_prompts
+        self._background: set[asyncio.Task] = set()
 
     # -- what is served --------------------------------------------------------------------------
 
@@ -206,6 +201,9 @@ class StageService:
             outcome = "ok"
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
+            # A stopped answer can still be rated: record it, without holding up the cancellation.
+            self._background.add(task := asyncio.get_running_loop().create_task(self._record(gen)))
+            task.add_done_callback(self._background.discard)
             raise
         finally:
             await stream.aclose()  # aborts in the engine when the consumer left early
@@ -224,8 +222,6 @@ class StageService:
     async def _record(self, gen: Generation) -> None:
         if self.store is None:
             return
-        from server.store import GenerationRecord
-
         records = []
         for choice in gen.choices:
             spec = choice.speculative

@@ -26,7 +26,7 @@ from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ValidationError
 
 from server.auth import authenticate
-from server.errors import APIError, bad_request, not_found
+from server.errors import APIError, bad_request, from_validation_errors, not_found
 from server.protocol import ChatCompletionRequest, speculative_body
 from server.responses import chat_logprobs
 from server.serving import Generation, StageService
@@ -40,14 +40,6 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _ENVELOPE = ("type", "id")
 # WebSocket close code for a refused credential (RFC 6455 "policy violation").
 POLICY_VIOLATION = 1008
-
-
-def validation_error(exc: ValidationError) -> APIError:
-    """A pydantic error as the same 400 the HTTP routes answer (first problem, dotted param)."""
-    err = exc.errors()[0]
-    param = ".".join(str(p) for p in err.get("loc", ())) or None
-    message = f"{param}: {err.get('msg')}" if param else str(err.get("msg"))
-    return bad_request(message, param=param, code=err.get("type"))
 
 
 def _frame_id(frame: dict[str, Any]) -> str | int | None:
@@ -140,7 +132,7 @@ class Connection:
         try:
             request = ChatCompletionRequest.model_validate({k: v for k, v in frame.items() if k not in _ENVELOPE})
         except ValidationError as exc:
-            return await self.error(fid, validation_error(exc))
+            return await self.error(fid, from_validation_errors(exc.errors()))
         self.seen.add(fid)
         # A task per generation, so one slow stream (or a starting engine) never blocks the others.
         self.running[fid] = asyncio.create_task(self.run_chat(fid, request))
@@ -207,7 +199,7 @@ class Connection:
         try:
             body = body_type.model_validate({k: v for k, v in frame.items() if k not in _ENVELOPE})
         except ValidationError as exc:
-            return await self.error(fid, validation_error(exc))
+            return await self.error(fid, from_validation_errors(exc.errors()))
         try:
             if kind == "feedback":
                 result = await asyncio.to_thread(

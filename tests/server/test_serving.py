@@ -2,7 +2,6 @@
 
 import asyncio
 
-import pytest
 
 from server.protocol import ChatCompletionRequest
 from server.serving import PLAIN_STOP, StageService, plain_transcript
@@ -87,8 +86,7 @@ def test_store_receives_one_record_per_choice(fake_pool_factory):
     assert store.records[0].sampling["seed"] == 3
 
 
-@pytest.mark.parametrize("log_prompts", [False])
-def test_prompt_logging_off_keeps_no_text(fake_pool_factory, log_prompts):
+def test_prompt_logging_off_keeps_no_text(fake_pool_factory):
     class ListStore(list):
         def record_generation(self, record):
             self.append(record)
@@ -97,7 +95,7 @@ def test_prompt_logging_off_keeps_no_text(fake_pool_factory, log_prompts):
         pool = fake_pool_factory()
         await pool.start()
         store = ListStore()
-        gen = await StageService(pool=pool, store=store, log_prompts=log_prompts).chat(chat())
+        gen = await StageService(pool=pool, store=store, log_prompts=False).chat(chat())
         async for _ in gen:
             pass
         return store
