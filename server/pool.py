@@ -63,7 +63,6 @@ class EnginePool:
         self.max_live_engines = max_live_engines
         self._engines: dict[EngineKey, Engine] = {}
         self._last_used: dict[EngineKey, float] = {}
-        self._starting: dict[EngineKey, asyncio.Task] = {}
         self._lock = asyncio.Lock()
         self.ready = False
         self.set_registry(registry)

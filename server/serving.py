@@ -174,6 +174,7 @@ class StageService:
 
     async def _run(self, gen: Generation) -> AsyncIterator[list[Delta]]:
         stage = gen.stage
+        itl = metrics.ITL.labels(stage)  # resolved once: this loop runs once per streamed batch
         began = time.perf_counter()
         last = began
         outcome = "error"
@@ -186,7 +187,7 @@ class StageService:
                     gen.ttft_ms = (now - began) * 1000
                     metrics.TTFT.labels(stage).observe(now - began)
                 else:
-                    metrics.ITL.labels(stage).observe(now - last)
+                    itl.observe(now - last)
                 last = now
                 for delta in batch:
                     choice = gen.choices[delta.index]

