@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,15 @@ from server.engine import AdapterRef, Delta, EngineStats, SamplingSettings, Spec
 log = logging.getLogger(__name__)
 
 DEFAULT_CPU_KVCACHE_GIB = "2"
+# Opt-in CPU partitioning: "0|1" gives each engine started in this process the least-used of these
+# core lists as its VLLM_CPU_OMP_THREADS_BIND (vLLM's default binds every engine to every core).
+ENGINE_CPUS_ENV = "STAGECHAT_ENGINE_CPUS"
+_cpu_lists_in_use: Counter[str] = Counter()
+
+
+def _pick_cpu_list() -> str | None:
+    lists = [s for s in os.environ.get(ENGINE_CPUS_ENV, "").split("|") if s]
+    return min(lists, key=lambda s: _cpu_lists_in_use[s]) if lists else None
 
 
 class VllmEngine:
@@ -37,6 +47,7 @@ class VllmEngine:
         self._speculative_config = speculative_config
         self._max_lora_rank = max_lora_rank  # None: this engine serves no adapter
         self._llm = None
+        self._cpus: str | None = None
         self.tokenizer = None
         self.max_model_len = 0
 
@@ -59,6 +70,12 @@ class VllmEngine:
         # vLLM's CPU backend otherwise reserves 92% of the machine's memory per engine, so a
         # second engine (or anything else) cannot start. A few GiB of KV cache serve small models.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
+        # The engine's processes read it when spawned; the pool starts one engine at a time.
+        self._cpus = _pick_cpu_list()
+        if self._cpus is not None:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._cpus
+            _cpu_lists_in_use[self._cpus] += 1
+            log.info("engine %s bound to cpus %s", self.model, self._cpus)
         # Building the engine takes tens of seconds of blocking work: keep the event loop free
         # so /health answers meanwhile.
         args = self._build_args()
@@ -131,6 +148,9 @@ class VllmEngine:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+        if self._cpus is not None:
+            _cpu_lists_in_use[self._cpus] -= 1
+            self._cpus = None
 
 
 def _sampling_params(s: SamplingSettings):
