@@ -39,19 +39,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _http_stream(client: httpx.AsyncClient, url: str, model: str, tokens: int) -> float:
+async def _http_stream(session, url: str, model: str, tokens: int) -> float:
     """Stream one completion; returns the time to the first chunk carrying text.
 
-    The client does as little as it can per chunk (no JSON parsing), so that on a small machine
-    it takes as few cycles as possible from the server it measures."""
+    The client does as little as it can per chunk (aiohttp, no JSON parsing), so that on a small
+    machine it takes as few cycles as possible from the server it measures."""
     body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
             "stream": True}
     began = time.perf_counter()
     ttft = None
-    async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+    async with session.post(f"{url}/v1/completions", json=body) as r:
         r.raise_for_status()
-        async for line in r.aiter_lines():
-            if ttft is None and line.startswith("data: {") and '"text":""' not in line:
+        async for line in r.content:
+            if ttft is None and line.startswith(b"data: {") and b'"text":""' not in line:
                 ttft = time.perf_counter() - began
     return ttft
 
@@ -67,8 +67,10 @@ async def _load(one, concurrency: int) -> dict:
 
 
 async def bench_http(url: str, model: str, tokens: int, levels: list[int]) -> dict[int, dict]:
-    limits = httpx.Limits(max_connections=max(levels) + 4)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=max(levels) + 4)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as client:
         await _http_stream(client, url, model, 4)  # warm
 
         # A chunk may carry several tokens when the client is slower than the engine: every stream
