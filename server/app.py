@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -17,9 +18,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from server.errors import APIError, from_validation_errors
-from server.pool import EnginePool, vllm_factory
+from server.pool import SPARE_LORA_SLOTS, EnginePool, vllm_factory
 from server.registry import load_registry
-from server.routes import health, openai, ws
+from server.routes import admin, health, openai, ws
 from server.serving import StageService
 from server.settings import Settings
 from server.store import Store
@@ -67,6 +68,7 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(openai.router)
+    app.include_router(admin.router)
     app.include_router(ws.router)  # before the UI: its mount at / would catch /v1/ws
     if store is not None:
         from server.routes import feedback
@@ -93,6 +95,7 @@ async def _start_engines(app: FastAPI, pool: EnginePool) -> None:
 def build_app(settings: Settings, *, max_live_engines: int = 2, with_ui: bool = True) -> FastAPI:
     """The real application: vLLM engines for the registry, the store from the database URL."""
     registry = load_registry(settings.registry_path, data_dir=settings.data_dir)
-    pool = EnginePool(registry, vllm_factory, max_live_engines=max_live_engines)
+    spare = int(os.environ.get("STAGECHAT_SPARE_LORA_SLOTS", SPARE_LORA_SLOTS))  # room for reloaded adapters
+    pool = EnginePool(registry, vllm_factory, max_live_engines=max_live_engines, spare_lora_slots=spare)
     store = Store(settings.resolved_database_url)
     return create_app(settings, pool, store=store, with_ui=with_ui)

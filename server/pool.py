@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 # (checkpoint, speculative method name or None); speculative configs are per checkpoint's root stage
 EngineKey = tuple[str, str | None]
 
+# The server's default LoRA slots beyond the registry's adapters (`STAGECHAT_SPARE_LORA_SLOTS`), so
+# `reload` can add adapter stages (say, the next RLHF round) to a running engine without restarting
+# it; an adapter beyond the spare slots restarts that engine. Each slot costs rank × width memory.
+SPARE_LORA_SLOTS = 2
+
 
 @dataclass(frozen=True)
 class EngineSpec:
@@ -58,10 +63,14 @@ def _lora_rank(adapter_path: str) -> int:
 
 
 class EnginePool:
-    def __init__(self, registry: Registry, factory: EngineFactory, *, max_live_engines: int = 2):
+    def __init__(self, registry: Registry, factory: EngineFactory, *, max_live_engines: int = 2,
+                 spare_lora_slots: int = 0):
         self.factory = factory
         self.max_live_engines = max_live_engines
+        self.spare_lora_slots = spare_lora_slots
         self._engines: dict[EngineKey, Engine] = {}
+        self._specs: dict[EngineKey, EngineSpec] = {}  # what each live engine was started with
+        self._adapters: dict[str, AdapterRef] = {}
         self._last_used: dict[EngineKey, float] = {}
         self._lock = asyncio.Lock()
         self.ready = False
@@ -70,11 +79,38 @@ class EnginePool:
     def set_registry(self, registry: Registry) -> None:
         """Adopt a (re)loaded registry. New adapter stages on running engines serve at once."""
         self.registry = registry
-        self._adapters = {
-            name: AdapterRef(name=name, path=stage.adapter, int_id=i + 1)
-            for i, (name, stage) in enumerate(registry.stages.items())
-            if stage.adapter is not None
-        }
+        # vLLM caches a loaded adapter by its int id: an unchanged adapter keeps its id across
+        # reloads, a new or moved one gets a fresh id (never a removed one's, which may be cached).
+        old = self._adapters
+        next_id = max((a.int_id for a in old.values()), default=0) + 1
+        self._adapters = {}
+        for name, stage in registry.stages.items():
+            if stage.adapter is None:
+                continue
+            if name in old and old[name].path == stage.adapter:
+                self._adapters[name] = old[name]
+            else:
+                self._adapters[name] = AdapterRef(name=name, path=stage.adapter, int_id=next_id)
+                next_id += 1
+
+    async def reload(self, registry: Registry) -> list[EngineKey]:
+        """Adopt a changed registry while serving; returns the engines that had to restart.
+
+        New adapter stages ride on their running engine at once (warmed up first). An engine restarts
+        only when its adapters no longer fit: more than its LoRA slots, a larger rank, or LoRA off."""
+        added = [n for n in registry.stages if n not in self.registry.stages]
+        self.set_registry(registry)
+        restarted = []
+        for key, engine in list(self._engines.items()):
+            serving = [a for a in self._adapters.values() if self._serves(key, a)]
+            started = self._specs.get(key)
+            if started is not None and not _fits(started, serving):
+                stage = next(s for s in registry.stages if self.registry.stages[registry.root(s)].model == key[0])
+                await self._restart(key, self._spec_for(stage, key))
+                restarted.append(key)
+            else:
+                await engine.warm_up([a for a in serving if a.name in added])
+        return restarted
 
     # -- routing ---------------------------------------------------------------------------------
 
@@ -111,7 +147,8 @@ class EnginePool:
             # One slot more than adapters, left empty: vLLM's CPU LoRA kernels read the last slot for
             # requests without an adapter, so a base request batched with an adapter request would
             # get that adapter's delta (vllm-project/vllm PR #49656). An empty last slot adds zero.
-            max_loras=len(adapters) + 1,
+            # Spare slots let a reload add adapters without restarting the engine (see `reload`).
+            max_loras=len(adapters) + self.spare_lora_slots + 1,
             engine_args=dict(self.registry.engine),
         )
 
@@ -144,8 +181,22 @@ class EnginePool:
             await engine.warm_up([a for a in self._adapters.values() if self._serves(key, a)])
             log.info("engine %s ready in %.1f s", spec.model, time.monotonic() - began)
             self._engines[key] = engine
+            self._specs[key] = spec
             self._last_used[key] = time.monotonic()
             return engine
+
+    async def _restart(self, key: EngineKey, spec: EngineSpec, drain_seconds: float = 30.0) -> None:
+        """Replace a live engine with one built from `spec`; requests arriving meanwhile wait for it."""
+        async with self._lock:
+            old = self._engines[key]
+            deadline = time.monotonic() + drain_seconds
+            while old.stats().running_requests and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)  # let running answers finish; later ones are aborted
+            del self._engines[key]
+            self._specs.pop(key, None)
+            log.info("restarting engine %s: its adapters outgrew its LoRA slots", spec.model)
+            await old.shutdown()
+        await self._start(key, spec)
 
     def _serves(self, key: EngineKey, adapter: AdapterRef) -> bool:
         return self.registry.stages[self.registry.root(adapter.name)].model == key[0]
@@ -158,6 +209,7 @@ class EnginePool:
         victim = min(idle, key=lambda k: self._last_used.get(k, 0.0))
         log.info("evicting idle engine %s (speculative: %s)", *victim)
         engine = self._engines.pop(victim)
+        self._specs.pop(victim, None)
         await engine.shutdown()
 
     def engines(self) -> dict[EngineKey, Engine]:
@@ -171,6 +223,16 @@ class EnginePool:
         for engine in self._engines.values():
             await engine.shutdown()
         self._engines.clear()
+        self._specs.clear()
+
+
+def _fits(spec: EngineSpec, adapters: list[AdapterRef]) -> bool:
+    """Can an engine started with `spec` serve these adapters (the last LoRA slot stays empty)?"""
+    if not adapters:
+        return True
+    if spec.max_lora_rank is None:
+        return False
+    return len(adapters) <= spec.max_loras - 1 and max(_lora_rank(a.path) for a in adapters) <= spec.max_lora_rank
 
 
 def vllm_factory(spec: EngineSpec) -> Engine:
