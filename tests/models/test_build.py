@@ -1,0 +1,96 @@
+"""The smoke build end to end: every stage is produced in a format transformers, PEFT and vLLM load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from models.demo.build import MARKER, STEPS, build_demo
+from models.demo.sft import LORA_TARGETS
+
+pytestmark = pytest.mark.integration  # trains four tiny models: ~15 s on 2 cores
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    out = tmp_path_factory.mktemp("demo")
+    return out, build_demo(out, size="smoke")
+
+
+def test_every_step_ran_and_left_a_marker(family):
+    out, timings = family
+    assert set(timings) == {*STEPS, "total"}
+    assert all(timings[s] > 0 for s in STEPS)
+    for name in STEPS:
+        assert json.loads((out / name / MARKER).read_text())["size"] == "smoke"
+    assert not list(out.glob("*.partial"))
+
+
+def test_base_and_draft_load_in_transformers_and_share_the_vocabulary(family):
+    from transformers import AutoModelForCausalLM
+
+    out, _ = family
+    base = AutoModelForCausalLM.from_pretrained(out / "base")
+    draft = AutoModelForCausalLM.from_pretrained(out / "draft")
+    assert base.config.model_type == draft.config.model_type == "llama"
+    assert base.config.vocab_size == draft.config.vocab_size
+    for config in (base.config, draft.config):
+        assert config.head_dim in (32, 64)  # vLLM's CPU attention supports these
+    assert (out / "base" / "model.safetensors").exists()
+
+
+def test_adapters_are_plain_lora_that_vllm_accepts(family):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out, _ = family
+    for name in ("sft", "rlhf"):
+        config = json.loads((out / name / "adapter_config.json").read_text())
+        assert config["peft_type"] == "LORA" and config["r"] <= 16
+        assert set(config["target_modules"]) <= set(LORA_TARGETS)
+        assert not config.get("modules_to_save")
+        assert not (out / name / "ref").exists()  # DPO's frozen reference copy is not shipped
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out / "base"), out / name)
+        assert list(model.peft_config) == ["default"]
+
+
+def test_chat_template_renders_in_every_stage_dir(family):
+    from transformers import AutoTokenizer
+
+    out, _ = family
+    for name in ("base", "sft", "rlhf", "draft"):
+        tok = AutoTokenizer.from_pretrained(out / name)
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": "Capital of Kenya?"}, {"role": "assistant", "content": "Nairobi."}],
+            return_dict=True,
+        )["input_ids"]
+        assert ids[-1] == tok.eos_token_id
+
+
+def test_registry_validates_against_the_built_family(family):
+    from server.registry import load_registry
+
+    out, _ = family
+    data_dir = out.parent / "data"
+    shutil.copytree(out, data_dir / "demo", ignore=shutil.ignore_patterns("data"))
+    registry = load_registry(MODELS / "stages.yaml", data_dir=data_dir, check_paths=True)
+    assert registry.speculative_methods("base")["draft_model"]["model"] == str(data_dir / "demo" / "draft")
+
+
+def test_rerun_skips_complete_steps_and_redoes_an_incomplete_one(family):
+    out, _ = family
+    (out / "draft" / MARKER).unlink()  # as if the draft step had been interrupted
+    timings = build_demo(out, size="smoke")
+    assert {s: timings[s] for s in STEPS if s != "draft"} == dict.fromkeys(set(STEPS) - {"draft"}, 0.0)
+    assert timings["draft"] > 0 and (out / "draft" / MARKER).exists()
+
+
+def test_unknown_size_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="size"):
+        build_demo(tmp_path, size="huge")
+    assert list(tmp_path.iterdir()) == []
