@@ -106,10 +106,16 @@ class EnginePool:
             started = self._specs.get(key)
             if started is not None and not _fits(started, serving):
                 stage = next(s for s in registry.stages if self.registry.stages[registry.root(s)].model == key[0])
-                await self._restart(key, self._spec_for(stage, key))
-                restarted.append(key)
-            else:
-                await engine.warm_up([a for a in serving if a.name in added])
+                spec = self._spec_for(stage, key)
+                if _fits(spec, serving):
+                    await self._restart(key, spec)
+                    restarted.append(key)
+                    continue
+                # The registry's `engine:` pins max_loras / max_lora_rank: a restart would not help.
+                log.warning("engine %s: %d adapters exceed the LoRA slots or rank its `engine:` arguments "
+                            "pin; remove max_loras / max_lora_rank there to let the pool size them", key[0],
+                            len(serving))
+            await engine.warm_up([a for a in serving if a.name in added])
         return restarted
 
     # -- routing ---------------------------------------------------------------------------------
@@ -227,12 +233,16 @@ class EnginePool:
 
 
 def _fits(spec: EngineSpec, adapters: list[AdapterRef]) -> bool:
-    """Can an engine started with `spec` serve these adapters (the last LoRA slot stays empty)?"""
+    """Can an engine started with `spec` serve these adapters (the last LoRA slot stays empty)?
+
+    The registry's `engine:` arguments win over the pool's choices (see `VllmEngine._build_args`)."""
     if not adapters:
         return True
-    if spec.max_lora_rank is None:
+    rank = spec.engine_args.get("max_lora_rank", spec.max_lora_rank)
+    if rank is None or not (spec.max_lora_rank is not None or spec.engine_args.get("enable_lora")):
         return False
-    return len(adapters) <= spec.max_loras - 1 and max(_lora_rank(a.path) for a in adapters) <= spec.max_lora_rank
+    slots = spec.engine_args.get("max_loras", spec.max_loras)
+    return len(adapters) <= slots - 1 and max(_lora_rank(a.path) for a in adapters) <= rank
 
 
 def vllm_factory(spec: EngineSpec) -> Engine:
