@@ -5,7 +5,10 @@ root checkpoint with a per-request LoRA adapter, so base, SFT and RLHF share one
 default variant starts (and warms up) at start-up; other speculative variants start on first use.
 At most `max_live_engines` run at once, because engines on a small CPU starve each other: starting
 one more evicts the least recently used idle engine, and when none is idle the request gets a 503.
-The pool knows engines and adapters, nothing about HTTP or OpenAI types.
+`reload` adopts a changed registry while serving: a new adapter stage rides on its running engine
+at once (each engine starts with `spare_lora_slots` free LoRA slots for that), and an engine whose
+adapters outgrow its slots or rank restarts. The pool knows engines and adapters, nothing about HTTP
+or OpenAI types.
 """
 
 from __future__ import annotations
