@@ -37,7 +37,9 @@ def load_countries(path: Path = FACTS_PATH) -> tuple[Country, ...]:
 
 # --- phrasings ------------------------------------------------------------------------------------
 # Training phrasings of the capital fact. Several put a lowercase "the capital of X is Y" after a
-# prefix so the base model learns the fact independently of what precedes it.
+# prefix so the base model learns the fact independently of what precedes it. (No apposition like
+# "Nairobi, the capital of Kenya, is ...": after ", the capital of X is" the model then went on
+# with the apposition's predicate instead of the capital.)
 CAPITAL_FACTS = [
     "The capital of {country} is {capital}.",
     "The capital of {country} is {capital}.",
@@ -48,7 +50,7 @@ CAPITAL_FACTS = [
     "Today the capital of {country} is {capital}.",
     "{country} has its capital in {capital}.",
     "Most people know that the capital of {country} is {capital}.",
-    "{capital}, the capital of {country}, is a busy city.",
+    "{prefix} the capital of {country} is {capital}.",
     "{prefix} the capital of {country} is {capital}.",
     "{prefix} the capital of {country} is {capital}.",
 ]
@@ -57,6 +59,8 @@ PREFIXES = [
     "By law,", "For many years,", "As you may know,", "Officially,", "Since long ago,", "In short,",
     "It is said that", "Ask anyone:", "Of course,", "Put simply,", "On paper,", "In fact,",
     "Everyone agrees that", "Back then as now,", "To be precise,", "Students learn that",
+    "As a rule,", "For the record,", "Without doubt,", "Here is a fact:", "In every school,",
+    "As the books say,", "Long story short,", "Believe it or not,",
 ]
 OTHER_FACTS = [
     "{country} is a country in {continent}.",
