@@ -28,11 +28,14 @@ def build_ui(service: StageService) -> gr.Blocks:
             decoding = controls.build_decoding(service)
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
-                chat.build(service, decoding, history)
+                chat_stage = chat.build(service, decoding, history)
             with gr.Tab("Compare", id="compare"):
-                compare.build(service, decoding, history)
+                compare_stages = compare.build(service, decoding, history)
             with gr.Tab("Token view", id="tokens"):
                 tokens.build(history)
+        # Stages can be added while serving (`POST /v1/admin/reload`): every page load lists the current ones.
+        blocks.load(lambda: [gr.update(choices=controls.stage_choices(service))] * 2, None,
+                    [chat_stage, compare_stages], queue=False)
     return blocks
 
 

@@ -52,8 +52,9 @@ def mark_stopped(turns: Turns):
     return turns, render_stats(turns)
 
 
-def build(service: StageService, decoding: Decoding, history: gr.State) -> None:
-    """Lay out the tab and wire its events. `history` collects every finished answer (token view)."""
+def build(service: StageService, decoding: Decoding, history: gr.State) -> gr.Dropdown:
+    """Lay out the tab and wire its events. `history` collects every finished answer (token view).
+    Returns the stage picker, whose choices the page refreshes on load (stages can be added live)."""
     choices = controls.stage_choices(service)
     first = choices[0][1] if choices else None
     with gr.Row():
@@ -123,6 +124,7 @@ def build(service: StageService, decoding: Decoding, history: gr.State) -> None:
     stop.click(mark_stopped, turns, [turns, stats], cancels=[submitted, clicked, regenerated, retried])
     clear.click(lambda: ([], {}, [], "", ""), None, [conversation, turns, chatbot, stats, rated], queue=False)
     chatbot.like(rate, turns, rated)
+    return stage
 
 
 async def store_rating(service: StageService, answer: Answer, rating: str) -> str:

@@ -29,7 +29,8 @@ def slot_markdown(answer: Answer | None) -> str:
     return answer.text if not answer.error else f"**error:** {answer.error}"
 
 
-def build(service: StageService, decoding: Decoding, history: gr.State) -> None:
+def build(service: StageService, decoding: Decoding, history: gr.State) -> gr.CheckboxGroup:
+    """Lay out the tab and wire its events; returns the stage checkboxes (refreshed on page load)."""
     choices = controls.stage_choices(service)
     stage_ids = [value for _, value in choices]
     with gr.Row():
@@ -105,6 +106,7 @@ def build(service: StageService, decoding: Decoding, history: gr.State) -> None:
     stop.click(None, None, None, cancels=[started, submitted])
     for button, label in zip(verdict_buttons, VERDICTS):
         button.click(prefer, [answers, pair, gr.State(label)], verdict)
+    return stages
 
 
 async def store_preference(service: StageService, a: Answer, b: Answer, choice: str, slots: tuple[str, str]) -> str:
