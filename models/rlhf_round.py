@@ -232,6 +232,7 @@ def run_round(args) -> int:
             config=Path(args.config), from_stage=args.from_stage, name=args.name, method=args.method,
             database_url=settings.resolved_database_url, data_dir=settings.data_dir,
             min_ratings=args.min_ratings, server=args.server, admin_key=settings.admin_key,
+            plan=RoundPlan(method=args.method, steps=args.steps, lr=args.lr),
         )
     except (RoundError, RegistryError) as exc:
         print(f"stagechat rlhf-round: {exc}", file=sys.stderr)

@@ -115,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
     rr.add_argument("--method", choices=["kto", "dpo"], default="kto")
     rr.add_argument("--name", required=True)
     rr.add_argument("--min-ratings", type=int, default=1)
+    rr.add_argument("--steps", type=int, default=None, help="training steps (default: about 4 epochs, 20-200)")
+    rr.add_argument("--lr", type=float, default=5e-4, help="learning rate")
     rr.add_argument("--database-url", default=None)
     rr.add_argument("--server", default=None, help="URL of a running server to reload (POST /v1/admin/reload)")
     rr.set_defaults(func=_rlhf_round)
