@@ -14,7 +14,7 @@ core (STAGECHAT_ENGINE_CPUS="0|1", which sets VLLM_CPU_OMP_THREADS_BIND per engi
     .venv/bin/python scripts/bench_speculative.py [--config models/stages.yaml] [--stages base sft]
         [--concurrency 1 4 16] [--tokens 128] [--policy] [--json out.json]
 
-Without --config: models/stages.yaml when the demo family is built (data/demo), else a random tiny
+Without --config: models/stages.yaml when the demo family is built (data/demo/{base,sft,rlhf,draft}), else a random tiny
 family (an 8-layer target, a 1-layer draft with the same tokenizer: its acceptance is near zero,
 so it shows the cost side only).
 """
@@ -238,7 +238,8 @@ def main() -> None:
         config = args.config
         if config is None:
             demo = REPO / "models" / "stages.yaml"
-            config = demo if demo.exists() and (REPO / "data" / "demo").exists() else tiny_family(work)
+            built = all((REPO / "data" / "demo" / d).is_dir() for d in ("base", "sft", "rlhf", "draft"))
+            config = demo if built else tiny_family(work)
         registry = load_registry(config)
         stages = args.stages or list(registry.stages)
         methods = args.methods or list(registry.speculative_methods(stages[0]))
