@@ -134,9 +134,9 @@ async def first_request(url: str, stage: str, method: str) -> float:
         return time.perf_counter() - began
 
 
-def bench_speed(config: Path, work: Path, stages: list[str], methods: list[str], levels: list[int],
+def bench_speed(config: Path, logs: Path, stages: list[str], methods: list[str], levels: list[int],
                 tokens: int) -> dict:
-    server = Server(config, work / "speed.log", max_engines=1)
+    server = Server(config, logs / "speed.log", max_engines=1)
     out = {"ready_s": server.ready_s, "cold_start_s": {}, "rows": []}
     try:
         for method in ["off", *methods]:
@@ -169,10 +169,10 @@ async def _ttft_with_busy_neighbour(url: str, stage: str, method: str) -> float:
         await background
 
 
-def bench_policy(config: Path, work: Path, stage: str, method: str) -> dict:
+def bench_policy(config: Path, logs: Path, stage: str, method: str) -> dict:
     out = {}
     for label, env in (("auto binding", {}), ("one core per engine", {"STAGECHAT_ENGINE_CPUS": "0|1"})):
-        server = Server(config, work / f"policy-{len(out)}.log", max_engines=2, env=env)
+        server = Server(config, logs / f"policy-{len(out)}.log", max_engines=2, env=env)
         try:
             r = {"ready_s": server.ready_s}
             r["ttft_one_live_ms"] = asyncio.run(_ttft_series(server.url, stage))
@@ -229,7 +229,9 @@ def main() -> None:
     p.add_argument("--policy", action="store_true", help="also measure the engine policy")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--logs", type=Path, default=REPO / "data" / "bench-logs", help="server logs go here")
     args = p.parse_args()
+    args.logs.mkdir(parents=True, exist_ok=True)
 
     from server.registry import load_registry
 
@@ -246,9 +248,9 @@ def main() -> None:
         print(f"registry {config}: stages {stages}, methods {methods}", flush=True)
         results = {"config": str(config)}
         if not args.skip_speed:
-            results["speed"] = bench_speed(config, work, stages, methods, args.concurrency, args.tokens)
+            results["speed"] = bench_speed(config, args.logs, stages, methods, args.concurrency, args.tokens)
         if args.policy:
-            results["policy"] = bench_policy(config, work, stages[0], methods[0])
+            results["policy"] = bench_policy(config, args.logs, stages[0], methods[0])
         if "speed" in results:
             print_table(results["speed"])
         for label, r in results.get("policy", {}).items():
