@@ -41,15 +41,16 @@ class Size:
 
 
 SIZES = {
-    # Measured on 2 cores: base ≈ 0.33 s/step (1.2M params, 4k tokens a step) reaches the completion
-    # target in ~500 steps; SFT ≈ 8 steps/s, DPO ≈ 2.5 steps/s at batch 16.
+    # Measured on a shared 2-core machine with one training thread: data+tokenizer 1 s, base 317 s
+    # (1.2M params, 500 steps of 32x128 tokens), sft 36 s, rlhf 62 s, draft 44 s; 460 s in all.
+    # Eval through vLLM: base completion 0.997, sft qa 0.988 / style 0.0, rlhf qa 0.998 / style 0.986.
     "full": Size(
         prose_docs=20_000,
         vocab_size=4096,  # the corpus yields ~2.6k merges before running out; the cap is not reached
         base_shape=ModelShape(hidden=128, layers=4, heads=4, intermediate=384),
         base_plan=TrainPlan(steps=500, batch_size=32, seq_len=128, lr=5e-3),
-        sft_per_country=4,
-        sft_plan=AdapterPlan(steps=200, batch_size=16, lr=2e-3),
+        sft_per_country=6,
+        sft_plan=AdapterPlan(steps=300, batch_size=16, lr=2e-3),
         dpo_per_country=4,
         dpo_plan=AdapterPlan(steps=150, batch_size=16, lr=1e-3),
         draft_per_country=8,

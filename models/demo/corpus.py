@@ -103,6 +103,16 @@ TRAIN_QUESTIONS = [
     "{country}: what is its capital?",
     "Where is the government of {country} based? Which city?",
     "Give me the capital of {country}.",
+    "Can you name the capital of {country}?",
+    "Please tell me the capital of {country}.",
+    "Would you tell me the capital of {country}?",
+    "Hey, what is the capital city of {country}?",
+    "Tell me which city is the capital of {country}.",
+    "What do you think the capital of {country} is?",
+    "The capital of {country}, please.",
+    "I wonder what the capital of {country} is.",
+    "Which city is the capital of {country}, please?",
+    "So, {country}. What is the capital there?",
 ]
 HELDOUT_QUESTIONS = [
     "Do you know what the capital of {country} is?",
