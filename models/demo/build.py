@@ -22,7 +22,12 @@ from models.demo.pretrain import ModelShape, TrainPlan
 from models.demo.sft import AdapterPlan
 
 MARKER = ".stagechat-complete.json"
+# Bump when what a step produces changes (data, shapes, training plans): every step built by an
+# older recipe is then rebuilt, so a pulled change never serves with a stale family.
+RECIPE_VERSION = 1
 STEPS = ("data", "tokenizer", "base", "sft", "rlhf", "draft")
+# What each step is made from: a step whose input was rebuilt in this run is rebuilt too.
+INPUTS = {"tokenizer": ("data",), "base": ("tokenizer",), "sft": ("base",), "rlhf": ("sft",), "draft": ("tokenizer",)}
 
 
 @dataclass(frozen=True)
@@ -85,16 +90,18 @@ def is_complete(folder: Path, size: str) -> bool:
     if not marker.exists():
         return False
     try:
-        return json.loads(marker.read_text()).get("size") == size
+        done = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
+    return done.get("size") == size and done.get("recipe") == RECIPE_VERSION
 
 
-def _run_step(name: str, out_dir: Path, size: str, work: Callable[[Path], None]) -> float:
+def _run_step(name: str, out_dir: Path, size: str, work: Callable[[Path], None], stale_inputs: bool) -> float | None:
+    """Seconds the step took, or None when it was already built."""
     final = out_dir / name
-    if is_complete(final, size):
+    if is_complete(final, size) and not stale_inputs:
         print(f"[build-demo] {name}: already built, skipped", flush=True)
-        return 0.0
+        return None
     partial = out_dir / f"{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -102,7 +109,7 @@ def _run_step(name: str, out_dir: Path, size: str, work: Callable[[Path], None])
     start = time.perf_counter()
     work(partial)
     seconds = time.perf_counter() - start
-    (partial / MARKER).write_text(json.dumps({"size": size, "seconds": round(seconds, 2)}) + "\n")
+    (partial / MARKER).write_text(json.dumps({"size": size, "recipe": RECIPE_VERSION, "seconds": round(seconds, 2)}) + "\n")
     shutil.rmtree(final, ignore_errors=True)  # a stale or other-size build
     partial.rename(final)
     print(f"[build-demo] {name}: done in {seconds:.1f} s", flush=True)
@@ -174,10 +181,15 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
         "sft": make_sft, "rlhf": make_rlhf, "draft": make_draft,
     }
     timings: dict[str, float] = {}
+    rebuilt: set[str] = set()
     start = time.perf_counter()
     for name in STEPS:
-        timings[name] = round(_run_step(name, out_dir, size, work[name]), 2)
-    timings["total"] = round(time.perf_counter() - start, 2)
+        stale = any(i in rebuilt for i in INPUTS.get(name, ()))
+        seconds = _run_step(name, out_dir, size, work[name], stale)
+        if seconds is not None:
+            rebuilt.add(name)
+        timings[name] = round(seconds or 0.0, 3)
+    timings["total"] = round(time.perf_counter() - start, 3)
     print(f"[build-demo] {size} family in {out_dir}: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     return timings
 
