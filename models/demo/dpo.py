@@ -18,7 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from models.demo.sft import AdapterPlan, common_args, save_adapter
 
 
-def train_dpo(base_dir: Path, sft_dir: Path, rows: list[dict], plan: AdapterPlan, out_dir: Path, beta: float = 0.1) -> float:
+def train_dpo(
+    base_dir: Path, sft_dir: Path, rows: list[dict], plan: AdapterPlan, out_dir: Path, beta: float = 0.1
+) -> float:
     """Train and save the RLHF adapter; returns the final training loss."""
     from trl import DPOConfig, DPOTrainer  # heavy import, only when training
 

@@ -16,6 +16,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from models.demo.tokenizer import copy_tokenizer_files
+
 # vLLM's CPU attention kernels exist only for some head sizes (24 failed, 32 and 64 work).
 SUPPORTED_HEAD_DIMS = (32, 64)
 
@@ -126,8 +128,6 @@ def train_causal_lm(
 
 def save_checkpoint(model: LlamaForCausalLM, tokenizer_dir: Path, out_dir: Path) -> None:
     """A self-contained HF checkpoint dir (safetensors + config + tokenizer files) that vLLM loads."""
-    from models.demo.tokenizer import copy_tokenizer_files
-
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     copy_tokenizer_files(tokenizer_dir, out_dir)
