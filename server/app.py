@@ -47,7 +47,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: bool = True) -> FastAPI:
-    service = StageService(pool=pool, store=store, log_prompts=settings.log_prompts)
+    service = StageService(pool=pool, store=store, log_prompts=settings.log_prompts,
+                           allow_lossy_speculation=settings.allow_lossy_speculation)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

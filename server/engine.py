@@ -92,6 +92,8 @@ class Engine(Protocol):
     max_model_len: int
     tokenizer: Tokenizer
     speculative_method: str | None  # None when this engine runs without speculation
+    # True when this engine's speculation is known to change what sampling (temperature > 0) returns
+    lossy_when_sampling: bool
 
     async def start(self) -> None:
         """Load the model and warm it up; returns when the engine can serve."""

@@ -33,11 +33,12 @@ class FakeTokenizer:
 
 class ScriptedEngine:
     def __init__(self, script: str = "The capital of Kenya is Nairobi.", *, max_model_len: int = 64,
-                 delay: float = 0.0, speculative_method: str | None = None):
+                 delay: float = 0.0, speculative_method: str | None = None, lossy_when_sampling: bool = False):
         self.script = script
         self.max_model_len = max_model_len
         self.delay = delay  # seconds between tokens, so tests can disconnect mid-stream
         self.speculative_method = speculative_method
+        self.lossy_when_sampling = lossy_when_sampling
         self.tokenizer = FakeTokenizer()
         self.running: set[str] = set()
         self.aborted: list[str] = []

@@ -94,10 +94,12 @@ class Generation:
 
 
 class StageService:
-    def __init__(self, *, pool: EnginePool, store=None, log_prompts: bool = True):
+    def __init__(self, *, pool: EnginePool, store=None, log_prompts: bool = True,
+                 allow_lossy_speculation: bool = False):
         self.pool = pool
         self.store = store
         self.log_prompts = log_prompts
+        self.allow_lossy_speculation = allow_lossy_speculation
         self._background: set[asyncio.Task] = set()
 
     # -- what is served --------------------------------------------------------------------------
@@ -161,7 +163,14 @@ class StageService:
                 f"This model's maximum context length is {limit} tokens: {len(ids)} in the prompt leave room "
                 f"for {room}, but max_tokens is {asked}.", param="max_tokens", code="context_length_exceeded")
         max_tokens = asked or min(defaults.max_tokens or room, room)
-        return request.to_settings(defaults, max_tokens)
+        settings = request.to_settings(defaults, max_tokens)
+        if settings.temperature > 0 and route.engine.lossy_when_sampling and not self.allow_lossy_speculation:
+            # Speculation must never change what a request gets; where the engine is known to, say so.
+            raise bad_request(
+                f"Speculative method '{route.speculative_method}' changes the sampled output on this backend "
+                "(vLLM CPU, draft model); use temperature 0, or speculative 'off' or another method.",
+                param="speculative", code="speculation_not_lossless")
+        return settings
 
     def _generation(self, prefix, kind, stage, ids, settings, route, prompt, client_id) -> Generation:
         return Generation(

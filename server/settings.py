@@ -25,6 +25,8 @@ class Settings:
     api_keys: frozenset[str] = frozenset()  # empty: no key needed
     admin_key: str | None = None  # guards export and admin endpoints when set
     log_prompts: bool = True  # off: prompts and completions are not stored; ratings carry their text
+    # serve speculation that is known to change sampled output (see VllmEngine.lossy_when_sampling)
+    allow_lossy_speculation: bool = False
 
     @property
     def resolved_database_url(self) -> str:
@@ -39,6 +41,7 @@ class Settings:
             api_keys=keys,
             admin_key=env.get("STAGECHAT_ADMIN_KEY") or None,
             log_prompts=env.get("STAGECHAT_LOG_PROMPTS", "1") not in ("0", "false", "no"),
+            allow_lossy_speculation=env.get("STAGECHAT_ALLOW_LOSSY_SPECULATION", "0") in ("1", "true", "yes"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

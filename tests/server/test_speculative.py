@@ -188,3 +188,28 @@ def test_prometheus_counters_per_stage_and_method(client):
                      ("rlhf", "ngram"): (8, 6), ("rlhf", "draft"): (0, 0)}
     text = client.get("/metrics").text
     assert 'stagechat_speculative_accepted_tokens_total{method="draft",stage="sft"}' in text
+
+
+def test_speculation_known_to_change_sampled_output_is_refused_unless_allowed(fake_pool_factory):
+    import asyncio
+
+    from server.errors import APIError
+    from server.protocol import ChatCompletionRequest
+    from server.serving import StageService
+
+    def ask(temperature: float, allow: bool):
+        async def go():
+            pool = fake_pool_factory(lossy_when_sampling=True)
+            await pool.start()
+            service = StageService(pool=pool, allow_lossy_speculation=allow)
+            request = ChatCompletionRequest(model="base", messages=[{"role": "user", "content": "hi"}],
+                                            temperature=temperature)
+            return await service.chat(request)
+
+        return asyncio.run(go())
+
+    with pytest.raises(APIError) as err:
+        ask(0.8, allow=False)
+    assert err.value.status == 400 and err.value.code == "speculation_not_lossless"
+    assert ask(0.0, allow=False).settings.temperature == 0.0  # greedy is lossless: served
+    assert ask(0.8, allow=True).settings.temperature == 0.8
