@@ -24,10 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,49 +34,17 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from server.launcher import ChildServer  # noqa: E402  (after the path is set)
 QUESTIONS = ["What is the capital of Kenya?", "What is the capital of France?", "Tell me about Japan.",
              "What is the capital of Peru?", "Which city is the capital of Norway?"]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, config: Path, log: Path, max_engines: int, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        began = time.perf_counter()
-        full_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", str(self.port),
-             "--no-ui", "--log-level", "warning", "--max-engines", str(max_engines)],
-            cwd=REPO, env=full_env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited ({self.process.returncode}); see {log}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.perf_counter() - began > 600:
-                self.stop()
-                raise TimeoutError(f"not ready; see {log}")
-            time.sleep(0.5)
-        self.ready_s = time.perf_counter() - began
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+def start_server(config: Path, log: Path, max_engines: int, env: dict[str, str] | None = None):
+    return ChildServer(
+        lambda port: [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", str(port),
+                      "--no-ui", "--log-level", "warning", "--max-engines", str(max_engines)],
+        log=log, env=env, timeout=600)
 
 
 async def stream_one(client: httpx.AsyncClient, url: str, stage: str, method: str, tokens: int,
@@ -136,8 +101,8 @@ async def first_request(url: str, stage: str, method: str) -> float:
 
 def bench_speed(config: Path, logs: Path, stages: list[str], methods: list[str], levels: list[int],
                 tokens: int) -> dict:
-    server = Server(config, logs / "speed.log", max_engines=1)
-    out = {"ready_s": server.ready_s, "cold_start_s": {}, "rows": []}
+    server = start_server(config, logs / "speed.log", max_engines=1)
+    out = {"ready_s": server.ready_seconds, "cold_start_s": {}, "rows": []}
     try:
         for method in ["off", *methods]:
             out["cold_start_s"][method] = asyncio.run(first_request(server.url, stages[0], method))
@@ -172,9 +137,9 @@ async def _ttft_with_busy_neighbour(url: str, stage: str, method: str) -> float:
 def bench_policy(config: Path, logs: Path, stage: str, method: str) -> dict:
     out = {}
     for label, env in (("auto binding", {}), ("one core per engine", {"STAGECHAT_ENGINE_CPUS": "0|1"})):
-        server = Server(config, logs / f"policy-{len(out)}.log", max_engines=2, env=env)
+        server = start_server(config, logs / f"policy-{len(out)}.log", max_engines=2, env=env)
         try:
-            r = {"ready_s": server.ready_s}
+            r = {"ready_s": server.ready_seconds}
             r["ttft_one_live_ms"] = asyncio.run(_ttft_series(server.url, stage))
             r["variant_cold_start_s"] = asyncio.run(first_request(server.url, stage, method))
             r["ttft_two_live_idle_ms"] = asyncio.run(_ttft_series(server.url, stage))

@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 def main() -> int:
     sys.path.insert(0, str(REPO))
     from models.closed_loop import run_loop
+    from server.launcher import stagechat_server
     from server.settings import default_data_dir
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,41 +39,18 @@ def main() -> int:
     config.write_text(Path(args.config).read_text().replace("{data_dir}", str(default_data_dir())))
     data_dir = scratch / "data"
     data_dir.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "STAGECHAT_DATA_DIR": str(data_dir), "VLLM_CPU_KVCACHE_SPACE": "1"}
     began = time.monotonic()
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port",
-                               str(port), "--no-ui", "--log-level", "warning"], cwd=REPO, env=env,
-                              stdout=(scratch / "server.log").open("w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = stagechat_server(config, data_dir, ("--no-ui",))
     try:
-        while True:
-            if server.poll() is not None:
-                print((scratch / "server.log").read_text()[-3000:], file=sys.stderr)
-                return 1
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        ready = time.monotonic() - began
-        report = run_loop(url, config=config, data_dir=data_dir, stages=args.stages.split(","),
+        report = run_loop(server.url, config=config, data_dir=data_dir, stages=args.stages.split(","),
                           steps=args.steps, lr=args.lr, method=args.method)
         figures = {k: v for k, v in vars(report).items() if k != "reload"}
-        figures.update(server_ready_seconds=round(ready, 1), total_seconds=round(time.monotonic() - began, 1),
+        figures.update(server_ready_seconds=round(server.ready_seconds, 1), total_seconds=round(time.monotonic() - began, 1),
                        restarted_engines=report.reload["restarted_engines"])
         print(json.dumps(figures, indent=2))
         return 0
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -3,24 +3,18 @@
 - `fake_app`: the real FastAPI app on a pool of scripted engines (no model), for serving logic.
 - `tiny_family`: a random tiny Llama checkpoint with a LoRA adapter and a registry for it, made once
   per session in seconds; integration tests serve it with real vLLM.
-- `live_server`: `stagechat serve` in a subprocess on the tiny family, on a free loopback port.
+- `live_server`: `stagechat serve` in a child process on the tiny family (`server.launcher`).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from server.app import create_app
 from server.fake_engine import ScriptedEngine
+from server.launcher import stagechat_server
 from server.pool import EnginePool
 from server.registry import Registry
 from server.settings import Settings
@@ -68,12 +62,6 @@ def fake_app(fake_pool_factory, tmp_path):
     return make
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def tiny_family(tmp_path_factory) -> Path:
     """A random tiny checkpoint, a LoRA adapter on it, and `stages.yaml` serving both (+ ngram)."""
@@ -96,53 +84,8 @@ def tiny_family(tmp_path_factory) -> Path:
     return root
 
 
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
-
-
-class LiveServer:
-    def __init__(self, config: Path, data_dir: Path, extra_args: tuple[str, ...] = (), env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir / "server.log"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        full_env = {**os.environ, "STAGECHAT_DATA_DIR": str(data_dir), "VLLM_CPU_KVCACHE_SPACE": "1",
-                    **(env or {})}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", str(self.port),
-             "--log-level", "warning", *extra_args],
-            cwd=REPO, env=full_env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_ready(self.url, self.process)
-        except Exception:
-            self.stop()
-            raise RuntimeError(f"server failed to start; log:\n{self.log.read_text()[-4000:]}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
-
-
 @pytest.fixture(scope="session")
 def live_server(tiny_family, tmp_path_factory):
-    server = LiveServer(tiny_family / "stages.yaml", tmp_path_factory.mktemp("live-data"), ("--no-ui",))
+    server = stagechat_server(tiny_family / "stages.yaml", tmp_path_factory.mktemp("live-data"), ("--no-ui",))
     yield server
     server.stop()

@@ -17,7 +17,7 @@ from models.closed_loop import run_loop
 @pytest.mark.integration
 def test_a_round_on_ratings_moves_the_trait_and_serves_without_restart(tmp_path):
     from models.tiny import make_tiny_adapter, make_tiny_checkpoint
-    from tests.conftest import LiveServer
+    from server.launcher import stagechat_server
 
     make_tiny_checkpoint(tmp_path / "base")
     make_tiny_adapter(tmp_path / "base", tmp_path / "rlhf", rank=8)
@@ -29,7 +29,7 @@ def test_a_round_on_ratings_moves_the_trait_and_serves_without_restart(tmp_path)
         "  rlhf:\n    adapter: ./rlhf\n    base: base\n"
     )
     data_dir = tmp_path / "data"
-    server = LiveServer(config, data_dir, ("--no-ui",))
+    server = stagechat_server(config, data_dir, ("--no-ui",))
     try:
         pid = server.process.pid
         report = run_loop(server.url, config=config, data_dir=data_dir, stages=["base", "rlhf"])

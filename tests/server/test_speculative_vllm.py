@@ -23,7 +23,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import REPO, LiveServer
+from server.launcher import stagechat_server
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,7 @@ def spec_family(tmp_path_factory):
 def server(spec_family, tmp_path_factory):
     # The server refuses draft_model at temperature > 0 on CPU (it is not lossless there); this one
     # serves it anyway, so the distribution test below keeps tracking vLLM.
-    server = LiveServer(spec_family / "stages.yaml", tmp_path_factory.mktemp("spec-data"),
+    server = stagechat_server(spec_family / "stages.yaml", tmp_path_factory.mktemp("spec-data"),
                         ("--no-ui", "--max-engines", "1"), env={"STAGECHAT_ALLOW_LOSSY_SPECULATION": "1"})
     yield server
     server.stop()
@@ -260,7 +261,7 @@ def demo_server(tmp_path_factory):
     work = tmp_path_factory.mktemp("demo-serve")
     config = work / "stages.yaml"
     config.write_text((REPO / "models" / "stages.yaml").read_text().replace("{data_dir}/demo", str(root)))
-    server = LiveServer(config, work / "data", ("--no-ui", "--max-engines", "1"))
+    server = stagechat_server(config, work / "data", ("--no-ui", "--max-engines", "1"))
     yield server
     server.stop()
 

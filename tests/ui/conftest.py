@@ -9,17 +9,16 @@
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
-import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from server.launcher import ChildServer, free_port
 from server.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,20 +55,6 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-def wait_ready(url: str, timeout: float = 240, process=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
-
-
 class ThreadServer:
     """uvicorn serving `app` in a daemon thread (its own event loop), stopped by `stop()`."""
 
@@ -80,17 +65,14 @@ class ThreadServer:
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        wait_ready(self.url, timeout=30)
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -114,51 +96,26 @@ def fake_ui_server(fake_pool_factory, tmp_path):
         server.stop()
 
 
-class InstrumentedServer:
-    """`tests/ui/serve_instrumented.py` in a subprocess: the real app on vLLM, with first-token times."""
+class InstrumentedServer(ChildServer):
+    """`tests/ui/serve_instrumented.py` in a child process: the real app on vLLM, with first-token times."""
 
     def __init__(self, config: Path, data_dir: Path):
-        import subprocess
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.data_dir = data_dir
         self.first_tokens = data_dir / "first-tokens.jsonl"
-        self.log = data_dir / "server.log"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "STAGECHAT_DATA_DIR": str(data_dir), "VLLM_CPU_KVCACHE_SPACE": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("serve_instrumented.py")), "--config", str(config),
-             "--port", str(self.port), "--first-tokens", str(self.first_tokens)],
-            cwd=REPO, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_ready(self.url, process=self.process)
-        except Exception:
-            self.stop()
-            raise RuntimeError(f"server failed to start; log:\n{self.log.read_text()[-4000:]}")
+        super().__init__(
+            lambda port: [sys.executable, str(Path(__file__).with_name("serve_instrumented.py")), "--config",
+                          str(config), "--port", str(port), "--first-tokens", str(self.first_tokens)],
+            log=data_dir / "server.log", env={"STAGECHAT_DATA_DIR": str(data_dir)})
         self.store = Store(f"sqlite:///{data_dir / 'stagechat.db'}", upgrade=False)
 
     def first_token_times(self) -> dict[str, float]:
-        import json
-
         if not self.first_tokens.exists():
             return {}
         lines = [json.loads(line) for line in self.first_tokens.read_text().splitlines() if line]
         return {row["request_id"]: row["t"] for row in lines}
 
-    def stop(self) -> None:
-        import signal
-        import subprocess
-
-        if getattr(self, "store", None) is not None:
-            self.store.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+    def stop(self) -> int:
+        self.store.close()
+        return super().stop()
 
 
 @pytest.fixture(scope="module")

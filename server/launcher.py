@@ -1,0 +1,84 @@
+"""Run a server in a child process on a free loopback port and wait until it is ready.
+
+For the tests, benchmarks and scripts that need a real `stagechat serve` (or vLLM's own server) to
+talk to. It knows processes, ports and readiness; nothing about what the server serves.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+
+from server.settings import REPO_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ChildServer:
+    """`command(port)` started in its own process group; ready when `ready_path` answers 200."""
+
+    def __init__(self, command: Callable[[int], Sequence[str]], *, log: Path, env: dict[str, str] | None = None,
+                 ready_path: str = "/ready", timeout: float = 300):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        began = time.monotonic()
+        # A few GiB of KV cache, not vLLM's default of 92% of the machine's memory per engine.
+        full_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
+        with log.open("w") as out:
+            self.process = subprocess.Popen(list(command(self.port)), cwd=REPO_ROOT, env=full_env, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait(ready_path, began + timeout)
+        except Exception as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}; the server's log ends:\n{log.read_text()[-4000:]}") from None
+        self.ready_seconds = time.monotonic() - began
+
+    def _wait(self, path: str, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"{self.url}{path} not ready in time")
+
+    def stop(self) -> int:
+        """SIGTERM to the server, which shuts its engines down; its whole group is killed only if
+        it has not exited after a minute."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def stagechat_server(config: Path, data_dir: Path, extra_args: Sequence[str] = (),
+                     env: dict[str, str] | None = None) -> ChildServer:
+    """`stagechat serve --config CONFIG` with its data (store, rounds) in `data_dir`."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return ChildServer(
+        lambda port: [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", str(port),
+                      "--log-level", "warning", *extra_args],
+        log=data_dir / "server.log", env={"STAGECHAT_DATA_DIR": str(data_dir), **(env or {})},
+    )
