@@ -130,7 +130,9 @@ def train_adapter(checkpoint: str, start_adapter: str | None, rows: list[dict[st
         else:
             from trl import DPOConfig, DPOTrainer
 
-            args = DPOConfig(**common)
+            # The SFT term on chosen answers keeps them likely: plain DPO can satisfy its margin by making
+            # both answers unlikely, and then the tiny demo model drifts into text nobody rated.
+            args = DPOConfig(**common, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0])
             trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                  processing_class=tokenizer, peft_config=peft_config)
         result = trainer.train()
