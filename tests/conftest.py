@@ -8,9 +8,12 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
 from server.app import create_app
 from server.fake_engine import ScriptedEngine
@@ -60,6 +63,18 @@ def fake_app(fake_pool_factory, tmp_path):
         return create_app(settings, pool, store=store, with_ui=False), pool
 
     return make
+
+
+@contextmanager
+def ready_client(app, pool):
+    """A TestClient on `app` (lifespan running) once its engines are warm; `client.pool` is the pool."""
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 5
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "scripted engines did not warm up"
+            time.sleep(0.01)
+        client.pool = pool
+        yield client
 
 
 @pytest.fixture(scope="session")

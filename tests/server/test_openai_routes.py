@@ -1,25 +1,19 @@
 """The OpenAI endpoints on scripted engines: shapes, stream framing, errors, routing."""
 
 import json
-import time
 
 import pytest
 from starlette.testclient import TestClient
 
 from server.settings import Settings
+from tests.conftest import ready_client
 
 CHAT = {"model": "base", "messages": [{"role": "user", "content": "Capital of Kenya?"}]}
 
 
 @pytest.fixture
 def client(fake_app):
-    app, pool = fake_app()
-    with TestClient(app) as client:
-        deadline = time.monotonic() + 5
-        while client.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        client.pool = pool
+    with ready_client(*fake_app()) as client:
         yield client
 
 

@@ -7,12 +7,12 @@ test_speculative_vllm.py.
 """
 
 import json
-import time
 
 import openai
 import pytest
 from prometheus_client import REGISTRY as PROM
-from starlette.testclient import TestClient
+
+from tests.conftest import ready_client
 
 REGISTRY = {
     "stages": {
@@ -33,12 +33,7 @@ def client(fake_app):
     # Room for every variant at once: these tests are about routing, not eviction (test_pool.py).
     app, pool = fake_app(REGISTRY)
     pool.max_live_engines = 8
-    with TestClient(app) as client:
-        deadline = time.monotonic() + 5
-        while client.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        client.pool = pool
+    with ready_client(app, pool) as client:
         yield client
 
 
