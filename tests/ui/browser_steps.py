@@ -91,3 +91,21 @@ def run_compare(page, prompt: str) -> Callable[[], list[dict[str, str]]]:
     page.locator("#compare-prompt textarea").fill(prompt)
     page.click("#compare-run")
     return lambda: [entry["text"] for entry in read()]
+
+
+def give_verdict(page, button: str) -> None:
+    """Click a compare verdict until the page says it is stored.
+
+    The answers can finish painting a moment before the compare event hands their response ids to
+    the verdict buttons; a user whose click came too early clicks again, and a restated verdict
+    replaces the first (one row per pair)."""
+
+    def stored() -> bool:
+        page.click(button)
+        try:
+            wait_for(lambda: "Stored" in page.locator("#compare-verdict").inner_text(), timeout=5)
+            return True
+        except AssertionError:
+            return False
+
+    wait_for(stored, timeout=40, step=0.5)

@@ -4,7 +4,7 @@ The same flows run on real vLLM in `test_ui_vllm.py`."""
 
 import pytest
 
-from browser_steps import (ask, chat_answer_texts, click_thumb, open_tab, pick_stage, record_growth, run_compare,
+from browser_steps import (ask, chat_answer_texts, click_thumb, give_verdict, open_tab, pick_stage, record_growth, run_compare,
                               wait_for)
 
 pytestmark = pytest.mark.browser
@@ -78,8 +78,7 @@ def test_compare_streams_side_by_side_and_stores_a_preference(server, page, arti
     states = growth()
     both_partial = [s for s in states if 0 < len(s["A"]) < len(SCRIPT) and 0 < len(s["B"]) < len(SCRIPT)]
     assert both_partial, states  # A and B were mid-stream at the same time
-    page.click("#compare-b")
-    wait_for(lambda: "Stored" in page.locator("#compare-verdict").inner_text())
+    give_verdict(page, "#compare-b")
     [pref] = [server.store.prefer] and _preferences(server.store)
     assert pref["choice"] in ("a", "b") and {pref["stage_a"], pref["stage_b"]} == {"base", "sft"}
     page.screenshot(path=str(artifacts / "compare-fake.png"), full_page=True)

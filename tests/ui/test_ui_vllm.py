@@ -6,7 +6,7 @@ measured (printed, and saved to test-artifacts/first-token-delay.txt; never asse
 import statistics
 
 import pytest
-from browser_steps import ask, chat_answer_texts, click_thumb, open_tab, pick_stage, record_growth, run_compare, watch, wait_for
+from browser_steps import ask, chat_answer_texts, click_thumb, give_verdict, open_tab, pick_stage, record_growth, run_compare, watch, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -83,19 +83,8 @@ def test_compare_streams_two_stages_and_stores_a_preference(vllm_ui_server, page
     states = growth()
     assert len({s["A"] for s in states}) >= 3 and len({s["B"] for s in states}) >= 3, states
     assert page.locator("#compare-answer-A").inner_text() != page.locator("#compare-answer-B").inner_text()
-    # The stats can read "done" a moment before the compare event hands its answers (with their
-    # response ids) to the verdict buttons; a user whose click came too early clicks again, and a
-    # restated verdict replaces the first (one row per pair).
-    def tie_stored() -> bool:
-        page.click("#compare-tie")
-        try:
-            wait_for(lambda: "Stored" in page.locator("#compare-verdict").inner_text(), timeout=5)
-            return True
-        except AssertionError:
-            return False
-
     try:
-        wait_for(tie_stored, timeout=40, step=0.5)
+        give_verdict(page, "#compare-tie")
     except AssertionError:
         page.screenshot(path=str(artifacts / "compare-failed.png"), full_page=True)
         raise
