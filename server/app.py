@@ -17,8 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from server import body_limit, metrics
+from server.body_limit import BodyLimitMiddleware, BodyTooLarge
+from server.contract import MethodNotAllowedMiddleware, openapi_schema
 from server.errors import APIError, from_validation_errors
-from server.pool import SPARE_LORA_SLOTS, EnginePool, vllm_factory
+from server.limits import Limiter
+from server.pool import SPARE_LORA_SLOTS, EnginePool, engine_factory
 from server.registry import load_registry
 from server.routes import admin, health, openai, ws
 from server.serving import StageService
@@ -33,7 +37,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge):
+        metrics.TOO_LARGE.labels("http").inc()
+        return JSONResponse(body_limit.error_body(exc.limit), status_code=413, headers={"Connection": "close"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -42,13 +51,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(APIError(exc.status_code, str(exc.detail), type=kind).body(),
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(APIError(exc.status_code, str(exc.detail), type=kind, code=code).body(),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: bool = True) -> FastAPI:
     service = StageService(pool=pool, store=store, log_prompts=settings.log_prompts,
-                           allow_lossy_speculation=settings.allow_lossy_speculation)
+                           allow_lossy_speculation=settings.allow_lossy_speculation,
+                           limiter=Limiter(settings.limits))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -67,6 +78,11 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
     app.state.store = store
     app.state.startup_error = None
     install_error_handlers(app)
+    # The contract (server/contract.py): the spec says what the server really answers, and a known
+    # path with an unserved method gets 405. The body limit is outermost: nothing reads past it.
+    app.openapi = lambda: openapi_schema(app)
+    app.add_middleware(MethodNotAllowedMiddleware, routes_of=lambda: app.router.routes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
@@ -97,6 +113,6 @@ def build_app(settings: Settings, *, max_live_engines: int = 2, with_ui: bool = 
     """The real application: vLLM engines for the registry, the store from the database URL."""
     registry = load_registry(settings.registry_path, data_dir=settings.data_dir)
     spare = int(os.environ.get("STAGECHAT_SPARE_LORA_SLOTS", SPARE_LORA_SLOTS))  # room for reloaded adapters
-    pool = EnginePool(registry, vllm_factory, max_live_engines=max_live_engines, spare_lora_slots=spare)
+    pool = EnginePool(registry, engine_factory, max_live_engines=max_live_engines, spare_lora_slots=spare)
     store = Store(settings.resolved_database_url)
     return create_app(settings, pool, store=store, with_ui=with_ui)

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from server.settings import REPO_ROOT, Settings
+from server.settings import LIMIT_FIELDS, REPO_ROOT, Settings
 
 DEFAULT_CONFIG = REPO_ROOT / "models" / "stages.yaml"
 
@@ -23,13 +23,18 @@ def _serve(args) -> int:
     from server.registry import RegistryError
 
     settings = Settings.from_env(registry_path=Path(args.config).resolve(), database_url=args.database_url,
-                                 log_prompts=False if args.no_log_prompts else None)
+                                 log_prompts=False if args.no_log_prompts else None,
+                                 **{name: getattr(args, name) for name in LIMIT_FIELDS})
     try:
         app = build_app(settings, max_live_engines=args.max_engines, with_ui=not args.no_ui)
     except RegistryError as exc:
         print(f"stagechat: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    # uvicorn closes a socket on a frame over ws_max_size; keep that above our own frame limit, which
+    # answers with an error frame and keeps the socket.
+    ws_max = max(16 * 1024 * 1024, settings.ws_max_frame_bytes + 1024 * 1024)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
+                ws_max_size=ws_max)
     return 0
 
 
@@ -87,6 +92,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-log-prompts", action="store_true", help="do not store prompts and answers")
     serve.add_argument("--no-ui", action="store_true", help="API only, no Gradio UI at /")
     serve.add_argument("--log-level", default="info")
+    limits = serve.add_argument_group("limits", "0 turns a limit off; each also reads STAGECHAT_<NAME> "
+                                      "(e.g. STAGECHAT_MAX_CONCURRENT_PER_KEY)")
+    for name, kind in LIMIT_FIELDS.items():
+        limits.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                            help=f"default {getattr(Settings, name)}")
     serve.set_defaults(func=_serve)
 
     build = sub.add_parser("build-demo", help="train the demo family (base, sft, rlhf, draft)")

@@ -11,9 +11,10 @@ from typing import Any
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
+        self.headers = headers  # e.g. Retry-After on a 429
         self.message = message
         self.type = type
         self.param = param
@@ -39,6 +40,10 @@ def not_ready(message: str = "The server is still warming up its engines.") -> A
     return APIError(503, message, type="service_unavailable", code="not_ready")
 
 
+def too_large(message: str, param: str | None = None, code: str = "request_too_large") -> APIError:
+    return APIError(413, message, param=param, code=code)
+
+
 def from_validation_errors(errors: list[dict[str, Any]]) -> APIError:
     """Pydantic/FastAPI validation errors as one 400: the first problem, with a dotted `param`."""
     err = errors[0]
@@ -47,3 +52,45 @@ def from_validation_errors(errors: list[dict[str, Any]]) -> APIError:
     param = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or None
     message = f"{param}: {err.get('msg')}" if param else str(err.get("msg"))
     return bad_request(message, param=param, code=err.get("type"))
+
+
+# -- the contract: how errors appear in the OpenAPI spec ------------------------------------------
+
+ERROR_SCHEMA_NAME = "ErrorResponse"
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": ERROR_SCHEMA_NAME,
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type", "param", "code"],
+        "properties": {
+            "message": {"type": "string"},
+            "type": {"type": "string"},
+            "param": {"type": ["string", "null"]},
+            "code": {"type": ["string", "null"]},
+        },
+    }},
+}
+_WHY = {
+    400: "Bad parameter or malformed body",
+    401: "Missing or invalid API key (or admin key)",
+    404: "Unknown stage, response or resource",
+    405: "Method not allowed on this path",
+    409: "Conflicts with the current state",
+    413: "Request body (or prompt) too large",
+    429: "Over a rate limit (see Retry-After)",
+    500: "Server error",
+    503: "Not ready (engines warming up) or unavailable",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for these error statuses, each with the OpenAI error body."""
+    ref = {"$ref": f"#/components/schemas/{ERROR_SCHEMA_NAME}"}
+    return {status: {"description": _WHY.get(status, "Error"), "content": {"application/json": {"schema": ref}}}
+            for status in statuses}
+
+
+# What every generation route (chat, completions, WebSocket-like work) can answer besides 200.
+GENERATION_ERRORS = error_responses(400, 401, 404, 413, 429, 503)

@@ -19,3 +19,8 @@ ITL = Histogram("stagechat_inter_token_latency_seconds", "Time between streamed 
                 buckets=_LATENCY_BUCKETS)
 SPEC_DRAFT = Counter("stagechat_speculative_draft_tokens", "Draft tokens proposed", ["stage", "method"])
 SPEC_ACCEPTED = Counter("stagechat_speculative_accepted_tokens", "Draft tokens accepted", ["stage", "method"])
+# Admission limits (server/limits.py): what is configured (0 = off), what is admitted, what was refused.
+LIMIT = Gauge("stagechat_limit", "Configured admission limits (0 = off)", ["limit"])
+IN_FLIGHT = Gauge("stagechat_in_flight_requests", "Generations admitted and not yet finished")
+RATE_LIMITED = Counter("stagechat_rate_limited", "Requests refused with 429, by limit", ["limit"])
+TOO_LARGE = Counter("stagechat_too_large", "Requests or WebSocket frames refused as too large", ["door"])

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ from typing import Any
 from server import metrics
 from server.engine import Delta, SamplingSettings, SpeculativeFigures, TokenLogprob
 from server.errors import bad_request, not_ready
+from server.limits import Lease, Limiter
 from server.pool import EnginePool, Route
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.store import GenerationRecord, prompt_hash
@@ -64,6 +66,7 @@ class Generation:
     ttft_ms: float | None = None
     duration_ms: float = 0.0
     _service: "StageService | None" = None
+    lease: Lease | None = None  # the admission limits' slot, released when the generation ends
 
     @property
     def prompt_tokens(self) -> int:
@@ -95,8 +98,9 @@ class Generation:
 
 class StageService:
     def __init__(self, *, pool: EnginePool, store=None, log_prompts: bool = True,
-                 allow_lossy_speculation: bool = False):
+                 allow_lossy_speculation: bool = False, limiter: Limiter | None = None):
         self.pool = pool
+        self.limiter = limiter
         self.store = store
         self.log_prompts = log_prompts
         self.allow_lossy_speculation = allow_lossy_speculation
@@ -122,13 +126,8 @@ class StageService:
     async def chat(self, request: ChatCompletionRequest, client_id: str = "anonymous") -> Generation:
         route = await self._route(request.model, request.speculative)
         messages = [m.plain() for m in request.messages]
-        tokenizer = route.engine.tokenizer
-        stop: tuple[str, ...] = ()
-        if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text, stop = plain_transcript(messages), (PLAIN_STOP,)
-        ids = tokenizer.encode(text, add_special_tokens=False)
+        size = sum(len(str(m.get("content") or "")) for m in messages)
+        ids, stop = await _off_loop(size, render_chat, route.engine.tokenizer, messages)
         settings = self._settings(request, route, ids, param="messages")
         if stop:
             settings = _with_stop(settings, stop)
@@ -137,7 +136,7 @@ class StageService:
     async def complete(self, request: CompletionRequest, client_id: str = "anonymous") -> Generation:
         route = await self._route(request.model, request.speculative)
         text = request.prompt_text()
-        ids = route.engine.tokenizer.encode(text)
+        ids = await _off_loop(len(text), route.engine.tokenizer.encode, text)
         if not ids:
             raise bad_request("The prompt is empty.", param="prompt")
         settings = self._settings(request, route, ids, param="prompt")
@@ -173,11 +172,17 @@ class StageService:
         return settings
 
     def _generation(self, prefix, kind, stage, ids, settings, route, prompt, client_id) -> Generation:
-        return Generation(
+        # Admission comes last, after every check that could refuse the request, and before anything
+        # reaches the engine: a 429 starts nothing.
+        lease = self.limiter.admit(client_id, len(ids) + settings.max_tokens * settings.n) if self.limiter else None
+        gen = Generation(
             id=f"{prefix}-{uuid.uuid4().hex}", kind=kind, stage=stage, created=int(time.time()),
             prompt_token_ids=ids, settings=settings, route=route, prompt=prompt, client_id=client_id,
-            choices=[Choice(i) for i in range(settings.n)], _service=self,
+            choices=[Choice(i) for i in range(settings.n)], _service=self, lease=lease,
         )
+        if lease is not None:  # a generation dropped without being run still frees its slot
+            weakref.finalize(gen, lease.release)
+        return gen
 
     # -- running it ------------------------------------------------------------------------------
 
@@ -219,6 +224,8 @@ class StageService:
             await stream.aclose()  # aborts in the engine when the consumer left early
             gen.duration_ms = (time.perf_counter() - began) * 1000
             metrics.RUNNING.labels(stage).dec()
+            if gen.lease is not None:
+                gen.lease.release(gen.prompt_tokens + gen.completion_tokens)
             metrics.REQUESTS.labels(stage, gen.kind, outcome).inc()
             metrics.PROMPT_TOKENS.labels(stage).inc(gen.prompt_tokens)
             metrics.COMPLETION_TOKENS.labels(stage).inc(gen.completion_tokens)
@@ -258,6 +265,25 @@ class StageService:
             await asyncio.to_thread(lambda: [self.store.record_generation(r) for r in records])
         except Exception:  # the answer was served; a failed log must not turn it into an error
             log.exception("could not record generation %s", gen.id)
+
+
+# Prompts longer than this (characters) are templated and tokenised in a worker thread: a big one
+# takes seconds of CPU (16 MB froze /health for 22 s), while a short one costs less than the hop.
+OFF_LOOP_CHARS = 8192
+
+
+async def _off_loop(size: int, fn, *args):
+    if size > OFF_LOOP_CHARS:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def render_chat(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], tuple[str, ...]]:
+    """The prompt's token ids for a chat, and the stop strings its format needs."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False), ()
+    return tokenizer.encode(plain_transcript(messages), add_special_tokens=False), (PLAIN_STOP,)
 
 
 def _with_stop(settings: SamplingSettings, extra: tuple[str, ...]) -> SamplingSettings:

@@ -17,6 +17,11 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("STAGECHAT_DATA_DIR") or REPO_ROOT / "data").resolve()
 
 
+# Numeric settings read from `STAGECHAT_<NAME>` (and `--<name>` flags of `stagechat serve`).
+LIMIT_FIELDS = {"max_body_bytes": int, "max_concurrent_per_key": int, "tokens_per_minute_per_key": int,
+                "max_queued_requests": int, "ws_max_frame_bytes": int, "ws_frames_per_second": float}
+
+
 @dataclass(frozen=True)
 class Settings:
     registry_path: Path = REPO_ROOT / "models" / "stages.yaml"
@@ -27,6 +32,19 @@ class Settings:
     log_prompts: bool = True  # off: prompts and completions are not stored; ratings carry their text
     # serve speculation that is known to change sampled output (see VllmEngine.lossy_when_sampling)
     allow_lossy_speculation: bool = False
+    # Limits against overload and bad input (0 = off); see server/limits.py and server/body_limit.py.
+    max_body_bytes: int = 4 * 1024 * 1024  # HTTP request bodies; 413 beyond
+    max_concurrent_per_key: int = 0  # generations in flight per API key (or per anonymous caller)
+    tokens_per_minute_per_key: int = 0  # prompt + max_tokens × n, per key, over a sliding minute
+    max_queued_requests: int = 1024  # generations in flight server-wide, running or waiting
+    ws_max_frame_bytes: int = 4 * 1024 * 1024  # one WebSocket text frame; error frame beyond
+    ws_frames_per_second: float = 50.0  # per socket, with a burst of 2 seconds' worth; error frame beyond
+
+    @property
+    def limits(self):
+        from server.limits import Limits
+
+        return Limits(self.max_concurrent_per_key, self.tokens_per_minute_per_key, self.max_queued_requests)
 
     @property
     def resolved_database_url(self) -> str:
@@ -43,5 +61,9 @@ class Settings:
             log_prompts=env.get("STAGECHAT_LOG_PROMPTS", "1") not in ("0", "false", "no"),
             allow_lossy_speculation=env.get("STAGECHAT_ALLOW_LOSSY_SPECULATION", "0") in ("1", "true", "yes"),
         )
+        for name, kind in LIMIT_FIELDS.items():
+            raw = env.get(f"STAGECHAT_{name.upper()}")
+            if raw:
+                values[name] = kind(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

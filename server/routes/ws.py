@@ -26,7 +26,9 @@ from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ValidationError
 
 from server.auth import authenticate
-from server.errors import APIError, bad_request, from_validation_errors, not_found
+from server import metrics
+from server.errors import APIError, bad_request, from_validation_errors, not_found, too_large
+from server.limits import RateLimited, TokenBucket
 from server.protocol import ChatCompletionRequest, speculative_body
 from server.responses import chat_logprobs
 from server.serving import Generation, StageService
@@ -55,8 +57,12 @@ class _Gone(Exception):
 class Connection:
     """One socket: its running generations by id, and one writer at a time."""
 
-    def __init__(self, websocket: WebSocket, service: StageService, client_id: str):
+    def __init__(self, websocket: WebSocket, service: StageService, client_id: str, *,
+                 max_frame_bytes: int = 0, frames_per_second: float = 0.0):
         self.ws = websocket
+        # Frame limits (0 = off): a frame over them gets an error frame and is dropped; the socket stays.
+        self.max_frame_bytes = max_frame_bytes
+        self.frames = TokenBucket(frames_per_second, 2 * frames_per_second)
         self.service = service
         self.client_id = client_id
         self.running: dict[str | int, asyncio.Task] = {}
@@ -88,6 +94,8 @@ class Connection:
                 if message["type"] == "websocket.disconnect":
                     return
                 text = message.get("text")
+                if await self.over_limits(text if text is not None else message.get("bytes") or b""):
+                    continue
                 if text is None:
                     await self.error(None, bad_request("Frames must be JSON text, not binary.",
                                                        code="invalid_frame"))
@@ -95,6 +103,29 @@ class Connection:
                 await self.dispatch(text)
         finally:
             await self.close()
+
+    def _too_big(self, data: str | bytes) -> int | None:
+        if not self.max_frame_bytes:
+            return None
+        size = len(data) if isinstance(data, bytes) or len(data) * 4 <= self.max_frame_bytes else len(data.encode())
+        return size if size > self.max_frame_bytes else None
+
+    async def over_limits(self, data: str | bytes) -> bool:
+        """True (and an error frame is on its way) when this frame breaks the size or rate limit."""
+        size = self._too_big(data)
+        if size is not None:
+            metrics.TOO_LARGE.labels("websocket").inc()
+            await self.error(None, too_large(
+                f"The frame has {size} bytes; this server's limit is {self.max_frame_bytes}.",
+                code="frame_too_large"))
+            return True
+        if not self.frames.take():
+            metrics.RATE_LIMITED.labels("ws_frames_per_second").inc()
+            await self.error(None, RateLimited(
+                f"More than {self.frames.rate:g} frames per second on this socket; this frame was dropped.",
+                self.frames.retry_after(), limit="ws_frames_per_second"))
+            return True
+        return False
 
     async def dispatch(self, text: str) -> None:
         try:
@@ -257,4 +288,6 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.send_text(_dumps({"type": "error", "id": None, "error": exc.body()["error"]}))
         await websocket.close(code=POLICY_VIOLATION, reason=exc.message[:120])
         return
-    await Connection(websocket, app.state.service, client_id).serve()
+    settings = app.state.settings
+    await Connection(websocket, app.state.service, client_id, max_frame_bytes=settings.ws_max_frame_bytes,
+                     frames_per_second=settings.ws_frames_per_second).serve()

@@ -1,0 +1,93 @@
+"""What the HTTP API promises, made true for every route: the OpenAPI spec and 405s.
+
+- `openapi_schema(app)`: FastAPI's spec, corrected to what the server really answers. Validation
+  errors are 400s with the OpenAI error body, not FastAPI's 422; every operation documents the
+  errors any route can give (400 for bad parameters where it takes any, 401 under `/v1` where keys
+  apply, 413 where it takes a body, 500), plus what the route declares itself via `responses=`
+  (`server.errors.error_responses`). Routes added later get the same without doing anything.
+- `MethodNotAllowedMiddleware`: a known path with a method it does not serve gets 405 with an
+  `Allow` header and the OpenAI error body. Without it the UI mounted at `/` swallows such
+  requests and answers 404.
+
+It knows routes and the spec; nothing about what the routes do.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.routing import Match, Mount, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.errors import ERROR_SCHEMA, ERROR_SCHEMA_NAME, error_responses
+
+_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas[ERROR_SCHEMA_NAME] = ERROR_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 shapes: never sent
+        schemas.pop(name, None)
+    for path, item in spec.get("paths", {}).items():
+        for method in _METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            responses = op.setdefault("responses", {})
+            responses.pop("422", None)
+            statuses = [500]
+            if op.get("parameters") or op.get("requestBody"):
+                statuses.append(400)
+            if op.get("requestBody"):
+                statuses.append(413)
+            if path.startswith("/v1/"):
+                statuses.append(401)
+            for status, entry in error_responses(*statuses).items():
+                responses.setdefault(str(status), entry)
+    app.openapi_schema = spec
+    return spec
+
+
+class MethodNotAllowedMiddleware:
+    """405 for a path some route serves with other methods, before a catch-all mount sees it."""
+
+    def __init__(self, app: ASGIApp, routes_of: Any):
+        self.app = app
+        self.routes_of = routes_of  # () -> the app's routes, read per request: routers may be added later
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            allowed = self._allowed(scope)
+            if allowed is not None:
+                return await _send_405(send, scope["method"], allowed)
+        await self.app(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> list[str] | None:
+        """None when some route takes this request (or none knows the path); else the methods it allows."""
+        allowed: set[str] = set()
+        for route in self.routes_of():
+            if isinstance(route, (Mount, WebSocketRoute)) or not isinstance(route, Route):
+                continue
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return None
+            if match is Match.PARTIAL and route.methods:
+                allowed |= route.methods
+        return sorted(allowed) if allowed else None
+
+
+async def _send_405(send: Send, method: str, allowed: list[str]) -> None:
+    body = json.dumps({"error": {
+        "message": f"Method {method} is not allowed here; allowed: {', '.join(allowed)}.",
+        "type": "invalid_request_error", "param": None, "code": "method_not_allowed"}}).encode()
+    await send({"type": "http.response.start", "status": 405, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"allow", ", ".join(allowed).encode())]})
+    await send({"type": "http.response.body", "body": body})
