@@ -1,7 +1,10 @@
-"""The store: the generation log, ratings and A/B preferences, in SQLite (default) or PostgreSQL.
+"""The store: the generation log, ratings, A/B preferences, rankings and corrections, in SQLite
+(default) or PostgreSQL.
 
-What it knows: which answer the server gave (`GenerationRecord`), who rated it up or down, and which
-of two answers to the same prompt a rater preferred. The server, not the client, is the source of
+What it knows: which answer the server gave (`GenerationRecord`), who rated it up or down, which
+of two answers to the same prompt a rater preferred, how a rater ranked K = 2..4 answers to one
+conversation (ties allowed; an A/B preference reads as a ranking of two, see `iter_judgements`),
+and what a rater corrected an answer into. The server, not the client, is the source of
 truth for what was rated: a rating references a logged response id. When prompt logging is off the
 log keeps only a hash of the prompt, so a rating must carry the text it rates, and that text must
 hash to the logged prompt.
@@ -39,6 +42,10 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _SCHEMA_LOCK = 0x5354_4147  # PostgreSQL advisory-lock key held while upgrading the schema
 
 
+MAX_RANKED = 4  # answers one ranking may order
+KINDS: tuple[str, ...] = ("feedback", "preference", "ranking", "correction")  # what a rater owns
+
+
 class StoreError(Exception):
     """Base of the store's errors; `param` names the offending request field, when there is one."""
 
@@ -54,6 +61,10 @@ class UnknownResponse(StoreError, LookupError):
 
 class InvalidFeedback(StoreError, ValueError):
     """A rating or preference the store refuses; nothing was written."""
+
+
+class UnknownItem(StoreError, LookupError):
+    """A rating, preference, ranking or correction id that does not exist (or is not the caller's)."""
 
 
 def utcnow() -> datetime:
@@ -139,6 +150,20 @@ class RatedAnswer:
     prompt: list[dict[str, Any]]
     completion: str
     label: bool  # True: thumbs up
+    rated_at: datetime | None = None
+
+
+@dataclass
+class CorrectedAnswer:
+    """A correction with its text resolved, for export: `corrected` is what `original` should have been."""
+
+    response_id: str
+    stage: str
+    prompt_hash: str
+    prompt: list[dict[str, Any]]
+    original: str
+    corrected: str
+    rated_at: datetime | None = None
 
 
 @dataclass
@@ -149,6 +174,52 @@ class PreferredPair:
     prompt: list[dict[str, Any]]
     chosen: str
     rejected: str
+    source: str = "preference"  # or "ranking"
+    stages: tuple[str, str] = ("", "")  # chosen's stage, rejected's stage
+    rated_at: datetime | None = None
+
+
+@dataclass
+class Ranking:
+    """How one rater ordered K = 2..4 answers to one conversation: groups best first, ties share a group."""
+
+    id: str
+    response_ids: list[str]
+    ranking: list[list[str]]
+    stages: list[str]  # the stage of each of `response_ids`, in order
+    rater: str
+    comment: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class Correction:
+    """What one rater says an answer should have been; one per (response_id, rater)."""
+
+    id: str
+    response_id: str
+    stage: str
+    rater: str
+    completion: str
+    comment: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class Judgement:
+    """A comparative verdict for the leaderboard: a preference (a ranking of two) or a ranking.
+
+    `groups` holds indices into `response_ids`/`stages`, best group first; a tie (or "both bad")
+    is one group of two."""
+
+    id: str
+    rater: str
+    response_ids: list[str]
+    stages: list[str]
+    groups: list[list[int]]
+    at: datetime
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +310,46 @@ class PreferenceRow(Base):
     comment: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class RankingRow(Base):
+    __tablename__ = "rankings"
+    __table_args__ = (sa.UniqueConstraint("set_key", "rater", name="uq_ranking_set_rater"),)
+
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    rater: Mapped[str] = mapped_column(sa.String(64))
+    # sha256 of the sorted response ids: one ranking per set of answers and rater (re-ranking replaces it).
+    set_key: Mapped[str] = mapped_column(sa.String(64))
+    prompt_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
+    response_ids: Mapped[list] = mapped_column(sa.JSON)  # as the caller listed them
+    ranking: Mapped[list] = mapped_column(sa.JSON)  # groups of response ids, best first
+    stages: Mapped[list] = mapped_column(sa.JSON)  # stage of each response id, in order
+    prompt: Mapped[Any] = mapped_column(sa.JSON, nullable=True)  # sent text, when prompt logging is off
+    completions: Mapped[list | None] = mapped_column(sa.JSON, nullable=True)  # likewise, in response_ids order
+    comment: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class CorrectionRow(Base):
+    __tablename__ = "corrections"
+    __table_args__ = (sa.UniqueConstraint("response_id", "rater", name="uq_correction_response_rater"),)
+
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    response_id: Mapped[str] = mapped_column(sa.ForeignKey("generations.id"), index=True)
+    rater: Mapped[str] = mapped_column(sa.String(64))
+    completion: Mapped[str] = mapped_column(sa.Text)  # the corrected answer
+    prompt: Mapped[Any] = mapped_column(sa.JSON, nullable=True)  # sent text, when prompt logging is off
+    original: Mapped[str | None] = mapped_column(sa.Text)  # likewise: the answer as given
+    comment: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+_ROWS: dict[str, type[Base]] = {"feedback": FeedbackRow, "preference": PreferenceRow, "ranking": RankingRow,
+                                 "correction": CorrectionRow}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,6 +545,152 @@ class Store:
             preference.stage_a, preference.stage_b = preference.stage_b, preference.stage_a
         return preference
 
+    def rank(
+        self,
+        response_ids: Sequence[str],
+        ranking: Sequence[Sequence[str]],
+        *,
+        rater: str,
+        comment: str | None = None,
+        prompt: list[dict[str, Any]] | str | None = None,
+        completions: Sequence[str] | None = None,
+    ) -> Ranking:
+        """Store `rater`'s ranking of 2..4 answers to one conversation, replacing their earlier one.
+
+        `ranking` lists groups of ids, best first; ids in one group tie. Every id of `response_ids`
+        appears exactly once. With prompt logging off, `prompt` and `completions` (in the order of
+        `response_ids`) carry the text.
+        """
+        if not isinstance(response_ids, (list, tuple)) or not 2 <= len(response_ids) <= MAX_RANKED:
+            raise InvalidFeedback(f"'response_ids' must list 2 to {MAX_RANKED} response ids.", "response_ids")
+        ids = list(response_ids)
+        if not all(isinstance(i, str) for i in ids):
+            raise InvalidFeedback("'response_ids' must hold response id strings.", "response_ids")
+        if len(set(ids)) != len(ids):
+            raise InvalidFeedback("'response_ids' must name each response once.", "response_ids")
+        groups = _check_ranking(ranking, ids)
+        if completions is not None and (not isinstance(completions, (list, tuple)) or len(completions) != len(ids)):
+            raise InvalidFeedback("'completions' must hold one text per response id, in order.", "completions")
+        now = utcnow()
+        with self._writing() as session:
+            rows = [self._generation_row(session, rid, "response_ids") for rid in ids]
+            if len({r.prompt_hash for r in rows}) != 1:
+                raise InvalidFeedback("The responses answer different conversations; a ranking orders answers "
+                                      "to one conversation (the same messages).", "response_ids")
+            texts = [_text_for(r, prompt, completions[i] if completions else None) for i, r in enumerate(rows)]
+            sent = [t[1] for t in texts]
+            values = dict(response_ids=ids, ranking=groups, stages=[r.stage for r in rows],
+                          prompt=next((t[0] for t in texts if t[0] is not None), None),
+                          completions=sent if any(t is not None for t in sent) else None,
+                          prompt_hash=rows[0].prompt_hash, comment=comment, updated_at=now)
+            key = hashlib.sha256(json.dumps(sorted(ids)).encode()).hexdigest()
+            insert = _insert(session)(RankingRow).values(
+                id=_new_id("rank"), rater=rater, set_key=key, created_at=now, **values)
+            session.execute(insert.on_conflict_do_update(index_elements=["set_key", "rater"], set_=values))
+            row = session.scalars(sa.select(RankingRow).where(RankingRow.set_key == key,
+                                                              RankingRow.rater == rater)).one()
+            return _ranking(row)
+
+    def correct(
+        self,
+        response_id: str,
+        completion: str,
+        *,
+        rater: str,
+        comment: str | None = None,
+        prompt: list[dict[str, Any]] | str | None = None,
+        original: str | None = None,
+    ) -> Correction:
+        """Store what `rater` says the answer should have been, replacing their earlier correction.
+
+        Empty text, or text equal to the answer (ignoring surrounding whitespace), is refused. With
+        prompt logging off, `prompt` and `original` (the answer as given) carry the text.
+        """
+        if not isinstance(completion, str) or not completion.strip():
+            raise InvalidFeedback("'completion' must be the corrected answer; it is empty.", "completion")
+        now = utcnow()
+        with self._writing() as session:
+            generation = self._generation_row(session, response_id, "response_id")
+            sent_prompt, sent_original = _text_for(generation, prompt, original, completion_param="original")
+            before = generation.completion if generation.completion is not None else sent_original
+            if before is not None and completion.strip() == before.strip():
+                raise InvalidFeedback("'completion' is the answer unchanged; a correction must change it.",
+                                      "completion")
+            values = dict(completion=completion, prompt=sent_prompt, original=sent_original, comment=comment,
+                          updated_at=now)
+            insert = _insert(session)(CorrectionRow).values(
+                id=_new_id("corr"), response_id=response_id, rater=rater, created_at=now, **values)
+            session.execute(insert.on_conflict_do_update(index_elements=["response_id", "rater"], set_=values))
+            row = session.scalars(sa.select(CorrectionRow).where(
+                CorrectionRow.response_id == response_id, CorrectionRow.rater == rater)).one()
+            return _correction(row, generation.stage)
+
+    def unrate(self, response_id: str, *, rater: str) -> bool:
+        """Withdraw `rater`'s thumbs on an answer (the UI's un-like); True when there was one."""
+        with self._writing() as session:
+            result = session.execute(sa.delete(FeedbackRow).where(FeedbackRow.response_id == response_id,
+                                                                  FeedbackRow.rater == rater))
+            return result.rowcount > 0
+
+    def delete(self, kind: str, item_id: str, *, rater: str | None = None) -> None:
+        """Delete one rating, preference, ranking or correction by id; `rater` set: only if it is theirs.
+
+        Someone else's item is reported as unknown, so ids of others' ratings reveal nothing."""
+        model = _ROWS[kind]
+        with self._writing() as session:
+            query = sa.delete(model).where(model.id == item_id)
+            if rater is not None:
+                query = query.where(model.rater == rater)
+            if session.execute(query).rowcount == 0:
+                raise UnknownItem(f"No {kind} with id {item_id!r} of yours.", "id")
+
+    def list_items(
+        self,
+        kind: str,
+        *,
+        rater: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 20,
+        after: str | None = None,
+    ) -> tuple[list[Any], bool]:
+        """Preferences, rankings or corrections newest first, like `list_feedback`; (page, has_more)."""
+        if kind == "feedback":
+            return self.list_feedback(rater=rater, since=since, until=until, limit=limit, after=after)
+        if not 1 <= limit <= 1000:
+            raise InvalidFeedback("'limit' must be between 1 and 1000.", "limit")
+        model: Any = _ROWS[kind]
+        query = sa.select(model)
+        if rater is not None:
+            query = query.where(model.rater == rater)
+        if since is not None:
+            query = query.where(model.updated_at >= since)
+        if until is not None:
+            query = query.where(model.updated_at < until)
+        with self._read() as session:
+            if after is not None:
+                cursor = session.scalars(sa.select(model).where(model.id == after)).one_or_none()
+                if cursor is None:
+                    raise InvalidFeedback(f"'after' names no {kind}: {after!r}.", "after")
+                query = query.where(sa.or_(
+                    model.updated_at < cursor.updated_at,
+                    sa.and_(model.updated_at == cursor.updated_at, model.seq < cursor.seq),
+                ))
+            rows = session.scalars(query.order_by(model.updated_at.desc(), model.seq.desc()).limit(limit + 1)).all()
+            page = [self._plain(session, kind, row) for row in rows[:limit]]
+        return page, len(rows) > limit
+
+    @staticmethod
+    def _plain(session: Session, kind: str, row: Any) -> Any:
+        def stage(response_id: str) -> str:
+            return session.get(GenerationRow, response_id).stage  # type: ignore[union-attr]
+
+        if kind == "preference":
+            return _preference(row, stage(row.response_a), stage(row.response_b))
+        if kind == "ranking":
+            return _ranking(row)
+        return _correction(row, stage(row.response_id))
+
     def list_feedback(
         self,
         *,
@@ -503,7 +760,8 @@ class Store:
                 completion = fb.completion if fb.completion is not None else gen.completion
                 if prompt is None or completion is None:
                     continue  # text never stored (cannot happen through `rate`)
-                yield RatedAnswer(gen.id, gen.stage, gen.prompt_hash, prompt, completion, fb.rating == "up")
+                yield RatedAnswer(gen.id, gen.stage, gen.prompt_hash, prompt, completion, fb.rating == "up",
+                                  rated_at=fb.updated_at)
 
     def iter_preferred_pairs(self, *, stage: str | None = None) -> Iterator[PreferredPair]:
         """Every preference with a winner (choice a or b) between two chat answers, with text."""
@@ -525,7 +783,86 @@ class Store:
                 if prompt is None or text_a is None or text_b is None:
                     continue
                 chosen, rejected = (text_a, text_b) if pref.choice == "a" else (text_b, text_a)
-                yield PreferredPair(pref.prompt_hash, prompt, chosen, rejected)
+                stages = (a.stage, b.stage) if pref.choice == "a" else (b.stage, a.stage)
+                yield PreferredPair(pref.prompt_hash, prompt, chosen, rejected, stages=stages,
+                                    rated_at=pref.updated_at)
+
+    def iter_ranked_pairs(self, *, stage: str | None = None) -> Iterator[PreferredPair]:
+        """Every ordered pair of every ranking of chat answers: each answer of a better group is chosen
+        over each answer of every worse group (answers in one group tie and give no pair)."""
+        query = sa.select(RankingRow).order_by(RankingRow.prompt_hash, RankingRow.seq)
+        with self._read() as session:
+            for ranking in session.scalars(query).all():  # .all(): the loop queries the same session
+                if stage is not None and stage not in ranking.stages:
+                    continue
+                gens = {g.id: g for g in session.scalars(
+                    sa.select(GenerationRow).where(GenerationRow.id.in_(ranking.response_ids)))}
+                if any(g.kind != "chat" for g in gens.values()) or len(gens) != len(ranking.response_ids):
+                    continue
+                first = gens[ranking.response_ids[0]]
+                prompt = ranking.prompt if ranking.prompt is not None else first.messages
+                texts = {rid: (ranking.completions[i] if ranking.completions and ranking.completions[i] is not None
+                               else gens[rid].completion) for i, rid in enumerate(ranking.response_ids)}
+                if prompt is None or any(t is None for t in texts.values()):
+                    continue
+                for g, better in enumerate(ranking.ranking):
+                    for worse in ranking.ranking[g + 1:]:
+                        for w in better:
+                            for l in worse:
+                                yield PreferredPair(ranking.prompt_hash, prompt, texts[w], texts[l], source="ranking",
+                                                    stages=(gens[w].stage, gens[l].stage),
+                                                    rated_at=ranking.updated_at)
+
+    def iter_corrections(self, *, stage: str | None = None) -> Iterator[CorrectedAnswer]:
+        """Every correction of a chat answer, with the prompt and the original text resolved."""
+        query = (
+            sa.select(CorrectionRow, GenerationRow)
+            .join(GenerationRow, GenerationRow.id == CorrectionRow.response_id)
+            .where(GenerationRow.kind == "chat")
+            .order_by(GenerationRow.prompt_hash, CorrectionRow.seq)
+        )
+        if stage is not None:
+            query = query.where(GenerationRow.stage == stage)
+        with self._read() as session:
+            for corr, gen in session.execute(query.execution_options(yield_per=500)):
+                prompt = corr.prompt if corr.prompt is not None else gen.messages
+                original = corr.original if corr.original is not None else gen.completion
+                if prompt is None or original is None:
+                    continue
+                yield CorrectedAnswer(gen.id, gen.stage, gen.prompt_hash, prompt, original, corr.completion,
+                                      rated_at=corr.updated_at)
+
+    def iter_judgements(self, *, since: datetime | None = None, until: datetime | None = None,
+                        rater: str | None = None) -> Iterator[Judgement]:
+        """Every preference (as a ranking of two) and every ranking, for the leaderboard; filtered by when
+        last stated (`since` inclusive, `until` exclusive) and by rater."""
+        groups_of = {"a": [[0], [1]], "b": [[1], [0]], "tie": [[0, 1]], "both_bad": [[0, 1]]}
+        gen_a, gen_b = aliased(GenerationRow), aliased(GenerationRow)
+        prefs = (sa.select(PreferenceRow, gen_a.stage, gen_b.stage)
+                 .join(gen_a, gen_a.id == PreferenceRow.response_a)
+                 .join(gen_b, gen_b.id == PreferenceRow.response_b)
+                 .order_by(PreferenceRow.seq))
+        ranks = sa.select(RankingRow).order_by(RankingRow.seq)
+        for model in (PreferenceRow, RankingRow):
+            conditions = []
+            if since is not None:
+                conditions.append(model.updated_at >= since)
+            if until is not None:
+                conditions.append(model.updated_at < until)
+            if rater is not None:
+                conditions.append(model.rater == rater)
+            if model is PreferenceRow:
+                prefs = prefs.where(*conditions)
+            else:
+                ranks = ranks.where(*conditions)
+        with self._read() as session:
+            for pref, stage_a, stage_b in session.execute(prefs.execution_options(yield_per=1000)):
+                yield Judgement(pref.id, pref.rater, [pref.response_a, pref.response_b], [stage_a, stage_b],
+                                groups_of[pref.choice], pref.updated_at)
+            for row in session.scalars(ranks.execution_options(yield_per=1000)):
+                index = {rid: i for i, rid in enumerate(row.response_ids)}
+                yield Judgement(row.id, row.rater, list(row.response_ids), list(row.stages),
+                                [[index[rid] for rid in group] for group in row.ranking], row.updated_at)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -548,7 +885,8 @@ def _flip(choice: str) -> str:
     return {"a": "b", "b": "a"}.get(choice, choice)
 
 
-def _text_for(generation: GenerationRow, prompt: Any, completion: Any) -> tuple[Any, str | None]:
+def _text_for(generation: GenerationRow, prompt: Any, completion: Any,
+              completion_param: str = "completion") -> tuple[Any, str | None]:
     """The text a rating stores beside the log: nothing when the log has the text, else what was sent.
 
     Sent text must match the log: the prompt must hash to the logged prompt, and when the answer was
@@ -564,16 +902,16 @@ def _text_for(generation: GenerationRow, prompt: Any, completion: Any) -> tuple[
             raise InvalidFeedback("'prompt' is not the prompt this response answered.", "prompt")
     if completion is not None:
         if not isinstance(completion, str):
-            raise InvalidFeedback("'completion' must be the answer's text.", "completion")
+            raise InvalidFeedback(f"'{completion_param}' must be the answer's text.", completion_param)
         if logged and completion != generation.completion:
-            raise InvalidFeedback("'completion' is not the answer this response gave.", "completion")
+            raise InvalidFeedback(f"'{completion_param}' is not the answer this response gave.", completion_param)
     if logged:
         return None, None  # the log is the source of truth
     if prompt is None or completion is None:
         raise InvalidFeedback(
             "This server does not log prompts, so a rating must carry the text it rates: send 'prompt' "
-            "(the chat messages, or the prompt text for a completion) and 'completion' (the answer's text).",
-            "prompt" if prompt is None else "completion")
+            f"(the chat messages, or the prompt text for a completion) and '{completion_param}' (the answer's text).",
+            "prompt" if prompt is None else completion_param)
     return prompt, completion
 
 
@@ -595,3 +933,27 @@ def _preference(row: PreferenceRow, stage_a: str, stage_b: str) -> Preference:
         rater=row.rater, stage_a=stage_a, stage_b=stage_b, comment=row.comment,
         created_at=row.created_at, updated_at=row.updated_at,
     )
+
+
+def _check_ranking(ranking: Any, ids: list[str]) -> list[list[str]]:
+    """Groups of ids, best first, covering `ids` exactly once each."""
+    if not isinstance(ranking, (list, tuple)) or not all(
+        isinstance(g, (list, tuple)) and g and all(isinstance(i, str) for i in g) for g in ranking
+    ):
+        raise InvalidFeedback("'ranking' must be a list of non-empty groups of response ids, best first.", "ranking")
+    placed = [i for group in ranking for i in group]
+    if sorted(placed) != sorted(ids):
+        raise InvalidFeedback("'ranking' must place every id of 'response_ids' exactly once.", "ranking")
+    return [list(group) for group in ranking]
+
+
+def _ranking(row: RankingRow) -> Ranking:
+    return Ranking(id=row.id, response_ids=list(row.response_ids), ranking=[list(g) for g in row.ranking],
+                   stages=list(row.stages), rater=row.rater, comment=row.comment, created_at=row.created_at,
+                   updated_at=row.updated_at)
+
+
+def _correction(row: CorrectionRow, stage: str) -> Correction:
+    return Correction(id=row.id, response_id=row.response_id, stage=stage, rater=row.rater,
+                      completion=row.completion, comment=row.comment, created_at=row.created_at,
+                      updated_at=row.updated_at)

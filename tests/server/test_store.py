@@ -18,10 +18,13 @@ from alembic.migration import MigrationContext
 
 from server.store import (
     Base,
+    CorrectionRow,
     FeedbackRow,
     InvalidFeedback,
     PreferenceRow,
+    RankingRow,
     Store,
+    UnknownItem,
     UnknownResponse,
     prompt_hash,
 )
@@ -36,7 +39,7 @@ def count(store: Store, table: type[Base]) -> int:
 
 def test_schema_is_the_migrations_and_matches_the_models(store: Store):
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     Store(store.url).close()  # opening again is a no-op upgrade
 
@@ -253,3 +256,147 @@ def test_prompt_hash_is_canonical():
 def test_in_memory_sqlite_is_refused():
     with pytest.raises(ValueError, match="SQLite file"):
         Store("sqlite://")
+
+
+# -- rankings, corrections, who owns what ---------------------------------------------------------
+
+
+def test_rankings_with_ties_replace_and_give_every_ordered_pair(store: Store, log_answer):
+    a, b, c, d = (log_answer(answer=t, stage=s) for t, s in
+                  [("Nairobi.", "rlhf"), ("Nairobi!", "sft"), ("Mombasa.", "base"), ("Paris.", "base")])
+    ranking = store.rank([a.id, b.id, c.id, d.id], [[a.id, b.id], [c.id], [d.id]], rater="alice", comment="ok")
+    assert ranking.ranking == [[a.id, b.id], [c.id], [d.id]] and ranking.stages == ["rlhf", "sft", "base", "base"]
+    pairs = {(p.chosen, p.rejected) for p in store.iter_ranked_pairs()}
+    # a tie gives no pair; every better-group answer beats every worse-group answer
+    assert pairs == {("Nairobi.", "Mombasa."), ("Nairobi!", "Mombasa."), ("Nairobi.", "Paris."),
+                     ("Nairobi!", "Paris."), ("Mombasa.", "Paris.")}
+    # the same set in another order, same rater: the ranking is restated, not duplicated
+    again = store.rank([d.id, c.id, b.id, a.id], [[d.id], [c.id, b.id, a.id]], rater="alice")
+    assert again.id == ranking.id and count(store, RankingRow) == 1
+    assert {(p.chosen, p.rejected) for p in store.iter_ranked_pairs()} == {
+        ("Paris.", t) for t in ("Mombasa.", "Nairobi!", "Nairobi.")}
+    store.rank([a.id, b.id], [[b.id], [a.id]], rater="alice")  # another set: another ranking
+    assert count(store, RankingRow) == 2
+    [j] = [j for j in store.iter_judgements() if len(j.response_ids) == 2]
+    assert (j.stages, j.groups) == (["rlhf", "sft"], [[1], [0]])
+
+
+def test_bad_rankings_are_refused_and_change_nothing(store: Store, log_answer):
+    a, b, c, d, e = (log_answer(answer=f"answer {i}") for i in range(5))
+    other = log_answer("Capital of Peru?", "Lima.")
+    cases = [
+        ([a.id], [[a.id]], "response_ids"),  # K = 1
+        ([a.id, b.id, c.id, d.id, e.id], [[a.id, b.id, c.id, d.id, e.id]], "response_ids"),  # K = 5
+        ([a.id, a.id], [[a.id], [a.id]], "response_ids"),  # an id twice
+        ([a.id, b.id], [[a.id]], "ranking"),  # b unplaced
+        ([a.id, b.id], [[a.id], [b.id], [a.id]], "ranking"),  # a placed twice
+        ([a.id, b.id], [[a.id], [c.id]], "ranking"),  # c is not ranked
+        ([a.id, b.id], [[a.id], []], "ranking"),  # an empty group
+        ([a.id, b.id], "a > b", "ranking"),
+    ]
+    for ids, ranking, param in cases:
+        with pytest.raises(InvalidFeedback) as err:
+            store.rank(ids, ranking, rater="alice")
+        assert err.value.param == param, (ids, ranking)
+    with pytest.raises(InvalidFeedback, match="different conversations"):
+        store.rank([a.id, other.id], [[a.id], [other.id]], rater="alice")
+    with pytest.raises(UnknownResponse):
+        store.rank([a.id, "chatcmpl-unknown"], [[a.id], ["chatcmpl-unknown"]], rater="alice")
+    assert count(store, RankingRow) == 0
+
+
+def test_same_conversation_means_the_same_whole_prefix(store: Store):
+    """Turn 2 of two Compare columns with different histories answers two different conversations."""
+    from server.store import GenerationRecord
+
+    def logged(id: str, history: list[dict], answer: str) -> str:
+        store.record_generation(GenerationRecord(
+            id=id, stage="sft", client_id="ui", kind="chat", prompt_hash=prompt_hash(history), messages=history,
+            prompt=None, completion=answer, sampling={}, speculative_method=None, speculative=None,
+            prompt_tokens=1, completion_tokens=1, finish_reason="stop", ttft_ms=1.0, duration_ms=2.0))
+        return id
+
+    turn1 = [{"role": "user", "content": "Capital of Kenya?"}]
+    col_a = [*turn1, {"role": "assistant", "content": "Nairobi."}, {"role": "user", "content": "And Peru?"}]
+    col_b = [*turn1, {"role": "assistant", "content": "Mombasa."}, {"role": "user", "content": "And Peru?"}]
+    x, y = logged("r-a2", col_a, "Lima."), logged("r-b2", col_b, "Cusco.")
+    with pytest.raises(InvalidFeedback, match="different conversations"):
+        store.rank([x, y], [[x], [y]], rater="alice")
+    z = logged("r-a2-sample", col_a, "Arequipa.")
+    store.rank([x, z], [[x], [z]], rater="alice")
+    [pair] = store.iter_ranked_pairs()
+    assert pair.prompt == col_a and (pair.chosen, pair.rejected) == ("Lima.", "Arequipa.")  # the exact prefix
+
+
+def test_corrections(store: Store, log_answer):
+    answer = log_answer(answer="Mombasa.")
+    for text in ("", "   ", "Mombasa.", " Mombasa.\n"):
+        with pytest.raises(InvalidFeedback) as err:
+            store.correct(answer.id, text, rater="alice")
+        assert err.value.param == "completion"
+    with pytest.raises(UnknownResponse):
+        store.correct("chatcmpl-unknown", "Nairobi.", rater="alice")
+    assert count(store, CorrectionRow) == 0
+
+    first = store.correct(answer.id, "Nairobi.", rater="alice", comment="wrong city")
+    again = store.correct(answer.id, "Nairobi is the capital.", rater="alice")
+    assert again.id == first.id and (again.completion, again.comment) == ("Nairobi is the capital.", None)
+    store.correct(answer.id, "Nairobi", rater="bob")
+    assert count(store, CorrectionRow) == 2
+    assert sorted((c.original, c.corrected) for c in store.iter_corrections()) == [
+        ("Mombasa.", "Nairobi"), ("Mombasa.", "Nairobi is the capital.")]
+
+
+def test_corrections_without_prompt_logging_carry_the_original(store: Store, log_answer):
+    answer = log_answer("Capital of Peru?", "Cusco.", logged=False)
+    prompt = [{"role": "user", "content": "Capital of Peru?"}]
+    with pytest.raises(InvalidFeedback, match="'original'"):
+        store.correct(answer.id, "Lima.", rater="alice", prompt=prompt)
+    with pytest.raises(InvalidFeedback, match="unchanged"):
+        store.correct(answer.id, "Cusco.", rater="alice", prompt=prompt, original="Cusco.")
+    store.correct(answer.id, "Lima.", rater="alice", prompt=prompt, original="Cusco.")
+    [c] = store.iter_corrections()
+    assert (c.prompt, c.original, c.corrected) == (prompt, "Cusco.", "Lima.")
+
+
+def test_raters_list_and_delete_only_their_own(store: Store, log_answer):
+    a, b = log_answer(answer="Nairobi."), log_answer(answer="Mombasa.")
+    fb = store.rate(a.id, "up", rater="alice")
+    store.rate(a.id, "down", rater="bob")
+    pref = store.prefer([a.id, b.id], "a", rater="alice")
+    rank = store.rank([a.id, b.id], [[a.id, b.id]], rater="bob")
+    corr = store.correct(b.id, "Nairobi.", rater="alice")
+    assert [p.id for p in store.list_items("preference", rater="alice")[0]] == [pref.id]
+    assert store.list_items("preference", rater="bob")[0] == []
+    assert [r.id for r in store.list_items("ranking")[0]] == [rank.id]
+    [c] = store.list_items("correction", rater="alice")[0]
+    assert (c.id, c.stage, c.completion) == (corr.id, "sft", "Nairobi.")
+
+    for kind, item in [("feedback", fb), ("preference", pref), ("correction", corr)]:
+        with pytest.raises(UnknownItem):
+            store.delete(kind, item.id, rater="bob")  # not bob's
+    with pytest.raises(UnknownItem):
+        store.delete("ranking", rank.id, rater="alice")
+    assert (count(store, FeedbackRow), count(store, PreferenceRow), count(store, RankingRow),
+            count(store, CorrectionRow)) == (2, 1, 1, 1)
+    store.delete("feedback", fb.id, rater="alice")
+    store.delete("preference", pref.id, rater="alice")
+    store.delete("correction", corr.id, rater="alice")
+    store.delete("ranking", rank.id)  # the admin: any rater's
+    assert (count(store, FeedbackRow), count(store, PreferenceRow), count(store, RankingRow),
+            count(store, CorrectionRow)) == (1, 0, 0, 0)
+    assert store.unrate(a.id, rater="bob") and not store.unrate(a.id, rater="bob")
+
+
+def test_judgements_filter_by_time_and_rater(store: Store, log_answer):
+    a, b = log_answer(answer="Nairobi.", stage="rlhf"), log_answer(answer="Mombasa.", stage="base")
+    store.prefer([a.id, b.id], "b", rater="alice")
+    store.prefer([a.id, b.id], "both_bad", rater="bob")
+    store.rank([a.id, b.id], [[a.id], [b.id]], rater="carol")
+    judged = {j.rater: (j.stages, j.groups) for j in store.iter_judgements()}
+    assert judged == {"alice": (["rlhf", "base"], [[1], [0]]), "bob": (["rlhf", "base"], [[0, 1]]),
+                      "carol": (["rlhf", "base"], [[0], [1]])}
+    assert [j.rater for j in store.iter_judgements(rater="bob")] == ["bob"]
+    later = datetime.now(timezone.utc) + timedelta(seconds=5)
+    assert list(store.iter_judgements(since=later)) == []
+    assert len(list(store.iter_judgements(until=later))) == 3
