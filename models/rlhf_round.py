@@ -12,6 +12,9 @@ stage's parent (what `/v1/models` reports as `parent`), and the pool serves it o
 from-stage's root checkpoint. The adapter itself is a full LoRA on that root checkpoint, as vLLM
 needs, not a delta on the from-stage. It inherits the from-stage's sampling defaults.
 
+`--method rloo` (online RL against a reward model) lives in `models.rl_round`; this module dispatches
+to it and shares the naming, registration and reload steps with it.
+
 Anything that fails before the registry write leaves the registry and the rounds folder as they were.
 This module knows the round's plan and TRL; it knows nothing about HTTP serving or SQL.
 """
@@ -150,22 +153,11 @@ def train_round(*, config: Path, from_stage: str, name: str, method: str, databa
                 data_dir: Path, min_ratings: int = 1, plan: RoundPlan | None = None,
                 server: str | None = None, admin_key: str | None = None) -> RoundResult:
     """Run one round (see the module docstring). Raises `RoundError` / `RegistryError`, changing nothing."""
-    import yaml
-
     from server.registry import load_registry
-    from server.registry_file import STAGE_NAME, add_stage
 
     plan = plan or RoundPlan(method=method)
     registry = load_registry(config, data_dir=data_dir)
-    if from_stage not in registry.stages:
-        raise RoundError(f"--from-stage '{from_stage}' is not a stage of {config} ({', '.join(registry.stages)})")
-    if name in registry.stages:
-        raise RoundError(f"stage '{name}' already exists in {config}; pick another --name")
-    if not STAGE_NAME.match(name):
-        raise RoundError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
-    out_dir = data_dir / "rounds" / name
-    if out_dir.exists():
-        raise RoundError(f"{out_dir} already exists; pick another --name or remove it")
+    out_dir = new_round_dir(registry, config, from_stage, name, data_dir)
 
     rows = usable_rows(database_url, method)
     if len(rows) < min_ratings:
@@ -192,22 +184,47 @@ def train_round(*, config: Path, from_stage: str, name: str, method: str, databa
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 
-    raw = yaml.safe_load(Path(config).read_text())["stages"][from_stage]
-    entry: dict[str, Any] = {
-        "adapter": str(out_dir),
-        "base": from_stage,
-        "description": f"RLHF round: {method.upper()} on {len(rows)} ratings, continuing {from_stage}",
-    }
-    if raw.get("sampling"):
-        entry["sampling"] = raw["sampling"]
-    try:
-        add_stage(config, name, entry, data_dir=data_dir)
-    except Exception:
-        shutil.rmtree(out_dir, ignore_errors=True)  # an unregistered round is not left behind
-        raise
+    register_round(config, name, from_stage, out_dir, data_dir=data_dir,
+                   description=f"RLHF round: {method.upper()} on {len(rows)} ratings, continuing {from_stage}")
     log.info("registered stage %s (%d %s rows, %d steps, %.1f s)", name, len(rows), method, steps, seconds)
     reloaded = reload_server(server, admin_key) if server else None
     return RoundResult(name, out_dir, len(rows), steps, seconds, loss, reloaded)
+
+
+def new_round_dir(registry, config: Path, from_stage: str, name: str, data_dir: Path) -> Path:
+    """`{data_dir}/rounds/<name>` once the names check out; raises `RoundError` otherwise."""
+    from server.registry_file import STAGE_NAME
+
+    if from_stage not in registry.stages:
+        raise RoundError(f"--from-stage '{from_stage}' is not a stage of {config} ({', '.join(registry.stages)})")
+    if name in registry.stages or name in registry.reward_models:
+        raise RoundError(f"stage '{name}' already exists in {config}; pick another --name")
+    if not STAGE_NAME.match(name):
+        raise RoundError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
+    out_dir = data_dir / "rounds" / name
+    if out_dir.exists():
+        raise RoundError(f"{out_dir} already exists; pick another --name or remove it")
+    return out_dir
+
+
+def register_round(config: Path, name: str, from_stage: str, out_dir: Path, *, description: str,
+                   data_dir: Path) -> None:
+    """Add the round's adapter as stage `name` on `from_stage` (inheriting its sampling defaults and
+    reward model); on failure the adapter folder is removed, so no unregistered round stays behind."""
+    import yaml
+
+    from server.registry_file import add_stage
+
+    raw = yaml.safe_load(Path(config).read_text())["stages"][from_stage]
+    entry: dict[str, Any] = {"adapter": str(out_dir), "base": from_stage, "description": description}
+    for key in ("sampling", "reward_model"):
+        if raw.get(key):
+            entry[key] = raw[key]
+    try:
+        add_stage(config, name, entry, data_dir=data_dir)
+    except Exception:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
 
 
 def reload_server(url: str, admin_key: str | None = None) -> dict[str, Any]:
@@ -229,6 +246,10 @@ def run_round(args) -> int:
     from server.settings import Settings
 
     settings = Settings.from_env(database_url=args.database_url)
+    if args.method == "rloo":  # online RL against a reward model: its own module
+        from models.rl_round import run_rl_round
+
+        return run_rl_round(args, settings)
     try:
         result = train_round(
             config=Path(args.config), from_stage=args.from_stage, name=args.name, method=args.method,

@@ -3,7 +3,9 @@
 A stage is either a full checkpoint (`model:` a path or a Hugging Face id) or a LoRA adapter on
 another stage's checkpoint (`adapter:` a path, `base:` a stage). Paths may start with `{data_dir}`
 (the data directory, `STAGECHAT_DATA_DIR` or `data/`), and relative paths resolve against the
-registry file's folder. This module validates and resolves; it knows nothing about engines.
+registry file's folder. A top-level `reward_models:` section names reward models (name →
+`{model, description}`; a stage's optional `reward_model:` picks one to score its answers by
+default). This module validates and resolves; it knows nothing about engines.
 """
 
 from __future__ import annotations
@@ -37,24 +39,46 @@ class SamplingDefaults(_Strict):
     repetition_penalty: float | None = Field(None, gt=0, le=2)
 
 
+class RemoteSpec(_Strict):
+    """An OpenAI-compatible vLLM server that serves a stage (or one speculative variant of it)."""
+
+    url: str  # the server's API root, e.g. http://gpu-node:8000/v1
+    model: str  # the model name the server serves (`--served-model-name`, or a `--lora-modules` name)
+    api_key_env: str | None = None  # the environment variable holding the server's API key
+    tokenizer: str | None = None  # a path or Hugging Face id; default: the base stage's, else `model`
+    timeout: float = Field(300.0, gt=0)  # seconds to wait for the server's next bytes before a 504
+
+
 class Stage(_Strict):
     model: str | None = None
     adapter: str | None = None
+    remote: RemoteSpec | None = None  # served by a remote vLLM server instead of an in-process engine
     base: str | None = None
     description: str = ""
     sampling: SamplingDefaults = SamplingDefaults()
     # method name -> vLLM speculative config (e.g. {"method": "ngram", "num_speculative_tokens": 4})
     speculative: dict[str, dict[str, Any]] = {}
     default_speculative: str = SPECULATIVE_OFF
+    reward_model: str | None = None  # a `reward_models:` name that scores this stage's answers by default
+    # a vLLM tool-call parser (e.g. "hermes") for `tools` in chat; without one the stage refuses tools
+    tool_parser: str | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Stage":
-        if (self.model is None) == (self.adapter is None):
-            raise ValueError("give either `model:` (a checkpoint) or `adapter:` with `base:`")
+        if sum(x is not None for x in (self.model, self.adapter, self.remote)) != 1:
+            raise ValueError("give either `model:` (a checkpoint), `adapter:` with `base:`, or `remote:` (a server)")
         if self.adapter is not None and self.base is None:
             raise ValueError("an `adapter:` stage needs `base:`, the stage whose checkpoint it adapts")
         if self.model is not None and self.base is not None:
-            raise ValueError("`base:` belongs to adapter stages only")
+            raise ValueError("`base:` belongs to adapter stages (and remote ones, as their parent)")
+        for method, config in self.speculative.items():
+            if self.remote is not None and set(config) != {"remote"}:
+                raise ValueError(f"speculative '{method}' of a remote stage needs `remote:` (its server) and "
+                                 "nothing else: speculation is configured on that server")
+            if "remote" in config:
+                if self.remote is None:
+                    raise ValueError(f"speculative '{method}': `remote:` belongs to remote stages only")
+                config["remote"] = RemoteSpec.model_validate(config["remote"])
         if SPECULATIVE_OFF in self.speculative:
             raise ValueError(f"'{SPECULATIVE_OFF}' is reserved and cannot name a speculative method")
         if self.default_speculative not in (SPECULATIVE_OFF, *self.speculative):
@@ -62,9 +86,17 @@ class Stage(_Strict):
         return self
 
 
+class RewardModel(_Strict):
+    """A reward model: a sequence-classification checkpoint with one label (`stagechat reward-model`)."""
+
+    model: str
+    description: str = ""
+
+
 class Registry(_Strict):
     engine: dict[str, Any] = {}  # passed to vLLM's engine arguments as is
     stages: dict[str, Stage]
+    reward_models: dict[str, RewardModel] = {}
 
     @model_validator(mode="after")
     def _bases_known(self) -> "Registry":
@@ -79,10 +111,37 @@ class Registry(_Strict):
                     raise ValueError(f"stage '{name}': adapter bases form a cycle")
                 seen.add(stage.base)
                 stage = self.stages[stage.base]
+            if stage.remote is not None and stage.base is not None and stage.base not in self.stages:
+                raise ValueError(f"stage '{name}': base '{stage.base}' is not a stage")
+        for name in self.reward_models:
+            if name in self.stages:
+                raise ValueError(f"'{name}' names both a stage and a reward model; a model id must be unique")
+        for name, stage in self.stages.items():
+            if stage.reward_model is not None and stage.reward_model not in self.reward_models:
+                raise ValueError(f"stage '{name}': reward_model '{stage.reward_model}' is not under `reward_models:`")
         return self
 
+    def checkpoint(self, name: str) -> str:
+        """What the engine of root stage `name` serves: its checkpoint, or its remote server and model."""
+        stage = self.stages[name]
+        return stage.model if stage.remote is None else f"{stage.remote.url}#{stage.remote.model}"
+
+    def remote_for(self, name: str, method: str | None = None) -> RemoteSpec | None:
+        """The server of remote stage `name` (for speculative `method`: that method's server), with
+        its tokenizer filled in: its own, else its `base:` stage's, else the served model's name."""
+        stage = self.stages[name]
+        if stage.remote is None:
+            return None
+        remote = stage.speculative[method]["remote"] if method else stage.remote
+        tokenizer, seen = remote.tokenizer or stage.remote.tokenizer, {name}
+        while tokenizer is None and stage.base is not None and stage.base not in seen:
+            seen.add(stage.base)
+            stage = self.stages[stage.base]
+            tokenizer = stage.model or (stage.remote.tokenizer if stage.remote else None)
+        return remote.model_copy(update={"tokenizer": tokenizer or remote.model})
+
     def root(self, name: str) -> str:
-        """The full-checkpoint stage under `name` (itself when it is one)."""
+        """The full-checkpoint (or remote) stage under `name` (itself when it is one)."""
         while self.stages[name].adapter is not None:
             name = self.stages[name].base
         return name
@@ -92,7 +151,7 @@ class Registry(_Strict):
 
     def speculative_methods(self, name: str) -> dict[str, dict[str, Any]]:
         """Methods a stage offers: its own list, else its base's (an adapter rides that engine)."""
-        while not self.stages[name].speculative and self.stages[name].base is not None:
+        while not self.stages[name].speculative and self.stages[name].adapter is not None:
             name = self.stages[name].base
         return self.stages[name].speculative
 
@@ -140,6 +199,10 @@ def load_registry(path: str | Path, *, data_dir: Path | None = None, check_paths
             if check_paths and _is_local(resolved) and not Path(resolved).exists():
                 raise RegistryError(f"{path}: stage '{name}': {key} path {resolved} does not exist")
             setattr(stage, key, resolved)
+        remotes = [stage.remote] + [c["remote"] for c in stage.speculative.values() if "remote" in c]
+        for remote in remotes:
+            if remote is not None and remote.tokenizer is not None:
+                remote.tokenizer = _resolve(remote.tokenizer, folder, data_dir)
         for method, config in stage.speculative.items():
             if isinstance(config.get("model"), str):
                 resolved = _resolve(config["model"], folder, data_dir)
@@ -148,4 +211,9 @@ def load_registry(path: str | Path, *, data_dir: Path | None = None, check_paths
                         f"{path}: stage '{name}': speculative '{method}' model {resolved} does not exist"
                     )
                 config["model"] = resolved
+    for name, rm in registry.reward_models.items():
+        resolved = _resolve(rm.model, folder, data_dir)
+        if check_paths and _is_local(resolved) and not Path(resolved).exists():
+            raise RegistryError(f"{path}: reward model '{name}': model path {resolved} does not exist")
+        rm.model = resolved
     return registry

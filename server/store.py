@@ -106,6 +106,8 @@ class GenerationRecord:
     ttft_ms: float | None
     duration_ms: float
     created_at: datetime = field(default_factory=utcnow)
+    reward_model: str | None = None  # the reward model that scored this answer, when one did
+    reward_score: float | None = None
 
 
 @dataclass
@@ -270,6 +272,8 @@ class GenerationRow(Base):
     ttft_ms: Mapped[float | None] = mapped_column(sa.Float)
     duration_ms: Mapped[float] = mapped_column(sa.Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    reward_model: Mapped[str | None] = mapped_column(sa.String(255))
+    reward_score: Mapped[float | None] = mapped_column(sa.Float)
 
 
 class FeedbackRow(Base):
@@ -459,6 +463,20 @@ class Store:
         with self._read() as session:
             row = session.get(GenerationRow, response_id)
             return _generation(row) if row else None
+
+    def iter_logged_prompts(self, *, stage: str | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Every distinct logged chat prompt (messages), oldest first: the prompts of an RL round."""
+        query = (sa.select(GenerationRow.prompt_hash, GenerationRow.messages)
+                 .where(GenerationRow.kind == "chat", GenerationRow.messages.is_not(None))
+                 .order_by(GenerationRow.created_at, GenerationRow.id))
+        if stage is not None:
+            query = query.where(GenerationRow.stage == stage)
+        seen: set[str] = set()
+        with self._read() as session:
+            for digest, messages in session.execute(query.execution_options(yield_per=500)):
+                if digest not in seen:
+                    seen.add(digest)
+                    yield messages
 
     # -- ratings ----------------------------------------------------------------------------
 
