@@ -56,17 +56,19 @@ def _feedback_export(args) -> int:
     from server.export import export_to_file, export_to_hf_dataset
     from server.store import Store
 
-    if not (args.out or args.hf_dataset):
-        print("stagechat: give --out FILE and/or --hf-dataset DIR", file=sys.stderr)
+    if not (args.out or args.hf_dataset or args.push_to_hub):
+        print("stagechat: give --out FILE, --hf-dataset DIR and/or --push-to-hub REPO", file=sys.stderr)
         return 2
     store = Store(Settings.from_env(database_url=args.database_url).resolved_database_url)
     try:
         if args.out:
             count = export_to_file(store, args.format, Path(args.out))
             print(f"wrote {count} {args.format} rows to {args.out}")
-        if args.hf_dataset:
-            count = export_to_hf_dataset(store, args.format, Path(args.hf_dataset))
-            print(f"saved a {count}-row dataset to {args.hf_dataset}")
+        if args.hf_dataset or args.push_to_hub:
+            count = export_to_hf_dataset(store, args.format, Path(args.hf_dataset) if args.hf_dataset else None,
+                                         test_fraction=args.test_fraction, push_to_hub=args.push_to_hub)
+            where = " and ".join(x for x in (args.hf_dataset, args.push_to_hub and f"hub:{args.push_to_hub}") if x)
+            print(f"saved a {count}-row dataset (train/test, with README.md) to {where}")
     finally:
         store.close()
     return 0
@@ -115,7 +117,11 @@ def parser() -> argparse.ArgumentParser:
     export = fb_sub.add_parser("export", help="export ratings as a TRL dataset")
     export.add_argument("--format", choices=["kto", "dpo", "sft"], required=True)
     export.add_argument("--out", default=None, help="JSON-lines file")
-    export.add_argument("--hf-dataset", default=None, help="folder for a `datasets` dataset (save_to_disk)")
+    export.add_argument("--hf-dataset", default=None,
+                        help="folder for a `datasets` DatasetDict (train/test by prompt) + dataset card README.md")
+    export.add_argument("--test-fraction", type=float, default=0.1, help="share of prompts in the test split")
+    export.add_argument("--push-to-hub", default=None, metavar="REPO",
+                        help="also push the DatasetDict and its card to this Hugging Face Hub repo (private)")
     export.add_argument("--database-url", default=None)
     export.set_defaults(func=_feedback_export)
 

@@ -90,6 +90,50 @@ def test_text_sent_with_the_rating_is_exported(store: Store, log_answer):
     assert list(examples(store, "sft")) == [{"messages": KENYA + answer("Nairobi.")}]
 
 
+def test_rankings_give_every_ordered_pair_in_dpo(store: Store, log_answer):
+    ids = [log_answer(KENYA[0]["content"], t, stage=s).id for t, s in
+           [("Nairobi.", "rlhf"), ("Nairobi", "sft"), ("Mombasa.", "base")]]
+    store.rank(ids, [[ids[2]], [ids[0], ids[1]]], rater="r0")  # a worse group of two tied answers
+    rows = {(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in examples(store, "dpo")}
+    assert rows == {("Mombasa.", "Nairobi."), ("Mombasa.", "Nairobi")}
+    # an A/B preference is a ranking of two: the same pair, once
+    store.prefer([ids[2], ids[0]], "a", rater="r1")
+    assert len(list(examples(store, "dpo"))) == 2
+
+
+def test_corrections_in_sft_dpo_and_kto(store: Store, log_answer):
+    good = rated(store, log_answer, KENYA[0]["content"], "Nairobi", "up")
+    store.correct(good, "Nairobi.", rater="r1")  # a liked answer, polished: SFT takes the polished text
+    bad = rated(store, log_answer, PERU[0]["content"], "Cusco.", "down")
+    store.correct(bad, "Lima.", rater="r0")
+    assert sorted(map(str, examples(store, "sft"))) == sorted(map(str, [
+        {"messages": KENYA + answer("Nairobi.")}, {"messages": PERU + answer("Lima.")}]))
+    assert {(r["prompt"][0]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"])
+            for r in examples(store, "dpo")} == {(KENYA[0]["content"], "Nairobi.", "Nairobi"),
+                                                (PERU[0]["content"], "Lima.", "Cusco.")}
+    kto = {(r["completion"][0]["content"], r["label"]) for r in examples(store, "kto")}
+    assert kto == {("Nairobi", True), ("Nairobi.", True), ("Cusco.", False), ("Lima.", True)}
+
+
+def test_multi_turn_prefixes_are_exported_exactly(store: Store):
+    from server.store import GenerationRecord, prompt_hash
+
+    history = [{"role": "system", "content": "Be brief."}, *KENYA, {"role": "assistant", "content": "Mombasa."},
+               {"role": "user", "content": "Are you sure?"}]
+    for i, text in enumerate(["Nairobi, sorry.", "Yes."]):
+        store.record_generation(GenerationRecord(
+            id=f"t2-{i}", stage="sft", client_id="ui", kind="chat", prompt_hash=prompt_hash(history),
+            messages=history, prompt=None, completion=text, sampling={}, speculative_method=None,
+            speculative=None, prompt_tokens=1, completion_tokens=1, finish_reason="stop", ttft_ms=1.0,
+            duration_ms=2.0))
+    store.rank(["t2-0", "t2-1"], [["t2-0"], ["t2-1"]], rater="r0")
+    store.rate("t2-1", "down", rater="r0")
+    store.correct("t2-1", "No: Nairobi.", rater="r0")
+    for format in FORMATS:
+        for row in examples(store, format):
+            assert (row["prompt"] if "prompt" in row else row["messages"][:-1]) == history, format
+
+
 def test_unknown_format(store: Store):
     with pytest.raises(ValueError, match="kto, dpo, sft"):
         examples(store, "ppo")
@@ -177,12 +221,66 @@ def test_trl_trains_on_the_export(format: str, feedback: Store, tmp_path: Path, 
                          "<|user|> what is the capital of peru ? <|end|> <|assistant|> lima . <|end|>"}
 
 
+
+
+@pytest.fixture
+def rich_feedback(feedback: Store, log_answer) -> Store:
+    """`feedback` plus a ranking of three Kenya answers, a correction, and the same Peru answers again."""
+    ids = [log_answer(KENYA[0]["content"], t, stage=s).id for t, s in
+           [("Nairobi.", "rlhf"), ("Mombasa.", "base"), ("Lima.", "base")]]
+    feedback.rank(ids, [[ids[0]], [ids[1], ids[2]]], rater="r2")
+    feedback.correct(ids[1], "Nairobi.", rater="r2")
+    feedback.correct(ids[2], "Nairobi.", rater="r3")  # the same correction of the same text: one SFT row
+    return feedback
+
+
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
-def test_hf_dataset_export_matches_the_file(feedback: Store, tmp_path: Path):
+def test_hf_dataset_dict_split_by_prompt_with_a_card(rich_feedback: Store, tmp_path: Path, tiny_lm):
     import datasets
 
-    export_to_file(feedback, "dpo", tmp_path / "dpo.jsonl")
-    assert export_to_hf_dataset(feedback, "dpo", tmp_path / "dpo-ds") == 2
-    from_disk = datasets.load_from_disk(str(tmp_path / "dpo-ds"))
-    from_file = [json.loads(line) for line in (tmp_path / "dpo.jsonl").read_text().splitlines()]
-    assert from_disk.to_list() == from_file
+    assert export_to_hf_dataset(rich_feedback, "dpo", tmp_path / "dpo-ds") == len(list(examples(rich_feedback, "dpo")))
+    dd = datasets.load_from_disk(str(tmp_path / "dpo-ds"))
+    assert set(dd) == {"train", "test"} and len(dd["train"]) and len(dd["test"])
+    train_prompts = {json.dumps(r["prompt"]) for r in dd["train"]}
+    assert not train_prompts & {json.dumps(r["prompt"]) for r in dd["test"]}  # no prompt on both sides
+    every = dd["train"].to_list() + dd["test"].to_list()
+    assert len({json.dumps(r, sort_keys=True) for r in every}) == len(every)  # no exact duplicates
+    assert sorted(map(str, every)) == sorted(map(str, examples(rich_feedback, "dpo")))
+
+    card = (tmp_path / "dpo-ds" / "README.md").read_text()
+    # sources: preferences (Kenya + Peru), ranking (Nairobi over Mombasa and Lima; the first repeats the
+    # A/B pair, so one new row), corrections (Nairobi over Mombasa repeats too; over Lima repeats the ranking)
+    assert "| A/B preferences | 2 |" in card and "| rankings | 1 |" in card and "| corrections | 0 |" in card
+    assert "| thumbs up/down | 0 |" in card  # the ratings' pair repeats the preference
+    assert "| rlhf |" in card and "| base |" in card and "UTC" in card and "DPOTrainer" in card
+    assert f"| train | {len(dd['train'])} |" in card
+    _train_one_step("dpo", dd["train"], tiny_lm, tmp_path)
+
+    export_to_hf_dataset(rich_feedback, "sft", tmp_path / "sft-ds")
+    sft = datasets.load_from_disk(str(tmp_path / "sft-ds"))
+    rows = sft["train"].to_list() + sft["test"].to_list()
+    assert sorted(map(str, rows)) == sorted(map(str, [
+        {"messages": KENYA + answer("Nairobi.")}, {"messages": PERU + answer("Lima.")}]))
+    assert "| corrections | 0 |" in (tmp_path / "sft-ds" / "README.md").read_text()  # repeats of liked text
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("format", FORMATS)
+def test_trl_trains_on_rankings_and_corrections(format: str, rich_feedback: Store, tmp_path: Path, tiny_lm):
+    path = tmp_path / f"{format}.jsonl"
+    assert export_to_file(rich_feedback, format, path) >= 2
+    _train_one_step(format, _load_jsonl(path, tmp_path), tiny_lm, tmp_path)
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_cli_writes_the_dataset(rich_feedback: Store, tmp_path: Path):
+    import datasets
+
+    from server.cli import main
+
+    out = tmp_path / "kto-ds"
+    assert main(["feedback", "export", "--format", "kto", "--hf-dataset", str(out), "--database-url",
+                 rich_feedback.url, "--test-fraction", "0.5"]) == 0
+    dd = datasets.load_from_disk(str(out))
+    assert len(dd["train"]) + len(dd["test"]) == len(list(examples(rich_feedback, "kto")))
+    assert "KTOTrainer" in (out / "README.md").read_text()
