@@ -13,10 +13,29 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on what may be generated, decoded by the engine's structured-output backend.
+
+    kind: "json" (value: a JSON schema, serialised), "json_object" (any JSON object), "regex",
+    "choice" (value: a JSON list of strings) or "grammar" (an EBNF / Lark grammar)."""
+
+    kind: str
+    value: str = ""
+
+
+class EngineRequestError(ValueError):
+    """The engine refuses a request's settings (say, a JSON schema its decoder cannot compile)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
 class SamplingSettings:
     """Decoding settings of one request, already validated (plain data, engine-neutral)."""
 
-    max_tokens: int
+    max_tokens: int  # 0: generate nothing, only score the prompt (with prompt_logprobs)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
@@ -29,6 +48,9 @@ class SamplingSettings:
     n: int = 1
     logprobs: int | None = None  # None = none; k = the sampled token plus the top k alternatives
     ignore_eos: bool = False
+    prompt_logprobs: int | None = None  # None = none; k = each prompt token plus its top k alternatives
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    structured: StructuredOutput | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +58,9 @@ class TokenLogprob:
     token: str
     logprob: float
     top: tuple[tuple[str, float], ...] = ()  # the k most likely tokens at this position
+    token_id: int | None = None
+    rank: int | None = None  # 1 = the most likely token at this position
+    top_ids: tuple[int, ...] = ()  # the token ids of `top`, in the same order
 
 
 @dataclass(frozen=True)
@@ -59,6 +84,9 @@ class Delta:
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None  # "stop" | "length" | None while running
     speculative: SpeculativeFigures | None = None  # on the finishing delta, when speculation ran
+    # On the first delta of index 0, when asked for: one entry per prompt token, the first None
+    # (nothing precedes it to predict it).
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +113,10 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = ...) -> str: ...
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]: ...
+
     def apply_chat_template(self, conversation, **kwargs): ...
 
 
@@ -97,6 +129,10 @@ class Engine(Protocol):
 
     async def start(self) -> None:
         """Load the model and warm it up; returns when the engine can serve."""
+
+    def check(self, settings: SamplingSettings) -> None:
+        """Raise `EngineRequestError` if this engine cannot run `settings` (blocking: may compile a
+        grammar, so callers run it off the event loop)."""
 
     def generate(
         self,

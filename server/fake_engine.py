@@ -1,8 +1,9 @@
 """`ScriptedEngine`: a fake `Engine` that replays scripted text, for unit tests of the serving logic.
 
 It "generates" the words of a script one token at a time (a token is a word with its leading
-space), honours max_tokens, stop strings, n, logprobs and abort, and counts running requests like
-vLLM does. It knows no model: what it says is the script, whatever the prompt. Integration tests
+space), honours max_tokens (0: score only), stop strings, n, logprobs, prompt logprobs and abort,
+and counts running requests like vLLM does. Structured outputs it cannot decode: `check` refuses
+them, as an engine without a structured-output backend would. It knows no model: what it says is the script, whatever the prompt. Integration tests
 use `VllmEngine` on a real checkpoint instead.
 """
 
@@ -13,17 +14,41 @@ import math
 import re
 from collections.abc import AsyncIterator
 
-from server.engine import AdapterRef, Delta, EngineStats, SamplingSettings, SpeculativeFigures, TokenLogprob
+from server.engine import (
+    AdapterRef,
+    Delta,
+    EngineRequestError,
+    EngineStats,
+    SamplingSettings,
+    SpeculativeFigures,
+    TokenLogprob,
+)
+
+VOCAB_SIZE = 1000
 
 
 class FakeTokenizer:
-    """Whitespace tokenizer with a tiny chat template, enough for prompt-length checks."""
+    """Whitespace tokenizer with a tiny chat template, enough for prompt-length checks; it remembers
+    the words it has encoded, so it can decode them again."""
 
     chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}<|assistant|>"
     eos_token = "</s>"
 
+    def __init__(self):
+        self.words: dict[int, str] = {}
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return [hash(w) % 1000 for w in text.split()]
+        ids = []
+        for w in text.split():
+            ids.append(i := hash(w) % VOCAB_SIZE)
+            self.words.setdefault(i, w)
+        return ids
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [self.words.get(i, f"<{i}>") for i in ids]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return " ".join(self.convert_ids_to_tokens(list(ids)))
 
     def apply_chat_template(self, conversation, tokenize=False, add_generation_prompt=True, **kwargs):
         import jinja2
@@ -51,6 +76,13 @@ class ScriptedEngine:
     async def warm_up(self, adapters: list[AdapterRef]) -> None:
         pass
 
+    def check(self, settings: SamplingSettings) -> None:
+        if settings.structured is not None:
+            raise EngineRequestError("The scripted engine has no structured-output decoder.")
+        bad = [i for i, _ in settings.logit_bias if not 0 <= i < VOCAB_SIZE]
+        if bad:
+            raise EngineRequestError(f"logit_bias has token ids outside the vocabulary: {bad}", "logit_bias")
+
     async def generate(self, prompt_token_ids: list[int], settings: SamplingSettings, request_id: str,
                        adapter: AdapterRef | None = None) -> AsyncIterator[list[Delta]]:
         self.requests.append((prompt_token_ids, settings, adapter))
@@ -58,7 +90,18 @@ class ScriptedEngine:
         tokens = re.findall(r"\s*\S+", self.script)
         texts = [""] * settings.n
         done = [False] * settings.n
+        prompt_logprobs = None
+        if settings.prompt_logprobs is not None:  # every prompt token "had" probability 1/2
+            words = self.tokenizer.convert_ids_to_tokens(prompt_token_ids)
+            prompt_logprobs = [None] + [TokenLogprob(w, math.log(0.5), ((w, math.log(0.5)),), i, 1, (i,))
+                                        for w, i in zip(words[1:], prompt_token_ids[1:])]
         try:
+            if settings.max_tokens == 0:
+                await asyncio.sleep(0)
+                yield [Delta(i, "", [], None, "length", prompt_logprobs=prompt_logprobs if i == 0 else None)
+                       for i in range(settings.n)]
+                done = [True] * settings.n
+                return
             for step in range(len(tokens)):
                 if self.delay:
                     await asyncio.sleep(self.delay)
@@ -89,6 +132,8 @@ class ScriptedEngine:
                     if finish and self.speculative_method:
                         spec = SpeculativeFigures(self.speculative_method, 8, 6, 0.75, 2.5)
                     batch.append(Delta(i, piece, [step], logprobs, finish, spec))
+                if step == 0 and batch:
+                    batch[0].prompt_logprobs = prompt_logprobs
                 yield batch
                 if all(done):
                     return

@@ -2,7 +2,9 @@
 
 It turns a validated OpenAI request into a prompt for the right engine (chat template, stage
 defaults, context-length checks), streams the engine's deltas back, keeps the figures (usage,
-timings, speculation), records every answer in the store, and updates metrics. It knows nothing
+timings, speculation), has a reward model score the answers when asked (`server.rewards`; the
+finishing deltas wait for the scores, so a stream's final chunk carries them), records every answer
+in the store, and updates metrics. It knows nothing
 about SSE, WebSocket frames or Gradio: front doors render `Generation` deltas their own way.
 """
 
@@ -19,18 +21,20 @@ from datetime import datetime, timezone
 from typing import Any
 
 from server import metrics
-from server.engine import Delta, SamplingSettings, SpeculativeFigures, TokenLogprob
+from server.engine import Delta, EngineRequestError, SamplingSettings, SpeculativeFigures, TokenLogprob
 from server.errors import bad_request, not_ready
 from server.limits import Lease, Limiter
 from server.pool import EnginePool, Route
 from server.protocol import ChatCompletionRequest, CompletionRequest
+from server.rewards import RewardService, Score
 from server.store import GenerationRecord, prompt_hash
+from server.tools import template_tools
 
 log = logging.getLogger(__name__)
 
 # A base checkpoint without a chat template still chats, in this plain transcript format; the
 # stop string keeps it from writing the user's next turn too.
-PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 PLAIN_STOP = "\nUser:"
 
 
@@ -47,6 +51,7 @@ class Choice:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     speculative: SpeculativeFigures | None = None
     tokens: int = 0
+    reward: "Score | None" = None  # the reward model's score, when the request asked for one
 
 
 @dataclass
@@ -66,7 +71,9 @@ class Generation:
     ttft_ms: float | None = None
     duration_ms: float = 0.0
     _service: "StageService | None" = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # when asked for: one per prompt token
     lease: Lease | None = None  # the admission limits' slot, released when the generation ends
+    reward_model: str | None = None  # scores every answer once all have finished
 
     @property
     def prompt_tokens(self) -> int:
@@ -98,8 +105,10 @@ class Generation:
 
 class StageService:
     def __init__(self, *, pool: EnginePool, store=None, log_prompts: bool = True,
-                 allow_lossy_speculation: bool = False, limiter: Limiter | None = None):
+                 allow_lossy_speculation: bool = False, limiter: Limiter | None = None,
+                 rewards: RewardService | None = None):
         self.pool = pool
+        self.rewards = rewards
         self.limiter = limiter
         self.store = store
         self.log_prompts = log_prompts
@@ -117,6 +126,8 @@ class StageService:
                 "parent": registry.parent(name),
                 "speculative": list(registry.speculative_methods(name)),
                 "default_speculative": stage.default_speculative,
+                "kind": "stage",  # extension: /v1/models lists reward models too (kind "reward_model")
+                "reward_model": stage.reward_model,
             }
             for name, stage in registry.stages.items()
         ]
@@ -124,23 +135,58 @@ class StageService:
     # -- starting a generation -------------------------------------------------------------------
 
     async def chat(self, request: ChatCompletionRequest, client_id: str = "anonymous") -> Generation:
+        reward_model = self._reward_model(request)
         route = await self._route(request.model, request.speculative)
         messages = [m.plain() for m in request.messages]
+        tokenizer = route.engine.tokenizer
+        tools = template_tools(request, self.pool.registry.stages[request.model].tool_parser,
+                               getattr(tokenizer, "chat_template", None), request.model)
         size = sum(len(str(m.get("content") or "")) for m in messages)
-        ids, stop = await _off_loop(size, render_chat, route.engine.tokenizer, messages)
+        ids, stop = await _off_loop(size, render_chat, tokenizer, messages, tools)
         settings = self._settings(request, route, ids, param="messages")
         if stop:
             settings = _with_stop(settings, stop)
-        return self._generation("chatcmpl", "chat", request.model, ids, settings, route, messages, client_id)
+        await self._engine_check(route, settings, request)
+        gen = self._generation("chatcmpl", "chat", request.model, ids, settings, route, messages, client_id)
+        gen.reward_model = reward_model
+        return gen
 
     async def complete(self, request: CompletionRequest, client_id: str = "anonymous") -> Generation:
+        reward_model = self._reward_model(request)
         route = await self._route(request.model, request.speculative)
         text = request.prompt_text()
-        ids = await _off_loop(len(text), route.engine.tokenizer.encode, text)
+        ids = request.prompt_ids() or await _off_loop(len(text), route.engine.tokenizer.encode, text)
         if not ids:
             raise bad_request("The prompt is empty.", param="prompt")
+        if not text:  # a token-id prompt: its text, for echo and the log
+            text = await _off_loop(len(ids), route.engine.tokenizer.decode, ids)
         settings = self._settings(request, route, ids, param="prompt")
-        return self._generation("cmpl", "completion", request.model, ids, settings, route, text, client_id)
+        await self._engine_check(route, settings, request)
+        gen = self._generation("cmpl", "completion", request.model, ids, settings, route, text, client_id)
+        gen.reward_model = reward_model
+        return gen
+
+    def _reward_model(self, request) -> str | None:
+        """The reward model that scores this request's answers (asked for, or the stage's default).
+
+        A reward model's name as `model` is a 400: it scores answers, it does not write them."""
+        registry = self.pool.registry
+        if request.model in registry.reward_models:
+            raise bad_request(f"'{request.model}' is a reward model: it scores answers (POST /v1/rewards, or "
+                              "\"reward_model\" on a stage's request) but does not generate.",
+                              param="model", code="model_is_reward_model")
+        name = request.reward_model
+        if name is None and request.model in registry.stages:
+            name = registry.stages[request.model].reward_model
+        if name is None:
+            return None
+        if name not in registry.reward_models:
+            raise bad_request(f"Unknown reward_model '{name}'. Reward models: "
+                              f"{', '.join(registry.reward_models) or 'none'}.", param="reward_model",
+                              code="model_not_found")
+        if self.rewards is None:
+            raise bad_request("This server scores no answers (no reward service).", param="reward_model")
+        return name
 
     async def _route(self, stage: str, speculative: str | None) -> Route:
         self.pool.resolve(stage, speculative)  # 404 / 400 before anything waits
@@ -161,7 +207,7 @@ class StageService:
             raise bad_request(
                 f"This model's maximum context length is {limit} tokens: {len(ids)} in the prompt leave room "
                 f"for {room}, but max_tokens is {asked}.", param="max_tokens", code="context_length_exceeded")
-        max_tokens = asked or min(defaults.max_tokens or room, room)
+        max_tokens = asked if asked is not None else min(defaults.max_tokens or room, room)
         settings = request.to_settings(defaults, max_tokens)
         if settings.temperature > 0 and route.engine.lossy_when_sampling and not self.allow_lossy_speculation:
             # Speculation must never change what a request gets; where the engine is known to, say so.
@@ -170,6 +216,21 @@ class StageService:
                 "(vLLM CPU, draft model); use temperature 0, or speculative 'off' or another method.",
                 param="speculative", code="speculation_not_lossless")
         return settings
+
+    async def _engine_check(self, route: Route, settings: SamplingSettings, request) -> None:
+        """The engine's own validation (say, a JSON schema its structured-output backend cannot
+        compile) as a 400 before anything starts. Compiling a grammar is CPU work: off the loop."""
+        check = getattr(route.engine, "check", None)
+        if check is None:  # an engine without its own validation (it answers errors itself)
+            return
+        try:
+            if settings.structured is not None:
+                await asyncio.to_thread(check, settings)
+            else:
+                check(settings)
+        except EngineRequestError as exc:
+            raise bad_request(str(exc), param=exc.param or request.structured_param(),
+                              code="invalid_request_for_engine") from None
 
     def _generation(self, prefix, kind, stage, ids, settings, route, prompt, client_id) -> Generation:
         # Admission comes last, after every check that could refuse the request, and before anything
@@ -194,6 +255,7 @@ class StageService:
         outcome = "error"
         metrics.RUNNING.labels(stage).inc()
         stream = gen.route.engine.generate(gen.prompt_token_ids, gen.settings, gen.id, gen.route.adapter)
+        held: list[Delta] = []  # finishing deltas wait for the reward scores, which the final chunk carries
         try:
             async for batch in stream:
                 now = time.perf_counter()
@@ -209,9 +271,19 @@ class StageService:
                     choice.tokens += len(delta.token_ids)
                     if delta.logprobs:
                         choice.logprobs.extend(delta.logprobs)
+                    if delta.prompt_logprobs is not None:
+                        gen.prompt_logprobs = delta.prompt_logprobs
                     if delta.finish_reason:
                         choice.finish_reason = delta.finish_reason
                         choice.speculative = delta.speculative
+                if gen.reward_model is not None:
+                    held += [d for d in batch if d.finish_reason]
+                    batch = [d for d in batch if not d.finish_reason]
+                    if all(c.finish_reason for c in gen.choices):
+                        await self._score(gen)
+                        batch, held = batch + held, []
+                    if not batch:
+                        continue
                 yield batch
             outcome = "ok"
         except (asyncio.CancelledError, GeneratorExit):
@@ -235,6 +307,16 @@ class StageService:
                 metrics.SPEC_ACCEPTED.labels(stage, spec.method).inc(spec.accepted_tokens)
         # Recorded before the caller sends its final frame, so a rating right after always finds it.
         await self._record(gen)
+
+    async def _score(self, gen: Generation) -> None:
+        """Every answer's reward; a failure leaves the answers unscored (and says why), never fails them."""
+        try:
+            scores = await self.rewards.score_answers(gen.reward_model, gen.prompt, [c.text for c in gen.choices])
+        except Exception as exc:
+            log.exception("could not score generation %s", gen.id)
+            scores = [Score(gen.reward_model, None, f"scoring failed: {exc}")] * len(gen.choices)
+        for choice, score in zip(gen.choices, scores):
+            choice.reward = score
 
     async def _record(self, gen: Generation) -> None:
         if self.store is None:
@@ -260,6 +342,8 @@ class StageService:
                 ttft_ms=gen.ttft_ms,
                 duration_ms=gen.duration_ms,
                 created_at=datetime.fromtimestamp(gen.created, timezone.utc),
+                reward_model=choice.reward.model if choice.reward else None,
+                reward_score=choice.reward.score if choice.reward else None,
             ))
         try:
             await asyncio.to_thread(lambda: [self.store.record_generation(r) for r in records])
@@ -278,10 +362,13 @@ async def _off_loop(size: int, fn, *args):
     return fn(*args)
 
 
-def render_chat(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], tuple[str, ...]]:
-    """The prompt's token ids for a chat, and the stop strings its format needs."""
+def render_chat(tokenizer, messages: list[dict[str, str]], tools: list[dict] | None = None
+                ) -> tuple[list[int], tuple[str, ...]]:
+    """The prompt's token ids for a chat (with `tools` rendered by the template when given), and the
+    stop strings its format needs."""
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        extra = {"tools": tools} if tools else {}
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         return tokenizer.encode(text, add_special_tokens=False), ()
     return tokenizer.encode(plain_transcript(messages), add_special_tokens=False), (PLAIN_STOP,)
 

@@ -15,7 +15,15 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from server.engine import AdapterRef, Delta, EngineStats, SamplingSettings, SpeculativeFigures, TokenLogprob
+from server.engine import (
+    AdapterRef,
+    Delta,
+    EngineRequestError,
+    EngineStats,
+    SamplingSettings,
+    SpeculativeFigures,
+    TokenLogprob,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +129,34 @@ class VllmEngine:
             TokensPrompt(prompt_token_ids=prompt_token_ids), params, request_id, lora_request=lora
         )
         finished = False
+        score_only = settings.max_tokens == 0  # vLLM generates at least one token: drop it
         try:
             async for output in stream:
-                yield [self._delta(c, settings.logprobs or 0) for c in output.outputs]
+                batch = [self._delta(c, settings.logprobs or 0, score_only) for c in output.outputs]
+                if output.prompt_logprobs is not None and batch:
+                    batch[0].prompt_logprobs = _prompt_logprobs(
+                        prompt_token_ids, output.prompt_logprobs, settings.prompt_logprobs or 0)
+                yield batch
                 finished = output.finished
         finally:
             if not finished:  # the consumer went away (or failed): free the engine's slot now
                 await stream.aclose()
                 await self._llm.abort(request_id)
 
-    def _delta(self, c, logprobs_k: int) -> Delta:
+    def check(self, settings: SamplingSettings) -> None:
+        """vLLM's own request validation (logprob limits, logit-bias ids, structured-output schemas
+        compiled by its backend), run before the request so a bad one is a 400, not a broken stream."""
+        config = self._llm.vllm_config
+        try:
+            _sampling_params(settings).verify(self._llm.model_config, config.speculative_config,
+                                              config.structured_outputs_config, self.tokenizer)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise EngineRequestError(str(exc), getattr(exc, "parameter", None)) from None
+
+    def _delta(self, c, logprobs_k: int, score_only: bool = False) -> Delta:
+        if score_only:
+            return Delta(index=c.index, text="", token_ids=[], logprobs=None,
+                         finish_reason="length" if c.finish_reason is not None else None)
         figures = None
         if c.finish_reason is not None and c.spec_decode_metrics is not None:
             m = c.spec_decode_metrics.to_dict()
@@ -194,11 +220,38 @@ def _sampling_params(s: SamplingSettings):
         repetition_penalty=s.repetition_penalty,
         stop=list(s.stop) or None,
         seed=s.seed,
-        max_tokens=s.max_tokens,
+        max_tokens=max(s.max_tokens, 1),
         logprobs=s.logprobs,
+        prompt_logprobs=s.prompt_logprobs,
+        logit_bias=dict(s.logit_bias) or None,
+        structured_outputs=_structured(s),
         ignore_eos=s.ignore_eos,
         output_kind=RequestOutputKind.DELTA,
     )
+
+
+def _structured(s: SamplingSettings):
+    if s.structured is None:
+        return None
+    import json
+
+    from vllm.sampling_params import StructuredOutputsParams
+
+    kind, value = s.structured.kind, s.structured.value
+    if kind == "json":
+        return StructuredOutputsParams(json=value)
+    if kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if kind == "choice":
+        return StructuredOutputsParams(choice=json.loads(value))
+    return StructuredOutputsParams(**{kind: value})  # regex, grammar
+
+
+def _prompt_logprobs(token_ids, positions, k: int) -> list[TokenLogprob | None]:
+    """Prompt logprobs as vLLM gives them (the first position None) in the shape of `_logprobs`."""
+    result: list[TokenLogprob | None] = [None]
+    result.extend(_logprobs(token_ids[1:], positions[1:], k))
+    return result
 
 
 def _logprobs(token_ids, positions, k: int) -> list[TokenLogprob]:
@@ -207,10 +260,13 @@ def _logprobs(token_ids, positions, k: int) -> list[TokenLogprob]:
     result = []
     for token_id, candidates in zip(token_ids, positions):
         chosen = candidates[token_id]
-        top = sorted(candidates.values(), key=lambda lp: lp.rank)
+        top = [(i, lp) for i, lp in sorted(candidates.items(), key=lambda item: item[1].rank) if lp.rank <= k]
         result.append(TokenLogprob(
             token=chosen.decoded_token or "",
             logprob=max(chosen.logprob, -9999.0),  # -inf is not JSON
-            top=tuple((lp.decoded_token or "", max(lp.logprob, -9999.0)) for lp in top if lp.rank <= k),
+            top=tuple((lp.decoded_token or "", max(lp.logprob, -9999.0)) for _, lp in top),
+            token_id=token_id,
+            rank=chosen.rank,
+            top_ids=tuple(i for i, _ in top),
         ))
     return result

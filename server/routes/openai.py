@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -10,8 +11,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from server.auth import authenticate
 from server.errors import APIError
 from server.protocol import ChatCompletionRequest, CompletionRequest
-from server.responses import DONE, ChunkWriter, chat_body, completion_body, sse_error
+from server.responses import DONE, ChunkWriter, Rendering, chat_body, completion_body, sse_error
 from server.serving import Generation, StageService
+from server.tools import ToolCallReader
 
 router = APIRouter(prefix="/v1")
 
@@ -31,34 +33,98 @@ async def list_models(request: Request):
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     client = authenticate(request, request.app.state.settings)
-    gen = await _service(request).chat(body, client)
-    return await _respond(gen, body.stream, body.include_usage, chat_body)
+    service = _service(request)
+    gen = await service.chat(body, client)
+    how = Rendering(include_usage=body.include_usage, continuous_usage=body.continuous_usage,
+                    prompt_logprobs=body.prompt_logprobs is not None, tools=_tool_reader(service, body, gen))
+    return await _respond([gen], body.stream, how, lambda gens: chat_body(gens[0], how))
 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request):
     client = authenticate(request, request.app.state.settings)
-    gen = await _service(request).complete(body, client)
-    return await _respond(gen, body.stream, body.include_usage, completion_body)
+    service = _service(request)
+    # Every prompt is checked (and admitted) before any runs: a bad one refuses the whole request.
+    gens = [await service.complete(body.single(p), client) for p in body.prompts()]
+    how = Rendering(include_usage=body.include_usage, continuous_usage=body.continuous_usage, echo=body.echo,
+                    prompt_logprobs=body.prompt_logprobs is not None)
+    return await _respond(gens, body.stream, how, lambda gens_: completion_body(gens_, how))
 
 
-async def _respond(gen: Generation, stream: bool, include_usage: bool, render):
+def _tool_reader(service: StageService, body: ChatCompletionRequest, gen: Generation):
+    """A factory of per-choice tool-call readers, when this request may call tools."""
+    if not body.calls_tools():
+        return None
+    parser = service.pool.registry.stages[body.model].tool_parser
+    tokenizer = gen.route.engine.tokenizer
+    mode = "named" if body.forced_tool() else ("required" if body.tool_choice == "required" else "auto")
+    return lambda: ToolCallReader(mode, tokenizer=tokenizer, parser=parser, name=body.forced_tool(),
+                                  parallel=body.parallel_tool_calls)
+
+
+async def _drain(gen: Generation) -> None:
+    async for _ in gen:
+        pass
+
+
+async def _respond(gens: list[Generation], stream: bool, how: Rendering, render):
     if not stream:
-        async for _ in gen:
-            pass
-        return JSONResponse(render(gen))
-    return StreamingResponse(_sse(gen, include_usage), media_type="text/event-stream",
+        if len(gens) == 1:
+            await _drain(gens[0])
+        else:
+            await asyncio.gather(*(_drain(g) for g in gens))
+        return JSONResponse(render(gens))
+    return StreamingResponse(_sse(gens, how), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _sse(gen: Generation, include_usage: bool) -> AsyncIterator[str]:
-    # Starlette cancels this generator when the client disconnects; closing `gen` aborts the engine request.
-    writer = ChunkWriter(gen, include_usage)
+async def _merged(gens: list[Generation]) -> AsyncIterator[tuple[int, list]]:
+    """(prompt index, batch) from every generation as they come; closing this closes them all."""
+    if len(gens) == 1:
+        async for batch in gens[0]:
+            yield 0, batch
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(p: int, gen: Generation) -> None:
+        try:
+            async for batch in gen:
+                await queue.put((p, batch, None))
+        except Exception as exc:  # handed to the consumer, which reports it in-band
+            await queue.put((p, None, exc))
+        finally:
+            await queue.put((p, None, None))
+
+    tasks = [asyncio.create_task(pump(p, g)) for p, g in enumerate(gens)]
     try:
-        async for batch in gen:
-            yield writer.chunk(batch)
+        running = len(tasks)
+        while running:
+            p, batch, exc = await queue.get()
+            if exc is not None:
+                raise exc
+            if batch is None:
+                running -= 1
+                continue
+            yield p, batch
+    finally:
+        for task in tasks:  # a client that went away: cancelling a pump closes (aborts) its generation
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _sse(gens: list[Generation], how: Rendering) -> AsyncIterator[str]:
+    # Starlette cancels this generator when the client disconnects; closing the generations aborts
+    # their engine requests.
+    writer = ChunkWriter(gens, how)
+    stream = _merged(gens)
+    try:
+        async for p, batch in stream:
+            if chunk := writer.chunk(batch, p):
+                yield chunk
     except APIError as exc:  # headers are gone: report in-band, as OpenAI does
         yield sse_error(exc.body())
-    if include_usage:
+    finally:
+        await stream.aclose()
+    if how.include_usage:
         yield writer.usage_chunk()
     yield DONE
