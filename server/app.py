@@ -17,14 +17,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from server import body_limit, metrics
+from server import body_limit
 from server.body_limit import BodyLimitMiddleware, BodyTooLarge
 from server.contract import MethodNotAllowedMiddleware, openapi_schema
 from server.errors import APIError, from_validation_errors
 from server.limits import Limiter
 from server.pool import SPARE_LORA_SLOTS, EnginePool, engine_factory
 from server.registry import load_registry
-from server.routes import admin, health, openai, ws
+from server.routes import admin, health, openai, tokenize, ws
+from server.routes import rewards as rewards_routes
+from server.rewards import RewardService
 from server.serving import StageService
 from server.settings import Settings
 from server.store import Store
@@ -41,7 +43,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge):
-        metrics.TOO_LARGE.labels("http").inc()
         return JSONResponse(body_limit.error_body(exc.limit), status_code=413, headers={"Connection": "close"})
 
     @app.exception_handler(RequestValidationError)
@@ -56,19 +57,22 @@ def install_error_handlers(app: FastAPI) -> None:
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
-def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: bool = True) -> FastAPI:
+def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: bool = True,
+               rewards: RewardService | None = None) -> FastAPI:
+    rewards = rewards or RewardService(pool.registry)  # the registry's reward models, each on its own engine
     service = StageService(pool=pool, store=store, log_prompts=settings.log_prompts,
                            allow_lossy_speculation=settings.allow_lossy_speculation,
-                           limiter=Limiter(settings.limits))
+                           limiter=Limiter(settings.limits), rewards=rewards)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        starting = asyncio.create_task(_start_engines(app, pool))
+        starting = asyncio.create_task(_start_engines(app, pool, rewards))
         try:
             yield
         finally:
             starting.cancel()
             await pool.shutdown()
+            await rewards.shutdown()
             if store is not None:
                 store.close()
 
@@ -85,7 +89,9 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(openai.router)
+    app.include_router(tokenize.router)
     app.include_router(admin.router)
+    app.include_router(rewards_routes.router)
     app.include_router(ws.router)  # before the UI: its mount at / would catch /v1/ws
     if store is not None:
         from server.routes import feedback
@@ -98,8 +104,9 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
     return app
 
 
-async def _start_engines(app: FastAPI, pool: EnginePool) -> None:
+async def _start_engines(app: FastAPI, pool: EnginePool, rewards: RewardService) -> None:
     try:
+        await rewards.start()  # first: the pool's readiness (/ready) then covers the reward engines too
         await pool.start()
         log.info("all engines warm: ready")
     except asyncio.CancelledError:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 
 from starlette.exceptions import HTTPException
+
+from server import metrics
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -47,19 +49,25 @@ class BodyLimitMiddleware:
             return await self._refuse(send)
 
         received = 0
-        started = False
+        exceeded = started = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
+                    exceeded = True
                     raise BodyTooLarge(self.limit)
             return message
 
         async def watching_send(message: Message) -> None:
             nonlocal started
+            if exceeded:  # whatever the app made of the exception, the client gets our 413
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await self._refuse(send)
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -67,11 +75,12 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, counting_receive, watching_send)
         except BodyTooLarge:
-            if started:  # the app answered already: nothing sensible left to send
-                raise
+            if started:  # answered already: nothing sensible left to send
+                return
             await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
+        metrics.TOO_LARGE.labels("http").inc()
         body = json.dumps(error_body(self.limit)).encode()
         # `Connection: close`: the unread rest of the body must not be parsed as a next request.
         await send({"type": "http.response.start", "status": 413, "headers": [

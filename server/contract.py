@@ -3,8 +3,10 @@
 - `openapi_schema(app)`: FastAPI's spec, corrected to what the server really answers. Validation
   errors are 400s with the OpenAI error body, not FastAPI's 422; every operation documents the
   errors any route can give (400 for bad parameters where it takes any, 401 under `/v1` where keys
-  apply, 413 where it takes a body, 500), plus what the route declares itself via `responses=`
-  (`server.errors.error_responses`). Routes added later get the same without doing anything.
+  apply, 404 for what a `/v1` request names, 413 where it takes a body, 401/404/429/503 where the
+  body names a `model`, 500) and `text/event-stream` where the body has `stream`, plus what the route
+  declares itself via `responses=` (`server.errors.error_responses`). Routes added later get the
+  same without doing anything.
 - `MethodNotAllowedMiddleware`: a known path with a method it does not serve gets 405 with an
   `Allow` header and the OpenAI error body. Without it the UI mounted at `/` swallows such
   requests and answers 404.
@@ -42,6 +44,7 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
                 continue
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
+            body = _body_schema(op, schemas)
             statuses = [500]
             if op.get("parameters") or op.get("requestBody"):
                 statuses.append(400)
@@ -49,10 +52,26 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
                 statuses.append(413)
             if path.startswith("/v1/"):
                 statuses.append(401)
+                if op.get("parameters") or op.get("requestBody"):
+                    statuses.append(404)  # an unknown stage, response id or resource named in the request
+            if "model" in body.get("properties", {}):
+                # names a stage: unknown (404), keys (401), admission limits (429), engines warming up (503)
+                statuses += [401, 404, 429, 503]
             for status, entry in error_responses(*statuses).items():
-                responses.setdefault(str(status), entry)
+                responses.setdefault(str(status), entry)  # a route's own entry wins
+            if "stream" in body.get("properties", {}) and "200" in responses:
+                # `"stream": true` answers with server-sent events
+                content = responses["200"].setdefault("content", {})
+                content.setdefault("text/event-stream", {"schema": {
+                    "type": "string", "description": "`data: {chunk}` events, then `data: [DONE]`"}})
     app.openapi_schema = spec
     return spec
+
+
+def _body_schema(op: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    schema = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    ref = schema.get("$ref", "")
+    return schemas.get(ref.rsplit("/", 1)[-1], {}) if ref else schema
 
 
 class MethodNotAllowedMiddleware:

@@ -1,11 +1,13 @@
-"""Feedback API: rate answers, state A/B preferences, list ratings, export TRL datasets.
+"""Feedback API: rate answers, state A/B preferences, rank 2..4 answers, correct answers, list and
+delete one's own, export TRL datasets.
 
 Thin: validates the body's shape, maps the store's errors to OpenAI errors, renders OpenAI-style
 objects. The store (`app.state.store`) decides what is valid; `server/export.py` owns the formats.
 Handlers are plain `def`: the store is synchronous, so FastAPI runs them in its thread pool.
 
-Who sees what: anyone with an API key may rate and list their own ratings; listing everyone's
-ratings and exporting need the admin key whenever one is configured.
+Who sees what: anyone with an API key may rate, and list and delete their own ratings, preferences,
+rankings and corrections; the admin key (when one is configured) lists and deletes everyone's and
+exports.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from server.auth import authenticate, require_admin
 from server.errors import APIError, bad_request, not_found
 from server.export import FORMATS, examples
 from server.settings import Settings
-from server.store import Feedback, Preference, Store, StoreError, UnknownResponse
+from server.store import (Correction, Feedback, Preference, Ranking, Store, StoreError, UnknownItem,
+                          UnknownResponse)
 
 router = APIRouter()
 
@@ -53,6 +56,28 @@ class PreferenceRequest(BaseModel):
     completions: list[str] | None = Field(default=None, description="The text of A and B, in order.")
 
 
+class RankingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    response_ids: list[str] = Field(description="2 to 4 responses to the same conversation, each once.")
+    ranking: list[list[str]] = Field(description="Groups of those ids, best first; ids in one group tie.")
+    comment: str | None = None
+    # Needed only when the server does not log prompts.
+    prompt: Messages | str | None = None
+    completions: list[str] | None = Field(default=None, description="The answers' text, in response_ids order.")
+
+
+class CorrectionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    response_id: str = Field(description="The `id` of a response this server gave.")
+    completion: str = Field(description="What the answer should have been.")
+    comment: str | None = None
+    # Needed only when the server does not log prompts: the prompt and the answer as given.
+    prompt: Messages | str | None = None
+    original: str | None = Field(default=None, description="The answer's text as the server gave it.")
+
+
 def _store(request: Request) -> Store:
     return request.app.state.store
 
@@ -62,7 +87,7 @@ def _settings(request: Request) -> Settings:
 
 
 def _api_error(error: StoreError) -> APIError:
-    if isinstance(error, UnknownResponse):
+    if isinstance(error, (UnknownResponse, UnknownItem)):
         return not_found(error.message, param=error.param)
     return bad_request(error.message, param=error.param)
 
@@ -85,6 +110,26 @@ def preference_object(pref: Preference) -> dict[str, Any]:
         "choice": pref.choice, "stages": [pref.stage_a, pref.stage_b], "comment": pref.comment,
         "client_id": pref.rater, "created_at": _unix(pref.created_at), "updated_at": _unix(pref.updated_at),
     }
+
+
+def ranking_object(r: Ranking) -> dict[str, Any]:
+    return {
+        "id": r.id, "object": "ranking", "response_ids": r.response_ids, "ranking": r.ranking, "stages": r.stages,
+        "comment": r.comment, "client_id": r.rater, "created_at": _unix(r.created_at),
+        "updated_at": _unix(r.updated_at),
+    }
+
+
+def correction_object(c: Correction) -> dict[str, Any]:
+    return {
+        "id": c.id, "object": "correction", "response_id": c.response_id, "stage": c.stage,
+        "completion": c.completion, "comment": c.comment, "client_id": c.rater,
+        "created_at": _unix(c.created_at), "updated_at": _unix(c.updated_at),
+    }
+
+
+OBJECTS = {"feedback": feedback_object, "preference": preference_object, "ranking": ranking_object,
+           "correction": correction_object}
 
 
 def _parse_time(value: str | None, param: str) -> datetime | None:
@@ -132,6 +177,82 @@ def create_preference(body: PreferenceRequest, request: Request) -> dict[str, An
     return preference_object(pref)
 
 
+@router.post("/v1/rankings")
+def create_ranking(body: RankingRequest, request: Request) -> dict[str, Any]:
+    rater = authenticate(request, _settings(request))
+    try:
+        ranking = _store(request).rank(body.response_ids, body.ranking, rater=rater, comment=body.comment,
+                                       prompt=body.prompt, completions=body.completions)
+    except StoreError as e:
+        raise _api_error(e) from None
+    return ranking_object(ranking)
+
+
+@router.post("/v1/corrections")
+def create_correction(body: CorrectionRequest, request: Request) -> dict[str, Any]:
+    rater = authenticate(request, _settings(request))
+    try:
+        correction = _store(request).correct(body.response_id, body.completion, rater=rater, comment=body.comment,
+                                             prompt=body.prompt, original=body.original)
+    except StoreError as e:
+        raise _api_error(e) from None
+    return correction_object(correction)
+
+
+def _own_items(request: Request, kind: str, since: str | None, until: str | None, limit: int,
+               after: str | None) -> dict[str, Any]:
+    settings = _settings(request)
+    client_id = authenticate(request, settings)
+    rater = None if _is_admin(request, settings) else client_id  # others see only their own
+    try:
+        page, has_more = _store(request).list_items(kind, rater=rater, since=_parse_time(since, "since"),
+                                                    until=_parse_time(until, "until"), limit=limit, after=after)
+    except StoreError as e:
+        raise _api_error(e) from None
+    data = [OBJECTS[kind](item) for item in page]
+    listing: dict[str, Any] = {"object": "list", "data": data, "has_more": has_more}
+    if data:
+        listing["first_id"], listing["last_id"] = data[0]["id"], data[-1]["id"]
+    return listing
+
+
+def _list_route(path: str, kind: str) -> None:
+    def list_items(
+        request: Request,
+        since: str | None = Query(None, description="Stated at or after: Unix seconds or ISO 8601."),
+        until: str | None = Query(None, description="Stated before: Unix seconds or ISO 8601."),
+        limit: int = Query(20, ge=1, le=1000),
+        after: str | None = Query(None, description="The `last_id` of the previous page."),
+    ) -> dict[str, Any]:
+        return _own_items(request, kind, since, until, limit, after)
+
+    list_items.__name__ = f"list_{kind}s"
+    router.get(path, summary=f"List your {kind}s (the admin: everyone's)")(list_items)
+
+
+def _delete_route(path: str, kind: str) -> None:
+    def delete_item(item_id: str, request: Request) -> dict[str, Any]:
+        settings = _settings(request)
+        client_id = authenticate(request, settings)
+        rater = None if _is_admin(request, settings) else client_id
+        try:
+            _store(request).delete(kind, item_id, rater=rater)
+        except StoreError as e:
+            raise _api_error(e) from None
+        return {"id": item_id, "object": f"{kind}.deleted", "deleted": True}
+
+    delete_item.__name__ = f"delete_{kind}"
+    router.delete(path + "/{item_id}", summary=f"Delete one of your {kind}s (the admin: anyone's)")(delete_item)
+
+
+for _path, _kind in [("/v1/preferences", "preference"), ("/v1/rankings", "ranking"),
+                     ("/v1/corrections", "correction")]:
+    _list_route(_path, _kind)
+for _path, _kind in [("/v1/feedback", "feedback"), ("/v1/preferences", "preference"),
+                     ("/v1/rankings", "ranking"), ("/v1/corrections", "correction")]:
+    _delete_route(_path, _kind)
+
+
 @router.get("/v1/feedback")
 def list_feedback(
     request: Request,
@@ -158,7 +279,9 @@ def list_feedback(
     return listing
 
 
-@router.get("/v1/feedback/export")
+@router.get("/v1/feedback/export", response_class=StreamingResponse, responses={
+    200: {"description": "One JSON example per line (TRL dataset rows)",
+          "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}})
 def export_feedback(request: Request, format: str = "kto", stage: str | None = None) -> StreamingResponse:
     require_admin(request, _settings(request))
     if format not in FORMATS:
