@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Tools render in the Hermes format (vLLM's "hermes" tool parser reads the calls back); without tools
+# the prompt is the plain turn list.
 CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if tools %}<|system|>Call a tool as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>. "
+    "Tools: {{ tools | tojson }}<|end|>{% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>"
+    "{% if m.get('tool_calls') %}{% for c in m['tool_calls'] %}<tool_call>"
+    "{{ {'name': c['function']['name'], 'arguments': c['function']['arguments']} | tojson }}</tool_call>"
+    "{% endfor %}{% else %}{{ m['content'] }}{% endif %}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 SPECIAL = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]

@@ -94,9 +94,10 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
     app.include_router(rewards_routes.router)
     app.include_router(ws.router)  # before the UI: its mount at / would catch /v1/ws
     if store is not None:
-        from server.routes import feedback
+        from server.routes import feedback, leaderboard
 
         app.include_router(feedback.router)
+        app.include_router(leaderboard.router)
     if with_ui:
         from ui.app import mount_ui
 

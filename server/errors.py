@@ -51,6 +51,8 @@ def from_validation_errors(errors: list[dict[str, Any]]) -> APIError:
         return bad_request("The request body is not valid JSON.", code="json_invalid")
     param = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or None
     message = f"{param}: {err.get('msg')}" if param else str(err.get("msg"))
+    if err.get("type") == "extra_forbidden":  # a field this server does not honour: never ignored silently
+        message = f"Unsupported parameter '{param}': this server does not honour it."
     return bad_request(message, param=param, code=err.get("type"))
 
 

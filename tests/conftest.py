@@ -79,7 +79,8 @@ def ready_client(app, pool):
 
 @pytest.fixture(scope="session")
 def tiny_family(tmp_path_factory) -> Path:
-    """A random tiny checkpoint, a LoRA adapter on it, and `stages.yaml` serving both (+ ngram)."""
+    """A random tiny checkpoint, a LoRA adapter on it, and `stages.yaml` serving both (+ ngram); the
+    base stage takes tools (vLLM's hermes parser, which the tiny chat template's format matches)."""
     from models.tiny import make_tiny_adapter, make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("tiny")
@@ -91,6 +92,7 @@ def tiny_family(tmp_path_factory) -> Path:
         "  base:\n"
         "    model: ./base\n"
         "    description: random tiny base\n"
+        "    tool_parser: hermes\n"
         "  sft:\n"
         "    adapter: ./lora\n"
         "    base: base\n"

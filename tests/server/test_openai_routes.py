@@ -163,3 +163,122 @@ def test_metrics_count_requests_and_tokens_per_stage(client):
     text = client.get("/metrics").text
     assert 'stagechat_requests_total{kind="chat",outcome="ok",stage="sft"}' in text
     assert 'stagechat_time_to_first_token_seconds_count{stage="sft"}' in text
+
+
+# -- the API as real clients use it (issue 14) -----------------------------------------------------
+
+def engine_requests(client):
+    return client.pool.built[("fake/base", None)].requests
+
+
+def test_a_list_of_prompts_gets_n_choices_each_in_prompt_order(client):
+    body = client.post("/v1/completions", json={"model": "base", "prompt": ["one two", "three"], "n": 2,
+                                                "max_tokens": 2}).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+    assert all(c["text"] == "The capital" for c in body["choices"])
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11}
+    assert [len(ids) for ids, _, _ in engine_requests(client)[-2:]] == [2, 1]
+
+
+def test_token_id_prompts_reach_the_engine_as_they_are(client):
+    client.post("/v1/completions", json={"model": "base", "prompt": [[5, 6, 7], [8]], "max_tokens": 1})
+    assert [ids for ids, _, _ in engine_requests(client)[-2:]] == [[5, 6, 7], [8]]
+
+
+def test_echo_with_max_tokens_zero_scores_the_prompt_only(client):
+    body = client.post("/v1/completions", json={"model": "base", "prompt": "The capital of", "echo": True,
+                                                "logprobs": 1, "max_tokens": 0}).json()
+    choice = body["choices"][0]
+    assert choice["text"] == "The capital of" and choice["finish_reason"] == "length"
+    lp = choice["logprobs"]
+    assert lp["tokens"] == ["The", "capital", "of"] and lp["text_offset"] == [0, 3, 10]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None  # nothing predicts the first
+    assert lp["token_logprobs"][1:] == [pytest.approx(-0.6931, abs=1e-3)] * 2
+    assert body["usage"]["completion_tokens"] == 0
+    _, settings, _ = engine_requests(client)[-1]
+    assert (settings.max_tokens, settings.prompt_logprobs) == (0, 1)
+
+
+def test_echo_with_generation_puts_the_prompt_first(client):
+    body = client.post("/v1/completions", json={"model": "base", "prompt": "Say", "echo": True, "logprobs": 0,
+                                                "max_tokens": 2}).json()
+    choice = body["choices"][0]
+    assert choice["text"] == "SayThe capital"
+    assert choice["logprobs"]["tokens"] == ["Say", "The", " capital"]
+    assert choice["logprobs"]["token_logprobs"][0] is None
+    with client.stream("POST", "/v1/completions", json={"model": "base", "prompt": "Say", "echo": True,
+                                                         "max_tokens": 2, "stream": True}) as r:
+        chunks = [e for e in sse_events(r) if e != "[DONE]"]
+    assert chunks[0]["choices"][0]["text"] == "SayThe"
+    assert "".join(c["choices"][0]["text"] for c in chunks) == "SayThe capital"
+
+
+def test_stream_of_several_prompts_and_continuous_usage(client):
+    with client.stream("POST", "/v1/completions", json={
+            "model": "base", "prompt": ["a", "b c"], "max_tokens": 3, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}) as r:
+        events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    texts = {0: "", 1: ""}
+    for c in chunks[:-1]:
+        for choice in c["choices"]:
+            texts[choice["index"]] += choice["text"]
+        assert c["usage"]["prompt_tokens"] == 3  # every chunk carries the usage so far
+    assert texts == {0: "The capital of", 1: "The capital of"}
+    assert chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+def test_chat_prompt_logprobs_extension_in_vllm_shape(client):
+    body = client.post("/v1/chat/completions", json={**CHAT, "prompt_logprobs": 0, "max_tokens": 1}).json()
+    prompt_lp = body["prompt_logprobs"]
+    assert prompt_lp[0] is None and len(prompt_lp) == body["usage"]["prompt_tokens"]
+    entry = next(iter(prompt_lp[1].values()))
+    assert set(entry) == {"logprob", "rank", "decoded_token"}
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("audio", {"voice": "alloy"}), ("suffix", "x"), ("functions", [{"name": "f"}]), ("best_of", 2),
+])
+def test_fields_the_server_does_not_honour_are_400_naming_them(client, field, value):
+    before = len(engine_requests(client)) if ("fake/base", None) in client.pool.built else 0
+    body = {"model": "base", "prompt": "x"} if field in ("suffix", "best_of") else CHAT
+    path = "/v1/completions" if field in ("suffix", "best_of") else "/v1/chat/completions"
+    error = error_of(client.post(path, json={**body, field: value}), 400)
+    assert error["param"] == field and field in error["message"]
+    assert len(engine_requests(client)) == before
+    assert client.post(path, json={**body, field: None}).status_code == 200  # null asks for nothing
+
+
+def test_tools_on_a_stage_without_a_tool_parser_are_a_clear_400(client):
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    error = error_of(client.post("/v1/chat/completions", json={**CHAT, "tools": tools}), 400)
+    assert error["param"] == "tools" and "base" in error["message"] and "tool_parser" in error["message"]
+
+
+def test_tools_need_a_template_that_renders_them(fake_app):
+    registry = {"stages": {"base": {"model": "fake/base", "tool_parser": "hermes"}}}
+    with ready_client(*fake_app(registry)) as client:
+        tools = [{"type": "function", "function": {"name": "weather"}}]
+        error = error_of(client.post("/v1/chat/completions", json={**CHAT, "tools": tools}), 400)
+        assert "chat template" in error["message"] and error["code"] == "tools_not_supported"
+
+
+def test_what_the_engine_refuses_is_a_400_before_anything_runs(client):
+    client.post("/v1/chat/completions", json=CHAT)
+    before = len(engine_requests(client))
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    error = error_of(client.post("/v1/chat/completions", json={**CHAT, "response_format": fmt}), 400)
+    assert error["param"] == "response_format" and "structured" in error["message"]
+    error = error_of(client.post("/v1/completions", json={"model": "base", "prompt": "x",
+                                                          "logit_bias": {"5000": 3}}), 400)
+    assert error["param"] == "logit_bias"
+    assert len(engine_requests(client)) == before
+
+
+def test_a_bad_prompt_in_a_list_refuses_the_whole_request(client):
+    client.post("/v1/completions", json={"model": "base", "prompt": "x", "max_tokens": 1})
+    before = len(engine_requests(client))
+    error = error_of(client.post("/v1/completions", json={"model": "base", "prompt": ["fine", "word " * 100]}), 400)
+    assert error["code"] == "context_length_exceeded"
+    assert len(engine_requests(client)) == before
