@@ -5,7 +5,10 @@ Frames are JSON text. The client sends:
   (validated by `ChatCompletionRequest`, run through `StageService.chat`, like `POST /v1/chat/completions`);
 - `{"type":"cancel","id":ID}`: abort that generation in the engine;
 - `{"type":"feedback","response_id":...,"rating":"up"|"down","comment"?, "id"?}`: stored by `Store.rate`,
-  exactly as `POST /v1/feedback` stores it; `{"type":"preference","response_ids":[A,B],"choice":...}` likewise.
+  exactly as `POST /v1/feedback` stores it; `{"type":"preference","response_ids":[A,B],"choice":...}`,
+  `{"type":"ranking","response_ids":[...],"ranking":[[...],...]}` and
+  `{"type":"correction","response_id":...,"completion":...}` likewise (`POST /v1/preferences`,
+  `/v1/rankings`, `/v1/corrections`); the `ack` carries the stored object under the frame's type.
 
 The server answers a chat with `delta` frames (`text`, plus `logprobs` in the chat-completion shape
 when asked, plus `index` when n > 1) and ends every request with exactly one `done` or one `error`.
@@ -30,6 +33,7 @@ from server import metrics
 from server.errors import APIError, bad_request, from_validation_errors, not_found, too_large
 from server.limits import RateLimited, TokenBucket
 from server.protocol import ChatCompletionRequest, speculative_body
+from server.responses import reward_body
 from server.responses import chat_logprobs
 from server.serving import Generation, StageService
 
@@ -142,13 +146,13 @@ class Connection:
             await self.start_chat(fid, frame)
         elif kind == "cancel":
             await self.cancel(fid)
-        elif kind in ("feedback", "preference"):
+        elif kind in ("feedback", "preference", "ranking", "correction"):
             task = asyncio.create_task(self.feedback(fid, kind, frame))
             self.chores.add(task)
             task.add_done_callback(self.chores.discard)
         else:
             await self.error(fid, bad_request(
-                f"Unknown frame type {kind!r}; expected chat, cancel, feedback or preference.",
+                f"Unknown frame type {kind!r}; expected chat, cancel, feedback, preference, ranking or correction.",
                 param="type", code="unknown_type"))
 
     # -- chat ------------------------------------------------------------------------------------
@@ -222,11 +226,13 @@ class Connection:
             return await self.error(fid, APIError(503, "This server keeps no feedback store.",
                                                   type="service_unavailable", code="no_store"))
         # The HTTP route's body types and helpers, so both doors validate and answer alike.
-        from server.routes.feedback import (FeedbackRequest, PreferenceRequest, _api_error, feedback_object,
-                                            preference_object)
+        from server.routes.feedback import (CorrectionRequest, FeedbackRequest, PreferenceRequest, RankingRequest,
+                                            _api_error, correction_object, feedback_object, preference_object,
+                                            ranking_object)
         from server.store import StoreError
 
-        body_type: type[BaseModel] = FeedbackRequest if kind == "feedback" else PreferenceRequest
+        body_type: type[BaseModel] = {"feedback": FeedbackRequest, "preference": PreferenceRequest,
+                                      "ranking": RankingRequest, "correction": CorrectionRequest}[kind]
         try:
             body = body_type.model_validate({k: v for k, v in frame.items() if k not in _ENVELOPE})
         except ValidationError as exc:
@@ -237,6 +243,16 @@ class Connection:
                     store.rate, body.response_id, body.rating, rater=self.client_id, comment=body.comment,
                     tags=body.tags, prompt=body.prompt, completion=body.completion)
                 obj = feedback_object(result)
+            elif kind == "ranking":
+                result = await asyncio.to_thread(
+                    store.rank, body.response_ids, body.ranking, rater=self.client_id, comment=body.comment,
+                    prompt=body.prompt, completions=body.completions)
+                obj = ranking_object(result)
+            elif kind == "correction":
+                result = await asyncio.to_thread(
+                    store.correct, body.response_id, body.completion, rater=self.client_id, comment=body.comment,
+                    prompt=body.prompt, original=body.original)
+                obj = correction_object(result)
             else:
                 result = await asyncio.to_thread(
                     store.prefer, body.response_ids, body.choice, rater=self.client_id, comment=body.comment,
@@ -271,8 +287,11 @@ def done_frame(fid: str | int, gen: Generation | None, *, cancelled: bool = Fals
         "speculative": speculative_body(gen.speculative),
         "timings": {"ttft_ms": gen.ttft_ms, "duration_ms": gen.duration_ms},
     }
+    if gen.reward_model is not None:  # extension: the reward model's score of the (first) answer
+        frame["reward"] = reward_body(gen.choices[0])
     if gen.settings.n > 1:
-        frame["choices"] = [{"index": c.index, "finish_reason": "cancelled" if cancelled else c.finish_reason}
+        frame["choices"] = [{"index": c.index, "finish_reason": "cancelled" if cancelled else c.finish_reason,
+                             **({"reward": reward_body(c)} if gen.reward_model is not None else {})}
                             for c in gen.choices]
     return frame
 

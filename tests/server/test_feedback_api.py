@@ -159,6 +159,81 @@ def test_keys(make_client, log_answer):
     assert client.get("/v1/feedback/export", params={"format": "kto"}, headers=admin).status_code == 200
 
 
+def test_rankings(client: TestClient, log_answer):
+    a, b, c = (log_answer(answer=t, stage=s) for t, s in [("Nairobi.", "rlhf"), ("Nairobi", "sft"), ("No.", "base")])
+    other = log_answer("Capital of Peru?", "Lima.")
+    r = client.post("/v1/rankings", json={"response_ids": [a.id, b.id, c.id], "ranking": [[a.id, b.id], [c.id]],
+                                          "comment": "a and b both fine"})
+    assert r.status_code == 200, r.text
+    ranking = r.json()
+    assert (ranking["object"], ranking["ranking"], ranking["stages"]) == (
+        "ranking", [[a.id, b.id], [c.id]], ["rlhf", "sft", "base"])
+    again = client.post("/v1/rankings", json={"response_ids": [c.id, b.id, a.id], "ranking": [[a.id], [b.id], [c.id]]})
+    assert again.json()["id"] == ranking["id"]  # the same answers, restated
+    rows = [json.loads(x) for x in client.get("/v1/feedback/export", params={"format": "dpo"}).text.splitlines()]
+    assert len(rows) == 3  # every ordered pair of a > b > c
+
+    e = error(client.post("/v1/rankings", json={"response_ids": [a.id, other.id], "ranking": [[a.id], [other.id]]}), 400)
+    assert e["param"] == "response_ids" and "different conversations" in e["message"]
+    assert error(client.post("/v1/rankings", json={"response_ids": [a.id, b.id], "ranking": [[a.id]]}), 400)["param"] == "ranking"
+    assert error(client.post("/v1/rankings", json={"response_ids": [a.id, a.id], "ranking": [[a.id], [a.id]]}),
+                 400)["param"] == "response_ids"
+    assert error(client.post("/v1/rankings", json={"response_ids": [a.id], "ranking": [[a.id]]}), 400)["param"] == "response_ids"
+    error(client.post("/v1/rankings", json={"response_ids": [a.id, b.id], "ranking": [[a.id], [b.id]], "k": 2}), 400)
+    assert error(client.post("/v1/rankings", json={"response_ids": [a.id, "chatcmpl-x"],
+                                                   "ranking": [[a.id], ["chatcmpl-x"]]}), 404)["param"] == "response_ids"
+    assert len(client.get("/v1/rankings").json()["data"]) == 1
+
+
+def test_corrections(client: TestClient, log_answer):
+    answer = log_answer(answer="Mombasa.")
+    for text in ("", "  ", "Mombasa."):
+        e = error(client.post("/v1/corrections", json={"response_id": answer.id, "completion": text}), 400)
+        assert e["param"] == "completion"
+    error(client.post("/v1/corrections", json={"response_id": answer.id}), 400)
+    assert error(client.post("/v1/corrections", json={"response_id": "chatcmpl-x", "completion": "Nairobi."}),
+                 404)["param"] == "response_id"
+    assert client.get("/v1/corrections").json()["data"] == []
+    r = client.post("/v1/corrections", json={"response_id": answer.id, "completion": "Nairobi.", "comment": "city"})
+    assert r.status_code == 200, r.text
+    corr = r.json()
+    assert (corr["object"], corr["completion"], corr["stage"], corr["comment"]) == ("correction", "Nairobi.", "sft", "city")
+    sft = [json.loads(x) for x in client.get("/v1/feedback/export", params={"format": "sft"}).text.splitlines()]
+    assert sft == [{"messages": KENYA + [{"role": "assistant", "content": "Nairobi."}]}]
+    dpo = [json.loads(x) for x in client.get("/v1/feedback/export", params={"format": "dpo"}).text.splitlines()]
+    assert [(d["chosen"][0]["content"], d["rejected"][0]["content"]) for d in dpo] == [("Nairobi.", "Mombasa.")]
+
+
+def test_raters_list_and_delete_their_own_and_the_admin_all(make_client, log_answer):
+    client = make_client(api_keys=frozenset({USER, "other-key"}), admin_key=ADMIN)
+    user, other, admin = ({"authorization": f"Bearer {k}"} for k in (USER, "other-key", ADMIN))
+    a, b = log_answer(answer="Nairobi."), log_answer(answer="Mombasa.")
+    made = {
+        "feedback": client.post("/v1/feedback", json={"response_id": a.id, "rating": "up"}, headers=user).json(),
+        "preferences": client.post("/v1/preferences", json={"response_ids": [a.id, b.id], "choice": "a"},
+                                   headers=user).json(),
+        "rankings": client.post("/v1/rankings", json={"response_ids": [a.id, b.id], "ranking": [[b.id], [a.id]]},
+                                headers=user).json(),
+        "corrections": client.post("/v1/corrections", json={"response_id": b.id, "completion": "Nairobi."},
+                                   headers=user).json(),
+    }
+    client.post("/v1/rankings", json={"response_ids": [a.id, b.id], "ranking": [[a.id, b.id]]}, headers=other)
+    for path, item in made.items():
+        assert item["client_id"] == client_id_for(USER), item
+        assert [x["id"] for x in client.get(f"/v1/{path}", headers=user).json()["data"]] == [item["id"]]
+        assert all(x["client_id"] != client_id_for(USER) for x in client.get(f"/v1/{path}", headers=other).json()["data"])
+        error(client.get(f"/v1/{path}"), 401)
+        e = error(client.delete(f"/v1/{path}/{item['id']}", headers=other), 404)  # not theirs: nothing revealed
+        assert e["type"] == "not_found_error"
+        r = client.delete(f"/v1/{path}/{item['id']}", headers=user)
+        assert r.status_code == 200 and r.json()["deleted"] is True
+        assert client.get(f"/v1/{path}", headers=user).json()["data"] == []
+        error(client.delete(f"/v1/{path}/{item['id']}", headers=user), 404)  # gone
+    [theirs] = client.get("/v1/rankings", headers=admin).json()["data"]
+    assert client.delete(f"/v1/rankings/{theirs['id']}", headers=admin).status_code == 200  # the admin: anyone's
+    assert client.get("/v1/rankings", headers=other).json()["data"] == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Through the real app: the serving layer logs answers, the feedback API rates them.
 

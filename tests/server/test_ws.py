@@ -245,6 +245,24 @@ def test_preference_is_stored(client, store):
     assert ack["preference"]["stages"] == ["base", "sft"]
 
 
+def test_ranking_and_correction_frames_are_stored(client, store):
+    with client.websocket_connect("/v1/ws") as ws:
+        a, b, c = answer(ws, "a", seed=1), answer(ws, "b", model="sft"), answer(ws, "c", seed=2)
+        ws.send_json({"type": "ranking", "id": "r", "response_ids": [a, b, c], "ranking": [[b], [a, c]]})
+        ack = ws.receive_json()
+        assert ack["type"] == "ack" and ack["id"] == "r" and ack["ranking"]["ranking"] == [[b], [a, c]]
+        ws.send_json({"type": "ranking", "id": "bad", "response_ids": [a, b], "ranking": [[a]]})
+        error = ws.receive_json()
+        assert error["type"] == "error" and error["id"] == "bad" and error["error"]["param"] == "ranking"
+        ws.send_json({"type": "correction", "id": "c", "response_id": a, "completion": "It is Nairobi."})
+        ack = ws.receive_json()
+        assert ack["type"] == "ack" and ack["correction"]["completion"] == "It is Nairobi."
+        ws.send_json({"type": "correction", "id": "empty", "response_id": a, "completion": " "})
+        assert ws.receive_json()["error"]["param"] == "completion"
+    assert [r.ranking for r in store.list_items("ranking")[0]] == [[[b], [a, c]]]
+    assert [c.response_id for c in store.list_items("correction")[0]] == [a]
+
+
 @pytest.mark.parametrize(("frame", "code", "status_type"), [
     ({"response_id": "chatcmpl-nope", "rating": "up"}, "not_found", "not_found_error"),
     ({"response_id": "RID", "rating": "meh"}, None, "invalid_request_error"),
