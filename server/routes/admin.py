@@ -13,7 +13,7 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from server.auth import require_admin
-from server.errors import bad_request
+from server.errors import APIError, bad_request
 from server.registry import RegistryError, load_registry
 
 router = APIRouter()
@@ -29,6 +29,11 @@ async def reload_registry(request: Request) -> dict:
     except RegistryError as exc:
         raise bad_request(f"Registry not reloaded: {exc}", code="invalid_registry") from None
     before = set(pool.registry.stages)
+    try:  # reward models first: one that cannot start leaves the whole old registry in place
+        added_rms = await request.app.state.service.rewards.reload(registry)
+    except Exception as exc:
+        raise APIError(500, f"Registry not reloaded: a reward model failed to start: {exc}",
+                       type="server_error", code="reward_model_failed") from None
     restarted = await pool.reload(registry)
     return {
         "object": "registry.reload",
@@ -36,4 +41,6 @@ async def reload_registry(request: Request) -> dict:
         "added": [s for s in registry.stages if s not in before],
         "removed": sorted(before - set(registry.stages)),
         "restarted_engines": [{"model": model, "speculative": method} for model, method in restarted],
+        "reward_models": list(registry.reward_models),
+        "added_reward_models": added_rms,
     }

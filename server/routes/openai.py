@@ -27,6 +27,8 @@ async def list_models(request: Request):
     authenticate(request, request.app.state.settings)
     data = [{"id": s["id"], "object": "model", "created": 0, "owned_by": "stagechat", **s}
             for s in _service(request).stages()]
+    data += [{"object": "model", "created": 0, "owned_by": "stagechat", "kind": "reward_model", **rm}
+             for rm in _service(request).rewards.models()]  # extension: `kind` tells them apart
     return {"object": "list", "data": data}
 
 

@@ -1,0 +1,295 @@
+"""`stagechat reward-model`: train a reward model on the store's comparisons, register it, serve it.
+
+InstructGPT's recipe: people compare answers to one prompt; a reward model learns to give the
+preferred answer the higher score (a Bradley–Terry loss on score differences). Comparisons come from
+three places in the store, each read as (prompt, chosen, rejected) pairs:
+
+- A/B preferences with a winner (`POST /v1/preferences`);
+- rankings of K answers to one conversation (`POST /v1/rankings`): all K·(K−1)/2 ordered pairs
+  between different groups (ties give no pair), as InstructGPT did;
+- an up-rated and a down-rated answer to the same prompt (net ratings, `server.export.verdicts`).
+
+Steps: collect the pairs → hold out at least 10% of them, split by prompt (no prompt is in both
+parts) → TRL's `RewardTrainer` on `AutoModelForSequenceClassification(num_labels=1)` over the
+from-stage's checkpoint (an adapter stage is merged into its checkpoint first; all weights train,
+which suits the small models this project trains on a CPU) → held-out pairwise accuracy (the share
+of held-out pairs whose chosen answer scores higher) → save to `{data_dir}/reward_models/<name>`
+with `stagechat_reward_model.json` → add it under `reward_models:` in the registry file
+(`server.registry_file`) → optionally ask a running server to reload.
+
+Anything that fails before the registry write leaves the registry and the data folder as they were.
+This module knows TRL and the pair rules; it knows nothing about HTTP or SQL (the store's iterators).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from models.rlhf_round import RoundError, reload_server
+
+log = logging.getLogger(__name__)
+
+META_FILE = "stagechat_reward_model.json"
+HOLDOUT = 0.1  # at least this share of the pairs is held out, whole prompts at a time
+
+
+@dataclass(frozen=True)
+class RewardPlan:
+    steps: int | None = None  # None: ≈ 4 epochs over the training pairs, between 20 and 300 steps
+    batch_size: int = 8
+    lr: float = 1e-4
+    max_length: int = 256  # pairs with a longer prompt + answer are left out (TRL drops them too)
+    center_rewards: float = 0.01  # keeps scores near 0, which an RL round's KL penalty is scaled against
+    seed: int = 0
+
+    def total_steps(self, pairs: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return max(20, min(300, 4 * -(-pairs // self.batch_size)))
+
+
+@dataclass
+class RewardResult:
+    name: str
+    model_dir: Path
+    train_pairs: int
+    held_out_pairs: int
+    held_out_accuracy: float
+    steps: int
+    train_seconds: float
+    sources: dict[str, int] = field(default_factory=dict)
+    reloaded: dict[str, Any] | None = None
+
+
+# -- pairs ---------------------------------------------------------------------------------------
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def comparison_pairs(store) -> list[dict[str, Any]]:
+    """Every (prompt, chosen, rejected) the store's comparisons give, each once, with its source."""
+    from server.export import _prompt, verdicts
+
+    pairs: list[dict[str, Any]] = []
+    seen: set[bytes] = set()
+
+    def add(prompt: list[dict[str, Any]], chosen: str, rejected: str, source: str) -> None:
+        prompt = _prompt(prompt)
+        key = hashlib.sha256(json.dumps([prompt, chosen, rejected]).encode()).digest()
+        if chosen != rejected and key not in seen:
+            seen.add(key)
+            pairs.append({"prompt": prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected),
+                          "source": source})
+
+    for pair in store.iter_preferred_pairs():
+        add(pair.prompt, pair.chosen, pair.rejected, "preference")
+    for pair in store.iter_ranked_pairs():
+        add(pair.prompt, pair.chosen, pair.rejected, "ranking")
+    for prompt, good, bad in verdicts(store.iter_rated_answers()):
+        for chosen in good:
+            for rejected in bad:
+                add(prompt, chosen, rejected, "ratings")
+    return pairs
+
+
+def split_by_prompt(pairs: list[dict[str, Any]], share: float = HOLDOUT,
+                    seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, held_out): whole prompts go to the held-out part until it has ≥ `share` of the pairs."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for pair in pairs:
+        groups.setdefault(json.dumps(pair["prompt"], sort_keys=True), []).append(pair)
+    if len(groups) < 2:
+        raise RoundError(f"all {len(pairs)} pairs share one prompt; a held-out split by prompt needs pairs "
+                         "from at least 2 prompts")
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    need = max(1, math.ceil(share * len(pairs)))
+    held: list[dict[str, Any]] = []
+    while len(held) < need and len(keys) > 1:
+        held.extend(groups[keys.pop()])
+    train = [p for k in keys for p in groups[k]]
+    return train, held
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def load_policy_as_classifier(checkpoint: str, adapter: str | None, scratch: Path):
+    """(AutoModelForSequenceClassification with one label, tokenizer) from a checkpoint, adapter merged."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    source = checkpoint
+    if adapter is not None:
+        from peft import PeftModel
+
+        causal = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(causal, adapter).merge_and_unload()
+        source = str(scratch / "merged")
+        merged.save_pretrained(source)
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def pair_ids(tokenizer, pair: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + chosen and prompt + rejected, exactly as TRL's RewardTrainer builds them."""
+    def ids(messages):
+        return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+
+    return ids(pair["prompt"] + pair["chosen"]), ids(pair["prompt"] + pair["rejected"])
+
+
+def pairwise_accuracy(model, tokenizer, pairs: list[dict[str, Any]], max_length: int) -> tuple[float, int]:
+    """(share of pairs whose chosen answer scores higher, pairs judged); pairs over max_length are skipped."""
+    import torch
+
+    model.eval()
+    right = judged = 0
+    with torch.no_grad():
+        for pair in pairs:
+            chosen, rejected = pair_ids(tokenizer, pair)
+            if max(len(chosen), len(rejected)) > max_length:
+                continue
+            scores = [model(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in (chosen, rejected)]
+            right += scores[0] > scores[1]
+            judged += 1
+    return (right / judged if judged else float("nan")), judged
+
+
+def train_reward_model(checkpoint: str, adapter: str | None, train: list[dict[str, Any]],
+                       held_out: list[dict[str, Any]], plan: RewardPlan, out_dir: Path) -> tuple[float, int, int]:
+    """Train and save the reward model; returns (held-out accuracy, pairs judged, steps)."""
+    import torch
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    torch.manual_seed(plan.seed)
+    steps = plan.total_steps(len(train))
+    with tempfile.TemporaryDirectory() as scratch:
+        model, tokenizer = load_policy_as_classifier(checkpoint, adapter, Path(scratch))
+        args = RewardConfig(
+            output_dir=scratch, max_steps=steps, per_device_train_batch_size=plan.batch_size,
+            learning_rate=plan.lr, lr_scheduler_type="constant_with_warmup", warmup_steps=min(5, steps // 10),
+            logging_steps=max(1, steps // 10), save_strategy="no", report_to="none", use_cpu=True, bf16=False,
+            gradient_checkpointing=False, dataloader_num_workers=0, seed=plan.seed, max_length=plan.max_length,
+            center_rewards_coefficient=plan.center_rewards, disable_tqdm=True,
+        )
+        rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in train]
+        trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                processing_class=tokenizer)
+        trainer.train()
+        model = trainer.model
+    accuracy, judged = pairwise_accuracy(model, tokenizer, held_out, plan.max_length)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return accuracy, judged, steps
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def build_reward_model(*, config: Path, from_stage: str, name: str, database_url: str, data_dir: Path,
+                       min_pairs: int = 10, plan: RewardPlan | None = None, server: str | None = None,
+                       admin_key: str | None = None) -> RewardResult:
+    """Train, save and register reward model `name` (see the module docstring); raises `RoundError` /
+    `RegistryError`, changing nothing."""
+    from server.registry import load_registry
+    from server.registry_file import STAGE_NAME, add_reward_model
+    from server.store import Store
+
+    plan = plan or RewardPlan()
+    registry = load_registry(config, data_dir=data_dir)
+    if from_stage not in registry.stages:
+        raise RoundError(f"--from-stage '{from_stage}' is not a stage of {config} ({', '.join(registry.stages)})")
+    if name in registry.stages or name in registry.reward_models:
+        raise RoundError(f"'{name}' already names a stage or reward model in {config}; pick another --name")
+    if not STAGE_NAME.match(name):
+        raise RoundError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
+    out_dir = data_dir / "reward_models" / name
+    if out_dir.exists():
+        raise RoundError(f"{out_dir} already exists; pick another --name or remove it")
+
+    store = Store(database_url)
+    try:
+        pairs = comparison_pairs(store)
+    finally:
+        store.close()
+    if len(pairs) < min_pairs:
+        raise RoundError(f"only {len(pairs)} comparison pairs in the store (preferences, rankings, up/down "
+                         f"answers to one prompt); --min-pairs is {min_pairs}. Collect more comparisons first.")
+    train, held_out = split_by_prompt(pairs, seed=plan.seed)
+    sources = {s: sum(p["source"] == s for p in pairs) for s in ("preference", "ranking", "ratings")}
+
+    stage = registry.stages[from_stage]
+    checkpoint = registry.stages[registry.root(from_stage)].model
+    partial = out_dir.with_name(f".{name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    began = time.monotonic()
+    try:
+        accuracy, judged, steps = train_reward_model(checkpoint, stage.adapter, train, held_out, plan, partial)
+        seconds = time.monotonic() - began
+        (partial / META_FILE).write_text(json.dumps({
+            "name": name, "from_stage": from_stage, "pairs": len(pairs), "sources": sources,
+            "train_pairs": len(train), "held_out_pairs": len(held_out), "held_out_judged": judged,
+            "held_out_accuracy": accuracy, "steps": steps, "train_seconds": round(seconds, 1),
+            "plan": asdict(plan), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }, indent=2))
+        partial.rename(out_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+    entry = {"model": str(out_dir),
+             "description": f"reward model on {from_stage}: {len(pairs)} pairs, held-out accuracy {accuracy:.2f}"}
+    try:
+        add_reward_model(config, name, entry, data_dir=data_dir)
+    except Exception:
+        shutil.rmtree(out_dir, ignore_errors=True)  # an unregistered model is not left behind
+        raise
+    log.info("registered reward model %s (%d pairs, held-out accuracy %.3f)", name, len(pairs), accuracy)
+    reloaded = reload_server(server, admin_key) if server else None
+    return RewardResult(name, out_dir, len(train), len(held_out), accuracy, steps, seconds, sources, reloaded)
+
+
+def run(args) -> int:
+    """The CLI entry point (`server.cli`): flags in, exit code out."""
+    from server.registry import RegistryError
+    from server.settings import Settings
+
+    settings = Settings.from_env(database_url=args.database_url)
+    try:
+        result = build_reward_model(
+            config=Path(args.config), from_stage=args.from_stage, name=args.name,
+            database_url=settings.resolved_database_url, data_dir=settings.data_dir, min_pairs=args.min_pairs,
+            plan=RewardPlan(steps=args.steps, lr=args.lr), server=args.server, admin_key=settings.admin_key,
+        )
+    except (RoundError, RegistryError) as exc:
+        print(f"stagechat reward-model: {exc}", file=sys.stderr)
+        return 2
+    used = ", ".join(f"{n} from {s}" for s, n in result.sources.items() if n)
+    print(f"reward model '{result.name}': {result.train_pairs} training pairs, {result.held_out_pairs} held out "
+          f"({used}); {result.steps} steps in {result.train_seconds:.1f} s → {result.model_dir}")
+    print(f"held-out pairwise accuracy: {result.held_out_accuracy:.3f}")
+    if result.reloaded is not None:
+        print(f"{args.server} reloaded")
+    else:
+        print("serve it: POST /v1/admin/reload on a running server (or pass --server URL)")
+    return 0
