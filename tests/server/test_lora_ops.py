@@ -1,0 +1,63 @@
+"""The grouped LoRA ops give vLLM's CPU ops' results (index -1: no LoRA term, as an empty slot gives),
+for shrink, expand and expand-slice, with and without accumulation; and register() swaps them in."""
+
+import pytest
+import torch
+
+from server import lora_ops
+
+vllm_ops = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops")
+
+SLOTS, RANK, WIDTH, OUT = 4, 16, 64, 96
+
+
+def stacked(out: int, inner: int) -> torch.Tensor:
+    w = torch.randn(SLOTS, 1, out, inner)
+    w[-1] = 0  # the empty last slot, which vLLM's own op reads for index -1
+    return w
+
+
+@pytest.mark.parametrize("indices", [[0] * 8, [-1] * 8, [0, 1, -1, 2, 1, 0, -1, 2], [2] * 3 + [-1] * 5])
+def test_grouped_ops_match_vllms(indices):
+    torch.manual_seed(0)
+    idx = torch.tensor(indices)
+    x = torch.randn(len(indices), WIDTH)
+    a = stacked(RANK, WIDTH)
+    ours, theirs = torch.zeros(len(indices), RANK), torch.zeros(len(indices), RANK)
+    lora_ops.bgmv_shrink(x, a, ours, idx, 0.5)
+    vllm_ops.bgmv_shrink(x, a, theirs, idx, 0.5)
+    torch.testing.assert_close(ours, theirs)
+
+    b = stacked(OUT, RANK)
+    for add in (True, False):
+        base = torch.randn(len(indices), OUT)
+        ours, theirs = base.clone(), base.clone()
+        lora_ops.bgmv_expand(x[:, :RANK], b, ours, idx, add)
+        vllm_ops.bgmv_expand(x[:, :RANK], b, theirs, idx, add)
+        torch.testing.assert_close(ours, theirs)
+
+        wide = torch.randn(len(indices), OUT + 32)
+        ours, theirs = wide.clone(), wide.clone()
+        lora_ops.bgmv_expand_slice(x[:, :RANK], b, ours, idx, 16, OUT, add)
+        vllm_ops.bgmv_expand_slice(x[:, :RANK], b, theirs, idx, 16, OUT, add)
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_prefill_goes_through_the_grouped_ops_once_registered(monkeypatch):
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    for module in (vllm_ops, punica_cpu):  # undone after the test
+        for name in ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice"):
+            monkeypatch.setattr(module, name, getattr(module, name))
+    monkeypatch.setattr(lora_ops, "_vllm", lora_ops._Originals())
+    calls = []
+    monkeypatch.setattr(lora_ops, "_grouped", lambda *a, _g=lora_ops._grouped: calls.append(1) or _g(*a))
+    lora_ops.register()
+    assert punica_cpu.bgmv_shrink is lora_ops.bgmv_shrink
+    x, a = torch.randn(5, WIDTH), stacked(RANK, WIDTH)
+    y = torch.zeros(5, RANK)
+    # sgmv (prefill): two sequences of 2 and 3 tokens on adapters 1 and -1
+    vllm_ops.sgmv_shrink(x, a, y, torch.tensor([0, 2]), torch.tensor([2, 3]), torch.tensor([1, -1]), 2, 3, 5, 1.0)
+    assert calls
+    torch.testing.assert_close(y[:2], x[:2] @ a[1, 0].T)
+    assert torch.all(y[2:] == 0)
