@@ -26,6 +26,23 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import ERROR_SCHEMA, ERROR_SCHEMA_NAME, error_responses
 
+# A generation's response body: OpenAI's, plus the extensions this server adds (marked x-stagechat).
+GENERATION_BODY: dict[str, Any] = {
+    "type": "object",
+    "description": "The OpenAI response body; fields marked x-stagechat are this server's extensions.",
+    "properties": {
+        "id": {"type": "string"},
+        "model": {"type": "string", "description": "The stage that answered."},
+        "speculative": {
+            "x-stagechat": True,
+            "description": "What speculative decoding did for this answer (absent when it did not run).",
+            "type": "object",
+            "properties": {"method": {"type": "string"}, "draft_tokens": {"type": "integer"},
+                           "accepted_tokens": {"type": "integer"}, "acceptance_rate": {"type": "number"},
+                           "mean_acceptance_length": {"type": "number"}},
+        },
+    },
+}
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
@@ -59,6 +76,10 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
                 statuses += [401, 404, 429, 503]
             for status, entry in error_responses(*statuses).items():
                 responses.setdefault(str(status), entry)  # a route's own entry wins
+            if "stream" in body.get("properties", {}) and "model" in body.get("properties", {}) and "200" in responses:
+                json_body = responses["200"].setdefault("content", {}).setdefault("application/json", {})
+                if not json_body.get("schema"):  # the OpenAI body, with this server's extension fields
+                    json_body["schema"] = GENERATION_BODY
             if "stream" in body.get("properties", {}) and "200" in responses:
                 # `"stream": true` answers with server-sent events
                 content = responses["200"].setdefault("content", {})
@@ -90,7 +111,8 @@ class MethodNotAllowedMiddleware:
 
     def _allowed(self, scope: Scope) -> list[str] | None:
         """None when some route takes this request (or none knows the path); else the methods it allows."""
-        allowed: set[str] = set()
+        static: set[str] = set()  # methods of routes whose path is exactly this one
+        templated: set[str] = set()  # methods of routes whose path template matches it ({id} routes)
         for route in self.routes_of():
             if isinstance(route, (Mount, WebSocketRoute)) or not isinstance(route, Route):
                 continue
@@ -98,7 +120,8 @@ class MethodNotAllowedMiddleware:
             if match is Match.FULL:
                 return None
             if match is Match.PARTIAL and route.methods:
-                allowed |= route.methods
+                (templated if "{" in route.path_format else static).update(route.methods)
+        allowed = static or templated  # /v1/feedback/export allows what it serves, not /v1/feedback/{id}'s
         return sorted(allowed) if allowed else None
 
 
