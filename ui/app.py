@@ -1,4 +1,6 @@
-"""The browser UI: one Gradio Blocks (Chat, Compare, Token view) mounted at `/` of the FastAPI app.
+"""The browser UI: one Gradio Blocks (Chat, Compare, Token view, Leaderboard) mounted at `/` of the
+FastAPI app; behind Gradio's login (an API key as the password, see `ui/login.py`) whenever the server
+has API keys.
 
 Every tab calls the app's `StageService` in-process — the service behind the HTTP API and the
 WebSocket — so the UI behaves exactly like the API and talks no private protocol. Building the
@@ -12,14 +14,18 @@ import gradio as gr
 from fastapi import FastAPI
 
 from server.serving import StageService
+from server.settings import Settings
+from ui.login import MESSAGE, Login
 
 CSS = """
 .token-view span.tok { padding: 1px 0; border-radius: 3px; white-space: pre-wrap; cursor: help; }
 """
 
 
-def build_ui(service: StageService) -> gr.Blocks:
-    from ui import chat, compare, controls, tokens
+def build_ui(service: StageService, login: Login | None = None) -> gr.Blocks:
+    from ui import chat, compare, controls, leaderboard, tokens
+
+    login = login or Login(Settings())
 
     with gr.Blocks(title="stagechat") as blocks:
         gr.Markdown("## stagechat — the training stages of one LLM, side by side")
@@ -28,11 +34,14 @@ def build_ui(service: StageService) -> gr.Blocks:
             decoding = controls.build_decoding(service)
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
-                chat_stage = chat.build(service, decoding, history)
+                chat_stage = chat.build(service, decoding, history, login)
             with gr.Tab("Compare", id="compare"):
-                compare_stages = compare.build(service, decoding, history)
+                compare_stages = compare.build(service, decoding, history, login)
             with gr.Tab("Token view", id="tokens"):
-                tokens.build(history)
+                tokens.build(history, service)
+            with gr.Tab("Leaderboard", id="leaderboard") as board_tab:
+                _, refresh = leaderboard.build(service)
+            board_tab.select(**refresh)
         # Stages can be added while serving (`POST /v1/admin/reload`): every page load lists the current ones.
         blocks.load(lambda: [gr.update(choices=controls.stage_choices(service))] * 2, None,
                     [chat_stage, compare_stages], queue=False)
@@ -40,6 +49,9 @@ def build_ui(service: StageService) -> gr.Blocks:
 
 
 def mount_ui(app: FastAPI, service: StageService) -> None:
+    settings: Settings = getattr(app.state, "settings", None) or Settings()
+    login = Login(settings)
+    auth = dict(auth=login, auth_message=MESSAGE) if login.enabled else {}
     # footer_links=[] and no run history: the page is a tool, and runs already live in the store.
-    gr.mount_gradio_app(app, build_ui(service), path="/", footer_links=[], run_history=False, css=CSS,
-                        ssr_mode=False)
+    gr.mount_gradio_app(app, build_ui(service, login), path="/", footer_links=[], run_history=False, css=CSS,
+                        ssr_mode=False, **auth)

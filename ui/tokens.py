@@ -3,8 +3,13 @@ alternatives (from the logprobs the UI always asks for), and how another tempera
 the next-token distribution at a chosen position: softmax(logprob / T) over the alternatives.
 
 The logprobs are vLLM's raw ones (before temperature, top_p), so T = 1 is the model's own
-distribution, renormalised over the alternatives shown. Pure functions first, the tab last; knows
-nothing about the service or the store.
+distribution, renormalised over the alternatives shown.
+
+"Same text, every stage": one conversation and one answer (typed, or the picked answer), scored by
+every stage with prompt logprobs (`server.scoring`, the API's completions echo): each token's
+probability under each stage side by side, and each stage's mean log-likelihood — where SFT and
+RLHF moved probability mass, and which tokens each stage finds surprising. Pure functions first,
+the tab last; the tab calls the shared service, nothing else.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 import gradio as gr
 
+from server.scoring import StageScore, score_everywhere
 from ui.stream import Answer
 
 
@@ -71,6 +77,72 @@ def token_rows(tokens: list[dict[str, Any]]) -> list[list[Any]]:
             for i, e in enumerate(tokens)]
 
 
+def parse_conversation(text: str) -> list[dict[str, str]]:
+    """A JSON list of {"role", "content"} messages, or else the text as one user message."""
+    import json
+
+    text = (text or "").strip()
+    if text.startswith("["):
+        try:
+            messages = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"the conversation is not valid JSON: {exc}") from None
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m)
+                                                      for m in messages):
+            raise ValueError('the conversation must be a list of {"role": ..., "content": ...} messages')
+        return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+    if not text:
+        raise ValueError("the conversation is empty")
+    return [{"role": "user", "content": text}]
+
+
+def score_summary(scores: list[StageScore]) -> str:
+    """A Markdown table: each stage's mean log-likelihood, perplexity and most surprising token."""
+    lines = ["| stage | mean log-likelihood / token | perplexity | tokens | most surprising token |",
+             "|---|---|---|---|---|"]
+    for s in scores:
+        if s.error:
+            lines.append(f"| {s.stage} | error: {s.error} | | | |")
+            continue
+        worst = min(range(len(s.logprobs)), key=lambda i: s.logprobs[i])
+        lines.append(f"| {s.stage} | {s.mean_logprob:.3f} | {s.perplexity:.2f} | {len(s.tokens)} | "
+                     f"#{worst} {shown(s.tokens[worst])} (p={math.exp(s.logprobs[worst]):.3f}) |")
+    return "\n".join(lines)
+
+
+def comparison_rows(scores: list[StageScore]) -> tuple[list[str], list[list[Any]]]:
+    """Headers and rows: one row per answer token, each stage's probability of it side by side.
+    Stages that tokenise the answer differently (another family) get their own rows."""
+    ok = [s for s in scores if not s.error]
+    if not ok:
+        return ["#", "token"], []
+    reference = ok[0].tokens
+    same = [s for s in ok if s.tokens == reference]
+    headers = ["#", "token", *(f"p({s.stage})" for s in same)]
+    rows = [[i, shown(t), *(round(math.exp(s.logprobs[i]), 4) for s in same)] for i, t in enumerate(reference)]
+    for s in ok:
+        if s.tokens != reference:
+            rows += [[i, f"{shown(t)} [{s.stage}]", *([None] * (len(same) - 1)), round(math.exp(lp), 4)]
+                     for i, (t, lp) in enumerate(zip(s.tokens, s.logprobs))]
+    return headers, rows
+
+
+def comparison_html(scores: list[StageScore]) -> str:
+    """The answer once per stage, each token shaded by that stage's probability of it."""
+    blocks = []
+    for s in scores:
+        if s.error:
+            blocks.append(f'<div class="token-view"><b>{html.escape(s.stage)}</b>: {html.escape(s.error)}</div>')
+            continue
+        spans = "".join(
+            f'<span class="tok" title="{html.escape(f"#{i} p={math.exp(lp):.3f}", quote=True)}" '
+            f'style="background:{_color(math.exp(lp))}">{html.escape(t)}</span>'
+            for i, (t, lp) in enumerate(zip(s.tokens, s.logprobs)))
+        blocks.append(f'<div class="token-view" data-stage="{html.escape(s.stage, quote=True)}">'
+                      f"<b>{html.escape(s.stage)}</b> (mean log-likelihood {s.mean_logprob:.3f}): {spans}</div>")
+    return "".join(blocks)
+
+
 def answer_label(n: int, answer: Answer) -> str:
     preview = answer.text.strip().replace("\n", " ")
     return f"{n + 1}. {answer.stage}: {preview[:50]}{'…' if len(preview) > 50 else ''}"
@@ -82,7 +154,7 @@ def _frame(rows: list[dict[str, Any]]):
     return pd.DataFrame(rows, columns=["token", "probability", "kind"])
 
 
-def build(history: gr.State) -> None:
+def build(history: gr.State, service=None) -> None:
     pick = gr.Dropdown(choices=[], label="answer", elem_id="tokens-answer")
     summary = gr.Markdown(elem_id="tokens-summary")
     view = gr.HTML(elem_id="tokens-html")
@@ -118,8 +190,57 @@ def build(history: gr.State) -> None:
         entry = tokens[min(int(pos), len(tokens) - 1)]
         return _frame(distribution(entry, 1.0)), _frame(distribution(entry, t))
 
+    if service is not None:
+        _build_same_text(history, pick, service)
+
     history.change(refresh, [history, pick], pick)
     pick.change(show_answer, [history, pick], [summary, view, position, table]).then(
         plots, [history, pick, position, temperature], [model_plot, reshaped_plot])
     position.change(plots, [history, pick, position, temperature], [model_plot, reshaped_plot])
     temperature.change(plots, [history, pick, position, temperature], [model_plot, reshaped_plot])
+
+
+def _build_same_text(history: gr.State, pick: gr.Dropdown, service) -> None:
+    """The "same text, every stage" section: the picked (or a typed) answer scored by every stage."""
+    stages = list(service.pool.registry.stages)
+    with gr.Accordion("Same text, every stage", open=True):
+        gr.Markdown("How likely does each stage find the *same* answer? Each token's probability under "
+                    "each stage (prompt logprobs), and each stage's mean log-likelihood.")
+        with gr.Row():
+            conversation = gr.Textbox(label="conversation: a user message, or JSON messages", lines=3,
+                                      elem_id="same-conversation")
+            answer = gr.Textbox(label="answer", lines=3, elem_id="same-answer")
+        with gr.Row():
+            chosen = gr.CheckboxGroup(stages, value=stages, label="stages", elem_id="same-stages")
+            use_picked = gr.Button("use the picked answer", elem_id="same-use-picked")
+            run = gr.Button("score with every stage", variant="primary", elem_id="same-score")
+        summary = gr.Markdown(elem_id="same-summary")
+        view = gr.HTML(elem_id="same-html")
+        table = gr.Dataframe(interactive=False, elem_id="same-table", wrap=True)
+
+    def from_picked(history_: list[Answer], n):
+        import json
+
+        if n is None or n >= len(history_):
+            return gr.update(), gr.update()
+        a = history_[n]
+        messages = [m for m in a.messages if m.get("role") != "system"] or a.messages
+        text = messages[0]["content"] if len(messages) == 1 and messages[0]["role"] == "user" \
+            else json.dumps(messages, ensure_ascii=False)
+        return text, a.text
+
+    async def score(conversation_text: str, answer_text: str, stages_: list[str]):
+        try:
+            messages = parse_conversation(conversation_text)
+        except ValueError as exc:
+            return f"**{exc}**", "", gr.update(value=None)
+        if not answer_text:
+            return "**the answer is empty**", "", gr.update(value=None)
+        if not stages_:
+            return "**pick at least one stage**", "", gr.update(value=None)
+        scores = await score_everywhere(service, list(stages_), messages, answer_text)
+        headers, rows = comparison_rows(scores)
+        return score_summary(scores), comparison_html(scores), gr.update(value=rows, headers=headers)
+
+    use_picked.click(from_picked, [history, pick], [conversation, answer])
+    run.click(score, [conversation, answer, chosen], [summary, view, table])

@@ -1,0 +1,42 @@
+"""The token view's "same text, every stage" helpers (pure functions; the tab itself is driven in a
+browser by tests/ui/test_ui_vllm.py)."""
+
+import math
+
+import pytest
+
+from server.scoring import StageScore
+from ui.tokens import comparison_html, comparison_rows, parse_conversation, score_summary
+
+
+def test_conversation_is_a_user_message_or_json_messages():
+    assert parse_conversation(" hi ") == [{"role": "user", "content": "hi"}]
+    two = '[{"role": "system", "content": "be terse"}, {"role": "user", "content": "hi"}]'
+    assert [m["role"] for m in parse_conversation(two)] == ["system", "user"]
+    for bad in ("", "[not json", '[{"role": "user"}]', "[1]"):
+        with pytest.raises(ValueError):
+            parse_conversation(bad)
+
+
+SCORES = [StageScore("base", [" Nai", "robi"], [math.log(0.1), math.log(0.5)]),
+          StageScore("sft", [" Nai", "robi"], [math.log(0.8), math.log(0.9)]),
+          StageScore("rlhf", error="engines busy")]
+
+
+def test_rows_put_each_stages_probability_side_by_side():
+    headers, rows = comparison_rows(SCORES)
+    assert headers == ["#", "token", "p(base)", "p(sft)"]
+    assert rows == [[0, "␣Nai", 0.1, 0.8], [1, "robi", 0.5, 0.9]]
+
+
+def test_a_stage_that_tokenises_differently_gets_its_own_rows():
+    other = StageScore("other", ["Nairobi"], [math.log(0.25)])
+    headers, rows = comparison_rows([SCORES[0], other])
+    assert headers == ["#", "token", "p(base)"] and rows[-1] == [0, "Nairobi [other]", 0.25]
+
+
+def test_summary_and_html_name_every_stage():
+    summary = score_summary(SCORES)
+    assert "| sft | -0.164 |" in summary and "#0 ␣Nai (p=0.100)" in summary and "engines busy" in summary
+    page = comparison_html(SCORES)
+    assert page.count('class="tok"') == 4 and 'data-stage="sft"' in page and "engines busy" in page
