@@ -1,4 +1,4 @@
-"""The `stagechat` command: serve, build-demo, eval, feedback export, rlhf-round.
+"""The `stagechat` command: serve, build-demo, eval, feedback export, rlhf-round, reward-model.
 
 Each subcommand parses its flags and calls one function elsewhere; nothing runs at import time.
 """
@@ -80,6 +80,12 @@ def _rlhf_round(args) -> int:
     return run_round(args)
 
 
+def _reward_model(args) -> int:
+    from models.reward_model import run
+
+    return run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stagechat", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -128,14 +134,29 @@ def parser() -> argparse.ArgumentParser:
     rr = sub.add_parser("rlhf-round", help="train the next RLHF stage on collected ratings and register it")
     rr.add_argument("--config", default=str(DEFAULT_CONFIG))
     rr.add_argument("--from-stage", default="rlhf")
-    rr.add_argument("--method", choices=["kto", "dpo"], default="kto")
+    rr.add_argument("--method", choices=["kto", "dpo", "rloo"], default="kto",
+                    help="kto/dpo: offline, on ratings; rloo: online RL against --reward-model")
     rr.add_argument("--name", required=True)
     rr.add_argument("--min-ratings", type=int, default=1)
     rr.add_argument("--steps", type=int, default=None, help="training steps (default: about 4 epochs, 20-200)")
     rr.add_argument("--lr", type=float, default=5e-4, help="learning rate")
     rr.add_argument("--database-url", default=None)
     rr.add_argument("--server", default=None, help="URL of a running server to reload (POST /v1/admin/reload)")
+    rr.add_argument("--reward-model", default=None, help="rloo: the reward model to optimise against")
+    rr.add_argument("--kl-coef", type=float, default=0.05, help="rloo: KL penalty to the starting policy")
+    rr.add_argument("--prompts", default=None, help="rloo: a JSON-lines file of prompts (default: the store's)")
     rr.set_defaults(func=_rlhf_round)
+
+    rm = sub.add_parser("reward-model", help="train a reward model on the store's comparisons and register it")
+    rm.add_argument("--config", default=str(DEFAULT_CONFIG))
+    rm.add_argument("--name", required=True)
+    rm.add_argument("--from-stage", default="sft", help="the stage whose checkpoint the reward model starts from")
+    rm.add_argument("--min-pairs", type=int, default=10, help="refuse to train on fewer comparison pairs")
+    rm.add_argument("--steps", type=int, default=None, help="training steps (default: about 4 epochs, 20-300)")
+    rm.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    rm.add_argument("--database-url", default=None)
+    rm.add_argument("--server", default=None, help="URL of a running server to reload (POST /v1/admin/reload)")
+    rm.set_defaults(func=_reward_model)
     return p
 
 
