@@ -41,6 +41,7 @@ class Answer:
     ttft_ms: float | None = None
     duration_ms: float | None = None
     speculative: dict[str, Any] | None = None
+    reward: dict[str, Any] | None = None  # {"model", "score", "error"?} when a reward model scored the answer
     first_token_at: float | None = None  # wall clock (time.time()) when the first token reached the UI
 
     @property
@@ -68,6 +69,10 @@ class Answer:
             spec = self.speculative
             parts.append(f"speculative {spec['method']}: {spec['acceptance_rate']:.0%} accepted "
                          f"({spec['accepted_tokens']}/{spec['draft_tokens']})")
+        if self.reward:
+            score = self.reward["score"]
+            parts.append(f"reward {score:+.3f} ({self.reward['model']})" if score is not None
+                         else f"reward n/a ({self.reward['model']}: {self.reward.get('error')})")
         if self.finish_reason:
             parts.append(self.finish_reason)
         else:
@@ -136,6 +141,8 @@ async def stream_answer(service: StageService, request: ChatCompletionRequest,
     if spec is not None:
         answer.speculative = {"method": spec.method, "draft_tokens": spec.draft_tokens,
                               "accepted_tokens": spec.accepted_tokens, "acceptance_rate": spec.acceptance_rate}
+    if choice.reward is not None:  # the stage's default reward model scored it
+        answer.reward = {"model": choice.reward.model, "score": choice.reward.score, "error": choice.reward.error}
     yield answer
 
 

@@ -195,3 +195,20 @@ def test_registry_validates_reward_models():
         Registry.model_validate({"stages": {"b": {"model": "m", "reward_model": "rm"}}})
     with pytest.raises(ValueError, match="both a stage and a reward model"):
         Registry.model_validate({"stages": {"b": {"model": "m"}}, "reward_models": {"b": {"model": "r"}}})
+
+
+def test_ui_answers_show_the_score_beside_the_figures(client):
+    """Chat and Compare render `Answer.stats()` beside every answer; a stage default scores UI answers."""
+    from ui.stream import chat_request, stream_answer
+
+    async def last(stage):
+        answer = None
+        async for answer in stream_answer(client.app.state.service, chat_request(stage, QUESTION, max_tokens=3)):
+            pass
+        return answer
+
+    scored = client.portal.call(last, "sft")  # on the app's own event loop, as Gradio's handlers run
+    assert scored.reward == {"model": "rm", "score": expected(QUESTION, scored.text), "error": None}
+    assert f"reward {scored.reward['score']:+.3f} (rm)" in scored.stats()
+    unscored = client.portal.call(last, "base")
+    assert unscored.reward is None and "reward" not in unscored.stats()
