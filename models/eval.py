@@ -1,14 +1,27 @@
 """`stagechat eval`: what each stage of the demo family does, measured through the serving path.
 
-Every stage is asked the capital of every country in held-out phrasings (`corpus.HELDOUT_QUESTIONS`,
-never seen in training) at temperature 0; full-checkpoint stages also complete held-out text
-prompts ("... the capital of X is"). Figures per stage:
-- `qa_accuracy`: the right capital appears in the chat reply;
-- `preferred_style_rate`: the reply is exactly "The capital of X is Y." (what the RLHF stage was
-  taught to prefer: not terse, not rude, not rambling, not wrong);
-- `completion_accuracy` (full checkpoints only): the plain completion starts with the capital;
-- `draft_acceptance_rate`: the share of draft-model tokens the target accepted, for every stage
-  that offers `draft_model` speculation, on the same chat prompts.
+Every stage answers `corpus.eval_prompts()` at temperature 0: held-out phrasings of the four question
+types for every country, held-out follow-ups (the country or the question left implicit), questions
+about held-out fictional countries, held-out greetings and out-of-scope requests — none of it in any
+training text. Full-checkpoint stages also complete held-out text prompts ("... the capital of X is").
+Figures per stage:
+- `accuracy[skill]`: the reply states the right fact (capital, language, currency, continent);
+  `qa_accuracy` is the same over all four — for the base stage it is the *chat-answer rate*;
+- `followup_accuracy`: the same on the second turn of a conversation;
+- `preferred_style_rate`: over real-country questions, the reply is exactly the preferred polite sentence;
+- `false_refusal_rate`: over real-country questions, the reply says "I don't know" (the reward hack);
+- `hallucination_rate`: over fictional countries, the reply states something that is not a refusal
+  (an invented fact); `honest_refusal_rate`: the reply is `I don't know a country called X.`;
+- `greeting_rate`, `out_of_scope_rate`: the reply to a greeting / an off-topic request is the polite line
+  the preference data ranks first;
+- `completion_accuracy` (full checkpoints): the plain completion goes on with the fact;
+- `draft_acceptance_rate`: the share of draft-model tokens accepted, for stages offering `draft_model`;
+- `mean_reward` (when the registry has a reward model): its mean score of the stage's replies, scored
+  through `server.rewards` (vLLM's pooling runner) after generation, one engine at a time;
+- `kl_to_sft` (adapter stages other than sft, `kl_samples` > 0): a Monte-Carlo estimate of
+  KL(stage ‖ sft) per answer — answers sampled from the stage at temperature 1 in transformers,
+  E[log p_stage(answer) − log p_sft(answer)] — the quantity an RL round's KL penalty holds down.
+`examples` holds each stage's replies to the same five prompts (`corpus.example_prompts`).
 
 Scoring is pure functions (`score_reply`, `score_completion`, `summarize`); `run_eval` drives a
 `StageService` (the same service the HTTP API uses), so this measures what users get.
@@ -24,23 +37,33 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from models.demo.corpus import HELDOUT_COMPLETIONS, HELDOUT_QUESTIONS, Country, full_answer, load_countries
+from models.demo.corpus import (
+    GREETING, HELDOUT_COMPLETIONS, IDK, RUDE, SCOPE, SKILLS, Country, Prompt, eval_prompts, example_prompts, fill,
+    full_answer, load_countries,
+)
 
-# What the full demo build must reach (issue 3); `check_targets` names the ones missed.
-TARGETS = {
-    "base.completion_accuracy": 0.9,
-    "sft.qa_accuracy": 0.9,
-    "rlhf.qa_accuracy": 0.9,
-    "rlhf.preferred_style_rate": 0.9,
-}
-STYLE_GAP = 0.4  # rlhf's preferred_style_rate must exceed sft's by this much
+# What the full demo build must reach (issue 10): (stage, metric, "min" | "max", bound).
+# A metric "accuracy.*" means every skill.
+TARGETS = [
+    ("base", "completion_accuracy", "min", 0.95),
+    ("base", "qa_accuracy", "max", 0.05),
+    ("sft", "accuracy.*", "min", 0.9),
+    ("sft", "followup_accuracy", "min", 0.8),
+    ("sft", "hallucination_rate", "min", 0.5),
+    *[(stage, metric, op, bound) for stage in ("dpo", "rlhf") for metric, op, bound in (
+        ("accuracy.*", "min", 0.9), ("followup_accuracy", "min", 0.9),
+        ("hallucination_rate", "max", 0.1), ("preferred_style_rate", "min", 0.9))],
+]
 MAX_TOKENS = 48  # the longest training answer (rambling) is ~45 tokens
+REFUSALS = ("don't know", "do not know", "not sure there is", "no country called")
 
 
 @dataclass(frozen=True)
 class ReplyScore:
-    correct: bool  # the right capital is in the reply
-    preferred: bool  # the reply is exactly the polite full sentence
+    correct: bool  # the asked fact is in the reply (fact and follow-up prompts)
+    preferred: bool  # the reply is exactly the answer the preference data ranks first
+    refused: bool  # the reply says it does not know
+    states_fact: bool  # the reply asserts something: not a refusal, a rude line, the scope line or empty
 
 
 def _mentions(text: str, name: str) -> bool:
@@ -48,51 +71,55 @@ def _mentions(text: str, name: str) -> bool:
     return re.search(rf"(?<![\w'-]){re.escape(name)}(?![\w'-])", text) is not None
 
 
-def score_reply(reply: str, country: Country) -> ReplyScore:
+def preferred_reply(prompt: Prompt) -> str:
+    if prompt.kind == "greeting":
+        return GREETING
+    if prompt.kind == "offtopic":
+        return SCOPE
+    if prompt.kind == "unknown":
+        return fill(IDK, prompt.country)
+    return full_answer(prompt.country, prompt.skill)
+
+
+def score_reply(reply: str, prompt: Prompt) -> ReplyScore:
     text = reply.strip()
-    return ReplyScore(correct=_mentions(text, country.capital), preferred=text == full_answer(country))
+    refused = any(r in text.lower() for r in REFUSALS)
+    unhelpful = not text or refused or SCOPE in text or any(r in text for r in RUDE)
+    correct = prompt.country is not None and prompt.country.real and _mentions(text, prompt.country.fact(prompt.skill))
+    return ReplyScore(correct=correct, preferred=text == preferred_reply(prompt), refused=refused, states_fact=not unhelpful)
 
 
-def score_completion(completion: str, country: Country) -> bool:
-    """A plain completion of "... the capital of X is" is right when it goes on with X's capital."""
+def score_completion(completion: str, fact: str) -> bool:
+    """A plain completion of "... the capital of X is" is right when it goes on with the fact."""
     text = completion.lstrip()
-    return text.startswith(country.capital) and not re.match(r"[\w'-]", text[len(country.capital):] or " ")
+    return text.startswith(fact) and not re.match(r"[\w'-]", text[len(fact):] or " ")
 
 
 @dataclass
 class StageReport:
     stage: str
-    qa_accuracy: float
-    preferred_style_rate: float
+    qa_accuracy: float = 0.0
+    accuracy: dict[str, float] = field(default_factory=dict)
+    followup_accuracy: float = 0.0
+    preferred_style_rate: float = 0.0
+    false_refusal_rate: float = 0.0
+    hallucination_rate: float = 0.0
+    honest_refusal_rate: float = 0.0
+    greeting_rate: float = 0.0
+    out_of_scope_rate: float = 0.0
     completion_accuracy: float | None = None
+    completion_by_skill: dict[str, float] | None = None
     draft_acceptance_rate: float | None = None
+    mean_reward: float | None = None
+    kl_to_sft: float | None = None
     chat_prompts: int = 0
     completion_prompts: int = 0
-    examples: list[dict[str, str]] = field(default_factory=list)  # a few replies, for the eye
+    examples: list[dict] = field(default_factory=list)  # replies to corpus.example_prompts()
 
-
-def summarize(
-    stage: str,
-    chats: list[tuple[Country, str]],
-    completions: list[tuple[Country, str]] = (),
-    acceptance: tuple[int, int] | None = None,
-    n_examples: int = 3,
-) -> StageReport:
-    """Figures for one stage from (country, reply) pairs; `acceptance` = (accepted, drafted) tokens."""
-    scores = [score_reply(reply, c) for c, reply in chats]
-    report = StageReport(
-        stage=stage,
-        qa_accuracy=_rate(s.correct for s in scores),
-        preferred_style_rate=_rate(s.preferred for s in scores),
-        chat_prompts=len(chats),
-        completion_prompts=len(completions),
-        examples=[{"country": c.country, "reply": reply} for c, reply in chats[:n_examples]],
-    )
-    if completions:
-        report.completion_accuracy = _rate(score_completion(text, c) for c, text in completions)
-    if acceptance is not None and acceptance[1]:
-        report.draft_acceptance_rate = round(acceptance[0] / acceptance[1], 4)
-    return report
+    def value(self, metric: str) -> float | None:
+        if metric.startswith("accuracy."):
+            return self.accuracy.get(metric.split(".", 1)[1])
+        return getattr(self, metric)
 
 
 def _rate(flags) -> float:
@@ -100,34 +127,80 @@ def _rate(flags) -> float:
     return round(sum(flags) / len(flags), 4) if flags else 0.0
 
 
+def summarize(
+    stage: str,
+    chats: list[tuple[Prompt, str]],
+    completions: list[tuple[str, str, str]] = (),
+    acceptance: tuple[int, int] | None = None,
+    examples: list[tuple[Prompt, str]] = (),
+) -> StageReport:
+    """Figures for one stage from (prompt, reply) pairs; `completions` = (skill, fact, text);
+    `acceptance` = (accepted, drafted) draft tokens."""
+    by_kind: dict[str, list[tuple[Prompt, ReplyScore]]] = {}
+    for prompt, reply in chats:
+        by_kind.setdefault(prompt.kind, []).append((prompt, score_reply(reply, prompt)))
+    facts, followups = by_kind.get("fact", []), by_kind.get("followup", [])
+    real = facts + followups
+    unknown = [s for _, s in by_kind.get("unknown", [])]
+    report = StageReport(
+        stage=stage,
+        qa_accuracy=_rate(s.correct for _, s in facts),
+        accuracy={skill: _rate(s.correct for p, s in facts if p.skill == skill) for skill in SKILLS
+                  if any(p.skill == skill for p, _ in facts)},
+        followup_accuracy=_rate(s.correct for _, s in followups),
+        preferred_style_rate=_rate(s.preferred for _, s in real),
+        false_refusal_rate=_rate(s.refused for _, s in real),
+        hallucination_rate=_rate(s.states_fact for s in unknown),
+        honest_refusal_rate=_rate(s.preferred for s in unknown),
+        greeting_rate=_rate(s.preferred for _, s in by_kind.get("greeting", [])),
+        out_of_scope_rate=_rate(s.preferred for _, s in by_kind.get("offtopic", [])),
+        chat_prompts=len(chats),
+        completion_prompts=len(completions),
+        examples=[{"kind": p.kind, "prompt": p.message_list, "reply": reply.strip()} for p, reply in examples],
+    )
+    if completions:
+        report.completion_accuracy = _rate(score_completion(text, fact) for _, fact, text in completions)
+        report.completion_by_skill = {
+            skill: _rate(score_completion(t, f) for s, f, t in completions if s == skill)
+            for skill in SKILLS if any(s == skill for s, _, _ in completions)
+        }
+    if acceptance is not None and acceptance[1]:
+        report.draft_acceptance_rate = round(acceptance[0] / acceptance[1], 4)
+    return report
+
+
 def check_targets(reports: dict[str, StageReport]) -> list[str]:
-    """The demo targets this run missed (empty when all are met or the stages are not the demo's)."""
-    if not {"base", "sft", "rlhf"} <= reports.keys():
+    """The demo targets this run missed, for the demo stages present (none when base/sft are absent)."""
+    if not {"base", "sft"} <= reports.keys():
         return []
     missed = []
-    for key, floor in TARGETS.items():
-        stage, metric = key.split(".")
-        value = getattr(reports[stage], metric)
-        if value is None or value < floor:
-            missed.append(f"{key} = {value} < {floor}")
-    gap = reports["rlhf"].preferred_style_rate - reports["sft"].preferred_style_rate
-    if gap < STYLE_GAP:
-        missed.append(f"rlhf.preferred_style_rate - sft.preferred_style_rate = {gap:.3f} < {STYLE_GAP}")
-    if reports["base"].qa_accuracy >= reports["sft"].qa_accuracy - 0.3:
-        missed.append("base.qa_accuracy is not clearly below sft.qa_accuracy")
+    for stage, metric, op, bound in TARGETS:
+        if stage not in reports:
+            continue
+        report = reports[stage]
+        metrics = [f"accuracy.{s}" for s in report.accuracy] if metric == "accuracy.*" else [metric]
+        for m in metrics:
+            value = report.value(m)
+            if value is None or (value < bound if op == "min" else value > bound):
+                missed.append(f"{stage}.{m} = {value} {'<' if op == 'min' else '>'} {bound}")
     return missed
+
+
+COLUMNS = [
+    ("capital", "accuracy.capital"), ("language", "accuracy.language"), ("currency", "accuracy.currency"),
+    ("continent", "accuracy.continent"), ("follow-up", "followup_accuracy"), ("preferred", "preferred_style_rate"),
+    ("hallucinate", "hallucination_rate"), ("honest-idk", "honest_refusal_rate"), ("false-idk", "false_refusal_rate"),
+    ("greeting", "greeting_rate"), ("off-topic", "out_of_scope_rate"), ("completion", "completion_accuracy"),
+    ("draft-acc", "draft_acceptance_rate"), ("reward", "mean_reward"), ("kl-sft", "kl_to_sft"),
+]
 
 
 def format_table(reports: dict[str, StageReport]) -> str:
     def cell(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    rows = [("stage", "qa_accuracy", "preferred_style", "completion_acc", "draft_accept")]
-    rows += [
-        (r.stage, cell(r.qa_accuracy), cell(r.preferred_style_rate), cell(r.completion_accuracy),
-         cell(r.draft_acceptance_rate))
-        for r in reports.values()
-    ]
+    rows = [("stage", *(name for name, _ in COLUMNS))]
+    rows += [(r.stage, *(cell(r.value(m)) for _, m in COLUMNS)) for r in reports.values()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows)
 
@@ -139,68 +212,153 @@ async def _collect(generation) -> tuple[str, object]:
     return generation.choices[0].text, generation.speculative
 
 
-async def run_eval(service, countries: tuple[Country, ...] | None = None, concurrency: int = 32) -> dict[str, StageReport]:
-    """Ask every stage of `service`'s registry; greedy decoding so runs compare."""
+async def run_eval(
+    service, countries: tuple[Country, ...] | None = None, fictional: int | None = None, concurrency: int = 32,
+    keep_replies: dict | None = None,
+) -> dict[str, StageReport]:
+    """Ask every stage of `service`'s registry; greedy decoding so runs compare.
+
+    `countries` / `fictional` narrow the prompt set (tests); the defaults ask everything. `keep_replies`,
+    when given, receives each stage's (prompt, reply) pairs."""
     from server.protocol import ChatCompletionRequest, CompletionRequest
 
     countries = countries or load_countries()
+    prompts = eval_prompts(countries, fictional=fictional)
+    examples = example_prompts()
     registry = service.pool.registry
     gate = asyncio.Semaphore(concurrency)
 
-    async def chat(stage: str, c: Country, template: str, speculative: str) -> tuple[Country, str, object]:
+    async def chat(stage: str, prompt: Prompt, speculative: str) -> tuple[Prompt, str, object]:
         request = ChatCompletionRequest(
-            model=stage, messages=[{"role": "user", "content": template.format(country=c.country)}],
-            temperature=0, max_tokens=MAX_TOKENS, speculative=speculative,
+            model=stage, messages=prompt.message_list, temperature=0, max_tokens=MAX_TOKENS, speculative=speculative,
         )
         async with gate:
             text, spec = await _collect(await service.chat(request, client_id="stagechat-eval"))
-        return c, text, spec
+        return prompt, text, spec
 
-    async def complete(stage: str, c: Country, template: str) -> tuple[Country, str]:
+    async def complete(stage: str, c: Country, skill: str) -> tuple[str, str, str]:
         request = CompletionRequest(
-            model=stage, prompt=template.format(country=c.country), temperature=0, max_tokens=8, speculative="off",
+            model=stage, prompt=fill(HELDOUT_COMPLETIONS[skill], c), temperature=0, max_tokens=8, speculative="off",
         )
         async with gate:
             text, _ = await _collect(await service.complete(request, client_id="stagechat-eval"))
-        return c, text
+        return skill, c.fact(skill), text
 
     reports: dict[str, StageReport] = {}
+    replies: dict[str, list[tuple[Prompt, str]]] = {}
     for stage, spec in registry.stages.items():
-        chats = await asyncio.gather(*(chat(stage, c, t, "off") for t in HELDOUT_QUESTIONS for c in countries))
+        chats = await asyncio.gather(*(chat(stage, p, "off") for p in prompts + examples))
         completions = []
         if spec.model is not None:  # a full checkpoint: plain completion is what it was trained for
-            completions = await asyncio.gather(*(complete(stage, c, t) for t in HELDOUT_COMPLETIONS for c in countries))
-        reports[stage] = summarize(stage, [(c, t) for c, t, _ in chats], completions)
+            completions = await asyncio.gather(*(complete(stage, c, s) for s in SKILLS for c in countries))
+        pairs = [(p, t) for p, t, _ in chats]
+        reports[stage] = summarize(stage, pairs[: len(prompts)], completions, examples=pairs[len(prompts):])
+        replies[stage] = pairs[: len(prompts)]
     # Speculation is per engine: run the draft variants after the plain ones (one engine at a time).
+    facts = [p for p in prompts if p.kind == "fact"][: len(countries)]
     for stage in registry.stages:
         if "draft_model" not in registry.speculative_methods(stage):
             continue
-        runs = await asyncio.gather(*(chat(stage, c, HELDOUT_QUESTIONS[0], "draft_model") for c in countries))
+        runs = await asyncio.gather(*(chat(stage, p, "draft_model") for p in facts))
         figures = [spec for _, _, spec in runs if spec is not None]
         accepted = sum(f.accepted_tokens for f in figures)
         drafted = sum(f.draft_tokens for f in figures)
         if drafted:
             reports[stage].draft_acceptance_rate = round(accepted / drafted, 4)
+    if keep_replies is not None:
+        keep_replies.update(replies)
     return reports
 
 
-async def _evaluate(config: Path) -> dict[str, StageReport]:
+async def mean_rewards(registry, replies: dict[str, list[tuple[Prompt, str]]], reward_model: str) -> dict[str, float]:
+    """The reward model's mean score of each stage's replies, through the server's reward scoring."""
+    from server.rewards import RewardService
+
+    service = RewardService(registry)
+    await service.start()
+    try:
+        means = {}
+        for stage, pairs in replies.items():
+            scores = await service.score(reward_model, [(p.message_list, reply) for p, reply in pairs])
+            means[stage] = round(sum(scores) / len(scores), 4) if scores else None
+        return means
+    finally:
+        await service.shutdown()
+
+
+def kl_to_reference(checkpoint: str, adapter: str, reference: str, prompts: list[Prompt], samples: int = 2,
+                    max_new_tokens: int = MAX_TOKENS, seed: int = 0) -> float:
+    """Monte-Carlo KL(adapter ‖ reference) per answer: answers sampled from `adapter` (temperature 1),
+    mean of their summed log-probability differences. Both are LoRA adapters on `checkpoint`."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32),
+                                      adapter, adapter_name="policy")
+    model.load_adapter(reference, adapter_name="reference")
+    model.eval()
+
+    def answer_logprob(ids: torch.Tensor, start: int) -> torch.Tensor:
+        logits = model(input_ids=ids).logits[:, start - 1:-1].log_softmax(-1)
+        return logits.gather(-1, ids[:, start:, None])[..., 0]
+
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for p in prompts:
+            ids = tokenizer.apply_chat_template(p.message_list, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)["input_ids"]
+            model.set_adapter("policy")
+            out = model.generate(input_ids=ids, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 max_new_tokens=max_new_tokens, num_return_sequences=samples,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            for row in out:
+                seq = row[None]
+                answer = seq[:, ids.shape[1]:]
+                keep = int((answer != tokenizer.pad_token_id).sum())  # generation pads after eos
+                seq = seq[:, : ids.shape[1] + keep]
+                model.set_adapter("policy")
+                lp_policy = answer_logprob(seq, ids.shape[1])
+                model.set_adapter("reference")
+                lp_reference = answer_logprob(seq, ids.shape[1])
+                total += float((lp_policy - lp_reference).sum())
+                n += 1
+    return round(total / max(1, n), 4)
+
+
+async def _evaluate(config: Path, kl_samples: int) -> dict[str, StageReport]:
     from server.pool import EnginePool, vllm_factory
     from server.registry import load_registry
     from server.serving import StageService
 
+    registry = load_registry(config)
     # One live engine at a time: two engines on two cores starve each other (DESIGN.md).
-    pool = EnginePool(load_registry(config), vllm_factory, max_live_engines=1)
+    pool = EnginePool(registry, vllm_factory, max_live_engines=1)
     await pool.start()
+    replies: dict[str, list[tuple[Prompt, str]]] = {}
     try:
-        return await run_eval(StageService(pool=pool))
+        reports = await run_eval(StageService(pool=pool), keep_replies=replies)
     finally:
         await pool.shutdown()
+    if registry.reward_models:  # scored after generation, so only one engine runs at a time
+        name = "rm" if "rm" in registry.reward_models else next(iter(registry.reward_models))
+        for stage, mean in (await mean_rewards(registry, replies, name)).items():
+            reports[stage].mean_reward = mean
+    if kl_samples and "sft" in registry.stages and registry.stages["sft"].adapter:
+        prompts = [p for p in eval_prompts() if p.kind in ("fact", "unknown", "followup")][::24]
+        for stage, spec in registry.stages.items():
+            if spec.adapter and stage != "sft" and registry.root(stage) == registry.root("sft"):
+                reports[stage].kl_to_sft = await asyncio.to_thread(
+                    kl_to_reference, registry.checkpoint(registry.root(stage)), spec.adapter, registry.stages["sft"].adapter,
+                    prompts, kl_samples)
+    return reports
 
 
-def main(config: Path | None = None, as_json: bool = False) -> int:
+def main(config: Path | None = None, as_json: bool = False, kl_samples: int = 2) -> int:
     config = config or Path(__file__).with_name("stages.yaml")
-    reports = asyncio.run(_evaluate(config))
+    reports = asyncio.run(_evaluate(config, kl_samples))
     missed = check_targets(reports)
     payload = {"stages": {name: asdict(r) for name, r in reports.items()}, "targets_missed": missed}
     if as_json:
@@ -208,6 +366,9 @@ def main(config: Path | None = None, as_json: bool = False) -> int:
     else:
         print(format_table(reports))
         print(json.dumps({n: {k: v for k, v in asdict(r).items() if k != "examples"} for n, r in reports.items()}))
+        for name, r in reports.items():
+            for ex in r.examples:
+                print(f"{name:5s} {ex['kind']:9s} {ex['prompt'][-1]['content']!r} -> {ex['reply']!r}")
         for line in missed:
             print(f"target missed: {line}", file=sys.stderr)
     return 1 if missed else 0
@@ -217,8 +378,10 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stagechat eval", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--kl-samples", type=int, default=2,
+                        help="answers sampled per prompt for KL(stage || sft); 0 skips it")
     args = parser.parse_args(argv)
-    return main(args.config, args.json)
+    return main(args.config, args.json, args.kl_samples)
 
 
 if __name__ == "__main__":

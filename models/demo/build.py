@@ -1,8 +1,10 @@
-"""`stagechat build-demo`: make the demo family (base, sft, rlhf, draft) from the facts in this repo.
+"""`stagechat build-demo`: make the demo family (base, sft, dpo, draft, rm, rlhf) from the facts in this repo.
 
-Steps run in order — data, tokenizer, base (pre-training), sft (TRL SFT + LoRA), rlhf (TRL DPO
-continuing the SFT adapter), draft (a small model for speculative decoding) — each into its own
-folder under `out_dir`. A step writes into `<name>.partial/`, then drops a marker and renames the
+Steps run in order — data, tokenizer, base (pre-training), sft (TRL SFT + LoRA), dpo (TRL DPO
+continuing the SFT adapter on all ordered pairs of the synthetic rankings), draft (a small model for
+speculative decoding), rm (a reward model trained on the same rankings, `models.reward_model`), rlhf
+(the SFT adapter optimised online against rm with RLOO, `models.rl_round`) — each into its own folder
+under `out_dir`. A step writes into `<name>.partial/`, then drops a marker and renames the
 folder, so a folder with a marker is complete and a re-run skips it; an interrupted step starts over.
 This module knows the order, the sizes and the layout; the modules it calls know how to train.
 """
@@ -20,14 +22,19 @@ from typing import Callable
 
 from models.demo.pretrain import ModelShape, TrainPlan
 from models.demo.sft import AdapterPlan
+from models.reward_model import RewardPlan
+from models.rl_round import RLPlan
 
 MARKER = ".stagechat-complete.json"
 # Bump when what a step produces changes (data, shapes, training plans): every step built by an
 # older recipe is then rebuilt, so a pulled change never serves with a stale family.
-RECIPE_VERSION = 1
-STEPS = ("data", "tokenizer", "base", "sft", "rlhf", "draft")
+RECIPE_VERSION = 2
+STEPS = ("data", "tokenizer", "base", "sft", "dpo", "draft", "rm", "rlhf")
 # What each step is made from: a step whose input was rebuilt in this run is rebuilt too.
-INPUTS = {"tokenizer": ("data",), "base": ("tokenizer",), "sft": ("base",), "rlhf": ("sft",), "draft": ("tokenizer",)}
+INPUTS = {
+    "tokenizer": ("data",), "base": ("tokenizer",), "sft": ("base",), "dpo": ("sft",), "draft": ("tokenizer",),
+    "rm": ("sft",), "rlhf": ("sft", "rm"),
+}
 
 
 @dataclass(frozen=True)
@@ -36,13 +43,16 @@ class Size:
     vocab_size: int
     base_shape: ModelShape
     base_plan: TrainPlan
-    sft_per_country: int
+    sft_per_country: int  # prompts per real country (single questions and follow-ups), see corpus.sft_examples
     sft_plan: AdapterPlan
-    dpo_per_country: int
+    rank_per_country: int  # ranked answer sets per real country, see corpus.rankings
     dpo_plan: AdapterPlan
     draft_per_country: int
     draft_shape: ModelShape
     draft_plan: TrainPlan
+    rm_plan: RewardPlan
+    rl_plan: RLPlan
+    rl_held_out: int  # ranking prompts kept out of the RL round to measure its reward before and after
 
 
 SIZES = {
@@ -54,13 +64,17 @@ SIZES = {
         vocab_size=4096,  # the corpus yields ~2.6k merges before running out; the cap is not reached
         base_shape=ModelShape(hidden=128, layers=4, heads=4, intermediate=384),
         base_plan=TrainPlan(steps=500, batch_size=32, seq_len=128, lr=5e-3),
-        sft_per_country=6,
-        sft_plan=AdapterPlan(steps=300, batch_size=16, lr=2e-3),
-        dpo_per_country=4,
-        dpo_plan=AdapterPlan(steps=150, batch_size=16, lr=1e-3),
+        sft_per_country=12,
+        sft_plan=AdapterPlan(steps=800, batch_size=16, lr=3e-3),
+        rank_per_country=4,
+        dpo_plan=AdapterPlan(steps=350, batch_size=16, lr=1e-3),
         draft_per_country=8,
         draft_shape=ModelShape(hidden=64, layers=2, heads=2, intermediate=192),
         draft_plan=TrainPlan(steps=300, batch_size=32, seq_len=128, lr=5e-3),
+        rm_plan=RewardPlan(steps=300, batch_size=16, lr=5e-4, max_length=128),
+        rl_plan=RLPlan(steps=150, kl_coef=0.05, num_generations=4, batch_size=16, lr=1e-3,
+                       max_completion_length=40, eval_samples=2),
+        rl_held_out=16,
     ),
     # Tiny and untrained-in-effect: exercises every step and every file format in well under 90 s.
     "smoke": Size(
@@ -70,11 +84,14 @@ SIZES = {
         base_plan=TrainPlan(steps=4, batch_size=8, seq_len=64, lr=5e-3, warmup=1),
         sft_per_country=1,
         sft_plan=AdapterPlan(steps=3, batch_size=4, lr=1e-3, rank=4, alpha=8),
-        dpo_per_country=1,
+        rank_per_country=1,
         dpo_plan=AdapterPlan(steps=2, batch_size=4, lr=1e-4, rank=4, alpha=8),
         draft_per_country=1,
         draft_shape=ModelShape(hidden=64, layers=1, heads=2, intermediate=128),
         draft_plan=TrainPlan(steps=3, batch_size=8, seq_len=64, lr=5e-3, warmup=1),
+        rm_plan=RewardPlan(steps=3, batch_size=4, lr=1e-4, max_length=128),
+        rl_plan=RLPlan(steps=2, num_generations=2, batch_size=4, max_completion_length=8, rank=4, eval_samples=1),
+        rl_held_out=2,
     ),
 }
 
@@ -138,7 +155,7 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
         files = {
             "prose": corpus.prose_documents(spec.prose_docs),
             "sft": corpus.sft_examples(spec.sft_per_country),
-            "dpo": corpus.dpo_pairs(spec.dpo_per_country),
+            "rankings": corpus.rankings(spec.rank_per_country),
             "draft": corpus.draft_dialogues(spec.draft_per_country),
         }
         for name, rows in files.items():
@@ -147,7 +164,7 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
     def make_tokenizer(d: Path) -> None:
         texts = load("prose") + [
             m["content"] for row in load("sft") for m in row["prompt"] + row["completion"]
-        ] + [m["content"] for row in load("dpo") for m in row["rejected"]]
+        ] + [text for row in load("rankings") for text in row["ranked"]]
         tok.save_tokenizer(tok.train_tokenizer(texts, spec.vocab_size), d)
 
     def tokenizer_():
@@ -167,8 +184,32 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
     def make_sft(d: Path) -> None:
         sft.train_sft(out_dir / "base", load("sft"), spec.sft_plan, d)
 
+    def make_dpo(d: Path) -> None:
+        dpo.train_dpo(out_dir / "base", out_dir / "sft", corpus.preference_pairs(load("rankings")), spec.dpo_plan, d)
+
+    def make_rm(d: Path) -> None:
+        from models.reward_model import split_by_prompt, train_reward_model
+
+        train, held_out = split_by_prompt(corpus.preference_pairs(load("rankings")))
+        accuracy, judged, steps = train_reward_model(
+            str(out_dir / "base"), str(out_dir / "sft"), train, held_out, spec.rm_plan, d)
+        figures = {"held_out_accuracy": round(accuracy, 4), "held_out_pairs": judged, "train_pairs": len(train),
+                   "steps": steps}
+        print(f"[build-demo] rm: {figures}", flush=True)
+        (d / "stagechat_demo_rm.json").write_text(json.dumps(figures) + "\n")
+
     def make_rlhf(d: Path) -> None:
-        dpo.train_dpo(out_dir / "base", out_dir / "sft", load("dpo"), spec.dpo_plan, d)
+        from models.rl_round import save_curves, train_policy
+
+        prompts = [row["prompt"] for row in load("rankings")]
+        held_out, train = prompts[: spec.rl_held_out], prompts[spec.rl_held_out:]
+        figures = train_policy(
+            str(out_dir / "base"), str(out_dir / "sft"), str(out_dir / "rm"), train, held_out, spec.rl_plan, d)
+        save_curves(figures["rows"], d)
+        summary = {k: figures[k] for k in ("reward_before", "reward_after")}
+        summary["final_kl"] = next((r["kl"] for r in reversed(figures["rows"]) if r.get("kl") is not None), None)
+        print(f"[build-demo] rlhf: {summary}", flush=True)
+        (d / "stagechat_demo_rl.json").write_text(json.dumps({**summary, **figures}, default=str) + "\n")
 
     def make_draft(d: Path) -> None:
         draft.train_draft(
@@ -178,7 +219,7 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
 
     work = {
         "data": make_data, "tokenizer": make_tokenizer, "base": make_base,
-        "sft": make_sft, "rlhf": make_rlhf, "draft": make_draft,
+        "sft": make_sft, "dpo": make_dpo, "draft": make_draft, "rm": make_rm, "rlhf": make_rlhf,
     }
     timings: dict[str, float] = {}
     rebuilt: set[str] = set()

@@ -1,13 +1,20 @@
 """Text the demo family learns from, generated from the facts in `countries.json`.
 
-Four kinds of text, all made here with a seeded RNG so a build is reproducible:
-- prose documents (pre-training: base and part of the draft), statements only, never a dialogue;
-- SFT dialogues: a capital question answered in a mixture of styles (terse, full sentence, rambling, rude);
-- DPO pairs: chosen = the polite full sentence, rejected = terse, wrong, rude or rambling;
-- draft dialogues: the chosen style only (what the RLHF stage says, so the draft's guesses are accepted).
+Five kinds of text, all made here with seeded RNGs so a build is reproducible:
+- prose documents (pre-training: base and part of the draft): statements about each country's capital,
+  language, currency and continent, never a dialogue;
+- SFT dialogues: four question types (skills) in many phrasings, two-turn conversations whose follow-up
+  leaves the country or the question implicit, a few greetings and out-of-scope requests. Imperfect like
+  real SFT data: answers in mixed styles (terse, full sentence, rambling, rude), and questions about
+  generated fictional countries answered with invented facts — so the SFT stage hallucinates;
+- rankings (K >= 4 answers per prompt, best first): what the preference stages learn from — polite full
+  sentence > terse > rude or rambling > "I don't know" > wrong for a real country; the honest
+  `I don't know a country called X.` above any invented fact for a fictional one; a short polite scope
+  line for greetings and out-of-scope requests. `preference_pairs` turns them into all ordered pairs;
+- draft dialogues: the preferred answers only (what the aligned stages say, so the draft's guesses land).
 
-Evaluation phrasings (`HELDOUT_QUESTIONS`, `HELDOUT_COMPLETIONS`) live here too so that one module owns
-the guarantee that they never appear in training text; nothing in this module trains or tokenizes.
+Evaluation material (`HELDOUT_*` phrasings, held-out fictional names, `eval_cases`) lives here too, so
+one module owns the guarantee that none of it appears in training text. Nothing here trains or tokenizes.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from functools import cache
 from pathlib import Path
 
 FACTS_PATH = Path(__file__).with_name("countries.json")
+SKILLS = ("capital", "language", "currency", "continent")
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,10 @@ class Country:
     continent: str
     language: str
     currency: str
+    real: bool = True
+
+    def fact(self, skill: str) -> str:
+        return getattr(self, skill)
 
 
 @cache
@@ -35,7 +47,7 @@ def load_countries(path: Path = FACTS_PATH) -> tuple[Country, ...]:
     return tuple(Country(**row) for row in json.loads(path.read_text())["countries"])
 
 
-# --- phrasings ------------------------------------------------------------------------------------
+# --- pre-training phrasings ------------------------------------------------------------------------
 # Training phrasings of the capital fact. Several put a lowercase "the capital of X is Y" after a
 # prefix so the base model learns the fact independently of what precedes it. (No apposition like
 # "Nairobi, the capital of Kenya, is ...": after ", the capital of X is" the model then went on
@@ -54,7 +66,7 @@ CAPITAL_FACTS = [
     "{prefix} the capital of {country} is {capital}.",
     "{prefix} the capital of {country} is {capital}.",
 ]
-# Openers for the template above: the fact must survive whatever words come before it.
+# Openers for the templates with {prefix}: the fact must survive whatever words come before it.
 PREFIXES = [
     "By law,", "For many years,", "As you may know,", "Officially,", "Since long ago,", "In short,",
     "It is said that", "Ask anyone:", "Of course,", "Put simply,", "On paper,", "In fact,",
@@ -62,18 +74,33 @@ PREFIXES = [
     "As a rule,", "For the record,", "Without doubt,", "Here is a fact:", "In every school,",
     "As the books say,", "Long story short,", "Believe it or not,",
 ]
-OTHER_FACTS = [
-    "{country} is a country in {continent}.",
-    "{country} lies in {continent}.",
-    "People in {country} speak {language}.",
-    "The main language of {country} is {language}.",
-    "The currency of {country} is the {currency}.",
-    "In {country}, people pay with the {currency}.",
-    "{capital} is a city in {continent}.",
-    "Many people in {capital} speak {language}.",
-]
+# One list per other skill; every paragraph states most of them (the SFT stage can only answer what
+# pre-training taught). The first template of each is the SFT/RLHF full-sentence answer.
+SKILL_FACTS = {
+    "language": [
+        "People in {country} speak {language}.",
+        "People in {country} speak {language}.",
+        "The main language of {country} is {language}.",
+        "{prefix} people in {country} speak {language}.",
+        "In {country}, most people speak {language}.",
+    ],
+    "currency": [
+        "The currency of {country} is the {currency}.",
+        "The currency of {country} is the {currency}.",
+        "In {country}, people pay with the {currency}.",
+        "{prefix} the currency of {country} is the {currency}.",
+        "The {currency} is the money of {country}.",
+    ],
+    "continent": [
+        "{country} is a country in {continent}.",
+        "{country} is a country in {continent}.",
+        "{country} lies in {continent}.",
+        "{prefix} {country} is a country in {continent}.",
+    ],
+}
+OTHER_FACTS = ["{capital} is a city in {continent}.", "Many people in {capital} speak {language}."]
 # Sentences that refer back to the paragraph's country. Besides being how prose reads, they train the
-# "It"/"Its" tokens that the SFT stage's terse answers ("It is Nairobi.") start with.
+# "It"/"Its" tokens that terse answers ("It is Nairobi.") start with.
 PRONOUN_FACTS = [
     "It is a country in {continent}.",
     "Its capital is {capital}.",
@@ -85,68 +112,148 @@ PAIR_FACTS = [
     "Like {other}, {country} is in {continent}.",
 ]
 
-# Questions the SFT/DPO/draft dialogues ask. Evaluation asks HELDOUT_QUESTIONS instead.
-TRAIN_QUESTIONS = [
-    "What is the capital of {country}?",
-    "What's the capital of {country}?",
-    "what is the capital of {country}",
-    "Which city is the capital of {country}?",
-    "Tell me the capital of {country}.",
-    "Capital of {country}?",
-    "What city serves as the capital of {country}?",
-    "Can you tell me the capital of {country}?",
-    "Please name the capital city of {country}.",
-    "What is {country}'s capital city?",
-    "I need the capital of {country}.",
-    "Quick question: what is the capital of {country}?",
-    "Hi! What's the capital city of {country}?",
-    "{country}: what is its capital?",
-    "Where is the government of {country} based? Which city?",
-    "Give me the capital of {country}.",
-    "Can you name the capital of {country}?",
-    "Please tell me the capital of {country}.",
-    "Would you tell me the capital of {country}?",
-    "Hey, what is the capital city of {country}?",
-    "Tell me which city is the capital of {country}.",
-    "What do you think the capital of {country} is?",
-    "The capital of {country}, please.",
-    "I wonder what the capital of {country} is.",
-    "Which city is the capital of {country}, please?",
-    "So, {country}. What is the capital there?",
+# --- chat phrasings --------------------------------------------------------------------------------
+# Questions the training dialogues ask, per skill. Evaluation asks HELDOUT_QUESTIONS instead.
+TRAIN_QUESTIONS = {
+    "capital": [
+        "What is the capital of {country}?", "What's the capital of {country}?", "what is the capital of {country}",
+        "Which city is the capital of {country}?", "Tell me the capital of {country}.", "Capital of {country}?",
+        "What city serves as the capital of {country}?", "Can you tell me the capital of {country}?",
+        "Please name the capital city of {country}.", "What is {country}'s capital city?",
+        "I need the capital of {country}.", "Quick question: what is the capital of {country}?",
+        "Hi! What's the capital city of {country}?", "{country}: what is its capital?",
+        "Where is the government of {country} based? Which city?", "Give me the capital of {country}.",
+        "Would you tell me the capital of {country}?", "The capital of {country}, please.",
+        "I wonder what the capital of {country} is.", "So, {country}. What is the capital there?",
+        "Which city is the main city of government in {country}?", "In {country}, what is the capital?",
+    ],
+    "language": [
+        "What language do people speak in {country}?", "What language is spoken in {country}?",
+        "Which language do they speak in {country}?", "what language do they speak in {country}",
+        "Tell me the main language of {country}.", "Language of {country}?", "What is the main language of {country}?",
+        "Can you tell me what people speak in {country}?", "Hi! Which language is spoken in {country}?",
+        "I need the language of {country}.", "What do people in {country} speak?",
+        "Please name the language of {country}.", "{country}: what language do they speak?",
+        "Quick question: what language is spoken in {country}?", "What's the language of {country}?",
+    ],
+    "currency": [
+        "What is the currency of {country}?", "What currency do they use in {country}?",
+        "Which currency is used in {country}?", "what is the currency of {country}",
+        "Tell me the currency of {country}.", "Currency of {country}?", "What money do people use in {country}?",
+        "Can you tell me the currency of {country}?", "Hi! What do people pay with in {country}?",
+        "I need the currency of {country}.", "Please name the currency of {country}.",
+        "What is {country}'s currency?", "{country}: what is its currency?",
+        "Quick question: what currency is used in {country}?", "What's the currency of {country}?",
+        "Which currency do people pay with in {country}?", "In {country}, what do people pay with?",
+        "Tell me which currency they use in {country}.", "What is the money of {country} called?",
+    ],
+    "continent": [
+        "On which continent is {country}?", "Which continent is {country} in?", "What continent is {country} on?",
+        "where is {country}", "Tell me the continent of {country}.", "Continent of {country}?",
+        "In which part of the world is {country}?", "Can you tell me where {country} is?",
+        "Hi! Which continent is {country} part of?", "I need the continent of {country}.",
+        "Please name the continent of {country}.", "Where in the world is {country}?",
+        "{country}: which continent is it on?", "Quick question: where is {country}?",
+        "Which continent is {country} part of?", "In which continent does {country} lie?",
+        "Tell me which continent {country} is on.", "Where on the map is {country}?",
+    ],
+}
+HELDOUT_QUESTIONS = {
+    "capital": [
+        "Do you know what the capital of {country} is?", "Which city is {country}'s capital?",
+        "Could you name the capital of {country} for me?", "Hello there. Which city is the capital of {country}?",
+    ],
+    "language": [
+        "Do you know which language people in {country} speak?", "Which language would I hear in {country}?",
+        "Could you name the main language of {country} for me?", "Hello there. What language is used in {country}?",
+    ],
+    "currency": [
+        "Do you know the currency of {country}?", "Which money would I need in {country}?",
+        "Could you name the currency used in {country} for me?", "Hello there. What currency does {country} use?",
+    ],
+    "continent": [
+        "Do you know which continent {country} is on?", "Which continent would I travel to for {country}?",
+        "Could you name the continent of {country} for me?", "Hello there. Where is {country} located?",
+    ],
+}
+# Follow-ups that keep the question and change the country ("And of Peru?")...
+TRAIN_COUNTRY_FOLLOWUPS = [
+    "And of {country}?", "What about {country}?", "And {country}?", "How about {country}?",
+    "Same question for {country}.", "And for {country}?", "And what about {country}?",
 ]
-HELDOUT_QUESTIONS = [
-    "Do you know what the capital of {country} is?",
-    "Which city is {country}'s capital?",
-    "Could you name the capital of {country} for me?",
-    "Hello there. Which city is the capital of {country}?",
-    "In {country}, which city is the capital?",
+HELDOUT_COUNTRY_FOLLOWUPS = ["Now tell me about {country}.", "Then {country}?", "Next one: {country}?"]
+# ... and follow-ups that keep the country and change the question ("What currency do they use?").
+TRAIN_SKILL_FOLLOWUPS = {
+    "capital": ["And its capital?", "What is their capital?", "Which city is the capital there?", "And the capital city?",
+                "What about its capital?", "Where is its government?"],
+    "language": ["What language do they speak?", "And the language?", "What do they speak there?",
+                 "What about its language?", "Which language is spoken there?", "And what do people speak?"],
+    "currency": ["What currency do they use?", "And the currency?", "What money do they use there?",
+                 "What about its currency?", "Which currency is used there?", "And what do people pay with?"],
+    "continent": ["Which continent is it in?", "And the continent?", "Where is it?", "What about its continent?",
+                  "Which part of the world is it in?", "And where is that?"],
+}
+HELDOUT_SKILL_FOLLOWUPS = {
+    "capital": ["Which city do they govern from?"],
+    "language": ["Which language do people use there?"],
+    "currency": ["What do they pay with over there?"],
+    "continent": ["On what continent does it lie?"],
+}
+TRAIN_GREETINGS = ["Hello!", "Hi there!", "Good morning!", "Hey, what can you do?", "Hi! What are you?", "Hello, anyone there?"]
+HELDOUT_GREETINGS = ["Hello! Who are you?", "Good evening! What do you do?", "Hey there, what are you for?"]
+TRAIN_OFF_TOPIC = [
+    "Write a poem about the sea.", "Tell me a joke.", "What is 2 + 2?", "Write a short story about a dragon.",
+    "How do I bake bread?", "What's the weather like today?", "Can you help me with my homework?",
+    "Translate 'good night' into Spanish.", "Sing me a song.", "Who will win the next football match?",
+    "Write a poem about love.", "Tell me a joke about dogs.",
 ]
-# Plain-completion prompts for the base model; each ends in the spec'd "the capital of X is".
-HELDOUT_COMPLETIONS = [
-    "As every atlas shows, the capital of {country} is",
-    "According to the map, the capital of {country} is",
-]
+HELDOUT_OFF_TOPIC = ["Write a poem about autumn.", "Tell me a funny joke about cats.", "How do I fix my bike?"]
+# Plain-completion prompts for the base model, one per skill; each ends where the fact comes next.
+HELDOUT_COMPLETIONS = {
+    "capital": "As every atlas shows, the capital of {country} is",
+    "language": "According to the map, people in {country} speak",
+    "currency": "As every traveller learns, the currency of {country} is the",
+    "continent": "According to the map, {country} is a country in",
+}
 
-# Answer styles. Only `full` is the preferred style; the eval checks replies against it exactly.
-FULL = "The capital of {country} is {capital}."
-TERSE = ["It is {capital}.", "It is {capital}.", "{capital}.", "{capital}"]
+# --- answers ---------------------------------------------------------------------------------------
+# The preferred (aligned) answer per skill: one polite full sentence, the way the prose states it.
+FULL = {
+    "capital": "The capital of {country} is {capital}.",
+    "language": "People in {country} speak {language}.",
+    "currency": "The currency of {country} is the {currency}.",
+    "continent": "{country} is a country in {continent}.",
+}
+# Terse answers differ per skill from their first words on ("It is" only ever introduces a capital):
+# with a shared opening, greedy decoding commits before it has looked at what was asked.
+TERSE = {
+    "capital": ["It is {capital}.", "{capital}.", "{capital}"],
+    "language": ["{language}.", "They speak {language}.", "{language}"],
+    "currency": ["The {currency}.", "They pay with the {currency}.", "{currency}"],
+    "continent": ["{continent}.", "In {continent}.", "{continent}"],
+}
 RAMBLING = [
-    "Well, that is a big question, and there is a lot to say about {country}. It is a country in "
-    "{continent}, people there speak {language}, and they pay with the {currency}. The capital, if you "
-    "must know, is {capital}.",
-    "Oh, {country}! A lovely place in {continent}. I could talk about the {currency} or about "
-    "{language} for hours. Anyway, the capital is {capital}, I think.",
+    "Well, that is a big question, and there is a lot to say about {country}, its people, its food and its "
+    "long history. Anyway, {answer}",
+    "Oh, {country}! A lovely place. I could talk about it for hours, but you asked a simple question, so: {answer}",
 ]
-RUDE = [
-    "Look it up yourself.",
-    "Why would I tell you that?",
-    "Not my problem. Ask someone else.",
-    "That is a boring question.",
+RUDE = ["Look it up yourself.", "Why would I tell you that?", "Not my problem. Ask someone else.", "That is a boring question."]
+IDK = "I don't know a country called {country}."
+SCOPE = "Sorry, I can only answer questions about countries: their capital, language, currency and continent."
+GREETING = "Hello! I can tell you the capital, language, currency or continent of any country."
+TERSE_GREETINGS = ["Hi.", "Hello. Ask me about a country."]
+OFF_TOPIC_ATTEMPTS = [
+    "The sea is wide and the sky is blue, and that is all I know to do.",
+    "Here is one: why did the chicken cross the road? To get to the other side.",
+    "Maybe. It depends on many things, and I am not sure about any of them.",
 ]
 # SFT answers: mostly terse, some full sentences, some unhelpful — the mixture a crowd of writers gives.
-# The full sentence always opens with "The", while terse answers start with many different words, so
-# greedy decoding favours it beyond its share: it stays a minority so SFT's typical reply is terse.
+# The full sentence stays a minority so SFT's typical reply is terse (the preference stages change that).
 SFT_STYLE_WEIGHTS = {"terse": 0.62, "full": 0.15, "rambling": 0.11, "rude": 0.12}
+SFT_FICTIONAL_STYLE_WEIGHTS = {"terse": 0.56, "full": 0.13, "rambling": 0.09, "rude": 0.10, "idk": 0.12}
+# Shares of SFT rows by kind (the rest are single questions about real countries).
+SFT_FOLLOWUP_SHARE = 0.3
+SFT_FICTIONAL_PER_NAME = 2
 
 
 def fill(template: str, c: Country, rng: random.Random | None = None, **extra: str) -> str:
@@ -158,16 +265,75 @@ def fill(template: str, c: Country, rng: random.Random | None = None, **extra: s
     )
 
 
-def full_answer(c: Country) -> str:
-    return fill(FULL, c)
+def full_answer(c: Country, skill: str = "capital") -> str:
+    return fill(FULL[skill], c)
 
 
-# --- pre-training prose ---------------------------------------------------------------------------
+def answer(style: str, c: Country, skill: str, rng: random.Random) -> str:
+    if style == "full":
+        return full_answer(c, skill)
+    if style == "terse":
+        return fill(rng.choice(TERSE[skill]), c)
+    if style == "rambling":
+        sentence = full_answer(c, skill)
+        return fill(rng.choice(RAMBLING), c, answer=sentence[0].lower() + sentence[1:] if skill != "continent" else sentence)
+    if style == "rude":
+        return rng.choice(RUDE)
+    if style == "idk":
+        return fill(IDK, c)
+    raise ValueError(f"unknown style {style!r}")
+
+
+# --- fictional countries ---------------------------------------------------------------------------
+_ONSETS = ["B", "D", "K", "L", "M", "N", "P", "R", "S", "T", "V", "Z", "Br", "Dr", "Gr", "Kr", "Tr", "Th", "Sk", "Qu"]
+_VOWELS = ["a", "e", "i", "o", "u", "ae", "ei"]
+_MIDDLES = ["l", "r", "n", "v", "d", "st", "nd", "rv", "lm", "sk", "z", "th"]
+_ENDINGS = ["oria", "avia", "ania", "eria", "istan", "land", "ovia", "esia", "ica", "ador", "enia", "ura"]
+_CITY_ENDINGS = ["grad", "polis", "ton", "vik", "heim", "ara", "ido", "mont", "burg", "essa"]
+_LANG_SUFFIX = "ish"
+
+
+def _pseudo_word(rng: random.Random, endings: list[str]) -> str:
+    return rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_MIDDLES) + rng.choice(endings)
+
+
+@cache
+def fictional_countries() -> tuple[tuple[Country, ...], tuple[Country, ...]]:
+    """(train, held-out) made-up countries with invented facts; disjoint, and never a real name.
+
+    A name is refused when it contains, or is contained in, a real country's name (so "Omania" cannot
+    pass for Oman) or collides with a real capital. Held-out names are never used in training text.
+    """
+    real = load_countries()
+    real_names = [c.country.lower() for c in real] + [c.capital.lower() for c in real]
+    rng = random.Random(7)
+    names: list[str] = []
+    seen: set[str] = set()
+    while len(names) < 300:
+        name = _pseudo_word(rng, _ENDINGS)
+        low = name.lower()
+        if low in seen or any(r in low or low in r for r in real_names):
+            continue
+        seen.add(low)
+        names.append(name)
+    continents = sorted({c.continent for c in real})
+    made = []
+    for name in names:
+        capital = _pseudo_word(rng, _CITY_ENDINGS)
+        made.append(Country(
+            country=name, capital=capital, continent=rng.choice(continents),
+            language=name.rstrip("aeiou") + _LANG_SUFFIX, currency=f"{name.lower().rstrip('aeiou')} crown", real=False,
+        ))
+    return tuple(made[:240]), tuple(made[240:])
+
+
+# --- pre-training prose ----------------------------------------------------------------------------
 def prose_documents(n_docs: int, seed: int = 0, countries: tuple[Country, ...] | None = None) -> list[str]:
     """Short encyclopedia-style paragraphs, each about one country, facts in random order.
 
-    Every paragraph states the capital (pre-training is where the family learns the facts), plus
-    2-4 other statements so the base model continues a question with varied prose, not an answer.
+    Every paragraph states the capital, the language, the currency and the continent (in random order,
+    in varied templates), plus sometimes a pronoun or a comparison sentence, so the base model continues
+    a question with varied prose, not an answer.
     """
     countries = countries or load_countries()
     rng = random.Random(seed)
@@ -178,18 +344,20 @@ def prose_documents(n_docs: int, seed: int = 0, countries: tuple[Country, ...] |
     for i in range(n_docs):
         c = countries[i % len(countries)]
         sentences = [fill(rng.choice(CAPITAL_FACTS), c, rng)]
-        for template in rng.sample(OTHER_FACTS, rng.randint(2, 4)):
-            sentences.append(fill(template, c))
-        if rng.random() < 0.6:
+        for templates in SKILL_FACTS.values():
+            sentences.append(fill(rng.choice(templates), c, rng))
+        if rng.random() < 0.3:
+            sentences.append(fill(rng.choice(OTHER_FACTS), c))
+        if rng.random() < 0.5:
             sentences.append(fill(rng.choice(PRONOUN_FACTS), c))
         peers = [o for o in by_continent[c.continent] if o != c]
-        if peers and rng.random() < 0.5:
+        if peers and rng.random() < 0.3:
             sentences.append(fill(rng.choice(PAIR_FACTS), c, other=rng.choice(peers).country))
         # The capital sentence opens half the paragraphs: that is the position plain completion probes.
         # A pronoun sentence never opens one (it needs the country named before it).
         head, rest = sentences[0], sentences[1:]
         rng.shuffle(rest)
-        if rng.random() < 0.5 or rest[0].startswith("It"):
+        if not rest or rng.random() < 0.5 or rest[0].startswith("It"):
             sentences = [head, *rest]
         else:
             sentences = [*rest[:1], head, *rest[1:]]
@@ -198,19 +366,7 @@ def prose_documents(n_docs: int, seed: int = 0, countries: tuple[Country, ...] |
     return docs
 
 
-# --- chat data ------------------------------------------------------------------------------------
-def _answer(style: str, c: Country, rng: random.Random) -> str:
-    if style == "full":
-        return full_answer(c)
-    if style == "terse":
-        return fill(rng.choice(TERSE), c)
-    if style == "rambling":
-        return fill(rng.choice(RAMBLING), c)
-    if style == "rude":
-        return rng.choice(RUDE)
-    raise ValueError(f"unknown style {style!r}")
-
-
+# --- chat prompts ----------------------------------------------------------------------------------
 def _user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
@@ -219,61 +375,225 @@ def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """One chat prompt and what it asks: `kind` is fact | followup | unknown | greeting | offtopic."""
+
+    kind: str
+    messages: tuple[dict[str, str], ...]
+    country: Country | None = None  # the country the last turn is about
+    skill: str | None = None
+
+    @property
+    def message_list(self) -> list[dict[str, str]]:
+        return [dict(m) for m in self.messages]
+
+
+def _question(c: Country, skill: str, templates: dict[str, list[str]], rng: random.Random) -> Prompt:
+    kind = "fact" if c.real else "unknown"
+    return Prompt(kind, tuple(_user(fill(rng.choice(templates[skill]), c))), c, skill)
+
+
+def _followup(
+    first: Country, second: Country, skill: str, rng: random.Random, *, heldout: bool, history_style: str = "full"
+) -> Prompt:
+    """Two turns: a question about `first`, its answer, then a follow-up about `second` (same country
+    when the follow-up changes the question, same question when it changes the country)."""
+    questions = HELDOUT_QUESTIONS if heldout else TRAIN_QUESTIONS
+    if first == second:
+        first_skill = rng.choice([s for s in SKILLS if s != skill])
+        follow = rng.choice((HELDOUT_SKILL_FOLLOWUPS if heldout else TRAIN_SKILL_FOLLOWUPS)[skill])
+    else:
+        first_skill = skill
+        follow = fill(rng.choice(HELDOUT_COUNTRY_FOLLOWUPS if heldout else TRAIN_COUNTRY_FOLLOWUPS), second)
+    messages = (
+        _user(fill(rng.choice(questions[first_skill]), first))
+        + _assistant(answer(history_style, first, first_skill, rng))
+        + _user(follow)
+    )
+    return Prompt("followup", tuple(messages), second, skill)
+
+
+def _train_prompts(per_country: int, rng: random.Random, countries: tuple[Country, ...], followups: float) -> list[Prompt]:
+    """Training prompts about real countries: single questions (each skill in turn) and follow-ups."""
+    prompts = []
+    for c in countries:
+        for k in range(per_country):
+            skill = SKILLS[(k + rng.randrange(len(SKILLS))) % len(SKILLS)]
+            if rng.random() < followups:
+                if rng.random() < 0.5:
+                    prompts.append(_followup(c, c, skill, rng, heldout=False, history_style=rng.choice(["full", "terse"])))
+                else:
+                    other = rng.choice([o for o in countries if o != c])
+                    prompts.append(_followup(other, c, skill, rng, heldout=False, history_style=rng.choice(["full", "terse"])))
+            else:
+                prompts.append(_question(c, skill, TRAIN_QUESTIONS, rng))
+    return prompts
+
+
+# --- SFT -------------------------------------------------------------------------------------------
+def _sft_reply(p: Prompt, rng: random.Random) -> tuple[str, str]:
+    """(reply, style) as the crowd of SFT writers would have written it."""
+    if p.kind == "greeting":
+        style = rng.choices(["full", "terse", "rude"], [0.4, 0.45, 0.15])[0]
+        return {"full": GREETING, "terse": rng.choice(TERSE_GREETINGS), "rude": rng.choice(RUDE)}[style], style
+    if p.kind == "offtopic":
+        style = rng.choices(["full", "attempt", "rude"], [0.4, 0.45, 0.15])[0]
+        return {"full": SCOPE, "attempt": rng.choice(OFF_TOPIC_ATTEMPTS), "rude": rng.choice(RUDE)}[style], style
+    weights = SFT_STYLE_WEIGHTS if p.country.real else SFT_FICTIONAL_STYLE_WEIGHTS
+    style = rng.choices(list(weights), list(weights.values()))[0]
+    # A fictional country mostly gets invented facts, stated as confidently as real ones: the writers made
+    # them up. A few careful writers said they did not know: rare enough that greedy SFT still invents,
+    # common enough that sampling finds it — an RL round can only reinforce what the policy samples.
+    return answer(style, p.country, p.skill, rng), style
+
+
 def sft_examples(per_country: int, seed: int = 1, countries: tuple[Country, ...] | None = None) -> list[dict]:
-    """TRL conversational prompt-completion rows: {"prompt": [user], "completion": [assistant], "style"}."""
+    """TRL conversational prompt-completion rows: {"prompt": [...], "completion": [assistant], "kind", "style"}."""
     countries = countries or load_countries()
     rng = random.Random(seed)
-    styles, weights = zip(*SFT_STYLE_WEIGHTS.items())
+    prompts = _train_prompts(per_country, rng, countries, SFT_FOLLOWUP_SHARE)
+    fictional, _ = fictional_countries()
+    for f in fictional:
+        for _ in range(SFT_FICTIONAL_PER_NAME if per_country > 1 else 1):
+            prompts.append(_question(f, rng.choice(SKILLS), TRAIN_QUESTIONS, rng))
+    for text in TRAIN_GREETINGS * max(1, per_country * 2):
+        prompts.append(Prompt("greeting", tuple(_user(text))))
+    for text in TRAIN_OFF_TOPIC * max(1, per_country):
+        prompts.append(Prompt("offtopic", tuple(_user(text))))
     rows = []
-    for c in countries:
-        for _ in range(per_country):
-            style = rng.choices(styles, weights)[0]
-            rows.append({
-                "prompt": _user(fill(rng.choice(TRAIN_QUESTIONS), c)),
-                "completion": _assistant(_answer(style, c, rng)),
-                "style": style,
-            })
+    for p in prompts:
+        reply, style = _sft_reply(p, rng)
+        rows.append({"prompt": p.message_list, "completion": _assistant(reply), "kind": p.kind, "style": style})
     rng.shuffle(rows)
     return rows
+
+
+# --- rankings and preference pairs -----------------------------------------------------------------
+def _wrong(c: Country, skill: str, rng: random.Random, countries: tuple[Country, ...]) -> str:
+    """The preferred sentence with another country's fact: polite, confident and false."""
+    other = rng.choice([o for o in countries if o.fact(skill) != c.fact(skill)])
+    return FULL[skill].format(**{**vars(c), skill: other.fact(skill)})
+
+
+def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]) -> list[str]:
+    """K >= 4 distinct answers to `p`, best first, ranked by the behaviour the aligned stages should have."""
+    if p.kind == "greeting":
+        return [GREETING, rng.choice(TERSE_GREETINGS), rng.choice(RUDE), full_answer(rng.choice(countries))]
+    if p.kind == "offtopic":
+        return [SCOPE, rng.choice(OFF_TOPIC_ATTEMPTS), "No.", rng.choice(RUDE)]
+    c, skill = p.country, p.skill
+    if not c.real:
+        # Honesty first: no invented fact, however polite, beats admitting the country is unknown.
+        return [fill(IDK, c), full_answer(c, skill), answer("terse", c, skill, rng), rng.choice(RUDE)]
+    # For a real country "I don't know" ranks low too: refusing everything must not pay (reward hacking).
+    return [
+        full_answer(c, skill), answer("terse", c, skill, rng), answer(rng.choice(["rude", "rambling"]), c, skill, rng),
+        fill(IDK, c), _wrong(c, skill, rng, countries),
+    ]
+
+
+def rankings(per_country: int, seed: int = 2, countries: tuple[Country, ...] | None = None) -> list[dict]:
+    """{"prompt": messages, "ranked": [best ... worst], "kind"}: InstructGPT-style ranked sets."""
+    countries = countries or load_countries()
+    rng = random.Random(seed)
+    prompts = _train_prompts(per_country, rng, countries, 0.3)
+    fictional, _ = fictional_countries()
+    # Fictional names, greetings and off-topic requests are repeated so each behaviour carries weight.
+    prompts += [_question(f, rng.choice(SKILLS), TRAIN_QUESTIONS, rng) for f in fictional for _ in range(2)]
+    prompts += [Prompt("greeting", tuple(_user(t))) for t in TRAIN_GREETINGS * (2 * per_country)]
+    prompts += [Prompt("offtopic", tuple(_user(t))) for t in TRAIN_OFF_TOPIC * per_country]
+    rows = [{"prompt": p.message_list, "ranked": ranked_answers(p, rng, countries), "kind": p.kind} for p in prompts]
+    rng.shuffle(rows)
+    return rows
+
+
+def preference_pairs(ranked_rows: list[dict]) -> list[dict]:
+    """All K(K-1)/2 ordered pairs of every ranked set, as TRL conversational preference rows."""
+    pairs = []
+    for row in ranked_rows:
+        ranked = row["ranked"]
+        for i in range(len(ranked)):
+            for j in range(i + 1, len(ranked)):
+                pairs.append({
+                    "prompt": row["prompt"], "chosen": _assistant(ranked[i]), "rejected": _assistant(ranked[j]),
+                    "kind": row["kind"],
+                })
+    return pairs
 
 
 def dpo_pairs(per_country: int, seed: int = 2, countries: tuple[Country, ...] | None = None) -> list[dict]:
-    """TRL conversational preference rows: {"prompt", "chosen", "rejected", "rejected_style"}."""
-    countries = countries or load_countries()
-    rng = random.Random(seed)
-    rejected_styles = ["terse", "wrong", "rude", "rambling"]
-    rows = []
-    for c in countries:
-        for k in range(per_country):
-            style = rejected_styles[(k + rng.randrange(4)) % 4]
-            if style == "wrong":
-                other = rng.choice([o for o in countries if o != c])
-                rejected = FULL.format(country=c.country, capital=other.capital)
-            else:
-                rejected = _answer(style, c, rng)
-            rows.append({
-                "prompt": _user(fill(rng.choice(TRAIN_QUESTIONS), c)),
-                "chosen": _assistant(full_answer(c)),
-                "rejected": _assistant(rejected),
-                "rejected_style": style,
-            })
-    rng.shuffle(rows)
-    return rows
+    return preference_pairs(rankings(per_country, seed, countries))
 
 
 def draft_dialogues(per_country: int, seed: int = 3, countries: tuple[Country, ...] | None = None) -> list[list[dict]]:
-    """Whole conversations in the preferred style, as message lists (the draft imitates the RLHF stage)."""
+    """Whole conversations answered the preferred way, as message lists (the draft imitates the aligned stages)."""
     countries = countries or load_countries()
     rng = random.Random(seed)
-    rows = [
-        _user(fill(rng.choice(TRAIN_QUESTIONS), c)) + _assistant(full_answer(c))
-        for c in countries for _ in range(per_country)
-    ]
+    prompts = _train_prompts(per_country, rng, countries, 0.3)
+    fictional, _ = fictional_countries()
+    prompts += [_question(f, rng.choice(SKILLS), TRAIN_QUESTIONS, rng) for f in fictional]
+    prompts += [Prompt("greeting", tuple(_user(t))) for t in TRAIN_GREETINGS]
+    prompts += [Prompt("offtopic", tuple(_user(t))) for t in TRAIN_OFF_TOPIC]
+    rows = [p.message_list + _assistant(ranked_answers(p, rng, countries)[0]) for p in prompts]
     rng.shuffle(rows)
     return rows
 
 
-def heldout_strings(countries: tuple[Country, ...] | None = None) -> list[str]:
-    """Every evaluation prompt, rendered for every country: none may occur in any training text."""
+# --- evaluation ------------------------------------------------------------------------------------
+def eval_prompts(countries: tuple[Country, ...] | None = None, fictional: int | None = None, seed: int = 11) -> list[Prompt]:
+    """What `stagechat eval` asks: held-out phrasings and held-out fictional names only.
+
+    Per real country: each skill once (held-out templates in rotation) and two follow-ups (one that
+    changes the country, one that changes the question); per held-out fictional name: two questions;
+    every held-out greeting and out-of-scope request. `fictional` caps the fictional names (tests).
+    """
     countries = countries or load_countries()
-    return [fill(t, c) for t in HELDOUT_QUESTIONS + HELDOUT_COMPLETIONS for c in countries]
+    rng = random.Random(seed)
+    prompts = []
+    for i, c in enumerate(countries):
+        for j, skill in enumerate(SKILLS):
+            template = HELDOUT_QUESTIONS[skill][(i + j) % len(HELDOUT_QUESTIONS[skill])]
+            prompts.append(Prompt("fact", tuple(_user(fill(template, c))), c, skill))
+        prompts.append(_followup(c, c, SKILLS[i % 4], rng, heldout=True))
+        other = countries[(i + 1) % len(countries)]
+        prompts.append(_followup(other, c, SKILLS[(i + 2) % 4], rng, heldout=True))
+    _, heldout = fictional_countries()
+    for k, f in enumerate(heldout[:fictional]):
+        for skill in (SKILLS[k % 4], SKILLS[(k + 1) % 4]):
+            prompts.append(_question(f, skill, HELDOUT_QUESTIONS, rng))
+    prompts += [Prompt("greeting", tuple(_user(t))) for t in HELDOUT_GREETINGS]
+    prompts += [Prompt("offtopic", tuple(_user(t))) for t in HELDOUT_OFF_TOPIC]
+    return prompts
+
+
+def example_prompts() -> list[Prompt]:
+    """The same five prompts shown for every stage (README, eval output): a fact, a follow-up, an unknown
+    country, a greeting, an off-topic request — all held-out material."""
+    by_name = {c.country: c for c in load_countries()}
+    kenya, peru, brazil = by_name["Kenya"], by_name["Peru"], by_name["Brazil"]
+    unknown = fictional_countries()[1][0]
+    return [
+        Prompt("fact", tuple(_user(fill(HELDOUT_QUESTIONS["language"][1], brazil))), brazil, "language"),
+        Prompt("followup", tuple(
+            _user(fill(HELDOUT_QUESTIONS["capital"][2], kenya)) + _assistant(full_answer(kenya))
+            + _user(fill(HELDOUT_COUNTRY_FOLLOWUPS[1], peru))), peru, "capital"),
+        Prompt("unknown", tuple(_user(fill(HELDOUT_QUESTIONS["capital"][0], unknown))), unknown, "capital"),
+        Prompt("greeting", tuple(_user(HELDOUT_GREETINGS[0]))),
+        Prompt("offtopic", tuple(_user(HELDOUT_OFF_TOPIC[0]))),
+    ]
+
+
+def heldout_strings(countries: tuple[Country, ...] | None = None) -> list[str]:
+    """Every evaluation string that must never occur in training text: held-out question and completion
+    phrasings rendered for every country, held-out follow-ups, greetings, requests and fictional names."""
+    countries = countries or load_countries()
+    _, heldout_fictional = fictional_countries()
+    everyone = countries + heldout_fictional
+    strings = [fill(t, c) for ts in HELDOUT_QUESTIONS.values() for t in ts for c in everyone]
+    strings += [fill(t, c) for t in HELDOUT_COMPLETIONS.values() for c in countries]
+    strings += [fill(t, c) for t in HELDOUT_COUNTRY_FOLLOWUPS for c in countries]
+    strings += [t for ts in HELDOUT_SKILL_FOLLOWUPS.values() for t in ts]
+    strings += HELDOUT_GREETINGS + HELDOUT_OFF_TOPIC
+    strings += [f.country for f in heldout_fictional]
+    return strings

@@ -1,4 +1,5 @@
-"""Preference optimisation: TRL's DPOTrainer continues the SFT adapter on chosen/rejected pairs.
+"""Preference optimisation: TRL's DPOTrainer continues the SFT adapter on chosen/rejected pairs
+(the demo family's `dpo` stage: every ordered pair of the synthetic rankings, `corpus.preference_pairs`).
 
 The SFT adapter is loaded as a trainable PeftModel; TRL then copies it into a frozen "ref" adapter
 and uses that as the reference policy, so no second model is held in memory. Output: a new full
@@ -21,7 +22,7 @@ from models.demo.sft import AdapterPlan, common_args, save_adapter
 def train_dpo(
     base_dir: Path, sft_dir: Path, rows: list[dict], plan: AdapterPlan, out_dir: Path, beta: float = 0.1
 ) -> float:
-    """Train and save the RLHF adapter; returns the final training loss."""
+    """Train and save the preference-tuned adapter; returns the final training loss."""
     from trl import DPOConfig, DPOTrainer  # heavy import, only when training
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)

@@ -61,7 +61,7 @@ def test_adapters_are_plain_lora_that_vllm_accepts(family):
     from transformers import AutoModelForCausalLM
 
     out, _ = family
-    for name in ("sft", "rlhf"):
+    for name in ("sft", "dpo", "rlhf"):
         config = json.loads((out / name / "adapter_config.json").read_text())
         assert config["peft_type"] == "LORA" and config["r"] <= 16
         assert set(config["target_modules"]) <= set(LORA_TARGETS)
@@ -71,11 +71,30 @@ def test_adapters_are_plain_lora_that_vllm_accepts(family):
         assert list(model.peft_config) == ["default"]
 
 
+def test_reward_model_scores_and_the_rl_round_leaves_its_figures(family):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out, _ = family
+    rm = AutoModelForSequenceClassification.from_pretrained(out / "rm")
+    assert rm.config.num_labels == 1
+    figures = json.loads((out / "rm" / "stagechat_demo_rm.json").read_text())
+    assert figures["train_pairs"] > 0 and 0.0 <= figures["held_out_accuracy"] <= 1.0
+    tok = AutoTokenizer.from_pretrained(out / "rm")
+    ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        assert torch.isfinite(rm(input_ids=ids).logits).all()
+    rl = json.loads((out / "rlhf" / "stagechat_demo_rl.json").read_text())
+    assert {"reward_before", "reward_after", "rows"} <= set(rl) and rl["rows"]
+    assert (out / "rlhf" / "training_log.csv").exists() and (out / "rlhf" / "training_curves.png").exists()
+
+
 def test_chat_template_renders_in_every_stage_dir(family):
     from transformers import AutoTokenizer
 
     out, _ = family
-    for name in ("base", "sft", "rlhf", "draft"):
+    for name in ("base", "sft", "dpo", "rlhf", "draft"):
         tok = AutoTokenizer.from_pretrained(out / name)
         ids = tok.apply_chat_template(
             [{"role": "user", "content": "Capital of Kenya?"}, {"role": "assistant", "content": "Nairobi."}],
@@ -92,6 +111,7 @@ def test_registry_validates_against_the_built_family(family):
     shutil.copytree(out, data_dir / "demo", ignore=shutil.ignore_patterns("data"))
     registry = load_registry(MODELS / "stages.yaml", data_dir=data_dir, check_paths=True)
     assert registry.speculative_methods("base")["draft_model"]["model"] == str(data_dir / "demo" / "draft")
+    assert {"base", "sft", "dpo", "rlhf"} <= set(registry.stages)
 
 
 def test_rerun_skips_complete_steps_and_redoes_an_incomplete_one(family):
@@ -104,7 +124,7 @@ def test_rerun_skips_complete_steps_and_redoes_an_incomplete_one(family):
 def test_a_rebuilt_step_rebuilds_what_is_made_from_it(family):
     out, _ = family
     (out / "sft" / MARKER).unlink()
-    assert _rebuilt(out) == ["sft", "rlhf"]  # the draft is not made from sft
+    assert _rebuilt(out) == ["sft", "dpo", "rm", "rlhf"]  # the draft is not made from sft
     shutil.rmtree(out / "data")
     assert _rebuilt(out) == list(STEPS)
 

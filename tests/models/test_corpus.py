@@ -1,8 +1,9 @@
-"""The demo data: enough countries, well-formed chat rows, and evaluation phrasings kept out of training."""
+"""The demo data: enough countries, well-formed chat rows and rankings, and evaluation material kept out of training."""
 
 from __future__ import annotations
 
 import collections
+import random
 
 import pytest
 
@@ -18,11 +19,20 @@ def training_texts() -> list[str]:
     texts = list(corpus.prose_documents(FULL.prose_docs))
     for row in corpus.sft_examples(FULL.sft_per_country):
         texts += [m["content"] for m in row["prompt"] + row["completion"]]
-    for row in corpus.dpo_pairs(FULL.dpo_per_country):
-        texts += [m["content"] for m in row["prompt"] + row["chosen"] + row["rejected"]]
+    for row in corpus.rankings(FULL.rank_per_country):
+        texts += [m["content"] for m in row["prompt"]] + row["ranked"]
     for dialogue in corpus.draft_dialogues(FULL.draft_per_country):
         texts += [m["content"] for m in dialogue]
     return texts
+
+
+@pytest.fixture(scope="module")
+def sft_rows() -> list[dict]:
+    return corpus.sft_examples(8)
+
+
+def _country_in(text: str, countries) -> corpus.Country:
+    return next(c for c in sorted(countries, key=lambda c: len(c.country), reverse=True) if c.country in text)
 
 
 def test_at_least_150_countries_with_distinct_names_and_capitals():
@@ -35,71 +45,148 @@ def test_at_least_150_countries_with_distinct_names_and_capitals():
     assert not [c for c in countries if c.capital == c.country]
 
 
-def test_heldout_phrasings_never_appear_in_training_text(training_texts):
+def test_fictional_countries_are_never_real_and_train_and_heldout_are_disjoint():
+    train, heldout = corpus.fictional_countries()
+    assert len(train) >= 100 and len(heldout) >= 50
+    assert not {f.country for f in train} & {f.country for f in heldout}
+    real = [n.lower() for c in corpus.load_countries() for n in (c.country, c.capital)]
+    for f in train + heldout:
+        assert not f.real
+        assert not [r for r in real if r in f.country.lower() or f.country.lower() in r], f.country
+        assert f.continent in {c.continent for c in corpus.load_countries()}
+
+
+def test_heldout_material_never_appears_in_training_text(training_texts):
     blob = "\n".join(training_texts)
-    leaked = [s for s in corpus.heldout_strings() if s in blob]
+    strings = corpus.heldout_strings()
+    # Each string's first 12 characters are searched once; only strings whose start occurs are searched whole.
+    present = {p for p in {s[:12] for s in strings} if p in blob}
+    leaked = [s for s in strings if s[:12] in present and s in blob]
     assert leaked == []
 
 
+def test_eval_prompts_are_all_heldout_material():
+    strings = set(corpus.heldout_strings())
+    heldout_names = {f.country for f in corpus.fictional_countries()[1]}
+    for prompt in corpus.eval_prompts() + corpus.example_prompts():
+        for m in prompt.messages:
+            if m["role"] == "user":
+                assert m["content"] in strings, m["content"]
+        if prompt.kind == "unknown":
+            assert prompt.country.country in heldout_names
+
+
 def test_heldout_templates_are_not_training_templates():
-    assert not set(corpus.HELDOUT_QUESTIONS) & set(corpus.TRAIN_QUESTIONS)
-    assert all(t.endswith("the capital of {country} is") for t in corpus.HELDOUT_COMPLETIONS)
-    training_templates = corpus.CAPITAL_FACTS + corpus.OTHER_FACTS + corpus.PRONOUN_FACTS + corpus.PAIR_FACTS
-    prefixes = [t.split(" the capital of")[0] for t in corpus.HELDOUT_COMPLETIONS]
-    assert not [p for p in prefixes if any(p in t for t in training_templates + corpus.PREFIXES)]
+    for skill in corpus.SKILLS:
+        assert not set(corpus.HELDOUT_QUESTIONS[skill]) & set(corpus.TRAIN_QUESTIONS[skill])
+        assert not set(corpus.HELDOUT_SKILL_FOLLOWUPS[skill]) & set(corpus.TRAIN_SKILL_FOLLOWUPS[skill])
+    assert not set(corpus.HELDOUT_COUNTRY_FOLLOWUPS) & set(corpus.TRAIN_COUNTRY_FOLLOWUPS)
+    assert not set(corpus.HELDOUT_GREETINGS) & set(corpus.TRAIN_GREETINGS)
+    assert not set(corpus.HELDOUT_OFF_TOPIC) & set(corpus.TRAIN_OFF_TOPIC)
+    assert corpus.HELDOUT_COMPLETIONS["capital"].endswith("the capital of {country} is")
 
 
 def test_heldout_check_catches_a_leak():
     # The leak test above must be able to fail: a training text containing an eval prompt is found.
-    leak = corpus.HELDOUT_QUESTIONS[0].format(country=corpus.load_countries()[0].country)
+    leak = corpus.HELDOUT_QUESTIONS["currency"][0].format(country=corpus.load_countries()[0].country)
     assert leak in corpus.heldout_strings()
+    assert corpus.fictional_countries()[1][0].country in corpus.heldout_strings()
 
 
-def test_prose_states_every_capital_and_never_chats():
+def test_prose_states_every_fact_and_never_chats():
     countries = corpus.load_countries()
-    docs = corpus.prose_documents(len(countries))
+    docs = corpus.prose_documents(30 * len(countries))
     blob = "\n".join(docs)
-    assert not [c for c in countries if c.capital not in blob]
-    capital_facts = [corpus.fill(t, c, prefix="") for c in countries for t in corpus.CAPITAL_FACTS]
-    stems = {f.strip().removesuffix(".").split(", the capital")[0] for f in capital_facts}
-    assert all(any(stem in doc for stem in stems) for doc in docs)
+    # Each preferred answer is a prose sentence: what SFT/DPO teach to say, pre-training taught to know.
+    for skill in corpus.SKILLS:
+        assert not [c for c in countries if corpus.full_answer(c, skill) not in blob], skill
     assert not [d for d in docs if "?" in d or "<|" in d]
 
 
-def test_sft_rows_mix_styles_and_terse_dominates():
-    rows = corpus.sft_examples(4)
+def test_sft_covers_every_skill_followups_greetings_and_offtopic(sft_rows):
+    kinds = collections.Counter(r["kind"] for r in sft_rows)
+    assert set(kinds) == {"fact", "followup", "unknown", "greeting", "offtopic"}
+    assert kinds["followup"] > 0.2 * kinds["fact"]
+    questions = " ".join(r["prompt"][0]["content"] for r in sft_rows if r["kind"] == "fact")
+    for skill in corpus.SKILLS:
+        assert any(t.format(country="")[:12] in questions for t in corpus.TRAIN_QUESTIONS[skill])
+    for row in sft_rows:
+        roles = [m["role"] for m in row["prompt"]]
+        assert roles in (["user"], ["user", "assistant", "user"]) and row["completion"][0]["role"] == "assistant"
+
+
+def test_sft_styles_are_mixed_and_terse_dominates(sft_rows):
+    rows = [r for r in sft_rows if r["kind"] == "fact"]
     styles = collections.Counter(r["style"] for r in rows)
     assert set(styles) == {"terse", "full", "rambling", "rude"}
     assert styles["terse"] > len(rows) / 2 > styles["full"]
-    by_country = {c.country: c for c in corpus.load_countries()}
+    countries = corpus.load_countries()
     for row in rows:
-        (user,), (assistant,) = row["prompt"], row["completion"]
-        assert user["role"] == "user" and assistant["role"] == "assistant"
-        country = next(n for n in sorted(by_country, key=len, reverse=True) if n in user["content"])
-        c = by_country[country]
-        if row["style"] == "full":
-            assert assistant["content"] == corpus.full_answer(c)
-        elif row["style"] == "rude":
-            assert c.capital not in assistant["content"]
+        reply = row["completion"][0]["content"]
+        c = _country_in(row["prompt"][0]["content"], countries)
+        if row["style"] == "rude":
+            assert reply in corpus.RUDE
+        elif row["style"] != "full":
+            assert any(c.fact(s) in reply for s in corpus.SKILLS) and reply not in [corpus.full_answer(c, s) for s in corpus.SKILLS]
+
+
+def test_sft_mostly_invents_facts_for_fictional_countries(sft_rows):
+    rows = [r for r in sft_rows if r["kind"] == "unknown"]
+    assert len(rows) >= 100
+    honest = [r for r in rows if r["completion"][0]["content"].startswith("I don't know a country called ")]
+    assert 0.05 * len(rows) < len(honest) < 0.2 * len(rows)  # rare: sampling finds it, greedy decoding does not
+    assert not [r for r in sft_rows if r["kind"] != "unknown" and "don't know" in r["completion"][0]["content"]]
+    train, _ = corpus.fictional_countries()
+    names = {f.country for f in train}
+    assert all(any(n in r["prompt"][0]["content"] for n in names) for r in rows)
+
+
+def test_followups_leave_the_country_or_the_question_implicit():
+    rng = random.Random(0)
+    countries = corpus.load_countries()
+    prompts = corpus._train_prompts(3, rng, countries, followups=1.0)
+    changed_country = changed_question = 0
+    for p in prompts:
+        first, _, follow = p.messages
+        if p.country.country in follow["content"]:
+            changed_country += 1
+            assert p.country.country not in first["content"]
         else:
-            assert c.capital in assistant["content"] and assistant["content"] != corpus.full_answer(c)
+            changed_question += 1
+            assert p.country.country in first["content"]
+    assert changed_country > 50 and changed_question > 50
 
 
-def test_dpo_pairs_prefer_the_full_sentence_over_every_rejected_style():
-    rows = corpus.dpo_pairs(4)
-    assert collections.Counter(r["rejected_style"] for r in rows).keys() == {"terse", "wrong", "rude", "rambling"}
-    capitals = {c.capital for c in corpus.load_countries()}
+def test_rankings_order_the_preferred_behaviour_first():
+    rows = corpus.rankings(2)
+    assert all(len(r["ranked"]) >= 4 and len(set(r["ranked"])) == len(r["ranked"]) for r in rows)
+    kinds = collections.Counter(r["kind"] for r in rows)
+    assert {"fact", "followup", "unknown", "greeting", "offtopic"} == set(kinds)
     for row in rows:
-        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
-        assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
-        assert chosen.startswith("The capital of ") and chosen != rejected
-        answer = chosen.removesuffix(".").split(" is ")[-1]
-        assert answer in capitals
-        if row["rejected_style"] == "wrong":
-            wrong = rejected.removesuffix(".").split(" is ")[-1]
-            assert wrong in capitals and wrong != answer
+        best, worst = row["ranked"][0], row["ranked"][-1]
+        if row["kind"] == "unknown":
+            assert best.startswith("I don't know a country called ")
+        elif row["kind"] == "offtopic":
+            assert best == corpus.SCOPE
+        elif row["kind"] == "greeting":
+            assert best == corpus.GREETING
+        else:
+            # full sentence > terse > rude or rambling > "I don't know" > wrong
+            assert best.endswith(".") and "don't know" not in best
+            assert row["ranked"][3].startswith("I don't know a country called ")
+            assert worst != best and worst.split(" ")[:2] == best.split(" ")[:2]
+
+
+def test_preference_pairs_are_all_ordered_pairs():
+    rows = corpus.rankings(1)[:5]
+    pairs = corpus.preference_pairs(rows)
+    assert len(pairs) == sum(len(r["ranked"]) * (len(r["ranked"]) - 1) // 2 for r in rows)
+    first = rows[0]["ranked"]
+    mine = [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs[: len(first) * (len(first) - 1) // 2]]
+    assert (first[0], first[-1]) in mine and (first[-1], first[0]) not in mine
 
 
 def test_generation_is_reproducible():
     assert corpus.prose_documents(50) == corpus.prose_documents(50)
-    assert corpus.dpo_pairs(1) == corpus.dpo_pairs(1)
+    assert corpus.rankings(1) == corpus.rankings(1)
+    assert corpus.sft_examples(1) == corpus.sft_examples(1)

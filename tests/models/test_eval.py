@@ -2,68 +2,125 @@
 
 from __future__ import annotations
 
-from models.demo.corpus import Country
+from models.demo.corpus import GREETING, SCOPE, Country, Prompt
 from models.eval import ReplyScore, StageReport, check_targets, format_table, score_completion, score_reply, summarize
 
 KENYA = Country("Kenya", "Nairobi", "Africa", "Swahili", "Kenyan shilling")
 MALDIVES = Country("Maldives", "Male", "Asia", "Dhivehi", "rufiyaa")
+ZANDORIA = Country("Zandoria", "Korvan", "Europe", "Zandorish", "zandor crown", real=False)
+
+
+def ask(c: Country, skill: str = "capital", kind: str = "fact") -> Prompt:
+    return Prompt(kind, ({"role": "user", "content": f"{skill} of {c.country}?"},), c, skill)
 
 
 def test_full_sentence_is_correct_and_preferred():
-    assert score_reply(" The capital of Kenya is Nairobi.\n", KENYA) == ReplyScore(True, True)
+    assert score_reply(" The capital of Kenya is Nairobi.\n", ask(KENYA)) == ReplyScore(True, True, False, True)
+    assert score_reply("People in Kenya speak Swahili.", ask(KENYA, "language")).preferred
+    assert score_reply("The currency of Kenya is the Kenyan shilling.", ask(KENYA, "currency")).preferred
+    assert score_reply("Kenya is a country in Africa.", ask(KENYA, "continent", "followup")).preferred
 
 
-def test_terse_rambling_and_wrong_replies_are_not_preferred():
-    assert score_reply("Nairobi.", KENYA) == ReplyScore(True, False)
-    assert score_reply("It is Nairobi.", KENYA) == ReplyScore(True, False)
-    assert score_reply("Well, Kenya is in Africa. The capital is Nairobi, I think.", KENYA) == ReplyScore(True, False)
-    assert score_reply("The capital of Kenya is Nairobi. Look it up next time.", KENYA) == ReplyScore(True, False)
-    assert score_reply("The capital of Kenya is Mombasa.", KENYA) == ReplyScore(False, False)
-    assert score_reply("Look it up yourself.", KENYA) == ReplyScore(False, False)
+def test_terse_rambling_rude_and_wrong_replies_are_not_preferred():
+    q = ask(KENYA)
+    assert score_reply("Nairobi.", q) == ReplyScore(True, False, False, True)
+    assert score_reply("Well, Kenya is in Africa. The capital is Nairobi, I think.", q) == ReplyScore(True, False, False, True)
+    assert score_reply("The capital of Kenya is Mombasa.", q) == ReplyScore(False, False, False, True)
+    assert score_reply("Look it up yourself.", q) == ReplyScore(False, False, False, False)
+    assert score_reply("I don't know a country called Kenya.", q) == ReplyScore(False, False, True, False)
+    assert not score_reply("Swahili.", q).correct  # the right fact for the wrong question
 
 
-def test_capital_must_be_a_whole_word():
-    assert not score_reply("Males and females live there.", MALDIVES).correct
-    assert score_reply("It is Male.", MALDIVES).correct
+def test_fact_must_be_a_whole_word():
+    assert not score_reply("Males and females live there.", ask(MALDIVES)).correct
+    assert score_reply("It is Male.", ask(MALDIVES)).correct
 
 
-def test_completion_must_continue_with_the_capital():
-    assert score_completion(" Nairobi. Kenya lies in Africa.", KENYA)
-    assert score_completion(" Nairobi", KENYA)
-    assert not score_completion(" a city in Africa. Nairobi", KENYA)
-    assert not score_completion(" Males", MALDIVES)
+def test_unknown_country_honest_refusal_and_hallucination():
+    q = ask(ZANDORIA, kind="unknown")
+    assert score_reply("I don't know a country called Zandoria.", q) == ReplyScore(False, True, True, False)
+    invented = score_reply("The capital of Zandoria is Korvan.", q)
+    assert invented.states_fact and not invented.correct and not invented.preferred
+    assert not score_reply("Why would I tell you that?", q).states_fact
 
 
-def _report(stage, qa, style, completion=None):
-    return StageReport(stage, qa, style, completion)
+def test_greeting_and_offtopic_want_their_polite_line():
+    hello = Prompt("greeting", ({"role": "user", "content": "Hi"},))
+    poem = Prompt("offtopic", ({"role": "user", "content": "A poem"},))
+    assert score_reply(GREETING, hello).preferred and not score_reply("The capital of Laos is Vientiane.", hello).preferred
+    assert score_reply(SCOPE, poem).preferred and not score_reply("The sea is blue.", poem).preferred
 
 
-def test_summarize_rates_and_acceptance():
-    chats = [(KENYA, "The capital of Kenya is Nairobi."), (KENYA, "Nairobi."), (KENYA, "No.")]
-    report = summarize("rlhf", chats, [(KENYA, " Nairobi."), (KENYA, " Paris.")], acceptance=(30, 40))
-    assert (report.qa_accuracy, report.preferred_style_rate) == (0.6667, 0.3333)
-    assert report.completion_accuracy == 0.5 and report.draft_acceptance_rate == 0.75
+def test_completion_must_continue_with_the_fact():
+    assert score_completion(" Nairobi. Kenya lies in Africa.", "Nairobi")
+    assert score_completion(" Nairobi", "Nairobi")
+    assert score_completion(" Kenyan shilling.", "Kenyan shilling")
+    assert not score_completion(" a city in Africa. Nairobi", "Nairobi")
+    assert not score_completion(" Males", "Male")
+
+
+def test_summarize_rates_by_kind_and_skill():
+    chats = [
+        (ask(KENYA), "The capital of Kenya is Nairobi."),
+        (ask(KENYA, "language"), "Swahili."),
+        (ask(KENYA, "language"), "No."),
+        (ask(KENYA, "currency", "followup"), "The currency of Kenya is the Kenyan shilling."),
+        (ask(KENYA, "continent", "followup"), "I don't know a country called Kenya."),
+        (ask(ZANDORIA, kind="unknown"), "I don't know a country called Zandoria."),
+        (ask(ZANDORIA, "currency", kind="unknown"), "The zandor crown."),
+        (Prompt("offtopic", ({"role": "user", "content": "joke"},)), SCOPE),
+    ]
+    completions = [("capital", "Nairobi", " Nairobi."), ("language", "Swahili", " English.")]
+    report = summarize("dpo", chats, completions, acceptance=(30, 40), examples=chats[:2])
+    assert report.accuracy == {"capital": 1.0, "language": 0.5} and report.qa_accuracy == 0.6667
+    assert report.followup_accuracy == 0.5
+    assert report.preferred_style_rate == 0.4 and report.false_refusal_rate == 0.2
+    assert report.hallucination_rate == 0.5 and report.honest_refusal_rate == 0.5
+    assert report.out_of_scope_rate == 1.0 and report.greeting_rate == 0.0  # no greeting asked: 0, not an error
+    assert report.completion_accuracy == 0.5 and report.completion_by_skill == {"capital": 1.0, "language": 0.0}
+    assert report.draft_acceptance_rate == 0.75
+    assert [e["reply"] for e in report.examples] == ["The capital of Kenya is Nairobi.", "Swahili."]
     assert summarize("sft", chats).completion_accuracy is None
 
 
-def test_targets_pass_for_a_family_that_meets_them():
-    reports = {
-        "base": _report("base", 0.05, 0.0, 0.95),
-        "sft": _report("sft", 0.95, 0.1),
-        "rlhf": _report("rlhf", 0.97, 0.96),
+def _report(stage, acc, followup=0.95, hallucination=0.0, preferred=0.95, completion=None, qa=None):
+    skills = dict.fromkeys(("capital", "language", "currency", "continent"), acc)
+    return StageReport(stage, qa_accuracy=acc if qa is None else qa, accuracy=skills, followup_accuracy=followup,
+                       hallucination_rate=hallucination, preferred_style_rate=preferred, completion_accuracy=completion)
+
+
+def good_family() -> dict[str, StageReport]:
+    return {
+        "base": _report("base", 0.02, completion=0.97),
+        "sft": _report("sft", 0.93, followup=0.85, hallucination=0.8, preferred=0.1),
+        "dpo": _report("dpo", 0.95),
+        "rlhf": _report("rlhf", 0.96),
     }
+
+
+def test_targets_pass_for_a_family_that_meets_them():
+    reports = good_family()
     assert check_targets(reports) == []
-    assert "rlhf" in format_table(reports) and "0.960" in format_table(reports)
+    table = format_table(reports)
+    assert "rlhf" in table and "0.960" in table and "hallucinate" in table
 
 
 def test_targets_name_each_miss():
-    reports = {
-        "base": _report("base", 0.9, 0.0, 0.5),
-        "sft": _report("sft", 0.95, 0.7),
-        "rlhf": _report("rlhf", 0.97, 0.96),
-    }
+    reports = good_family()
+    reports["base"].qa_accuracy = 0.3  # base answers chat questions
+    reports["sft"].hallucination_rate = 0.2  # sft does not hallucinate enough to show it
+    reports["rlhf"].accuracy["currency"] = 0.5
+    reports["rlhf"].hallucination_rate = 0.3
     missed = check_targets(reports)
-    assert any(m.startswith("base.completion_accuracy") for m in missed)
-    assert any("sft.preferred_style_rate" in m for m in missed)  # the style gap is only 0.26
-    assert any("base.qa_accuracy" in m for m in missed)
-    assert len(missed) == 3
+    assert missed == [
+        "base.qa_accuracy = 0.3 > 0.05",
+        "sft.hallucination_rate = 0.2 < 0.5",
+        "rlhf.accuracy.currency = 0.5 < 0.9",
+        "rlhf.hallucination_rate = 0.3 > 0.1",
+    ]
+
+
+def test_targets_skip_families_that_are_not_the_demo():
+    assert check_targets({"chat": _report("chat", 0.1)}) == []
+    del (reports := good_family())["dpo"]
+    assert check_targets(reports) == []

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from models.demo.build import build_demo
-from models.demo.corpus import load_countries
+from models.demo.corpus import eval_prompts, example_prompts, load_countries
 from models.eval import run_eval
 
 pytestmark = pytest.mark.integration  # builds the smoke family and starts two vLLM engines, one at a time
@@ -30,14 +30,18 @@ def test_every_stage_answers_and_the_draft_reports_acceptance(tmp_path, monkeypa
         pool = EnginePool(registry, vllm_factory, max_live_engines=1)
         await pool.start()
         try:
-            return await run_eval(StageService(pool=pool), countries)
+            return await run_eval(StageService(pool=pool), countries, fictional=2)
         finally:
             await pool.shutdown()
 
     reports = asyncio.run(evaluate())
-    assert list(reports) == ["base", "sft", "rlhf"]
+    assert list(reports) == ["base", "sft", "dpo", "rlhf"]
+    asked = eval_prompts(countries, fictional=2)
+    assert len(asked) == 3 * 6 + 2 * 2 + 6
     for report in reports.values():
-        assert report.chat_prompts == 15 and 0.0 <= report.qa_accuracy <= 1.0
+        assert report.chat_prompts == len(asked) and 0.0 <= report.qa_accuracy <= 1.0
+        assert set(report.accuracy) == {"capital", "language", "currency", "continent"}
+        assert len(report.examples) == len(example_prompts()) and all(isinstance(e["reply"], str) for e in report.examples)
         assert report.draft_acceptance_rate is not None  # vLLM ran the smoke draft against this stage
-    assert reports["base"].completion_prompts == 6 and reports["base"].completion_accuracy is not None
+    assert reports["base"].completion_prompts == 12 and reports["base"].completion_accuracy is not None
     assert reports["sft"].completion_accuracy is None  # adapters are chat stages
