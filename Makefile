@@ -37,11 +37,13 @@ build-demo: setup
 run: build-demo
 	$(VENV)/bin/stagechat serve --config $(CONFIG) --host $(HOST) --port $(PORT)
 
-# Debian packages the tests drive for real: Chromium (browser tests) and PostgreSQL (store tests).
+# Debian packages the tests drive for real: Chromium (browser tests), PostgreSQL (store tests), and
+# podman + runc + debootstrap (the container test builds and runs the image on a local Debian base).
 system-deps:
-	@if ! command -v chromium >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql >/dev/null; \
-	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql >/dev/null; fi; \
+	@if ! command -v chromium >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    || ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql podman runc debootstrap >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql podman runc debootstrap >/dev/null; fi; \
 	fi
 
 test: setup system-deps
