@@ -25,23 +25,27 @@ ENV = "STAGECHAT_FAST_LORA_OPS"
 DEFAULT = "0"
 
 
+NO_LORA = object()  # what `_grouped` returns for a batch in which no row has an adapter
+
+
 def _weights(stacked: torch.Tensor) -> torch.Tensor:
     return stacked.squeeze(1) if stacked.dim() == 4 else stacked  # (slots, out, in)
 
 
 def _grouped(inputs: torch.Tensor, stacked: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype):
-    """(rows, out): row r is inputs[r] @ W[indices[r]].T, zero where indices[r] < 0; None when the
-    shapes are not the plain one-index-per-row case (the caller then uses vLLM's op)."""
+    """(rows, out): row r is inputs[r] @ W[indices[r]].T, zero where indices[r] < 0; NO_LORA when
+    every row is < 0; None when the shapes are not the plain one-index-per-row case (the caller
+    then uses vLLM's op)."""
     if inputs.shape[0] != indices.shape[0]:
         return None
     weights = _weights(stacked)
-    x = inputs.to(dtype)
-    out = torch.zeros(x.shape[0], weights.shape[1], dtype=dtype, device=x.device)
     present = torch.unique(indices).tolist()
-    if len(present) == 1:  # the common case: one adapter (or none) for the whole batch
-        if present[0] >= 0:
-            torch.matmul(x, weights[present[0]].to(dtype).T, out=out)
-        return out
+    if present == [-1]:
+        return NO_LORA  # a batch without adapters: no LoRA term at all
+    x = inputs.to(dtype)
+    if len(present) == 1:  # the common case: one adapter for the whole batch
+        return x @ weights[present[0]].to(dtype).T
+    out = torch.zeros(x.shape[0], weights.shape[1], dtype=dtype, device=x.device)
     for index in present:
         if index < 0:
             continue
@@ -54,15 +58,21 @@ def bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scal
     out = _grouped(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
     if out is None:
         return _original("bgmv_shrink")(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling)
-    output_tensor[:, : out.shape[1]] = scaling * out
+    if out is NO_LORA:
+        output_tensor[:, : _weights(lora_a_weights).shape[1]] = 0
+    else:
+        output_tensor[:, : out.shape[1]] = scaling * out
 
 
 def bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_inputs: bool = True):
     out = _grouped(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    if out is None or out.shape[0] != output_tensor.shape[0]:
+    if out is None or (out is not NO_LORA and out.shape[0] != output_tensor.shape[0]):
         return _original("bgmv_expand")(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_inputs)
-    common = min(out.shape[1], output_tensor.shape[1])  # adapter and model may pad differently
-    if add_inputs:
+    common = min(_weights(lora_b_weights).shape[1], output_tensor.shape[1])  # adapter and model may pad differently
+    if out is NO_LORA:
+        if not add_inputs:
+            output_tensor[:, :common] = 0
+    elif add_inputs:
         output_tensor[:, :common] += out[:, :common]
     else:
         output_tensor[:, :common] = out[:, :common]
@@ -71,10 +81,13 @@ def bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_
 def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset: int,
                       slice_size: int, add_inputs: bool = True):
     out = _grouped(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    if out is None or out.shape[0] != output_tensor.shape[0]:
+    if out is None or (out is not NO_LORA and out.shape[0] != output_tensor.shape[0]):
         return _original("bgmv_expand_slice")(inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset,
                                        slice_size, add_inputs)
-    if add_inputs:
+    if out is NO_LORA:
+        if not add_inputs:
+            output_tensor[:, slice_offset: slice_offset + slice_size] = 0
+    elif add_inputs:
         output_tensor[:, slice_offset: slice_offset + slice_size] += out
     else:
         output_tensor[:, slice_offset: slice_offset + slice_size] = out

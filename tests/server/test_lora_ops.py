@@ -17,7 +17,7 @@ def stacked(out: int, inner: int) -> torch.Tensor:
     return w
 
 
-@pytest.mark.parametrize("indices", [[0] * 8, [-1] * 8, [0, 1, -1, 2, 1, 0, -1, 2], [2] * 3 + [-1] * 5])
+@pytest.mark.parametrize("indices", [[0] * 8, [-1] * 8, [1] * 8, [0, 1, -1, 2, 1, 0, -1, 2], [2] * 3 + [-1] * 5])
 def test_grouped_ops_match_vllms(indices):
     torch.manual_seed(0)
     idx = torch.tensor(indices)
@@ -50,6 +50,7 @@ def test_prefill_goes_through_the_grouped_ops_once_registered(monkeypatch):
         for name in ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice"):
             monkeypatch.setattr(module, name, getattr(module, name))
     monkeypatch.setattr(lora_ops, "_vllm", lora_ops._Originals())
+    monkeypatch.setenv(lora_ops.ENV, "1")
     calls = []
     monkeypatch.setattr(lora_ops, "_grouped", lambda *a, _g=lora_ops._grouped: calls.append(1) or _g(*a))
     lora_ops.register()
