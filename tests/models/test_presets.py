@@ -19,9 +19,23 @@ def test_presets_exist():
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
 def test_preset_validates_with_hub_ids_untouched(path, tmp_path):
     registry = load_registry(path, data_dir=tmp_path, check_paths=True)
-    for stage in registry.stages.values():
-        assert stage.model and not stage.model.startswith("/")  # a Hub id, not a resolved local path
+    for name, stage in registry.stages.items():
+        hub_id = stage.model or registry.remote_for(name).tokenizer  # a remote stage: its tokenizer
+        assert hub_id and not hub_id.startswith("/")  # a Hub id, not a resolved local path
         assert stage.description
+
+
+@pytest.mark.parametrize("name", ["olmo2-1b", "smollm2"])
+def test_remote_presets_serve_the_same_stages_from_vllm_servers(name, tmp_path):
+    local = load_registry(MODELS / "presets" / f"{name}.yaml", data_dir=tmp_path)
+    remote = load_registry(MODELS / "presets" / f"{name}-remote.yaml", data_dir=tmp_path)
+    assert list(remote.stages) == list(local.stages)
+    for stage in remote.stages:
+        assert remote.stages[stage].remote is not None
+        assert remote.remote_for(stage).tokenizer == local.stages[stage].model  # same checkpoint's tokenizer
+        for method in remote.speculative_methods(stage):
+            assert method in local.speculative_methods(stage)
+            assert remote.remote_for(stage, method).url != remote.remote_for(stage).url  # its own server
 
 
 def test_olmo2_preset_lists_the_four_training_stages(tmp_path):
