@@ -82,3 +82,20 @@ def stagechat_server(config: Path, data_dir: Path, extra_args: Sequence[str] = (
                       "--log-level", "warning", *extra_args],
         log=data_dir / "server.log", env={"STAGECHAT_DATA_DIR": str(data_dir), **(env or {})},
     )
+
+
+def vllm_openai_server(model: Path, log: Path, *, served_model_name: str,
+                       lora_modules: dict[str, Path] | None = None, extra_args: Sequence[str] = (),
+                       env: dict[str, str] | None = None) -> ChildServer:
+    """vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`) on `model`, with
+    runtime LoRA loading allowed: the stand-in for a remote GPU node that serves remote stages."""
+    loras = [f"{name}={path}" for name, path in (lora_modules or {}).items()]
+    return ChildServer(
+        lambda port: [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                      "--served-model-name", served_model_name, "--host", "127.0.0.1", "--port", str(port),
+                      "--max-model-len", "512", "--dtype", "float32",
+                      *(["--enable-lora", "--max-lora-rank", "8", "--max-loras", "4", "--lora-modules", *loras]
+                        if loras else []),
+                      *extra_args],
+        log=log, env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **(env or {})}, ready_path="/v1/models",
+    )

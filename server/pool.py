@@ -24,7 +24,7 @@ from typing import Any
 
 from server.engine import AdapterRef, Engine
 from server.errors import APIError, bad_request, not_found
-from server.registry import SPECULATIVE_OFF, Registry
+from server.registry import SPECULATIVE_OFF, Registry, RemoteSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class EngineSpec:
     max_lora_rank: int | None  # None: no adapter rides on this engine
     max_loras: int
     engine_args: dict[str, Any]
+    remote: RemoteSpec | None = None  # served by this remote server (`RemoteEngine`), not in process
 
 
 EngineFactory = Callable[[EngineSpec], Engine]
@@ -108,7 +109,7 @@ class EnginePool:
             serving = [a for a in self._adapters.values() if self._serves(key, a)]
             started = self._specs.get(key)
             if started is not None and not _fits(started, serving):
-                stage = next(s for s in registry.stages if self.registry.stages[registry.root(s)].model == key[0])
+                stage = next(s for s in registry.stages if self.registry.checkpoint(registry.root(s)) == key[0])
                 spec = self._spec_for(stage, key)
                 if _fits(spec, serving):
                     await self._restart(key, spec)
@@ -135,7 +136,7 @@ class EnginePool:
             raise bad_request(f"Stage '{stage}' offers no speculative method '{method}'. Offered: {offered}.",
                               param="speculative", code="unknown_speculative_method")
         root = self.registry.root(stage)
-        key = (self.registry.stages[root].model, None if method == SPECULATIVE_OFF else method)
+        key = (self.registry.checkpoint(root), None if method == SPECULATIVE_OFF else method)
         return key, self._adapters.get(stage)
 
     async def route(self, stage: str, speculative: str | None = None) -> Route:
@@ -146,7 +147,7 @@ class EnginePool:
 
     def _spec_for(self, stage: str, key: EngineKey) -> EngineSpec:
         model, method = key
-        adapters = [a for s, a in self._adapters.items() if self.registry.stages[self.registry.root(s)].model == model]
+        adapters = [a for s, a in self._adapters.items() if self.registry.checkpoint(self.registry.root(s)) == model]
         config = self.registry.speculative_methods(stage)[method] if method else None
         return EngineSpec(
             model=model,
@@ -159,6 +160,7 @@ class EnginePool:
             # Spare slots let a reload add adapters without restarting the engine (see `reload`).
             max_loras=len(adapters) + self.spare_lora_slots + 1,
             engine_args=dict(self.registry.engine),
+            remote=self.registry.remote_for(self.registry.root(stage), method),
         )
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -181,7 +183,7 @@ class EnginePool:
         async with self._lock:  # one engine starts at a time: two starting at once starve each other
             if key in self._engines:
                 return self._engines[key]
-            if len(self._engines) >= self.max_live_engines:
+            if len(self._local_engines()) >= self.max_live_engines and spec.remote is None:
                 await self._evict_one()
             log.info("starting engine %s (speculative: %s)", spec.model, spec.speculative_method or "off")
             began = time.monotonic()
@@ -208,10 +210,10 @@ class EnginePool:
         await self._start(key, spec)
 
     def _serves(self, key: EngineKey, adapter: AdapterRef) -> bool:
-        return self.registry.stages[self.registry.root(adapter.name)].model == key[0]
+        return self.registry.checkpoint(self.registry.root(adapter.name)) == key[0]
 
     async def _evict_one(self) -> None:
-        idle = [k for k, e in self._engines.items() if e.stats().running_requests == 0]
+        idle = [k for k, e in self._local_engines().items() if e.stats().running_requests == 0]
         if not idle:
             raise APIError(503, f"All {self.max_live_engines} engines are busy; retry shortly.",
                            type="service_unavailable", code="engines_busy")
@@ -220,6 +222,10 @@ class EnginePool:
         engine = self._engines.pop(victim)
         self._specs.pop(victim, None)
         await engine.shutdown()
+
+    def _local_engines(self) -> dict[EngineKey, Engine]:
+        """The engines that hold a model in this process (a remote engine holds a connection only)."""
+        return {k: e for k, e in self._engines.items() if getattr(e, "in_process", True)}
 
     def engines(self) -> dict[EngineKey, Engine]:
         return dict(self._engines)
@@ -261,3 +267,12 @@ def vllm_factory(spec: EngineSpec) -> Engine:
         speculative_config=spec.speculative_config,
         max_lora_rank=spec.max_lora_rank,
     )
+
+
+def engine_factory(spec: EngineSpec) -> Engine:
+    """The server's engines: a `RemoteEngine` for a remote stage's spec, else an in-process vLLM one."""
+    if spec.remote is not None:
+        from server.remote_engine import RemoteEngine
+
+        return RemoteEngine(spec.remote, speculative_method=spec.speculative_method)
+    return vllm_factory(spec)

@@ -106,3 +106,42 @@ def live_server(tiny_family, tmp_path_factory):
     server = stagechat_server(tiny_family / "stages.yaml", tmp_path_factory.mktemp("live-data"), ("--no-ui",))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def remote_vllm(tiny_family, tmp_path_factory):
+    """vLLM's own OpenAI server on the tiny checkpoint (served as `base`, its LoRA as `sft`, runtime
+    LoRA loading allowed): the stand-in for a remote GPU node. Its engine keeps to core 1, as the
+    in-process engines do, so the machine's other core stays free for the HTTP front ends."""
+    from server.launcher import vllm_openai_server
+
+    server = vllm_openai_server(tiny_family / "base", tmp_path_factory.mktemp("remote-vllm") / "vllm.log",
+                                served_model_name="base", lora_modules={"sft": tiny_family / "lora"},
+                                env={"VLLM_CPU_OMP_THREADS_BIND": "1"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def remote_live_server(tiny_family, remote_vllm, tmp_path_factory):
+    """`stagechat serve` with `base` and `sft` served by `remote_vllm`, next to a `local` in-process
+    stage on the same checkpoint. `engine_url` is where the remote engine's own metrics are."""
+    config = tiny_family / "remote-stages.yaml"
+    config.write_text(
+        "engine: {max_model_len: 512, dtype: float32}\n"
+        "stages:\n"
+        "  base:\n"
+        f"    remote: {{url: '{remote_vllm.url}/v1', model: base, tokenizer: ./base}}\n"
+        "    description: random tiny base\n"
+        "  sft:\n"
+        f"    remote: {{url: '{remote_vllm.url}/v1', model: sft}}\n"
+        "    base: base\n"
+        "    description: random LoRA on base\n"
+        "  local:\n"
+        "    model: ./base\n"
+        "    description: the same checkpoint, in process\n"
+    )
+    server = stagechat_server(config, tmp_path_factory.mktemp("remote-live-data"), ("--no-ui",))
+    server.engine_url = remote_vllm.url
+    yield server
+    server.stop()

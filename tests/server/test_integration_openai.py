@@ -1,5 +1,8 @@
 """The real server (`stagechat serve`, real vLLM) on a tiny random checkpoint, driven by the official
-`openai` client, sync and async, streamed and not, plus every error case and client disconnects."""
+`openai` client, sync and async, streamed and not, plus every error case and client disconnects.
+
+Every test runs twice: on stages served in process (`live_server`), and on the same stages served by
+a remote vLLM OpenAI server that stagechat fronts (`remote_live_server`, `server.remote_engine`)."""
 
 import asyncio
 import re
@@ -14,19 +17,25 @@ pytestmark = pytest.mark.integration
 MESSAGES = [{"role": "user", "content": "What is the capital of Kenya?"}]
 
 
-@pytest.fixture(scope="module")
-def client(live_server):
-    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="none", max_retries=0)
+@pytest.fixture(scope="module", params=["local", "remote"])
+def live(request):
+    """The stages `base` and `sft` in process, or on a remote vLLM server behind stagechat."""
+    return request.getfixturevalue("live_server" if request.param == "local" else "remote_live_server")
 
 
 @pytest.fixture(scope="module")
-def aclient(live_server):
-    return openai.AsyncOpenAI(base_url=f"{live_server.url}/v1", api_key="none", max_retries=0)
+def client(live):
+    return openai.OpenAI(base_url=f"{live.url}/v1", api_key="none", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def aclient(live):
+    return openai.AsyncOpenAI(base_url=f"{live.url}/v1", api_key="none", max_retries=0)
 
 
 def test_lists_stages(client):
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {"base", "sft"}
+    assert {"base", "sft"} <= set(models)  # the remote server's stagechat also serves a `local` stage
     assert models["sft"].model_extra["parent"] == "base"
     assert models["base"].model_extra["description"] == "random tiny base"
 
@@ -49,13 +58,14 @@ def test_streaming_equals_non_streaming_at_temperature_zero(client):
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
 
 
-def test_adapter_stage_answers_differently_from_its_base_on_the_same_engine(client, live_server):
+def test_adapter_stage_answers_differently_from_its_base_on_the_same_engine(client, live):
     base = client.chat.completions.create(model="base", messages=MESSAGES, max_tokens=12, temperature=0)
     sft = client.chat.completions.create(model="sft", messages=MESSAGES, max_tokens=12, temperature=0)
     assert sft.model == "sft"
     assert base.choices[0].message.content != sft.choices[0].message.content
-    engines = httpx.get(f"{live_server.url}/ready").json()["engines"]
-    assert len(engines) == 1  # base and its adapter share one vLLM engine
+    engines = httpx.get(f"{live.url}/ready").json()["engines"]
+    if not hasattr(live, "engine_url"):
+        assert len(engines) == 1  # base and its adapter share one vLLM engine
 
 
 def test_seeded_sampling_is_reproducible(client):
@@ -114,8 +124,8 @@ def test_errors(client, kwargs, status, param):
     assert err.value.body["param"] == param and err.value.body["message"]
 
 
-def test_malformed_json(live_server):
-    r = httpx.post(f"{live_server.url}/v1/chat/completions", content=b"{", headers={"content-type": "application/json"})
+def test_malformed_json(live):
+    r = httpx.post(f"{live.url}/v1/chat/completions", content=b"{", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
 
 
@@ -124,10 +134,11 @@ def metric(url: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf'^{name}(?:\{{[^}}]*\}})? (\S+)$', text, re.M))
 
 
-def test_client_disconnect_aborts_the_generation(live_server):
+def test_client_disconnect_aborts_the_generation(live):
     # 16 sequences of 450 tokens: seconds of work even for the tiny model, so an abort shows.
-    url, n, max_tokens = live_server.url, 16, 450
-    generated_before = metric(url, "vllm:generation_tokens_total")
+    url, n, max_tokens = live.url, 16, 450
+    engine_url = getattr(live, "engine_url", url)  # a remote engine's metrics are on its server
+    generated_before = metric(engine_url, "vllm:generation_tokens_total")
     body = {"model": "base", "messages": MESSAGES, "max_tokens": max_tokens, "n": n, "stream": True,
             "ignore_eos": True}
     with httpx.Client(timeout=30) as http:
@@ -138,5 +149,5 @@ def test_client_disconnect_aborts_the_generation(live_server):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     # The engine stopped early: it generated fewer tokens than the request asked for.
-    assert metric(url, "vllm:generation_tokens_total") - generated_before < n * max_tokens / 2
+    assert metric(engine_url, "vllm:generation_tokens_total") - generated_before < n * max_tokens / 2
     assert metric(url, 'stagechat_requests_total\\{kind="chat",outcome="cancelled",stage="base"\\}') == 1
