@@ -80,6 +80,34 @@ def test_a_remote_stage_needs_its_base_to_exist():
         Registry.model_validate({"stages": {"s": {"remote": {"url": "http://x/v1", "model": "m"}, "base": "nope"}}})
 
 
+def test_remote_engines_do_not_count_against_the_live_engine_limit(tiny_family):
+    import asyncio
+
+    from server.fake_engine import ScriptedEngine
+
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: the engines start, reported missing
+    tok = str(tiny_family / "base")
+    registry = Registry.model_validate({"stages": {
+        "local": {"model": "fake/base"},
+        "a": {"remote": {"url": dead, "model": "a", "tokenizer": tok}},
+        "b": {"remote": {"url": dead, "model": "b", "tokenizer": tok}},
+    }})
+    pool = EnginePool(registry, lambda spec: engine_factory(spec) if spec.remote else ScriptedEngine(),
+                      max_live_engines=1)
+
+    async def start():
+        await pool.start()
+        try:
+            engines = pool.engines()
+            assert set(engines) == {("fake/base", None), (f"{dead}#a", None), (f"{dead}#b", None)}
+            assert "unreachable" in engines[(f"{dead}#a", None)].problem()
+            assert engines[("fake/base", None)].started  # not evicted
+        finally:
+            await pool.shutdown()
+
+    asyncio.run(start())
+
+
 # -- against real vLLM servers -----------------------------------------------------------------
 
 
