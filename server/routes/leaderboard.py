@@ -25,7 +25,7 @@ def get_leaderboard(
     until: str | None = Query(None, description="Judged before: Unix seconds or ISO 8601."),
     rater: str | None = Query(None, description="Only this rater's judgements (a client id)."),
     bootstrap: int = Query(BOOTSTRAP, ge=0, le=2000, description="Bootstrap resamples for the intervals."),
-    seed: int = Query(0, description="Seed of the bootstrap."),
+    seed: int = Query(0, ge=0, le=2**32 - 1, description="Seed of the bootstrap."),
 ) -> dict[str, Any]:
     authenticate(request, request.app.state.settings)
     store = request.app.state.store
