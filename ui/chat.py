@@ -2,21 +2,26 @@
 
 The conversation is plain `{"role", "content"}` messages held in a `gr.State` (the Chatbot shows the
 same list); each assistant message's `Answer` (response id, figures, logprobs) is kept by message
-index, so a thumbs up/down on the Chatbot is stored against the response id the server logged.
+index, so a thumbs up/down on the Chatbot is stored against the response id the server logged, with
+the reasons and comment set under the chat (a re-rating replaces both).
+
+A message sent while an answer still streams is queued, not lost: the conversation list is shared
+in place by the send and answer handlers (Gradio hands a `gr.State` object to every event of the
+session), and the answering loop goes on until no user message is left unanswered.
 Knows Gradio and the service's `stream_answer`; knows nothing about HTTP.
 """
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import aclosing
 
 import gradio as gr
 from pydantic import ValidationError
 
 from server.serving import StageService
-from ui import controls
+from ui import controls, rating
 from ui.controls import Decoding
+from ui.login import Login
 from ui.stream import Answer, stream_answer
 
 Conversation = list[dict[str, str]]
@@ -30,10 +35,11 @@ def render_stats(turns: Turns) -> str:
 
 
 def add_user_message(message: str, conversation: Conversation):
+    """Append in place: an answer streaming right now sees the message and answers it next."""
     if not message or not message.strip():
         return gr.skip(), gr.skip(), gr.skip()
-    conversation = [*conversation, {"role": "user", "content": message}]
-    return "", conversation, conversation
+    conversation.append({"role": "user", "content": message})
+    return "", conversation, list(conversation)
 
 
 def drop_last_answer(conversation: Conversation, turns: Turns):
@@ -52,7 +58,7 @@ def mark_stopped(turns: Turns):
     return turns, render_stats(turns)
 
 
-def build(service: StageService, decoding: Decoding, history: gr.State) -> gr.Dropdown:
+def build(service: StageService, decoding: Decoding, history: gr.State, login: Login) -> gr.Dropdown:
     """Lay out the tab and wire its events. `history` collects every finished answer (token view).
     Returns the stage picker, whose choices the page refreshes on load (stages can be added live)."""
     choices = controls.stage_choices(service)
@@ -71,47 +77,60 @@ def build(service: StageService, decoding: Decoding, history: gr.State) -> gr.Dr
         regenerate = gr.Button("Regenerate", elem_id="chat-regenerate", scale=1)
         clear = gr.Button("Clear", elem_id="chat-clear", scale=1)
     stats = gr.Markdown(elem_id="chat-stats")
+    reasons = rating.build_reasons("chat")
     rated = gr.Markdown(elem_id="chat-rating")
+    busy = gr.State({"answering": False})  # one answering loop per session at a time
 
-    async def respond(conv: Conversation, turns_: Turns, history_: list[Answer], stage_: str, *values):
-        if not conv or conv[-1]["role"] != "user":
+    async def respond(request: gr.Request, conv: Conversation, turns_: Turns, history_: list[Answer],
+                      busy_: dict, stage_: str, *values):
+        if busy_["answering"] or not conv or conv[-1]["role"] != "user":
+            # Nothing to answer, or the loop already running answers the queued message after its answer.
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
+        busy_["answering"] = True
         try:
-            request = controls.request_for(service, stage_, conv, *values)
-        except ValidationError as exc:
-            gr.Warning(f"Invalid setting: {exc.errors()[0]['msg']}")
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            return
-        index = len(conv)
-        shown = [*conv, {"role": "assistant", "content": ""}]
-        async with aclosing(stream_answer(service, request, controls.UI_CLIENT_ID)) as answers:
-            async for answer in answers:
-                if answer.error:
-                    gr.Warning(answer.error)
-                    yield conv, conv, turns_, gr.skip(), render_stats(turns_)
+            finished_: list[Answer] = list(history_)
+            while conv and conv[-1]["role"] == "user":
+                try:
+                    req = controls.request_for(service, stage_, list(conv), *values)
+                except ValidationError as exc:
+                    gr.Warning(f"Invalid setting: {exc.errors()[0]['msg']}")
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
                     return
-                shown[-1] = {"role": "assistant", "content": answer.text}
-                turns_[index] = answer
-                finished = [*history_, answer] if answer.done else gr.skip()
-                yield shown, shown, turns_, finished, render_stats(turns_)
+                index = len(conv)
+                conv.append({"role": "assistant", "content": ""})
+                async with aclosing(stream_answer(service, req, login.rater(request))) as answers:
+                    async for answer in answers:
+                        if answer.error:
+                            gr.Warning(answer.error)
+                            del conv[index]
+                            yield list(conv), conv, turns_, gr.skip(), render_stats(turns_)
+                            return
+                        conv[index] = {"role": "assistant", "content": answer.text}
+                        turns_[index] = answer
+                        if answer.done:
+                            finished_ = [*finished_, answer]
+                        yield list(conv), conv, turns_, finished_ if answer.done else gr.skip(), render_stats(turns_)
+        finally:
+            busy_["answering"] = False
 
-    async def rate(turns_: Turns, like: gr.LikeData):
+    async def rate(turns_: Turns, tags: list[str], comment: str, like: gr.LikeData, request: gr.Request):
         index = like.index[0] if isinstance(like.index, (list, tuple)) else like.index
         answer = turns_.get(index)
-        rating = {True: "up", False: "down"}.get(like.liked) if isinstance(like.liked, bool) else None
-        if answer is None or rating is None:
+        value = {True: "up", False: "down"}.get(like.liked) if isinstance(like.liked, bool) else None
+        if answer is None or value is None:
             return gr.skip()
-        if answer.finish_reason in ("cancelled", "error") or not answer.response_id:
+        if not rating.finished(answer):
             gr.Warning("This answer did not finish, so the server did not log it; only finished answers can be rated.")
             return gr.skip()
-        return await store_rating(service, answer, rating)
+        said = await rating.rate(service, answer, value, login.rater(request), tags, comment)
+        return gr.skip() if said is None else said
 
     stage.change(lambda s: (controls.describe_stage(service, s),
                             gr.update(choices=controls.speculative_choices(service, s), value=controls.SPEC_DEFAULT)),
                  stage, [about, decoding.speculative])
 
-    respond_io = dict(fn=respond, inputs=[conversation, turns, history, stage, *decoding.inputs],
+    respond_io = dict(fn=respond, inputs=[conversation, turns, history, busy, stage, *decoding.inputs],
                       outputs=[chatbot, conversation, turns, history, stats])
     submitted = message.submit(add_user_message, [message, conversation], [message, conversation, chatbot],
                                queue=False).then(**respond_io)
@@ -122,24 +141,7 @@ def build(service: StageService, decoding: Decoding, history: gr.State) -> gr.Dr
     retried = chatbot.retry(drop_last_answer, [conversation, turns], [conversation, turns, chatbot],
                             queue=False).then(**respond_io)
     stop.click(mark_stopped, turns, [turns, stats], cancels=[submitted, clicked, regenerated, retried])
-    clear.click(lambda: ([], {}, [], "", ""), None, [conversation, turns, chatbot, stats, rated], queue=False)
-    chatbot.like(rate, turns, rated)
+    clear.click(lambda: ([], {}, [], "", ""), None, [conversation, turns, chatbot, stats, rated], queue=False,
+                cancels=[submitted, clicked, regenerated, retried])
+    chatbot.like(rate, [turns, reasons.tags, reasons.comment], rated)
     return stage
-
-
-async def store_rating(service: StageService, answer: Answer, rating: str) -> str:
-    """Store a thumbs up/down with `Store.rate`, exactly as `POST /v1/feedback` does."""
-    store = service.store
-    if store is None:
-        gr.Warning("This server keeps no feedback store; the rating was not saved.")
-        return gr.skip()
-    from server.store import StoreError
-
-    # With prompt logging off the store needs the rated text; with it on, the log is the truth.
-    text = {} if service.log_prompts else {"prompt": answer.messages, "completion": answer.text}
-    try:
-        fb = await asyncio.to_thread(store.rate, answer.response_id, rating, rater=controls.UI_CLIENT_ID, **text)
-    except StoreError as exc:
-        gr.Warning(exc.message)
-        return gr.skip()
-    return f"Rated {answer.stage}'s answer {'👍' if rating == 'up' else '👎'} (stored as `{fb.id}` for `{fb.response_id}`)."

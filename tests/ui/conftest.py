@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from server.launcher import ChildServer, free_port
+from server.settings import Settings
 from server.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,15 +78,15 @@ class ThreadServer:
 
 @pytest.fixture
 def fake_ui_server(fake_pool_factory, tmp_path):
-    """Factory: the real app with its UI on scripted engines (`delay` s per token) and a SQLite store."""
+    """Factory: the real app with its UI on scripted engines (`delay` s per token) and a SQLite store;
+    `settings` (API keys, …) optional."""
     from server.app import create_app
-    from server.settings import Settings
     servers = []
 
-    def make(registry=None, **engine_kwargs):
+    def make(registry=None, settings: Settings | None = None, **engine_kwargs):
         store = Store(f"sqlite:///{tmp_path / 'ui.db'}")
         pool = fake_pool_factory(registry, **engine_kwargs) if registry else fake_pool_factory(**engine_kwargs)
-        app = create_app(Settings(data_dir=tmp_path), pool, store=store, with_ui=True)
+        app = create_app(settings or Settings(data_dir=tmp_path), pool, store=store, with_ui=True)
         server = ThreadServer(app, free_port())
         server.store, server.pool = store, pool
         servers.append(server)

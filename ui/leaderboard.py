@@ -1,0 +1,118 @@
+"""The Leaderboard tab: Bradley–Terry strengths per stage with 95% intervals, votes, a win-rate
+matrix plot and rater agreement, filtered by time and rater — what `GET /v1/leaderboard` returns.
+
+Reads `Store.iter_judgements` and `server.leaderboard.leaderboard`, the code behind the route, in a
+worker thread (the statistics are CPU work and must not block the event loop). Knows Gradio and
+matplotlib; nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Any
+
+import gradio as gr
+
+from server.leaderboard import Leaderboard, leaderboard
+from server.serving import StageService
+
+COLUMNS = ["rank", "stage", "strength", "95% interval", "Elo", "Elo 95% interval", "votes", "win rate"]
+
+
+def parse_time(value: str | None, name: str) -> datetime | None:
+    """Unix seconds or ISO 8601 (naive = UTC); empty means no bound."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        return datetime.fromtimestamp(float(value), timezone.utc)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise gr.Error(f"'{name}' must be Unix seconds or an ISO 8601 time, e.g. 2026-11-24T09:00; got {value!r}.")
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+
+
+def table(board: Leaderboard) -> list[list[Any]]:
+    return [[n, r.stage, round(r.strength, 3), f"[{r.ci[0]:.2f}, {r.ci[1]:.2f}]", round(r.elo),
+             f"[{1000 + 400 / 2.302585 * r.ci[0]:.0f}, {1000 + 400 / 2.302585 * r.ci[1]:.0f}]", r.votes,
+             "–" if r.win_rate is None else f"{r.win_rate:.0%}"] for n, r in enumerate(board.stages, start=1)]
+
+
+def win_rate_figure(board: Leaderboard):
+    """A heatmap: row stage's share of points against column stage (ties count half)."""
+    import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: this runs in a worker thread
+
+    names = [r.stage for r in board.stages]
+    k = len(names)
+    grid = np.full((k, k), np.nan)
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            value = board.win_rates.get(a, {}).get(b)
+            if value is not None:
+                grid[i, j] = value
+    fig = Figure(figsize=(1.6 + 1.1 * max(k, 1), 1.2 + 1.0 * max(k, 1)))
+    ax = fig.subplots()
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1)
+    ax.set_xticks(range(k), names)
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("against")
+    ax.set_ylabel("stage")
+    ax.set_title("win rate (ties count ½)")
+    for i in range(k):
+        for j in range(k):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def summary(board: Leaderboard) -> str:
+    if not board.stages:
+        return "No preferences or rankings between different stages yet (for these filters)."
+    agree = board.agreement
+    if agree.units:
+        alpha = "undefined (one verdict only)" if agree.krippendorff_alpha is None else f"{agree.krippendorff_alpha:.2f}"
+        agreement = (f"Raters agree: Krippendorff's α = **{alpha}** (ordinal) over {agree.units} answer pairs judged "
+                     f"by {agree.raters} raters; unanimous on {agree.percent_agreement:.0%} of them.")
+    else:
+        agreement = "No answer pair was judged by two raters yet, so there is no agreement figure."
+    separated = "do not overlap" if board.separated() else "overlap — more votes needed"
+    return (f"**{board.judgements}** judgements (A/B preferences and rankings), Bradley–Terry with "
+            f"{board.bootstrap} bootstrap resamples: the 95% intervals {separated}.\n\n{agreement}")
+
+
+def build(service: StageService) -> tuple[gr.Button, Any]:
+    """Lay out the tab; returns (refresh button, the refresh event's kwargs) for the app to also run on select."""
+    with gr.Row():
+        since = gr.Textbox(label="since (ISO 8601 or Unix s)", placeholder="e.g. 2026-11-24T09:00",
+                           elem_id="leaderboard-since", scale=2)
+        until = gr.Textbox(label="until", placeholder="(now)", elem_id="leaderboard-until", scale=2)
+        rater = gr.Textbox(label="rater (client id)", placeholder="(everyone)", elem_id="leaderboard-rater", scale=2)
+        refresh = gr.Button("Refresh", variant="primary", elem_id="leaderboard-refresh", scale=1)
+    summary_md = gr.Markdown(elem_id="leaderboard-summary")
+    board_table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, elem_id="leaderboard-table")
+    plot = gr.Plot(label="win-rate matrix", elem_id="leaderboard-plot")
+
+    async def compute(since_: str, until_: str, rater_: str):
+        store = service.store
+        if store is None:
+            return "This server keeps no feedback store.", [], None
+        low, high = parse_time(since_, "since"), parse_time(until_, "until")
+        who = rater_.strip() or None
+
+        def work() -> Leaderboard:
+            return leaderboard(store.iter_judgements(since=low, until=high, rater=who))
+
+        board = await asyncio.to_thread(work)
+        figure = await asyncio.to_thread(win_rate_figure, board) if board.stages else None
+        return summary(board), table(board), figure
+
+    event = dict(fn=compute, inputs=[since, until, rater], outputs=[summary_md, board_table, plot])
+    refresh.click(**event)
+    return refresh, event
