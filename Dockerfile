@@ -8,7 +8,8 @@
 # Point STAGECHAT_DATABASE_URL at PostgreSQL to share the store between replicas (compose.yaml).
 # Offline builds: BASE_IMAGE may be any Debian bookworm image (the tests import one made with
 # debootstrap), and pip can read local wheels from a folder mounted at /wheels during the build
-# (`podman build -v /opt/wheels:/wheels:ro`), which is where torch 2.13.0+cpu lies on these machines.
+# (`podman build -v /opt/wheels:/wheels:ro`, where torch 2.13.0+cpu lies on these machines; with
+# `--build-arg PIP_NO_INDEX=1` pip reads nothing else).
 
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 ARG GPU_BASE_IMAGE=docker.io/vllm/vllm-openai:v0.11.0
@@ -20,6 +21,8 @@ FROM ${BASE_IMAGE} AS cpu
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # A CA bundle for pip, when the build reaches PyPI through a TLS-intercepting proxy (mount it in).
 ARG PIP_CERT
+# 1: install from the wheels mounted at /wheels only (an offline build, as in tests/test_container.py).
+ARG PIP_NO_INDEX
 
 # Debian's python3 is 3.11 on bookworm (the CPU torch wheel is cp311); libnuma1 for vLLM's CPU kernels.
 # Versions are not pinned: the suite's Debian snapshot decides them, and pins would break on every
@@ -43,7 +46,7 @@ COPY pyproject.toml ./
 RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['cpu']))" > /tmp/requirements.txt \
     && pip install --no-cache-dir --find-links /wheels ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} \
-        "torch==2.13.0+cpu" -r /tmp/requirements.txt \
+        "torch==2.13.0+cpu" "setuptools>=70" -r /tmp/requirements.txt \
     && pip uninstall -y -q torchvision torchaudio torchcodec \
     && rm /tmp/requirements.txt
 
@@ -51,7 +54,8 @@ COPY README.md ./
 COPY server server
 COPY models models
 COPY ui ui
-RUN pip install --no-cache-dir --no-deps . \
+# No build isolation: the build backend (setuptools) is already in the venv, so no index is needed.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && useradd --create-home --uid 1000 stagechat \
     && mkdir -p /data \
     && chown stagechat:stagechat /data
