@@ -1,7 +1,9 @@
 # stagechat images: pick one with the build target.
 #
-#   CPU (vLLM's CPU build, torch 2.13.0+cpu):  podman build --target cpu -t stagechat:cpu .
-#   GPU (on vLLM's official CUDA image):        podman build --target gpu -t stagechat:gpu .
+#   CPU (vLLM's CPU build, torch 2.13.0+cpu):  podman build --format docker --target cpu -t stagechat:cpu .
+#   GPU (on vLLM's official CUDA image):        podman build --format docker --target gpu -t stagechat:gpu .
+#
+# (`--format docker` keeps the HEALTHCHECK, which the OCI format has no field for; docker build does that anyway.)
 #
 # Both run `stagechat serve` as a non-root user on port 8000, keep checkpoints, rounds and the SQLite
 # store in the volume /data (STAGECHAT_DATA_DIR), and report healthy when GET /ready answers 200.
