@@ -11,7 +11,7 @@ These ops compute the same products grouped by adapter: for each adapter index p
 `x[rows] @ W[index].T`; rows with index -1 (no adapter: vLLM's GPU kernels skip them too) get no
 LoRA term. `register()` swaps them into vLLM's CPU wrapper; it is a vLLM general plugin (entry
 point `vllm.general_plugins` in pyproject.toml), so it runs in the engine-core process, where the
-model runs. `STAGECHAT_FAST_LORA_OPS=1` turns them on (default: off). This module knows tensors and vLLM's
+model runs. `STAGECHAT_FAST_LORA_OPS=0` keeps vLLM's own ops. This module knows tensors and vLLM's
 op signatures; nothing about stages or serving.
 """
 
@@ -22,7 +22,7 @@ import os
 import torch
 
 ENV = "STAGECHAT_FAST_LORA_OPS"
-DEFAULT = "0"
+DEFAULT = "1"  # on: tests/server/test_lora_ops.py checks them against vLLM's ops
 
 
 NO_LORA = object()  # what `_grouped` returns for a batch in which no row has an adapter
