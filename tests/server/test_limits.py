@@ -101,7 +101,7 @@ def test_token_bucket_allows_a_burst_then_the_rate():
 
 def test_over_the_per_key_limit_is_429_and_nothing_reaches_the_engine(fake_app):
     settings = Settings(api_keys=frozenset({"k1", "k2"}), max_concurrent_per_key=1)
-    app, pool = fake_app(settings=settings, delay=0.05)
+    app, pool = fake_app(settings=settings, delay=0.2)  # the first chat holds its slot for about a second
     with ready_client(app, pool) as client, client.websocket_connect("/v1/ws?api_key=k1") as ws:
         engine = pool.built[("fake/base", None)]
         ws.send_json({"type": "chat", "id": 1, **CHAT, "max_tokens": 6})  # holds k1's one slot ...
@@ -167,11 +167,11 @@ def test_websocket_frame_size_and_rate_limits_keep_the_socket(fake_app):
                      + '"}]}')
         error = ws.receive_json()
         assert error["type"] == "error" and error["error"]["code"] == "frame_too_large"
-        for _ in range(12):  # a burst of 10 is allowed (2 s × 5/s), then frames are refused
+        for _ in range(30):  # a burst of 10 is allowed (2 s × 5/s), then 5 a second
             ws.send_text('{"type":"cancel","id":"nope"}')
-        codes = [ws.receive_json()["error"]["code"] for _ in range(12)]
-        assert codes.count("unknown_id") >= 10 and codes.count("rate_limit_exceeded") >= 1
-        assert codes.count("unknown_id") + codes.count("rate_limit_exceeded") == 12
+        codes = [ws.receive_json()["error"]["code"] for _ in range(30)]
+        assert codes.count("unknown_id") >= 10 and codes.count("rate_limit_exceeded") >= 10
+        assert codes.count("unknown_id") + codes.count("rate_limit_exceeded") == 30
         time.sleep(0.5)  # the socket is still open and serves once the rate allows
         ws.send_json({"type": "chat", "id": 2, **CHAT})
         frames = []
