@@ -178,3 +178,17 @@ def test_websocket_frame_size_and_rate_limits_keep_the_socket(fake_app):
         while not frames or frames[-1]["type"] not in ("done", "error"):
             frames.append(ws.receive_json())
         assert frames[-1]["type"] == "done"
+
+
+def test_limits_come_from_flags_and_environment(monkeypatch):
+    from server.cli import LIMIT_FIELDS, parser
+
+    monkeypatch.setenv("STAGECHAT_TOKENS_PER_MINUTE_PER_KEY", "900")
+    monkeypatch.setenv("STAGECHAT_MAX_CONCURRENT_PER_KEY", "7")
+    args = parser().parse_args(["serve", "--max-concurrent-per-key", "3", "--ws-frames-per-second", "2.5"])
+    settings = Settings.from_env(**{name: getattr(args, name) for name in LIMIT_FIELDS})
+    assert settings.max_concurrent_per_key == 3  # the flag wins over the environment
+    assert settings.tokens_per_minute_per_key == 900
+    assert settings.ws_frames_per_second == 2.5
+    assert settings.max_body_bytes == 4 * 1024 * 1024 and settings.max_queued_requests == 1024
+    assert settings.limits == Limits(3, 900, 1024)
