@@ -143,7 +143,9 @@ def test_cpu_image_builds_runs_answers_and_stores_a_rating(podman_conf, base_ima
         path.chmod(0o755 if path.is_dir() else 0o644)
     port, name, volume = free_port(), f"stagechat-test-{os.getpid()}", f"stagechat-test-data-{os.getpid()}"
     began = time.monotonic()
-    _podman("--runtime", "runc", "run", "-d", "--name", name, "--network", "host", "-e", "VLLM_CPU_KVCACHE_SPACE=1",
+    # --shm-size: vLLM's engine processes talk over /dev/shm (160 MiB); podman's default is 64 MiB.
+    _podman("--runtime", "runc", "run", "-d", "--name", name, "--network", "host", "--shm-size", "1g",
+            "-e", "VLLM_CPU_KVCACHE_SPACE=1",
             "-v", f"{models}:/models:ro", "-v", f"{volume}:/data", IMAGE,
             "serve", "--config", "/models/stages.yaml", "--host", "127.0.0.1", "--port", str(port), "--no-ui",
             conf=podman_conf)
@@ -152,8 +154,10 @@ def test_cpu_image_builds_runs_answers_and_stores_a_rating(podman_conf, base_ima
         deadline = time.monotonic() + 600
         while True:
             try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                ready = httpx.get(f"{url}/ready", timeout=2)
+                if ready.status_code == 200:
                     break
+                assert ready.json()["status"] != "failed", _podman("logs", name, conf=podman_conf).stderr[-4000:]
             except httpx.HTTPError:
                 pass
             state = _podman("inspect", "--format", "{{.State.Status}}", name, conf=podman_conf, check=False)
