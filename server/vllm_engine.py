@@ -130,10 +130,13 @@ class VllmEngine:
         )
         finished = False
         score_only = settings.max_tokens == 0  # vLLM generates at least one token: drop it
+        sent_prompt = False
         try:
             async for output in stream:
                 batch = [self._delta(c, settings.logprobs or 0, score_only) for c in output.outputs]
-                if output.prompt_logprobs is not None and batch:
+                # vLLM sends the prompt's logprobs with the first output (later ones carry an empty rest)
+                if output.prompt_logprobs and batch and not sent_prompt:
+                    sent_prompt = True
                     batch[0].prompt_logprobs = _prompt_logprobs(
                         prompt_token_ids, output.prompt_logprobs, settings.prompt_logprobs or 0)
                 yield batch
@@ -146,11 +149,13 @@ class VllmEngine:
     def check(self, settings: SamplingSettings) -> None:
         """vLLM's own request validation (logprob limits, logit-bias ids, structured-output schemas
         compiled by its backend), run before the request so a bad one is a 400, not a broken stream."""
+        from vllm.exceptions import VLLMClientError
+
         config = self._llm.vllm_config
         try:
             _sampling_params(settings).verify(self._llm.model_config, config.speculative_config,
                                               config.structured_outputs_config, self.tokenizer)
-        except (ValueError, TypeError, RuntimeError) as exc:
+        except (VLLMClientError, ValueError, TypeError, RuntimeError) as exc:
             raise EngineRequestError(str(exc), getattr(exc, "parameter", None)) from None
 
     def _delta(self, c, logprobs_k: int, score_only: bool = False) -> Delta:
@@ -238,10 +243,11 @@ def _structured(s: SamplingSettings):
     from vllm.sampling_params import StructuredOutputsParams
 
     kind, value = s.structured.kind, s.structured.value
+    compact = not s.structured.any_whitespace
     if kind == "json":
-        return StructuredOutputsParams(json=value)
+        return StructuredOutputsParams(json=value, disable_any_whitespace=compact)
     if kind == "json_object":
-        return StructuredOutputsParams(json_object=True)
+        return StructuredOutputsParams(json_object=True, disable_any_whitespace=compact)
     if kind == "choice":
         return StructuredOutputsParams(choice=json.loads(value))
     return StructuredOutputsParams(**{kind: value})  # regex, grammar

@@ -1,5 +1,6 @@
 """The UI in a real headless Chromium on scripted engines (a per-token delay makes streaming visible):
-chat streaming, stage switch, stop, regenerate, thumbs, compare + preference, token view.
+chat streaming, stage switch, stop, regenerate, thumbs, compare + preference, token view (and the
+same answer scored by every stage).
 The same flows run on real vLLM in `test_ui_vllm.py`."""
 
 import pytest
@@ -104,4 +105,13 @@ def test_token_view_shows_probabilities_and_temperature_reshaping(server, page, 
     assert "p=0.500" in first.get_attribute("title")
     wait_for(lambda: page.locator("#tokens-plot-reshaped canvas, #tokens-plot-reshaped svg").count() > 0)
     assert page.locator("#tokens-table").inner_text().count("0.5") >= 3
+    # the same answer, scored by every stage (prompt logprobs)
+    page.click("#same-use-picked")
+    wait_for(lambda: "Athi River." in page.locator("#same-answer textarea").input_value())
+    assert page.locator("#same-conversation textarea").input_value() == "Capital of Kenya?"
+    page.click("#same-score")
+    wait_for(lambda: page.locator('#same-html [data-stage="sft"] span.tok').count() > 5)
+    summary = page.locator("#same-summary").inner_text()
+    assert "base" in summary and "sft" in summary and "-0.693" in summary  # the script's p = 1/2 per token
+    assert "p(sft)" in page.locator("#same-table").inner_text()
     page.screenshot(path=str(artifacts / "tokens-fake.png"), full_page=True)
