@@ -168,6 +168,11 @@ class Connection:
             request = ChatCompletionRequest.model_validate({k: v for k, v in frame.items() if k not in _ENVELOPE})
         except ValidationError as exc:
             return await self.error(fid, from_validation_errors(exc.errors()))
+        # What this socket's frames cannot carry is refused, never dropped (use the HTTP API for them).
+        unsupported = next((f for f in ("tools", "prompt_logprobs") if getattr(request, f)), None)
+        if unsupported:
+            return await self.error(fid, bad_request(f"'{unsupported}' is not supported over the WebSocket; "
+                                                     "use POST /v1/chat/completions.", param=unsupported))
         self.seen.add(fid)
         # A task per generation, so one slow stream (or a starting engine) never blocks the others.
         self.running[fid] = asyncio.create_task(self.run_chat(fid, request))

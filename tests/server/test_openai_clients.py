@@ -340,3 +340,20 @@ def test_lm_eval_generation_task_via_local_chat_completions(live_server, lm_eval
     assert 0 <= results["results"]["stagechat_capitals_gen"]["exact_match,none"] <= 1
     samples = results["samples"]["stagechat_capitals_gen"]
     assert len(samples) == len(CAPITALS) and all(isinstance(s["resps"][0][0], str) for s in samples)
+
+
+def test_concurrent_scoring_on_the_lora_engine_leaves_it_serving(aclient, client):
+    """Prompt logprobs in a step shared with other requests used to kill vLLM's CPU LoRA engine
+    (server/vllm_patches.py)."""
+    async def run():
+        scoring = [aclient.completions.create(model=stage, prompt="The capital of Kenya is Nairobi", max_tokens=0,
+                                              echo=True, logprobs=0) for stage in ("base", "sft", "base", "sft")]
+        chatting = [aclient.chat.completions.create(model="sft", messages=MESSAGES, max_tokens=8) for _ in range(4)]
+        return await asyncio.gather(*scoring, *chatting)
+
+    results = asyncio.run(run())
+    base, sft = results[0].choices[0].logprobs.token_logprobs, results[1].choices[0].logprobs.token_logprobs
+    assert base == pytest.approx(results[2].choices[0].logprobs.token_logprobs, abs=2e-3)
+    assert sft == pytest.approx(results[3].choices[0].logprobs.token_logprobs, abs=2e-3)
+    assert base[1:] != pytest.approx(sft[1:], abs=1e-3)  # the adapter changes the scores
+    assert client.completions.create(model="base", prompt="Hello", max_tokens=2).choices[0].text is not None

@@ -397,3 +397,13 @@ def test_a_valid_key_in_header_or_query_is_the_rater(make_client, tmp_path, stor
         ws.send_json({"type": "feedback", "response_id": response_id, "rating": "up"})
         assert ws.receive_json()["feedback"]["client_id"] == client_id_for("k1")
     assert store.get_generation(response_id).client_id == client_id_for("k1")
+
+
+@pytest.mark.parametrize("field", [
+    {"tools": [{"type": "function", "function": {"name": "weather"}}]}, {"prompt_logprobs": 1}])
+def test_fields_frames_cannot_carry_are_refused(client, field):
+    with client.websocket_connect("/v1/ws") as ws:
+        ws.send_json({"type": "chat", "id": "t", "model": "base", "messages": [{"role": "user", "content": "hi"}],
+                      **field})
+        error = ws.receive_json()
+    assert error["type"] == "error" and error["error"]["param"] == next(iter(field))
