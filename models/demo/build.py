@@ -56,9 +56,9 @@ class Size:
 
 
 SIZES = {
-    # Measured on a shared 2-core machine with one training thread: data+tokenizer 1 s, base 317 s
-    # (1.2M params, 500 steps of 32x128 tokens), sft 36 s, rlhf 62 s, draft 44 s; 460 s in all.
-    # Eval through vLLM: base completion 0.997, sft qa 0.988 / style 0.0, rlhf qa 0.998 / style 0.986.
+    # Measured on a shared 2-core machine, STAGECHAT_BUILD_THREADS=1: data+tokenizer 1 s, base 287 s
+    # (1.38M params, 500 steps of 32x128 tokens), sft 127 s, dpo 409 s, draft 70 s, rm 117 s, rlhf 92 s;
+    # ~1,100 s in all. Eval figures (and the reward hacking the rlhf round shows): README, demo family.
     "full": Size(
         prose_docs=20_000,
         vocab_size=4096,  # the corpus yields ~2.6k merges before running out; the cap is not reached
@@ -67,12 +67,12 @@ SIZES = {
         sft_per_country=12,
         sft_plan=AdapterPlan(steps=800, batch_size=16, lr=3e-3),
         rank_per_country=4,
-        dpo_plan=AdapterPlan(steps=350, batch_size=16, lr=1e-3),
+        dpo_plan=AdapterPlan(steps=600, batch_size=16, lr=2e-3),
         draft_per_country=8,
         draft_shape=ModelShape(hidden=64, layers=2, heads=2, intermediate=192),
         draft_plan=TrainPlan(steps=300, batch_size=32, seq_len=128, lr=5e-3),
-        rm_plan=RewardPlan(steps=300, batch_size=16, lr=5e-4, max_length=128),
-        rl_plan=RLPlan(steps=150, kl_coef=0.05, num_generations=4, batch_size=16, lr=1e-3,
+        rm_plan=RewardPlan(steps=800, batch_size=16, lr=3e-4, max_length=128),
+        rl_plan=RLPlan(steps=250, kl_coef=0.2, num_generations=4, batch_size=16, lr=3e-4,
                        max_completion_length=40, eval_samples=2),
         rl_held_out=16,
     ),
