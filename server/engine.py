@@ -21,10 +21,6 @@ class StructuredOutput:
 
     kind: str
     value: str = ""
-    # JSON kinds: whitespace between tokens is free (vLLM's default) or not (compact JSON, the
-    # default here: on small models free whitespace lets decoding wander in newlines until
-    # max_tokens, which turns a valid schema into truncated JSON)
-    any_whitespace: bool = False
 
 
 class EngineRequestError(ValueError):

@@ -129,7 +129,6 @@ class StructuredOutputs(_Strict):
     choice: Annotated[list[str], Field(min_length=1)] | None = None
     grammar: str | None = None
     json_object: Literal[True] | None = None
-    disable_any_whitespace: bool = True  # JSON kinds: compact JSON (False: vLLM's free whitespace)
 
     @model_validator(mode="after")
     def _exactly_one(self):
@@ -142,10 +141,9 @@ class StructuredOutputs(_Strict):
     def constraint(self) -> StructuredOutput:
         if self.json_ is not None:
             schema = json.loads(self.json_) if isinstance(self.json_, str) else self.json_
-            return StructuredOutput("json", json.dumps(_checked_schema(schema)),
-                                    any_whitespace=not self.disable_any_whitespace)
+            return StructuredOutput("json", json.dumps(_checked_schema(schema)))
         if self.json_object:
-            return StructuredOutput("json_object", any_whitespace=not self.disable_any_whitespace)
+            return StructuredOutput("json_object")
         if self.choice is not None:
             return StructuredOutput("choice", json.dumps(self.choice))
         if self.regex is not None:

@@ -84,6 +84,7 @@ class VllmEngine:
             # per-request acceptance figures (CompletionOutput.spec_decode_metrics)
             args["per_request_spec_decode_metrics"] = "summary"
         args.update(self._engine_args)
+        args["structured_outputs_config"] = _structured_outputs_config(args.get("structured_outputs_config"))
         return AsyncEngineArgs(**args)
 
     async def start(self) -> None:
@@ -198,6 +199,18 @@ class VllmEngine:
             self._cpus = None
 
 
+def _structured_outputs_config(given):
+    """Compact JSON by default: vLLM 0.32 sets whitespace per engine, not per request, and free
+    whitespace let small models wander in newlines until max_tokens, truncating the JSON. It needs
+    the xgrammar backend (which compiles JSON schemas, regexes, choices and EBNF grammars). The
+    registry's `engine: {structured_outputs_config: {...}}` overrides either."""
+    from vllm.config import StructuredOutputsConfig
+
+    if isinstance(given, StructuredOutputsConfig):
+        return given
+    return StructuredOutputsConfig(**{"backend": "xgrammar", "disable_any_whitespace": True, **(given or {})})
+
+
 def _draft_model_on_cpu(config: dict[str, Any] | None) -> bool:
     """vLLM 0.32's CPU build samples wrongly with a draft model at temperature > 0: the tokens after
     the first come from another distribution (chi-square p ~ 1e-23 over 200 seeds; the target as its
@@ -243,11 +256,10 @@ def _structured(s: SamplingSettings):
     from vllm.sampling_params import StructuredOutputsParams
 
     kind, value = s.structured.kind, s.structured.value
-    compact = not s.structured.any_whitespace
     if kind == "json":
-        return StructuredOutputsParams(json=value, disable_any_whitespace=compact)
+        return StructuredOutputsParams(json=value)
     if kind == "json_object":
-        return StructuredOutputsParams(json_object=True, disable_any_whitespace=compact)
+        return StructuredOutputsParams(json_object=True)
     if kind == "choice":
         return StructuredOutputsParams(choice=json.loads(value))
     return StructuredOutputsParams(**{kind: value})  # regex, grammar

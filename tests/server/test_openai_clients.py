@@ -32,9 +32,10 @@ def client(live_server):
     return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="none", max_retries=0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def aclient(live_server):
-    return openai.AsyncOpenAI(base_url=f"{live_server.url}/v1", api_key="none", max_retries=0)
+    """A factory: an async client belongs to the event loop it is used on (one per asyncio.run)."""
+    return lambda: openai.AsyncOpenAI(base_url=f"{live_server.url}/v1", api_key="none", max_retries=0)
 
 
 # -- prompt logprobs, scoring, prompt lists --------------------------------------------------------
@@ -216,9 +217,10 @@ def test_tokenize_and_detokenize(client, live_server):
 
 def test_async_client_scores_and_constrains_concurrently(aclient):
     async def run():
-        scoring = aclient.completions.create(model="base", prompt=["Hello there", "I am a small model"],
+        aclient_ = aclient()
+        scoring = aclient_.completions.create(model="base", prompt=["Hello there", "I am a small model"],
                                              max_tokens=0, echo=True, logprobs=0)
-        constrained = aclient.chat.completions.create(
+        constrained = aclient_.chat.completions.create(
             model="sft", messages=MESSAGES, max_tokens=60, temperature=0.9, seed=4,
             response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}})
         return await asyncio.gather(scoring, constrained)
@@ -346,9 +348,10 @@ def test_concurrent_scoring_on_the_lora_engine_leaves_it_serving(aclient, client
     """Prompt logprobs in a step shared with other requests used to kill vLLM's CPU LoRA engine
     (server/vllm_patches.py)."""
     async def run():
-        scoring = [aclient.completions.create(model=stage, prompt="The capital of Kenya is Nairobi", max_tokens=0,
+        client_ = aclient()
+        scoring = [client_.completions.create(model=stage, prompt="The capital of Kenya is Nairobi", max_tokens=0,
                                               echo=True, logprobs=0) for stage in ("base", "sft", "base", "sft")]
-        chatting = [aclient.chat.completions.create(model="sft", messages=MESSAGES, max_tokens=8) for _ in range(4)]
+        chatting = [client_.chat.completions.create(model="sft", messages=MESSAGES, max_tokens=8) for _ in range(4)]
         return await asyncio.gather(*scoring, *chatting)
 
     results = asyncio.run(run())
