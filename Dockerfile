@@ -26,12 +26,13 @@ ARG PIP_CERT
 # 1: install from the wheels mounted at /wheels only (an offline build, as in tests/test_container.py).
 ARG PIP_NO_INDEX
 
-# Debian's python3 is 3.11 on bookworm (the CPU torch wheel is cp311); libnuma1 for vLLM's CPU kernels.
+# Debian's python3 is 3.11 on bookworm (the CPU torch wheel is cp311); libnuma1 for vLLM's CPU kernels;
+# g++ because vLLM's CPU backend compiles its model with torch inductor at engine start.
 # Versions are not pinned: the suite's Debian snapshot decides them, and pins would break on every
 # point release of bookworm.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates libnuma1 \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev ca-certificates libnuma1 g++ \
     && rm -rf /var/lib/apt/lists/*
 
 ENV VIRTUAL_ENV=/opt/venv \
