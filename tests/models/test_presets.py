@@ -56,8 +56,10 @@ def test_smollm2_drafts_share_the_family(tmp_path):
 
 def test_demo_registry_shape(tmp_path):
     registry = load_registry(MODELS / "stages.yaml", data_dir=tmp_path, check_paths=False)
-    assert list(registry.stages) == ["base", "sft", "rlhf"]
-    assert registry.parent("sft") == "base" and registry.parent("rlhf") == "sft"
+    assert list(registry.stages) == ["base", "sft", "dpo", "rlhf"]
+    assert registry.parent("sft") == "base" and registry.parent("rlhf") == "sft" and registry.parent("dpo") == "sft"
+    assert list(registry.reward_models) == ["rm"]
+    assert registry.reward_models["rm"].model == str(tmp_path / "demo" / "rm")
     assert registry.root("rlhf") == "base"
     assert registry.stages["rlhf"].adapter == str(tmp_path / "demo" / "rlhf")
     assert set(registry.speculative_methods("rlhf")) == {"draft_model", "ngram"}
