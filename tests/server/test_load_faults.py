@@ -89,14 +89,19 @@ def test_a_client_dropping_100_streams_at_once_frees_every_engine_slot(live_serv
             for _ in range(n):
                 await started.acquire()
             assert metric(url, "stagechat_engine_unfinished_requests") > 0
+            owed = n * max_tokens - (metric(url, "vllm:generation_tokens_total") - generated_before)
             drop.set()
             await asyncio.gather(*tasks)
+            return owed  # tokens the streams had still to generate when they were dropped
 
-    asyncio.run(go())
+    owed = asyncio.run(go())
     wait_for_metric(url, "stagechat_engine_unfinished_requests", 0)
     wait_for_metric(url, "stagechat_in_flight_requests", 0)
-    # The engine stopped early: far fewer tokens than the streams asked for.
-    assert metric(url, "vllm:generation_tokens_total") - generated_before < n * max_tokens / 2
+    # The engine stopped early: after the drop it generated far fewer tokens than the streams still
+    # owed. (Measured against what was owed at the drop, not against all they asked for: on a busy
+    # machine the first streams can be far along before the hundredth one has its first token.)
+    generated_after_drop = metric(url, "vllm:generation_tokens_total") - generated_before - (n * max_tokens - owed)
+    assert generated_after_drop < owed / 2, f"{generated_after_drop} tokens generated after the drop, {owed} owed"
 
 
 def test_kill_9_during_streams_and_ratings_loses_no_acknowledged_rating(tiny_family, tmp_path):
