@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from models.rlhf_round import RoundError, reload_server
+from models.rlhf_round import RoundError, new_round_dir, reload_server
 
 log = logging.getLogger(__name__)
 
@@ -213,20 +213,12 @@ def build_reward_model(*, config: Path, from_stage: str, name: str, database_url
     """Train, save and register reward model `name` (see the module docstring); raises `RoundError` /
     `RegistryError`, changing nothing."""
     from server.registry import load_registry
-    from server.registry_file import STAGE_NAME, add_reward_model
+    from server.registry_file import add_reward_model
     from server.store import Store
 
     plan = plan or RewardPlan()
     registry = load_registry(config, data_dir=data_dir)
-    if from_stage not in registry.stages:
-        raise RoundError(f"--from-stage '{from_stage}' is not a stage of {config} ({', '.join(registry.stages)})")
-    if name in registry.stages or name in registry.reward_models:
-        raise RoundError(f"'{name}' already names a stage or reward model in {config}; pick another --name")
-    if not STAGE_NAME.match(name):
-        raise RoundError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
-    out_dir = data_dir / "reward_models" / name
-    if out_dir.exists():
-        raise RoundError(f"{out_dir} already exists; pick another --name or remove it")
+    out_dir = new_round_dir(registry, config, from_stage, name, data_dir, folder="reward_models")
 
     store = Store(database_url)
     try:

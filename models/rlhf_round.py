@@ -191,17 +191,18 @@ def train_round(*, config: Path, from_stage: str, name: str, method: str, databa
     return RoundResult(name, out_dir, len(rows), steps, seconds, loss, reloaded)
 
 
-def new_round_dir(registry, config: Path, from_stage: str, name: str, data_dir: Path) -> Path:
-    """`{data_dir}/rounds/<name>` once the names check out; raises `RoundError` otherwise."""
+def new_round_dir(registry, config: Path, from_stage: str, name: str, data_dir: Path, folder: str = "rounds") -> Path:
+    """`{data_dir}/<folder>/<name>` once the names check out; raises `RoundError` otherwise."""
     from server.registry_file import STAGE_NAME
 
     if from_stage not in registry.stages:
         raise RoundError(f"--from-stage '{from_stage}' is not a stage of {config} ({', '.join(registry.stages)})")
     if name in registry.stages or name in registry.reward_models:
-        raise RoundError(f"stage '{name}' already exists in {config}; pick another --name")
+        raise RoundError(f"'{name}' already exists in {config}: it already names a stage or reward model; "
+                         "pick another --name")
     if not STAGE_NAME.match(name):
         raise RoundError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
-    out_dir = data_dir / "rounds" / name
+    out_dir = data_dir / folder / name
     if out_dir.exists():
         raise RoundError(f"{out_dir} already exists; pick another --name or remove it")
     return out_dir

@@ -678,23 +678,10 @@ class Store:
         if not 1 <= limit <= 1000:
             raise InvalidFeedback("'limit' must be between 1 and 1000.", "limit")
         model: Any = _ROWS[kind]
-        query = sa.select(model)
-        if rater is not None:
-            query = query.where(model.rater == rater)
-        if since is not None:
-            query = query.where(model.updated_at >= since)
-        if until is not None:
-            query = query.where(model.updated_at < until)
         with self._read() as session:
-            if after is not None:
-                cursor = session.scalars(sa.select(model).where(model.id == after)).one_or_none()
-                if cursor is None:
-                    raise InvalidFeedback(f"'after' names no {kind}: {after!r}.", "after")
-                query = query.where(sa.or_(
-                    model.updated_at < cursor.updated_at,
-                    sa.and_(model.updated_at == cursor.updated_at, model.seq < cursor.seq),
-                ))
-            rows = session.scalars(query.order_by(model.updated_at.desc(), model.seq.desc()).limit(limit + 1)).all()
+            query = _newest_first_page(session, sa.select(model), model, kind, rater=rater, since=since,
+                                       until=until, limit=limit, after=after)
+            rows = session.scalars(query).all()
             page = [self._plain(session, kind, row) for row in rows[:limit]]
         return page, len(rows) > limit
 
@@ -735,23 +722,9 @@ class Store:
             query = query.where(GenerationRow.stage == stage)
         if rating is not None:
             query = query.where(FeedbackRow.rating == rating)
-        if rater is not None:
-            query = query.where(FeedbackRow.rater == rater)
-        if since is not None:
-            query = query.where(FeedbackRow.updated_at >= since)
-        if until is not None:
-            query = query.where(FeedbackRow.updated_at < until)
         with self._read() as session:
-            if after is not None:
-                cursor = session.scalars(sa.select(FeedbackRow).where(FeedbackRow.id == after)).one_or_none()
-                if cursor is None:
-                    raise InvalidFeedback(f"'after' names no feedback: {after!r}.", "after")
-                # (updated_at, seq) is a total order, so pages neither skip nor repeat rows.
-                query = query.where(sa.or_(
-                    FeedbackRow.updated_at < cursor.updated_at,
-                    sa.and_(FeedbackRow.updated_at == cursor.updated_at, FeedbackRow.seq < cursor.seq),
-                ))
-            query = query.order_by(FeedbackRow.updated_at.desc(), FeedbackRow.seq.desc()).limit(limit + 1)
+            query = _newest_first_page(session, query, FeedbackRow, "feedback", rater=rater, since=since,
+                                       until=until, limit=limit, after=after)
             rows = session.execute(query).all()
         page = [_feedback(row, stage_) for row, stage_ in rows[:limit]]
         return page, len(rows) > limit
@@ -975,3 +948,25 @@ def _correction(row: CorrectionRow, stage: str) -> Correction:
     return Correction(id=row.id, response_id=row.response_id, stage=stage, rater=row.rater,
                       completion=row.completion, comment=row.comment, created_at=row.created_at,
                       updated_at=row.updated_at)
+
+
+def _newest_first_page(session: Session, query: Any, model: Any, kind: str, *, rater: str | None,
+                       since: datetime | None, until: datetime | None, limit: int, after: str | None) -> Any:
+    """`query` on `model` filtered by rater and `updated_at`, newest first, one page (+1 row to tell
+    whether more follow) after the row whose id is `after`."""
+    if rater is not None:
+        query = query.where(model.rater == rater)
+    if since is not None:
+        query = query.where(model.updated_at >= since)
+    if until is not None:
+        query = query.where(model.updated_at < until)
+    if after is not None:
+        cursor = session.scalars(sa.select(model).where(model.id == after)).one_or_none()
+        if cursor is None:
+            raise InvalidFeedback(f"'after' names no {kind}: {after!r}.", "after")
+        # (updated_at, seq) is a total order, so pages neither skip nor repeat rows.
+        query = query.where(sa.or_(
+            model.updated_at < cursor.updated_at,
+            sa.and_(model.updated_at == cursor.updated_at, model.seq < cursor.seq),
+        ))
+    return query.order_by(model.updated_at.desc(), model.seq.desc()).limit(limit + 1)
