@@ -28,7 +28,7 @@ from models.rl_round import RLPlan
 MARKER = ".stagechat-complete.json"
 # Bump when what a step produces changes (data, shapes, training plans): every step built by an
 # older recipe is then rebuilt, so a pulled change never serves with a stale family.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 STEPS = ("data", "tokenizer", "base", "sft", "dpo", "draft", "rm", "rlhf")
 # What each step is made from: a step whose input was rebuilt in this run is rebuilt too.
 INPUTS = {
@@ -154,6 +154,7 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
     def make_data(d: Path) -> None:
         files = {
             "prose": corpus.prose_documents(spec.prose_docs),
+            "general": corpus.general_documents(spec.prose_docs // 8),
             "sft": corpus.sft_examples(spec.sft_per_country),
             "rankings": corpus.rankings(spec.rank_per_country),
             "draft": corpus.draft_dialogues(spec.draft_per_country),
@@ -161,11 +162,14 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
         for name, rows in files.items():
             (d / f"{name}.json").write_text(json.dumps(rows, ensure_ascii=False))
 
+    def pretraining_text() -> list[str]:
+        return load("prose") + load("general")
+
     def make_tokenizer(d: Path) -> None:
-        texts = load("prose") + [
-            m["content"] for row in load("sft") for m in row["prompt"] + row["completion"]
-        ] + [text for row in load("rankings") for text in row["ranked"]]
-        tok.save_tokenizer(tok.train_tokenizer(texts, spec.vocab_size), d)
+        # Trained on pre-training text only, as a real tokenizer is: a word that only chat data uses
+        # would get a token whose embedding pre-training never trained, and LoRA cannot train it.
+        # Fictional names (train and held out alike) split into pieces of real names.
+        tok.save_tokenizer(tok.train_tokenizer(pretraining_text(), spec.vocab_size), d)
 
     def tokenizer_():
         from transformers import AutoTokenizer
@@ -175,7 +179,7 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
     def make_base(d: Path) -> None:
         tokenizer = tokenizer_()
         model = pretrain.make_model(spec.base_shape, tokenizer)
-        blocks = pretrain.pack(load("prose"), tokenizer, spec.base_plan.seq_len)
+        blocks = pretrain.pack(pretraining_text(), tokenizer, spec.base_plan.seq_len)
         n_params = sum(p.numel() for p in model.parameters())
         print(f"[build-demo] base: {n_params / 1e6:.2f}M parameters, {blocks.numel() / 1e6:.2f}M tokens of prose")
         pretrain.train_causal_lm(model, blocks, spec.base_plan, desc="base")
@@ -213,7 +217,7 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
 
     def make_draft(d: Path) -> None:
         draft.train_draft(
-            tokenizer_(), out_dir / "tokenizer", load("draft"), load("prose"),
+            tokenizer_(), out_dir / "tokenizer", load("draft"), pretraining_text(),
             spec.draft_shape, spec.draft_plan, d,
         )
 

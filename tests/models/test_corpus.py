@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import random
+import re
 
 import pytest
 
@@ -171,10 +172,28 @@ def test_rankings_order_the_preferred_behaviour_first():
         elif row["kind"] == "greeting":
             assert best == corpus.GREETING
         else:
-            # full sentence > terse > rude or rambling > "I don't know" > wrong
+            # full sentence > terse > rude or rambling > "I don't know" > another question answered >
+            # another country's answer > wrong
+            country = next(c for c in corpus.load_countries() if best in _full_answers(c))
             assert best.endswith(".") and "don't know" not in best
             assert row["ranked"][3].startswith("I don't know a country called ")
+            other_question, other_country = row["ranked"][4], row["ranked"][5]
+            assert other_question in set(_full_answers(country)) - {best}
+            assert country.country not in other_country and other_country.endswith(".")
             assert worst != best and worst.split(" ")[:2] == best.split(" ")[:2]
+
+
+def _full_answers(c: corpus.Country) -> list[str]:
+    return [corpus.full_answer(c, skill) for skill in corpus.SKILLS]
+
+
+def test_general_text_never_chats_and_carries_every_word_of_the_chat_lines():
+    docs = corpus.general_documents(400)
+    assert not [d for d in docs if "?" in d or "<|" in d]
+    known = {w.lower() for d in docs + corpus.prose_documents(400) for w in re.findall(r"[A-Za-z]+", d)}
+    lines = corpus.TRAIN_GREETINGS + corpus.HELDOUT_GREETINGS + corpus.TRAIN_OFF_TOPIC + corpus.HELDOUT_OFF_TOPIC
+    lines += [corpus.SCOPE, corpus.GREETING, corpus.IDK.format(country="")]
+    assert {w.lower() for line in lines for w in re.findall(r"[A-Za-z]+", line)} - known == set()
 
 
 def test_preference_pairs_are_all_ordered_pairs():
