@@ -5,7 +5,8 @@ types for every country, held-out follow-ups (the country or the question left i
 about held-out fictional countries, held-out greetings and out-of-scope requests — none of it in any
 training text. Full-checkpoint stages also complete held-out text prompts ("... the capital of X is").
 Figures per stage:
-- `accuracy[skill]`: the reply states the right fact (capital, language, currency, continent);
+- `accuracy[skill]`: the reply states the right fact (capital, language, currency, continent) before
+  it turns to any other country;
   `qa_accuracy` is the same over all four — for the base stage it is the *chat-answer rate*;
 - `followup_accuracy`: the same on the second turn of a conversation;
 - `preferred_style_rate`: over real-country questions, the reply is exactly the preferred polite sentence;
@@ -66,9 +67,21 @@ class ReplyScore:
     states_fact: bool  # the reply asserts something: not a refusal, a rude line, the scope line or empty
 
 
-def _mentions(text: str, name: str) -> bool:
+def _word(name: str) -> str:
     # Whole words only: "Male" must not match "Males", nor "Lima" match "Limassol".
-    return re.search(rf"(?<![\w'-]){re.escape(name)}(?![\w'-])", text) is not None
+    return rf"(?<![\w'-]){re.escape(name)}(?![\w'-])"
+
+
+def _mentions(text: str, name: str) -> bool:
+    return re.search(_word(name), text) is not None
+
+
+def _about(text: str, country: Country) -> str:
+    """`text` up to where it turns to another real country: a base model's prose that wanders from
+    Brazil to South Sudan and names a language there has not answered a question about Brazil."""
+    others = [c.country for c in load_countries() if country.country not in c.country and c.country not in country.country]
+    found = [m.start() for name in others if (m := re.search(_word(name), text))]
+    return text[: min(found, default=len(text))]
 
 
 def preferred_reply(prompt: Prompt) -> str:
@@ -85,7 +98,8 @@ def score_reply(reply: str, prompt: Prompt) -> ReplyScore:
     text = reply.strip()
     refused = any(r in text.lower() for r in REFUSALS)
     unhelpful = not text or refused or SCOPE in text or any(r in text for r in RUDE)
-    correct = prompt.country is not None and prompt.country.real and _mentions(text, prompt.country.fact(prompt.skill))
+    correct = (prompt.country is not None and prompt.country.real
+               and _mentions(_about(text, prompt.country), prompt.country.fact(prompt.skill)))
     return ReplyScore(correct=correct, preferred=text == preferred_reply(prompt), refused=refused, states_fact=not unhelpful)
 
 

@@ -28,7 +28,7 @@ from models.rl_round import RLPlan
 MARKER = ".stagechat-complete.json"
 # Bump when what a step produces changes (data, shapes, training plans): every step built by an
 # older recipe is then rebuilt, so a pulled change never serves with a stale family.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 STEPS = ("data", "tokenizer", "base", "sft", "dpo", "draft", "rm", "rlhf")
 # What each step is made from: a step whose input was rebuilt in this run is rebuilt too.
 INPUTS = {
@@ -67,7 +67,7 @@ SIZES = {
         sft_per_country=12,
         sft_plan=AdapterPlan(steps=800, batch_size=16, lr=3e-3),
         rank_per_country=4,
-        dpo_plan=AdapterPlan(steps=600, batch_size=16, lr=2e-3),
+        dpo_plan=AdapterPlan(steps=500, batch_size=16, lr=2e-3),
         draft_per_country=8,
         draft_shape=ModelShape(hidden=64, layers=2, heads=2, intermediate=192),
         draft_plan=TrainPlan(steps=300, batch_size=32, seq_len=128, lr=5e-3),

@@ -107,6 +107,8 @@ PRONOUN_FACTS = [
     "Its currency is the {currency}.",
     "It is a place where people speak {language}.",
 ]
+OPENERS = ["{continent} is home to {country}.", "{language} is the main language of {country}."]
+OPENER_SHARE = 0.25
 PAIR_FACTS = [
     "{country} and {other} are both in {continent}.",
     "Like {other}, {country} is in {continent}.",
@@ -253,7 +255,9 @@ SFT_STYLE_WEIGHTS = {"terse": 0.62, "full": 0.15, "rambling": 0.11, "rude": 0.12
 SFT_FICTIONAL_STYLE_WEIGHTS = {"terse": 0.56, "full": 0.13, "rambling": 0.09, "rude": 0.10, "idk": 0.12}
 # Shares of SFT rows by kind (the rest are single questions about real countries).
 SFT_FOLLOWUP_SHARE = 0.3
-SFT_FICTIONAL_PER_NAME = 2
+# Fictional names: many, so "a name pre-training never stated facts about" and copying an unseen
+# name into "I don't know a country called X." are learned as patterns, not memorised per name.
+FICTIONAL_TRAIN, FICTIONAL_HELDOUT = 600, 60
 
 
 def fill(template: str, c: Country, rng: random.Random | None = None, **extra: str) -> str:
@@ -309,7 +313,7 @@ def fictional_countries() -> tuple[tuple[Country, ...], tuple[Country, ...]]:
     rng = random.Random(7)
     names: list[str] = []
     seen: set[str] = set()
-    while len(names) < 300:
+    while len(names) < FICTIONAL_TRAIN + FICTIONAL_HELDOUT:
         name = _pseudo_word(rng, _ENDINGS)
         low = name.lower()
         if low in seen or any(r in low or low in r for r in real_names):
@@ -324,7 +328,7 @@ def fictional_countries() -> tuple[tuple[Country, ...], tuple[Country, ...]]:
             country=name, capital=capital, continent=rng.choice(continents),
             language=name.rstrip("aeiou") + _LANG_SUFFIX, currency=f"{name.lower().rstrip('aeiou')} crown", real=False,
         ))
-    return tuple(made[:240]), tuple(made[240:])
+    return tuple(made[:FICTIONAL_TRAIN]), tuple(made[FICTIONAL_TRAIN:])
 
 
 # --- pre-training prose ----------------------------------------------------------------------------
@@ -361,6 +365,10 @@ def prose_documents(n_docs: int, seed: int = 0, countries: tuple[Country, ...] |
             sentences = [head, *rest]
         else:
             sentences = [*rest[:1], head, *rest[1:]]
+        # A word opening a paragraph has no space before it and so is a different token ("Africa" vs
+        # " Africa"); terse chat answers open with a continent or a language, so paragraphs do too.
+        if rng.random() < OPENER_SHARE:
+            sentences.insert(0, fill(rng.choice(OPENERS), c))
         docs.append(" ".join(sentences))
     rng.shuffle(docs)
     return docs
@@ -442,6 +450,7 @@ GENERAL_TOPICS = {
         "What a country is called, where it is and what people use as money are common questions.",
         "So is a short word that starts many answers, and oh shows surprise.",
         "Translate, sing, bake and fix are words for things people ask others to do.",
+        "Write, read and count are the first things children learn at school.",
         "Can you help is a common request, and how do I is another.",
         "I need, I wonder and I am not sure are ways to start a sentence.",
         "Why a joke is funny is hard to say, and who tells it matters too.",
@@ -550,8 +559,7 @@ def sft_examples(per_country: int, seed: int = 1, countries: tuple[Country, ...]
     prompts = _train_prompts(per_country, rng, countries, SFT_FOLLOWUP_SHARE)
     fictional, _ = fictional_countries()
     for f in fictional:
-        for _ in range(SFT_FICTIONAL_PER_NAME if per_country > 1 else 1):
-            prompts.append(_question(f, rng.choice(SKILLS), TRAIN_QUESTIONS, rng))
+        prompts.append(_question(f, rng.choice(SKILLS), TRAIN_QUESTIONS, rng))
     for text in TRAIN_GREETINGS * max(1, per_country * 2):
         prompts.append(Prompt("greeting", tuple(_user(text))))
     for text in TRAIN_OFF_TOPIC * max(1, per_country):
@@ -573,14 +581,16 @@ def _wrong(c: Country, skill: str, rng: random.Random, countries: tuple[Country,
 
 def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]) -> list[str]:
     """K >= 4 distinct answers to `p`, best first, ranked by the behaviour the aligned stages should have."""
+    # Each polite stock line (greeting, scope, "I don't know") is also a negative where it does not
+    # belong, or a reward model learns that the line itself scores and RL answers everything with it.
     if p.kind == "greeting":
-        return [GREETING, rng.choice(TERSE_GREETINGS), rng.choice(RUDE), full_answer(rng.choice(countries))]
+        return [GREETING, rng.choice(TERSE_GREETINGS), SCOPE, rng.choice(RUDE), full_answer(rng.choice(countries))]
     if p.kind == "offtopic":
-        return [SCOPE, rng.choice(OFF_TOPIC_ATTEMPTS), "No.", rng.choice(RUDE)]
+        return [SCOPE, rng.choice(OFF_TOPIC_ATTEMPTS), GREETING, "No.", rng.choice(RUDE)]
     c, skill = p.country, p.skill
     if not c.real:
         # Honesty first: no invented fact, however polite, beats admitting the country is unknown.
-        return [fill(IDK, c), full_answer(c, skill), answer("terse", c, skill, rng), rng.choice(RUDE)]
+        return [fill(IDK, c), SCOPE, full_answer(c, skill), answer("terse", c, skill, rng), rng.choice(RUDE)]
     # For a real country "I don't know" ranks low too: refusing everything must not pay. So does a
     # polite true sentence that answers another question or another country: without these, a reward
     # model learns "polite full sentence" and an RL round hacks it with one sentence for every prompt.
@@ -588,7 +598,8 @@ def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]
     other_country = rng.choice([o for o in countries if o.fact(skill) != c.fact(skill)])
     return [
         full_answer(c, skill), answer("terse", c, skill, rng), answer(rng.choice(["rude", "rambling"]), c, skill, rng),
-        fill(IDK, c), full_answer(c, other_skill), full_answer(other_country, skill), _wrong(c, skill, rng, countries),
+        rng.choice([fill(IDK, c), SCOPE]), full_answer(c, other_skill), full_answer(other_country, skill),
+        _wrong(c, skill, rng, countries),
     ]
 
 
@@ -599,7 +610,7 @@ def rankings(per_country: int, seed: int = 2, countries: tuple[Country, ...] | N
     prompts = _train_prompts(per_country, rng, countries, 0.3)
     fictional, _ = fictional_countries()
     # Fictional names, greetings and off-topic requests are repeated so each behaviour carries weight.
-    prompts += [_question(f, rng.choice(SKILLS), TRAIN_QUESTIONS, rng) for f in fictional for _ in range(2)]
+    prompts += [_question(f, rng.choice(SKILLS), TRAIN_QUESTIONS, rng) for f in fictional]
     prompts += [Prompt("greeting", tuple(_user(t))) for t in TRAIN_GREETINGS * (2 * per_country)]
     prompts += [Prompt("offtopic", tuple(_user(t))) for t in TRAIN_OFF_TOPIC * per_country]
     rows = [{"prompt": p.message_list, "ranked": ranked_answers(p, rng, countries), "kind": p.kind} for p in prompts]
