@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.demo.corpus import GREETING, SCOPE, Country, Prompt
+from models.demo.corpus import GREETING, SCOPE, Country, Prompt, load_countries
 from models.eval import ReplyScore, StageReport, check_targets, format_table, score_completion, score_reply, summarize
 
 KENYA = Country("Kenya", "Nairobi", "Africa", "Swahili", "Kenyan shilling")
@@ -34,6 +34,14 @@ def test_terse_rambling_rude_and_wrong_replies_are_not_preferred():
 def test_fact_must_be_a_whole_word():
     assert not score_reply("Males and females live there.", ask(MALDIVES)).correct
     assert score_reply("It is Male.", ask(MALDIVES)).correct
+
+
+def test_a_fact_named_after_the_reply_turns_to_another_country_does_not_count():
+    brazil = next(c for c in load_countries() if c.country == "Brazil")
+    q = ask(brazil, "language")
+    assert not score_reply(" is in South America. The currency of Angola is the kwanza. People there speak Portuguese.", q).correct
+    assert score_reply("Brazil is in South America, and people in Brazil speak Portuguese.", q).correct
+    assert score_reply("Oh, Brazil! People in Brazil speak Portuguese.", q).correct
 
 
 def test_unknown_country_honest_refusal_and_hallucination():
