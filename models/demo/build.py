@@ -56,9 +56,9 @@ class Size:
 
 
 SIZES = {
-    # Measured on a shared 2-core machine, STAGECHAT_BUILD_THREADS=1: data+tokenizer 1 s, base 287 s
-    # (1.38M params, 500 steps of 32x128 tokens), sft 127 s, dpo 409 s, draft 70 s, rm 117 s, rlhf 92 s;
-    # ~1,100 s in all. Eval figures (and the reward hacking the rlhf round shows): README, demo family.
+    # Measured on a shared 2-core machine, two threads: data+tokenizer 2 s, base 150 s (1.27M params,
+    # 500 steps of 32x128 tokens), sft 73 s, dpo 189 s, draft 39 s, rm 78 s, rlhf 87 s; 618 s in all.
+    # Eval figures (and the reward hacking the rlhf round shows): README, demo family.
     "full": Size(
         prose_docs=20_000,
         vocab_size=4096,  # the corpus yields ~2.6k merges before running out; the cap is not reached
