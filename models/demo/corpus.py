@@ -1,16 +1,18 @@
 """Text the demo family learns from, generated from the facts in `countries.json`.
 
-Five kinds of text, all made here with seeded RNGs so a build is reproducible:
+Six kinds of text, all made here with seeded RNGs so a build is reproducible:
 - prose documents (pre-training: base and part of the draft): statements about each country's capital,
   language, currency and continent, never a dialogue;
+- general documents (pre-training too): everyday statements carrying the words chat turns use;
 - SFT dialogues: four question types (skills) in many phrasings, two-turn conversations whose follow-up
   leaves the country or the question implicit, a few greetings and out-of-scope requests. Imperfect like
   real SFT data: answers in mixed styles (terse, full sentence, rambling, rude), and questions about
   generated fictional countries answered with invented facts — so the SFT stage hallucinates;
-- rankings (K >= 4 answers per prompt, best first): what the preference stages learn from — polite full
-  sentence > terse > rude or rambling > "I don't know" > wrong for a real country; the honest
-  `I don't know a country called X.` above any invented fact for a fictional one; a short polite scope
-  line for greetings and out-of-scope requests. `preference_pairs` turns them into all ordered pairs;
+- rankings (K >= 5 answers per prompt, best first): what the preference stages learn from — polite full
+  sentence > terse > rude or rambling > a refusal > an answer to another question or country > wrong
+  for a real country; the honest `I don't know a country called X.` above any invented fact for a
+  fictional one; a short polite line for greetings and out-of-scope requests (`ranked_answers`).
+  `preference_pairs` turns them into all ordered pairs;
 - draft dialogues: the preferred answers only (what the aligned stages say, so the draft's guesses land).
 
 Evaluation material (`HELDOUT_*` phrasings, held-out fictional names, `eval_cases`) lives here too, so
