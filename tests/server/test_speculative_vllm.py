@@ -223,9 +223,11 @@ def test_the_distribution_test_detects_a_temperature_shift(runs):
     assert positional_p(off, colder) < 0.001
 
 
-VLLM_CPU_DRAFT_SAMPLING = pytest.mark.xfail(strict=True, reason=(
-    "vLLM 0.32 CPU: with draft_model at temperature > 0 the tokens after the first come from a "
-    "different distribution (chi-square p ~ 1e-23 at position 2 over 200 seeds, with and without "
+# Not strict: the shift shows in most runs but not all (one full-suite run of several passed), so a
+# strict mark made the suite flaky. An XPASS in the report is the sign to re-check vLLM.
+VLLM_CPU_DRAFT_SAMPLING = pytest.mark.xfail(strict=False, reason=(
+    "vLLM 0.32 CPU: with draft_model at temperature > 0 the tokens after the first usually come from "
+    "a different distribution (chi-square p ~ 1e-23 at position 2 over 200 seeds, with and without "
     "seeds), and drafts are almost never accepted; temperature 0 is lossless"))
 
 
