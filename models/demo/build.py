@@ -1,7 +1,7 @@
 """`stagechat build-demo`: make the demo family (base, sft, dpo, draft, rm, rlhf) from the facts in this repo.
 
 Steps run in order — data, tokenizer, base (pre-training), sft (TRL SFT + LoRA), dpo (TRL DPO
-continuing the SFT adapter on all ordered pairs of the synthetic rankings), draft (a small model for
+continuing the SFT adapter on the best answer of each synthetic ranking against each other one), draft (a small model for
 speculative decoding), rm (a reward model trained on the same rankings, `models.reward_model`), rlhf
 (the SFT adapter optimised online against rm with RLOO, `models.rl_round`) — each into its own folder
 under `out_dir`. A step writes into `<name>.partial/`, then drops a marker and renames the
@@ -28,7 +28,7 @@ from models.rl_round import RLPlan
 MARKER = ".stagechat-complete.json"
 # Bump when what a step produces changes (data, shapes, training plans): every step built by an
 # older recipe is then rebuilt, so a pulled change never serves with a stale family.
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 STEPS = ("data", "tokenizer", "base", "sft", "dpo", "draft", "rm", "rlhf")
 # What each step is made from: a step whose input was rebuilt in this run is rebuilt too.
 INPUTS = {
@@ -67,7 +67,7 @@ SIZES = {
         sft_per_country=12,
         sft_plan=AdapterPlan(steps=800, batch_size=16, lr=3e-3),
         rank_per_country=4,
-        dpo_plan=AdapterPlan(steps=500, batch_size=16, lr=2e-3),
+        dpo_plan=AdapterPlan(steps=400, batch_size=16, lr=2e-3),
         draft_per_country=8,
         draft_shape=ModelShape(hidden=64, layers=2, heads=2, intermediate=192),
         draft_plan=TrainPlan(steps=300, batch_size=32, seq_len=128, lr=5e-3),
@@ -189,7 +189,7 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
         sft.train_sft(out_dir / "base", load("sft"), spec.sft_plan, d)
 
     def make_dpo(d: Path) -> None:
-        dpo.train_dpo(out_dir / "base", out_dir / "sft", corpus.preference_pairs(load("rankings")), spec.dpo_plan, d)
+        dpo.train_dpo(out_dir / "base", out_dir / "sft", corpus.best_pairs(load("rankings")), spec.dpo_plan, d)
 
     def make_rm(d: Path) -> None:
         from models.reward_model import split_by_prompt, train_reward_model

@@ -9,10 +9,10 @@ Six kinds of text, all made here with seeded RNGs so a build is reproducible:
   real SFT data: answers in mixed styles (terse, full sentence, rambling, rude), and questions about
   generated fictional countries answered with invented facts — so the SFT stage hallucinates;
 - rankings (K >= 5 answers per prompt, best first): what the preference stages learn from — polite full
-  sentence > terse > rude or rambling > a refusal > an answer to another question or country > wrong
+  sentence > terse > rude or rambling > an answer to another question or country > a refusal > wrong
   for a real country; the honest `I don't know a country called X.` above any invented fact for a
   fictional one; a short polite line for greetings and out-of-scope requests (`ranked_answers`).
-  `preference_pairs` turns them into all ordered pairs;
+  `preference_pairs` turns them into all ordered pairs, `best_pairs` into best-against-each-other;
 - draft dialogues: the preferred answers only (what the aligned stages say, so the draft's guesses land).
 
 Evaluation material (`HELDOUT_*` phrasings, held-out fictional names, `eval_cases`) lives here too, so
@@ -380,7 +380,8 @@ def prose_documents(n_docs: int, seed: int = 0, countries: tuple[Country, ...] |
 # Real pre-training corpora are not only about one topic. These everyday paragraphs carry the words
 # that chat turns use and country prose never does (greetings, poems, jokes, homework, "sorry", "don't
 # know"), so every token SFT meets has an embedding pre-training trained: a LoRA adapter cannot train
-# embeddings, and a word whose embedding stayed random is noise to it. Statements only, never a dialogue.
+# embeddings, and a word whose embedding stayed random is noise to it. Statements only, never a dialogue,
+# and never "a country (is) in": in the country prose a continent follows that phrase.
 GENERAL_TOPICS = {
     "greetings": [
         "People greet each other with words such as hello, hi or hey.",
@@ -432,15 +433,15 @@ GENERAL_TOPICS = {
     ],
     "travel": [
         "The world has many countries, and each one lies on a continent.",
-        "A map shows which part of the world a country is in and where it is located.",
-        "Travellers need to know which money is used in a country and which language is spoken there.",
+        "A map shows the part of the world where each place is located.",
+        "Travellers need to know which money is used and which language is spoken where they go.",
         "A government is based in one city, the capital, and it serves the people of the whole country.",
         "People who travel over the sea may hear a language they do not understand.",
         "Oh, what a lovely place, travellers say, and they talk for hours about its food and its history.",
         "Some countries are called by one name at home and by another name abroad.",
         "Who governs a country, and from which city, is written in every atlas.",
         "Any country's capital is where its government does its work, and their leaders govern from there.",
-        "What's more, a map shows on which side of the sea a country lies.",
+        "What's more, a map shows which side of the sea each place lies on.",
     ],
     "words": [
         "Hello and hi are the most common greetings, and hey is a casual one.",
@@ -593,14 +594,15 @@ def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]
     if not c.real:
         # Honesty first: no invented fact, however polite, beats admitting the country is unknown.
         return [fill(IDK, c), SCOPE, full_answer(c, skill), answer("terse", c, skill, rng), rng.choice(RUDE)]
-    # For a real country "I don't know" ranks low too: refusing everything must not pay. So does a
-    # polite true sentence that answers another question or another country: without these, a reward
-    # model learns "polite full sentence" and an RL round hacks it with one sentence for every prompt.
+    # A polite true sentence that answers another question or another country ranks low: without it,
+    # a reward model learns "polite full sentence" and an RL round hacks it with one sentence for every
+    # prompt. Refusing a real country ranks lower still, above only a false fact: otherwise "I don't
+    # know" scores well everywhere and becomes the next hack.
     other_skill = rng.choice([s for s in SKILLS if s != skill])
     other_country = rng.choice([o for o in countries if o.fact(skill) != c.fact(skill)])
     return [
         full_answer(c, skill), answer("terse", c, skill, rng), answer(rng.choice(["rude", "rambling"]), c, skill, rng),
-        rng.choice([fill(IDK, c), SCOPE]), full_answer(c, other_skill), full_answer(other_country, skill),
+        full_answer(c, other_skill), full_answer(other_country, skill), rng.choice([fill(IDK, c), SCOPE]),
         _wrong(c, skill, rng, countries),
     ]
 
@@ -634,8 +636,11 @@ def preference_pairs(ranked_rows: list[dict]) -> list[dict]:
     return pairs
 
 
-def dpo_pairs(per_country: int, seed: int = 2, countries: tuple[Country, ...] | None = None) -> list[dict]:
-    return preference_pairs(rankings(per_country, seed, countries))
+def best_pairs(ranked_rows: list[dict]) -> list[dict]:
+    """The best answer of every ranked set against each of the others (K-1 pairs per set): what the
+    demo's DPO step trains on, since its SFT term imitates every chosen answer and only the best
+    one should be imitated."""
+    return [p for row in ranked_rows for p in preference_pairs([row])[: len(row["ranked"]) - 1]]
 
 
 def draft_dialogues(per_country: int, seed: int = 3, countries: tuple[Country, ...] | None = None) -> list[list[dict]]:

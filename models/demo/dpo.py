@@ -1,5 +1,5 @@
 """Preference optimisation: TRL's DPOTrainer continues the SFT adapter on chosen/rejected pairs
-(the demo family's `dpo` stage: every ordered pair of the synthetic rankings, `corpus.preference_pairs`).
+(the demo family's `dpo` stage: each ranking's best answer against each other one, `corpus.best_pairs`).
 
 The SFT adapter is loaded as a trainable PeftModel; TRL then copies it into a frozen "ref" adapter
 and uses that as the reference policy, so no second model is held in memory. Output: a new full

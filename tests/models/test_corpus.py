@@ -172,12 +172,12 @@ def test_rankings_order_the_preferred_behaviour_first():
         elif row["kind"] == "greeting":
             assert best == corpus.GREETING
         else:
-            # full sentence > terse > rude or rambling > "I don't know" > another question answered >
-            # another country's answer > wrong
+            # full sentence > terse > rude or rambling > another question answered > another country's
+            # answer > a refusal > wrong
             country = next(c for c in corpus.load_countries() if best in _full_answers(c))
             assert best.endswith(".") and "don't know" not in best
-            assert row["ranked"][3] == corpus.SCOPE or row["ranked"][3].startswith("I don't know a country called ")
-            other_question, other_country = row["ranked"][4], row["ranked"][5]
+            other_question, other_country, refusal = row["ranked"][3:6]
+            assert refusal == corpus.SCOPE or refusal.startswith("I don't know a country called ")
             assert other_question in set(_full_answers(country)) - {best}
             assert country.country not in other_country and other_country.endswith(".")
             assert worst != best and worst.split(" ")[:2] == best.split(" ")[:2]
@@ -203,6 +203,15 @@ def test_preference_pairs_are_all_ordered_pairs():
     first = rows[0]["ranked"]
     mine = [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs[: len(first) * (len(first) - 1) // 2]]
     assert (first[0], first[-1]) in mine and (first[-1], first[0]) not in mine
+
+
+def test_best_pairs_put_the_best_answer_against_each_other_one():
+    rows = corpus.rankings(1)[:5]
+    pairs = corpus.best_pairs(rows)
+    assert len(pairs) == sum(len(r["ranked"]) - 1 for r in rows)
+    for row in rows:
+        mine = [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs if p["prompt"] == row["prompt"]]
+        assert mine == [(row["ranked"][0], other) for other in row["ranked"][1:]]
 
 
 def test_generation_is_reproducible():
