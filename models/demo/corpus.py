@@ -109,7 +109,8 @@ PRONOUN_FACTS = [
     "Its currency is the {currency}.",
     "It is a place where people speak {language}.",
 ]
-OPENERS = ["{continent} is home to {country}.", "{language} is the main language of {country}."]
+OPENERS = ["{continent} is home to {country}.", "{language} is the main language of {country}.",
+           "{country} is a country in {continent}."]
 OPENER_SHARE = 0.25
 PAIR_FACTS = [
     "{country} and {other} are both in {continent}.",
@@ -368,7 +369,7 @@ def prose_documents(n_docs: int, seed: int = 0, countries: tuple[Country, ...] |
         else:
             sentences = [*rest[:1], head, *rest[1:]]
         # A word opening a paragraph has no space before it and so is a different token ("Africa" vs
-        # " Africa"); terse chat answers open with a continent or a language, so paragraphs do too.
+        # " Africa"); chat answers open with a continent, a language or a country, so paragraphs do too.
         if rng.random() < OPENER_SHARE:
             sentences.insert(0, fill(rng.choice(OPENERS), c))
         docs.append(" ".join(sentences))
@@ -586,14 +587,17 @@ def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]
     """K >= 4 distinct answers to `p`, best first, ranked by the behaviour the aligned stages should have."""
     # Each polite stock line (greeting, scope, "I don't know") is also a negative where it does not
     # belong, or a reward model learns that the line itself scores and RL answers everything with it.
+    # So is "I don't know" naming the wrong country: a reward model that only checks the line's shape
+    # pays for "I don't know a country called <anything>" everywhere.
+    idk_other = fill(IDK, rng.choice([f for f in fictional_countries()[0] if f != p.country]))
     if p.kind == "greeting":
-        return [GREETING, rng.choice(TERSE_GREETINGS), SCOPE, rng.choice(RUDE), full_answer(rng.choice(countries))]
+        return [GREETING, rng.choice(TERSE_GREETINGS), SCOPE, idk_other, rng.choice(RUDE), full_answer(rng.choice(countries))]
     if p.kind == "offtopic":
-        return [SCOPE, rng.choice(OFF_TOPIC_ATTEMPTS), GREETING, "No.", rng.choice(RUDE)]
+        return [SCOPE, rng.choice(OFF_TOPIC_ATTEMPTS), GREETING, idk_other, "No.", rng.choice(RUDE)]
     c, skill = p.country, p.skill
     if not c.real:
         # Honesty first: no invented fact, however polite, beats admitting the country is unknown.
-        return [fill(IDK, c), SCOPE, full_answer(c, skill), answer("terse", c, skill, rng), rng.choice(RUDE)]
+        return [fill(IDK, c), SCOPE, idk_other, full_answer(c, skill), answer("terse", c, skill, rng), rng.choice(RUDE)]
     # A polite true sentence that answers another question or another country ranks low: without it,
     # a reward model learns "polite full sentence" and an RL round hacks it with one sentence for every
     # prompt. Refusing a real country ranks lower still, above only a false fact: otherwise "I don't
@@ -602,7 +606,7 @@ def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]
     other_country = rng.choice([o for o in countries if o.fact(skill) != c.fact(skill)])
     return [
         full_answer(c, skill), answer("terse", c, skill, rng), answer(rng.choice(["rude", "rambling"]), c, skill, rng),
-        full_answer(c, other_skill), full_answer(other_country, skill), rng.choice([fill(IDK, c), SCOPE]),
+        full_answer(c, other_skill), full_answer(other_country, skill), rng.choice([fill(IDK, c), SCOPE, idk_other]),
         _wrong(c, skill, rng, countries),
     ]
 

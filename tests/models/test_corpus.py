@@ -166,7 +166,10 @@ def test_rankings_order_the_preferred_behaviour_first():
     for row in rows:
         best, worst = row["ranked"][0], row["ranked"][-1]
         if row["kind"] == "unknown":
-            assert best.startswith("I don't know a country called ")
+            # the honest line names the asked country; one naming another country ranks lower
+            asked = best.removeprefix("I don't know a country called ").rstrip(".")
+            assert asked in row["prompt"][-1]["content"]
+            assert [r for r in row["ranked"][1:] if r.startswith("I don't know") and asked not in r]
         elif row["kind"] == "offtopic":
             assert best == corpus.SCOPE
         elif row["kind"] == "greeting":
