@@ -28,7 +28,7 @@ from models.rl_round import RLPlan
 MARKER = ".stagechat-complete.json"
 # Bump when what a step produces changes (data, shapes, training plans): every step built by an
 # older recipe is then rebuilt, so a pulled change never serves with a stale family.
-RECIPE_VERSION = 6
+RECIPE_VERSION = 7
 STEPS = ("data", "tokenizer", "base", "sft", "dpo", "draft", "rm", "rlhf")
 # What each step is made from: a step whose input was rebuilt in this run is rebuilt too.
 INPUTS = {

@@ -94,7 +94,8 @@ SKILL_FACTS = {
         "The {currency} is the money of {country}.",
     ],
     "continent": [
-        "{country} is a country in {continent}.",
+        "The continent of {country} is {continent}.",
+        "The continent of {country} is {continent}.",
         "{country} is a country in {continent}.",
         "{country} lies in {continent}.",
         "{prefix} {country} is a country in {continent}.",
@@ -109,8 +110,7 @@ PRONOUN_FACTS = [
     "Its currency is the {currency}.",
     "It is a place where people speak {language}.",
 ]
-OPENERS = ["{continent} is home to {country}.", "{language} is the main language of {country}.",
-           "{country} is a country in {continent}."]
+OPENERS = ["{continent} is home to {country}.", "{language} is the main language of {country}."]
 OPENER_SHARE = 0.25
 PAIR_FACTS = [
     "{country} and {other} are both in {continent}.",
@@ -227,7 +227,9 @@ FULL = {
     "capital": "The capital of {country} is {capital}.",
     "language": "People in {country} speak {language}.",
     "currency": "The currency of {country} is the {currency}.",
-    "continent": "{country} is a country in {continent}.",
+    # Like the others, the country comes after a space: a reply opening with it would need the
+    # no-space spelling of the name, a different token the model rarely sees.
+    "continent": "The continent of {country} is {continent}.",
 }
 # Terse answers differ per skill from their first words on ("It is" only ever introduces a capital):
 # with a shared opening, greedy decoding commits before it has looked at what was asked.
@@ -369,7 +371,7 @@ def prose_documents(n_docs: int, seed: int = 0, countries: tuple[Country, ...] |
         else:
             sentences = [*rest[:1], head, *rest[1:]]
         # A word opening a paragraph has no space before it and so is a different token ("Africa" vs
-        # " Africa"); chat answers open with a continent, a language or a country, so paragraphs do too.
+        # " Africa"); terse chat answers open with a continent or a language, so paragraphs do too.
         if rng.random() < OPENER_SHARE:
             sentences.insert(0, fill(rng.choice(OPENERS), c))
         docs.append(" ".join(sentences))

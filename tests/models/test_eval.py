@@ -18,7 +18,7 @@ def test_full_sentence_is_correct_and_preferred():
     assert score_reply(" The capital of Kenya is Nairobi.\n", ask(KENYA)) == ReplyScore(True, True, False, True)
     assert score_reply("People in Kenya speak Swahili.", ask(KENYA, "language")).preferred
     assert score_reply("The currency of Kenya is the Kenyan shilling.", ask(KENYA, "currency")).preferred
-    assert score_reply("Kenya is a country in Africa.", ask(KENYA, "continent", "followup")).preferred
+    assert score_reply("The continent of Kenya is Africa.", ask(KENYA, "continent", "followup")).preferred
 
 
 def test_terse_rambling_rude_and_wrong_replies_are_not_preferred():
