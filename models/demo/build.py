@@ -56,8 +56,8 @@ class Size:
 
 
 SIZES = {
-    # Measured on a shared 2-core machine, two threads: data+tokenizer 2 s, base 150 s (1.27M params,
-    # 500 steps of 32x128 tokens), sft 73 s, dpo 189 s, draft 39 s, rm 78 s, rlhf 87 s; 618 s in all.
+    # Measured on a shared 2-core machine, two threads: data+tokenizer 2 s, base 137 s (1.27M params,
+    # 500 steps of 32x128 tokens), sft 68 s, dpo 88 s, draft 31 s, rm 79 s, rlhf 88 s; 492 s in all.
     # Eval figures (and the reward hacking the rlhf round shows): README, demo family.
     "full": Size(
         prose_docs=20_000,
