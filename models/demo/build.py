@@ -56,7 +56,7 @@ class Size:
 
 
 SIZES = {
-    # Measured on a shared 2-core machine, two threads: data+tokenizer 2 s, base 137 s (1.27M params,
+    # Measured on a shared 2-core machine, two threads: data+tokenizer 2 s, base 137 s (1.26M params,
     # 500 steps of 32x128 tokens), sft 68 s, dpo 88 s, draft 31 s, rm 79 s, rlhf 88 s; 492 s in all.
     # Eval figures (and the reward hacking the rlhf round shows): README, demo family.
     "full": Size(
