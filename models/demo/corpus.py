@@ -586,7 +586,7 @@ def _wrong(c: Country, skill: str, rng: random.Random, countries: tuple[Country,
 
 
 def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]) -> list[str]:
-    """K >= 4 distinct answers to `p`, best first, ranked by the behaviour the aligned stages should have."""
+    """K >= 5 distinct answers to `p`, best first, ranked by the behaviour the aligned stages should have."""
     # Each polite stock line (greeting, scope, "I don't know") is also a negative where it does not
     # belong, or a reward model learns that the line itself scores and RL answers everything with it.
     # So is "I don't know" naming the wrong country: a reward model that only checks the line's shape
@@ -619,7 +619,8 @@ def rankings(per_country: int, seed: int = 2, countries: tuple[Country, ...] | N
     rng = random.Random(seed)
     prompts = _train_prompts(per_country, rng, countries, 0.3)
     fictional, _ = fictional_countries()
-    # Fictional names, greetings and off-topic requests are repeated so each behaviour carries weight.
+    # Greetings and off-topic requests are repeated so each behaviour carries weight (fictional names
+    # are many already).
     prompts += [_question(f, rng.choice(SKILLS), TRAIN_QUESTIONS, rng) for f in fictional]
     prompts += [Prompt("greeting", tuple(_user(t))) for t in TRAIN_GREETINGS * (2 * per_country)]
     prompts += [Prompt("offtopic", tuple(_user(t))) for t in TRAIN_OFF_TOPIC * per_country]
