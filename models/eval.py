@@ -36,6 +36,7 @@ import json
 import re
 import sys
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 
 from models.demo.corpus import (
@@ -76,12 +77,18 @@ def _mentions(text: str, name: str) -> bool:
     return re.search(_word(name), text) is not None
 
 
+@cache
+def _other_countries(country: str) -> re.Pattern:
+    """Any real country's name but `country` (nor one containing it or contained in it), as a word."""
+    others = [c.country for c in load_countries() if country not in c.country and c.country not in country]
+    return re.compile("|".join(_word(name) for name in others))
+
+
 def _about(text: str, country: Country) -> str:
     """`text` up to where it turns to another real country: a base model's prose that wanders from
     Brazil to South Sudan and names a language there has not answered a question about Brazil."""
-    others = [c.country for c in load_countries() if country.country not in c.country and c.country not in country.country]
-    found = [m.start() for name in others if (m := re.search(_word(name), text))]
-    return text[: min(found, default=len(text))]
+    found = _other_countries(country.country).search(text)
+    return text[: found.start()] if found else text
 
 
 def preferred_reply(prompt: Prompt) -> str:

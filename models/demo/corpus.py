@@ -647,7 +647,8 @@ def best_pairs(ranked_rows: list[dict]) -> list[dict]:
     """The best answer of every ranked set against each of the others (K-1 pairs per set): what the
     demo's DPO step trains on, since its SFT term imitates every chosen answer and only the best
     one should be imitated."""
-    return [p for row in ranked_rows for p in preference_pairs([row])[: len(row["ranked"]) - 1]]
+    return [{"prompt": row["prompt"], "chosen": _assistant(row["ranked"][0]), "rejected": _assistant(worse),
+             "kind": row["kind"]} for row in ranked_rows for worse in row["ranked"][1:]]
 
 
 def draft_dialogues(per_country: int, seed: int = 3, countries: tuple[Country, ...] | None = None) -> list[list[dict]]:

@@ -17,7 +17,7 @@ FULL = SIZES["full"]
 @pytest.fixture(scope="module")
 def training_texts() -> list[str]:
     """Every string the full build trains on (the same generators and sizes as build_demo)."""
-    texts = list(corpus.prose_documents(FULL.prose_docs))
+    texts = list(corpus.prose_documents(FULL.prose_docs)) + corpus.general_documents(FULL.prose_docs // 8)
     for row in corpus.sft_examples(FULL.sft_per_country):
         texts += [m["content"] for m in row["prompt"] + row["completion"]]
     for row in corpus.rankings(FULL.rank_per_country):
