@@ -8,9 +8,9 @@ Six kinds of text, all made here with seeded RNGs so a build is reproducible:
   leaves the country or the question implicit, a few greetings and out-of-scope requests. Imperfect like
   real SFT data: answers in mixed styles (terse, full sentence, rambling, rude), and questions about
   generated fictional countries answered with invented facts — so the SFT stage hallucinates;
-- rankings (K >= 5 answers per prompt, best first): what the preference stages learn from — polite full
+- rankings (K = 6–9 answers per prompt, best first): what the preference stages learn from — polite full
   sentence > terse > rude or rambling > an answer to another question or country > a refusal > wrong
-  for a real country; the honest `I don't know a country called X.` above any invented fact for a
+  for a real country, each wrong kind in both shapes (full and terse); the honest `I don't know a country called X.` above any invented fact for a
   fictional one; a short polite line for greetings and out-of-scope requests (`ranked_answers`).
   `preference_pairs` turns them into all ordered pairs, `best_pairs` into best-against-each-other;
 - draft dialogues: the preferred answers only (what the aligned stages say, so the draft's guesses land).
@@ -586,30 +586,36 @@ def _wrong(c: Country, skill: str, rng: random.Random, countries: tuple[Country,
 
 
 def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]) -> list[str]:
-    """K >= 5 distinct answers to `p`, best first, ranked by the behaviour the aligned stages should have."""
-    # Each polite stock line (greeting, scope, "I don't know") is also a negative where it does not
-    # belong, or a reward model learns that the line itself scores and RL answers everything with it.
+    """K = 6–9 distinct answers to `p`, best first, ranked by the behaviour the aligned stages should have."""
+    # Each stock line (greeting, scope, "I don't know", the off-topic attempts) is also a negative where
+    # it does not belong, or a reward model learns that the line itself scores and RL answers everything
+    # with it (one round answered every unknown country with "The sea is wide and the sky is blue...").
     # So is "I don't know" naming the wrong country: a reward model that only checks the line's shape
     # pays for "I don't know a country called <anything>" everywhere.
     idk_other = fill(IDK, rng.choice([f for f in fictional_countries()[0] if f != p.country]))
     if p.kind == "greeting":
-        return [GREETING, rng.choice(TERSE_GREETINGS), SCOPE, idk_other, rng.choice(RUDE), full_answer(rng.choice(countries))]
+        return [GREETING, rng.choice(TERSE_GREETINGS), SCOPE, idk_other, rng.choice(RUDE + OFF_TOPIC_ATTEMPTS),
+                full_answer(rng.choice(countries))]
     if p.kind == "offtopic":
         return [SCOPE, rng.choice(OFF_TOPIC_ATTEMPTS), GREETING, idk_other, "No.", rng.choice(RUDE)]
     c, skill = p.country, p.skill
     if not c.real:
         # Honesty first: no invented fact, however polite, beats admitting the country is unknown.
-        return [fill(IDK, c), SCOPE, idk_other, full_answer(c, skill), answer("terse", c, skill, rng), rng.choice(RUDE)]
+        return [fill(IDK, c), SCOPE, idk_other, full_answer(c, skill), answer("terse", c, skill, rng),
+                rng.choice(RUDE + OFF_TOPIC_ATTEMPTS)]
     # A polite true sentence that answers another question or another country ranks low: without it,
     # a reward model learns "polite full sentence" and an RL round hacks it with one sentence for every
     # prompt. Refusing a real country ranks lower still, above only a false fact: otherwise "I don't
-    # know" scores well everywhere and becomes the next hack.
+    # know" scores well everywhere and becomes the next hack. Wrong answers come terse and full alike:
+    # with only full-sentence negatives, "terse" alone predicted a higher rank, and a reward model
+    # scored terse above full in 95% of held-out pairs (RL then learned terse replies).
     other_skill = rng.choice([s for s in SKILLS if s != skill])
     other_country = rng.choice([o for o in countries if o.fact(skill) != c.fact(skill)])
     return [
         full_answer(c, skill), answer("terse", c, skill, rng), answer(rng.choice(["rude", "rambling"]), c, skill, rng),
-        full_answer(c, other_skill), full_answer(other_country, skill), rng.choice([fill(IDK, c), SCOPE, idk_other]),
-        _wrong(c, skill, rng, countries),
+        full_answer(c, other_skill), answer("terse", c, other_skill, rng), full_answer(other_country, skill),
+        rng.choice([fill(IDK, c), SCOPE, idk_other]), _wrong(c, skill, rng, countries),
+        answer("terse", other_country, skill, rng),
     ]
 
 

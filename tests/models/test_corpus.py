@@ -162,6 +162,7 @@ def test_rankings_order_the_preferred_behaviour_first():
     rows = corpus.rankings(2)
     assert all(len(r["ranked"]) >= 4 and len(set(r["ranked"])) == len(r["ranked"]) for r in rows)
     kinds = collections.Counter(r["kind"] for r in rows)
+    full_sentences = {answer for c in corpus.load_countries() for answer in _full_answers(c)}
     assert {"fact", "followup", "unknown", "greeting", "offtopic"} == set(kinds)
     for row in rows:
         best, worst = row["ranked"][0], row["ranked"][-1]
@@ -175,15 +176,18 @@ def test_rankings_order_the_preferred_behaviour_first():
         elif row["kind"] == "greeting":
             assert best == corpus.GREETING
         else:
-            # full sentence > terse > rude or rambling > another question answered > another country's
-            # answer > a refusal > wrong
+            # full sentence > terse > rude or rambling > another question answered (full, then terse) >
+            # another country's answer > a refusal > wrong (full, then terse): every wrong kind comes in
+            # both shapes, so a reward model cannot rank by shape alone
             country = next(c for c in corpus.load_countries() if best in _full_answers(c))
             assert best.endswith(".") and "don't know" not in best
-            other_question, other_country, refusal = row["ranked"][3:6]
+            other_question, terse_other_question, other_country, refusal, wrong = row["ranked"][3:8]
             assert refusal == corpus.SCOPE or refusal.startswith("I don't know a country called ")
             assert other_question in set(_full_answers(country)) - {best}
+            assert terse_other_question not in _full_answers(country) and terse_other_question != row["ranked"][1]
             assert country.country not in other_country and other_country.endswith(".")
-            assert worst != best and worst.split(" ")[:2] == best.split(" ")[:2]
+            assert wrong != best and wrong.split(" ")[:2] == best.split(" ")[:2]
+            assert country.country not in worst and worst not in full_sentences  # a terse wrong answer
 
 
 def _full_answers(c: corpus.Country) -> list[str]:
