@@ -71,8 +71,8 @@ SIZES = {
         draft_per_country=8,
         draft_shape=ModelShape(hidden=64, layers=2, heads=2, intermediate=192),
         draft_plan=TrainPlan(steps=300, batch_size=32, seq_len=128, lr=5e-3),
-        # ≈ 0.8 epoch of 33k pairs; 800 x 16 at 3e-4 (half the pairs seen) left the held-out
-        # full-vs-terse ordering at 69% instead of 81%.
+        # ≈ 0.8 epoch of the 33k pairs: at 800 x 16 and 3e-4 (0.4 epoch) it scored rude lines above
+        # correct answers in 78% of held-out questions.
         rm_plan=RewardPlan(steps=800, batch_size=32, lr=1e-3, max_length=128),
         rl_plan=RLPlan(steps=250, kl_coef=0.2, num_generations=4, batch_size=16, lr=3e-4,
                        max_completion_length=40, eval_samples=2),
