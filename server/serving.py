@@ -23,6 +23,7 @@ from typing import Any
 from server import metrics
 from server.engine import Delta, EngineRequestError, SamplingSettings, SpeculativeFigures, TokenLogprob
 from server.errors import bad_request, not_ready
+from server.generation_log import GenerationLog
 from server.limits import Lease, Limiter
 from server.pool import EnginePool, Route
 from server.protocol import ChatCompletionRequest, CompletionRequest
@@ -111,6 +112,7 @@ class StageService:
         self.rewards = rewards
         self.limiter = limiter
         self.store = store
+        self._log = GenerationLog(store) if store is not None else None
         self.log_prompts = log_prompts
         self.allow_lossy_speculation = allow_lossy_speculation
         self._background: set[asyncio.Task] = set()
@@ -346,7 +348,7 @@ class StageService:
                 reward_score=choice.reward.score if choice.reward else None,
             ))
         try:
-            await asyncio.to_thread(lambda: [self.store.record_generation(r) for r in records])
+            await self._log.write(records)
         except Exception:  # the answer was served; a failed log must not turn it into an error
             log.exception("could not record generation %s", gen.id)
 

@@ -453,11 +453,16 @@ class Store:
     # -- generation log ---------------------------------------------------------------------
 
     def record_generation(self, record: GenerationRecord) -> None:
-        """Log one answer. Called by the serving layer after each answer, from a worker thread."""
-        if record.created_at.tzinfo is None:
+        """Log one answer."""
+        self.record_generations([record])
+
+    def record_generations(self, records: Sequence[GenerationRecord]) -> None:
+        """Log answers in one transaction: all or none. The serving layer group-commits through
+        this (`server.generation_log`), from a worker thread."""
+        if any(r.created_at.tzinfo is None for r in records):
             raise ValueError("GenerationRecord.created_at must be timezone-aware (UTC)")
         with self._writing() as session:
-            session.add(GenerationRow(**record.__dict__))
+            session.add_all([GenerationRow(**r.__dict__) for r in records])
 
     def get_generation(self, response_id: str) -> GenerationRecord | None:
         with self._read() as session:

@@ -66,8 +66,8 @@ def test_store_receives_one_record_per_choice(fake_pool_factory):
         def __init__(self):
             self.records = []
 
-        def record_generation(self, record):
-            self.records.append(record)
+        def record_generations(self, records):
+            self.records.extend(records)
 
     async def go():
         pool = fake_pool_factory()
@@ -87,8 +87,8 @@ def test_store_receives_one_record_per_choice(fake_pool_factory):
 
 def test_prompt_logging_off_keeps_no_text(fake_pool_factory):
     class ListStore(list):
-        def record_generation(self, record):
-            self.append(record)
+        def record_generations(self, records):
+            self.extend(records)
 
     async def go():
         pool = fake_pool_factory()
