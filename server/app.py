@@ -8,6 +8,7 @@ answers at once and `/ready` turns 200 when every engine is warm.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -58,7 +59,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: bool = True,
-               rewards: RewardService | None = None) -> FastAPI:
+               rewards: RewardService | None = None, freeze_when_ready: bool = False) -> FastAPI:
     rewards = rewards or RewardService(pool.registry)  # the registry's reward models, each on its own engine
     service = StageService(pool=pool, store=store, log_prompts=settings.log_prompts,
                            allow_lossy_speculation=settings.allow_lossy_speculation,
@@ -66,7 +67,7 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        starting = asyncio.create_task(_start_engines(app, pool, rewards))
+        starting = asyncio.create_task(_start_engines(app, pool, rewards, freeze_when_ready))
         try:
             yield
         finally:
@@ -105,10 +106,12 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
     return app
 
 
-async def _start_engines(app: FastAPI, pool: EnginePool, rewards: RewardService) -> None:
+async def _start_engines(app: FastAPI, pool: EnginePool, rewards: RewardService, freeze: bool) -> None:
     try:
         await rewards.start()  # first: the pool's readiness (/ready) then covers the reward engines too
         await pool.start()
+        if freeze:
+            freeze_heap()
         log.info("all engines warm: ready")
     except asyncio.CancelledError:
         raise
@@ -117,10 +120,21 @@ async def _start_engines(app: FastAPI, pool: EnginePool, rewards: RewardService)
         app.state.startup_error = f"{type(exc).__name__}: {exc}"
 
 
+def freeze_heap() -> None:
+    """Move everything alive once the engines are warm (the imported libraries, the engines'
+    clients, the UI) out of the garbage collector's reach, as vLLM's own server does. Otherwise
+    every full collection walks that heap while every stream waits: in a warm server (tiny
+    checkpoint, no UI) 789k tracked objects, 363 ms per full collection; frozen, 1.7 ms.
+
+    Process-wide, so only the real server does it (`build_app`), not apps made in tests."""
+    gc.collect()
+    gc.freeze()
+
+
 def build_app(settings: Settings, *, max_live_engines: int = 2, with_ui: bool = True) -> FastAPI:
     """The real application: vLLM engines for the registry, the store from the database URL."""
     registry = load_registry(settings.registry_path, data_dir=settings.data_dir)
     spare = int(os.environ.get("STAGECHAT_SPARE_LORA_SLOTS", SPARE_LORA_SLOTS))  # room for reloaded adapters
     pool = EnginePool(registry, engine_factory, max_live_engines=max_live_engines, spare_lora_slots=spare)
     store = Store(settings.resolved_database_url)
-    return create_app(settings, pool, store=store, with_ui=with_ui)
+    return create_app(settings, pool, store=store, with_ui=with_ui, freeze_when_ready=True)

@@ -158,6 +158,21 @@ def test_not_ready_is_503(fake_pool_factory, tmp_path):
     assert error_of(client.post("/v1/chat/completions", json=CHAT), 503)["code"] == "not_ready"
 
 
+def test_the_real_server_freezes_its_heap_once_warm_and_test_apps_do_not(fake_app, fake_pool_factory, tmp_path):
+    import gc
+
+    from server.app import create_app
+
+    with ready_client(*fake_app()):
+        assert gc.get_freeze_count() == 0  # process-wide: an app made in a test leaves the heap alone
+    pool = fake_pool_factory()
+    try:
+        with ready_client(create_app(Settings(data_dir=tmp_path), pool, with_ui=False, freeze_when_ready=True), pool):
+            assert gc.get_freeze_count() > 0  # what is alive once warm is out of the collector's reach
+    finally:
+        gc.unfreeze()
+
+
 def test_metrics_count_requests_and_tokens_per_stage(client):
     client.post("/v1/chat/completions", json={**CHAT, "model": "sft"})
     text = client.get("/metrics").text
