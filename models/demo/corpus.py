@@ -10,8 +10,9 @@ Six kinds of text, all made here with seeded RNGs so a build is reproducible:
   generated fictional countries answered with invented facts — so the SFT stage hallucinates;
 - rankings (K = 6–9 answers per prompt, best first): what the preference stages learn from — polite full
   sentence > terse > rude or rambling > an answer to another question or country > a refusal > wrong
-  for a real country, each wrong kind in both shapes (full and terse); the honest `I don't know a country called X.` above any invented fact for a
-  fictional one; a short polite line for greetings and out-of-scope requests (`ranked_answers`).
+  for a real country, each wrong kind in both shapes (full and terse); the honest
+  `I don't know a country called X.` above any invented fact for a fictional one; a short polite line
+  for greetings and out-of-scope requests (`ranked_answers`).
   `preference_pairs` turns them into all ordered pairs, `best_pairs` into best-against-each-other;
 - draft dialogues: the preferred answers only (what the aligned stages say, so the draft's guesses land).
 
