@@ -35,12 +35,9 @@ class GenerationLog:
     async def _write_waiting(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
-            try:
-                await asyncio.to_thread(self.store.record_generations, [r for records, _ in batch for r in records])
-                outcomes = [None] * len(batch)
-            except Exception:
-                outcomes = [await self._write_alone(records) for records, _ in batch]
-            for (_, done), error in zip(batch, outcomes):
+            failed = await self._write([r for records, _ in batch for r in records])
+            errors = [await self._write(records) for records, _ in batch] if failed else [None] * len(batch)
+            for (_, done), error in zip(batch, errors):
                 if done.cancelled():
                     continue
                 if error is None:
@@ -48,7 +45,8 @@ class GenerationLog:
                 else:
                     done.set_exception(error)
 
-    async def _write_alone(self, records: Sequence[GenerationRecord]) -> Exception | None:
+    async def _write(self, records: Sequence[GenerationRecord]) -> Exception | None:
+        """Commits `records` in one transaction; returns what the store raised, if anything."""
         try:
             await asyncio.to_thread(self.store.record_generations, records)
         except Exception as exc:

@@ -7,6 +7,7 @@ import asyncio
 import threading
 
 import pytest
+import sqlalchemy as sa
 
 from server.generation_log import GenerationLog
 from server.store import GenerationRecord, Store, prompt_hash
@@ -36,12 +37,18 @@ class GatedStore:
         self.commits.append(ids)
 
 
+async def first_commit_held() -> tuple[GatedStore, GenerationLog, asyncio.Task]:
+    """A log whose first commit (record "a") is under way, held by the store until released."""
+    store = GatedStore()
+    log = GenerationLog(store)
+    first = asyncio.create_task(log.write([record("a")]))
+    await asyncio.sleep(0.05)
+    return store, log, first
+
+
 def test_records_arriving_during_a_commit_share_the_next_one():
     async def go():
-        store = GatedStore()
-        log = GenerationLog(store)
-        first = asyncio.create_task(log.write([record("a")]))
-        await asyncio.sleep(0.05)  # the first commit is under way, held by the store
+        store, log, first = await first_commit_held()
         rest = [asyncio.create_task(log.write([record(f"b{i}"), record(f"b{i}:1")])) for i in range(10)]
         await asyncio.sleep(0.05)
         assert not any(t.done() for t in [first, *rest])  # nobody is answered before their commit
@@ -55,10 +62,7 @@ def test_records_arriving_during_a_commit_share_the_next_one():
 
 def test_a_failing_batch_is_written_again_one_caller_at_a_time():
     async def go():
-        store = GatedStore()
-        log = GenerationLog(store)
-        first = asyncio.create_task(log.write([record("a")]))
-        await asyncio.sleep(0.05)
+        store, log, first = await first_commit_held()
         good = [asyncio.create_task(log.write([record(f"g{i}")])) for i in range(3)]
         bad = asyncio.create_task(log.write([record("bad")]))
         store.release.set()
@@ -72,10 +76,7 @@ def test_a_failing_batch_is_written_again_one_caller_at_a_time():
 
 def test_a_cancelled_caller_still_has_its_record_written():
     async def go():
-        store = GatedStore()
-        log = GenerationLog(store)
-        first = asyncio.create_task(log.write([record("a")]))
-        await asyncio.sleep(0.05)
+        store, log, first = await first_commit_held()
         gone = asyncio.create_task(log.write([record("gone")]))
         await asyncio.sleep(0.01)
         gone.cancel()
@@ -91,7 +92,7 @@ def test_concurrent_writes_all_land_in_the_database(store: Store):
     async def go():
         log = GenerationLog(store)
         await asyncio.gather(*(log.write([record(f"r{i}")]) for i in range(64)))
-        with pytest.raises(Exception):  # a duplicate id fails alone
+        with pytest.raises(sa.exc.IntegrityError):  # a duplicate id fails alone
             await asyncio.gather(log.write([record("r0")]), log.write([record("fresh")]))
 
     asyncio.run(go())
