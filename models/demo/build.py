@@ -28,7 +28,7 @@ from models.rl_round import RLPlan
 MARKER = ".stagechat-complete.json"
 # Bump when what a step produces changes (data, shapes, training plans): every step built by an
 # older recipe is then rebuilt, so a pulled change never serves with a stale family.
-RECIPE_VERSION = 9
+RECIPE_VERSION = 10
 STEPS = ("data", "tokenizer", "base", "sft", "dpo", "draft", "rm", "rlhf")
 # What each step is made from: a step whose input was rebuilt in this run is rebuilt too.
 INPUTS = {
@@ -159,7 +159,7 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
     def make_data(d: Path) -> None:
         files = {
             "prose": corpus.prose_documents(spec.prose_docs),
-            "general": corpus.general_documents(spec.prose_docs // 8),
+            "general": corpus.general_documents(spec.prose_docs // 8) + corpus.named_documents(spec.prose_docs // 8),
             "sft": corpus.sft_examples(spec.sft_per_country),
             "rankings": corpus.rankings(spec.rank_per_country),
             "draft": corpus.draft_dialogues(spec.draft_per_country),

@@ -3,14 +3,15 @@
 Six kinds of text, all made here with seeded RNGs so a build is reproducible:
 - prose documents (pre-training: base and part of the draft): statements about each country's capital,
   language, currency and continent, never a dialogue;
-- general documents (pre-training too): everyday statements carrying the words chat turns use;
+- general documents (pre-training too): everyday statements carrying the words chat turns use, and
+  paragraphs that name someone made-up more than once (`named_documents`: copying an unseen name);
 - SFT dialogues: four question types (skills) in many phrasings, two-turn conversations whose follow-up
   leaves the country or the question implicit, a few greetings and out-of-scope requests. Imperfect like
   real SFT data: answers in mixed styles (terse, full sentence, rambling, rude), and questions about
   generated fictional countries answered with invented facts — so the SFT stage hallucinates;
-- rankings (K = 6–9 answers per prompt, best first): what the preference stages learn from — polite full
-  sentence > terse > rude or rambling > an answer to another question or country > a refusal > wrong
-  for a real country, each wrong kind in both shapes (full and terse); the honest
+- rankings (K = 6 or 10 answers per prompt, best first): what the preference stages learn from — polite
+  full sentence > terse > rude or rambling > an answer to another question or country > a refusal >
+  wrong for a real country, each wrong kind in every shape (full, terse, and the unhelpful one); the honest
   `I don't know a country called X.` above any invented fact for a fictional one; a short polite line
   for greetings and out-of-scope requests (`ranked_answers`).
   `preference_pairs` turns them into all ordered pairs, `best_pairs` into best-against-each-other;
@@ -182,22 +183,37 @@ HELDOUT_QUESTIONS = {
         "Could you name the continent of {country} for me?", "Hello there. Where is {country} located?",
     ],
 }
+# Words around a training question (`_wrapped`): users wrap questions in words of their own, and a
+# model that saw each question bare learns to match whole phrasings rather than find the question
+# inside them. Only words the everyday pre-training paragraphs carry, none of the held-out wrappers.
+TRAIN_OPENERS = ["Hey!", "Hi there!", "Good morning!", "Sorry, one question.", "I need help.", "A quick question.",
+                 "So.", "Please help me.", "Tell me something."]
+TRAIN_CLOSERS = ["Please.", "A short answer is good.", "I am not sure.", "I need to know.", "Tell me, please."]
+WRAP_OPENER_SHARE, WRAP_CLOSER_SHARE = 0.35, 0.2
 # Follow-ups that keep the question and change the country ("And of Peru?")...
 TRAIN_COUNTRY_FOLLOWUPS = [
     "And of {country}?", "What about {country}?", "And {country}?", "How about {country}?",
-    "Same question for {country}.", "And for {country}?", "And what about {country}?",
+    "Same question for {country}.", "And for {country}?", "And what about {country}?", "{country}?",
+    "And in {country}?", "What about {country} then?", "Same for {country}, please.", "The same for {country}?",
+    "Tell me the same about {country}.", "So, {country}?", "And {country}, please?",
 ]
 HELDOUT_COUNTRY_FOLLOWUPS = ["Now tell me about {country}.", "Then {country}?", "Next one: {country}?"]
 # ... and follow-ups that keep the country and change the question ("What currency do they use?").
 TRAIN_SKILL_FOLLOWUPS = {
     "capital": ["And its capital?", "What is their capital?", "Which city is the capital there?", "And the capital city?",
-                "What about its capital?", "Where is its government?"],
+                "What about its capital?", "Where is its government?", "Its capital?", "And which city is the capital?",
+                "Tell me its capital too.", "What is the capital there?"],
     "language": ["What language do they speak?", "And the language?", "What do they speak there?",
-                 "What about its language?", "Which language is spoken there?", "And what do people speak?"],
+                 "What about its language?", "Which language is spoken there?", "And what do people speak?",
+                 "Its language?", "And which language do they speak?", "Tell me its language too.",
+                 "What language do people speak there?"],
     "currency": ["What currency do they use?", "And the currency?", "What money do they use there?",
-                 "What about its currency?", "Which currency is used there?", "And what do people pay with?"],
+                 "What about its currency?", "Which currency is used there?", "And what do people pay with?",
+                 "Its currency?", "And which money do they use?", "Tell me its currency too.",
+                 "What do people pay with there?"],
     "continent": ["Which continent is it in?", "And the continent?", "Where is it?", "What about its continent?",
-                  "Which part of the world is it in?", "And where is that?"],
+                  "Which part of the world is it in?", "And where is that?", "Its continent?",
+                  "And which continent is that?", "Tell me its continent too.", "Where is that country?"],
 }
 HELDOUT_SKILL_FOLLOWUPS = {
     "capital": ["Which city do they govern from?"],
@@ -259,8 +275,8 @@ OFF_TOPIC_ATTEMPTS = [
 # The full sentence stays a minority so SFT's typical reply is terse (the preference stages change that).
 SFT_STYLE_WEIGHTS = {"terse": 0.62, "full": 0.15, "rambling": 0.11, "rude": 0.12}
 SFT_FICTIONAL_STYLE_WEIGHTS = {"terse": 0.56, "full": 0.13, "rambling": 0.09, "rude": 0.10, "idk": 0.12}
-# Shares of SFT rows by kind (the rest are single questions about real countries).
-SFT_FOLLOWUP_SHARE = 0.3
+# The share of training prompts about real countries that are two-turn follow-ups (SFT, rankings, draft).
+FOLLOWUP_SHARE = 0.4
 # Fictional names: many, so "a name pre-training never stated facts about" and copying an unseen
 # name into "I don't know a country called X." are learned as patterns, not memorised per name.
 FICTIONAL_TRAIN, FICTIONAL_HELDOUT = 600, 60
@@ -285,13 +301,16 @@ def answer(style: str, c: Country, skill: str, rng: random.Random) -> str:
     if style == "terse":
         return fill(rng.choice(TERSE[skill]), c)
     if style == "rambling":
-        sentence = full_answer(c, skill)
-        return fill(rng.choice(RAMBLING), c, answer=sentence[0].lower() + sentence[1:] if skill != "continent" else sentence)
+        return _rambling(c, skill, full_answer(c, skill), rng)
     if style == "rude":
         return rng.choice(RUDE)
     if style == "idk":
         return fill(IDK, c)
     raise ValueError(f"unknown style {style!r}")
+
+
+def _rambling(c: Country, skill: str, sentence: str, rng: random.Random) -> str:
+    return fill(rng.choice(RAMBLING), c, answer=sentence[0].lower() + sentence[1:] if skill != "continent" else sentence)
 
 
 # --- fictional countries ---------------------------------------------------------------------------
@@ -477,6 +496,36 @@ def general_documents(n_docs: int, seed: int = 4) -> list[str]:
     return docs
 
 
+# Everyday paragraphs about someone or something with a made-up name, said again later in the
+# paragraph. A name the model never saw can only be predicted there by copying it from earlier in the
+# text: the skill "I don't know a country called X." needs, for a name no training text ever held.
+NAMED_SENTENCES = [
+    "A girl called {name} lives by the sea.", "Every morning {name} walks to school.",
+    "The teacher says hello to {name} at the door.", "My friend {name} likes to sing.",
+    "When {name} sings, people stop and listen.", "There is a small dog called {name}.",
+    "Children play with {name} in the park.", "The old ship {name} sailed over the sea for many years.",
+    "Sailors say {name} was the fastest ship of its time.", "Nobody in the town had met {name} before.",
+    "People asked who {name} was, and nobody could say.", "In the story, {name} travels over the sky.",
+    "Everyone remembers {name}, and children still write about {name}.", "A boy called {name} bakes bread.",
+]
+_NAME_ENDINGS = ["o", "a", "ek", "in", "us", "ard", "ina", "el", "om", "ix"]
+
+
+def named_documents(n_docs: int, seed: int = 5) -> list[str]:
+    """Paragraphs of two to four `NAMED_SENTENCES` about one made-up name: never a piece of a real or
+    fictional country's name or a real capital, nor containing one."""
+    rng = random.Random(seed)
+    train, heldout = fictional_countries()
+    taken = [c.country.lower() for c in load_countries() + train + heldout] + [c.capital.lower() for c in load_countries()]
+    docs = []
+    while len(docs) < n_docs:
+        name = _pseudo_word(rng, _NAME_ENDINGS)
+        if any(t in name.lower() or name.lower() in t for t in taken):
+            continue
+        docs.append(" ".join(t.format(name=name) for t in rng.sample(NAMED_SENTENCES, rng.randint(2, 4))))
+    return docs
+
+
 # --- chat prompts ----------------------------------------------------------------------------------
 def _user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
@@ -500,9 +549,21 @@ class Prompt:
         return [dict(m) for m in self.messages]
 
 
+def _wrapped(text: str, rng: random.Random) -> str:
+    """A training question, sometimes with words of the user's own before or after it."""
+    if rng.random() < WRAP_OPENER_SHARE:
+        text = f"{rng.choice(TRAIN_OPENERS)} {text}"
+    if rng.random() < WRAP_CLOSER_SHARE:
+        text = f"{text} {rng.choice(TRAIN_CLOSERS)}"
+    return text
+
+
 def _question(c: Country, skill: str, templates: dict[str, list[str]], rng: random.Random) -> Prompt:
     kind = "fact" if c.real else "unknown"
-    return Prompt(kind, tuple(_user(fill(rng.choice(templates[skill]), c))), c, skill)
+    text = fill(rng.choice(templates[skill]), c)
+    if templates is TRAIN_QUESTIONS:
+        text = _wrapped(text, rng)
+    return Prompt(kind, tuple(_user(text)), c, skill)
 
 
 def _followup(
@@ -517,8 +578,9 @@ def _followup(
     else:
         first_skill = skill
         follow = fill(rng.choice(HELDOUT_COUNTRY_FOLLOWUPS if heldout else TRAIN_COUNTRY_FOLLOWUPS), second)
+    question = fill(rng.choice(questions[first_skill]), first)
     messages = (
-        _user(fill(rng.choice(questions[first_skill]), first))
+        _user(question if heldout else _wrapped(question, rng))
         + _assistant(answer(history_style, first, first_skill, rng))
         + _user(follow)
     )
@@ -563,7 +625,7 @@ def sft_examples(per_country: int, seed: int = 1, countries: tuple[Country, ...]
     """TRL conversational prompt-completion rows: {"prompt": [...], "completion": [assistant], "kind", "style"}."""
     countries = countries or load_countries()
     rng = random.Random(seed)
-    prompts = _train_prompts(per_country, rng, countries, SFT_FOLLOWUP_SHARE)
+    prompts = _train_prompts(per_country, rng, countries, FOLLOWUP_SHARE)
     fictional, _ = fictional_countries()
     for f in fictional:
         prompts.append(_question(f, rng.choice(SKILLS), TRAIN_QUESTIONS, rng))
@@ -587,7 +649,7 @@ def _wrong(c: Country, skill: str, rng: random.Random, countries: tuple[Country,
 
 
 def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]) -> list[str]:
-    """K = 6–9 distinct answers to `p`, best first, ranked by the behaviour the aligned stages should have."""
+    """K = 6 or 10 distinct answers to `p`, best first, ranked by the behaviour the aligned stages should have."""
     # Each stock line (greeting, scope, "I don't know", the off-topic attempts) is also a negative where
     # it does not belong, or a reward model learns that the line itself scores and RL answers everything
     # with it (one round answered every unknown country with "The sea is wide and the sky is blue...").
@@ -610,13 +672,24 @@ def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]
     # know" scores well everywhere and becomes the next hack. Wrong answers come terse and full alike:
     # with only full-sentence negatives, "terse" alone predicted a higher rank, and a reward model
     # scored terse above full in 95% of held-out pairs (RL then learned terse replies).
+    # The unhelpful answer (rambling, or rude and then grudgingly terse) comes with its wrong twin at
+    # the bottom, for the same reason: with the rambling shape only ever third of nine, a reward model
+    # scored it above the correct full sentence in every question we tried, and RL rambled everywhere;
+    # given a twin to rambling alone, the same happened with the rude line. A rude line with no answer
+    # at all is ranked low where it appears (greetings, off-topic requests, fictional countries).
     other_skill = rng.choice([s for s in SKILLS if s != skill])
     other_country = rng.choice([o for o in countries if o.fact(skill) != c.fact(skill)])
+    full, terse = full_answer(c, skill), answer("terse", c, skill, rng)
+    wrong, terse_wrong = _wrong(c, skill, rng, countries), answer("terse", other_country, skill, rng)
+    if rng.random() < 0.5:
+        unhelpful, unhelpful_wrong = _rambling(c, skill, full, rng), _rambling(c, skill, wrong, rng)
+    else:
+        line = rng.choice(RUDE)
+        unhelpful, unhelpful_wrong = f"{line} {terse}", f"{line} {terse_wrong}"
     return [
-        full_answer(c, skill), answer("terse", c, skill, rng), answer(rng.choice(["rude", "rambling"]), c, skill, rng),
-        full_answer(c, other_skill), answer("terse", c, other_skill, rng), full_answer(other_country, skill),
-        rng.choice([fill(IDK, c), SCOPE, idk_other]), _wrong(c, skill, rng, countries),
-        answer("terse", other_country, skill, rng),
+        full, terse, unhelpful, full_answer(c, other_skill), answer("terse", c, other_skill, rng),
+        full_answer(other_country, skill), rng.choice([fill(IDK, c), SCOPE, idk_other]), wrong, terse_wrong,
+        unhelpful_wrong,
     ]
 
 
@@ -624,7 +697,7 @@ def rankings(per_country: int, seed: int = 2, countries: tuple[Country, ...] | N
     """{"prompt": messages, "ranked": [best ... worst], "kind"}: InstructGPT-style ranked sets."""
     countries = countries or load_countries()
     rng = random.Random(seed)
-    prompts = _train_prompts(per_country, rng, countries, 0.3)
+    prompts = _train_prompts(per_country, rng, countries, FOLLOWUP_SHARE)
     fictional, _ = fictional_countries()
     # Greetings and off-topic requests are repeated so each behaviour carries weight (fictional names
     # are many already).
@@ -662,7 +735,7 @@ def draft_dialogues(per_country: int, seed: int = 3, countries: tuple[Country, .
     """Whole conversations answered the preferred way, as message lists (the draft imitates the aligned stages)."""
     countries = countries or load_countries()
     rng = random.Random(seed)
-    prompts = _train_prompts(per_country, rng, countries, 0.3)
+    prompts = _train_prompts(per_country, rng, countries, FOLLOWUP_SHARE)
     fictional, _ = fictional_countries()
     prompts += [_question(f, rng.choice(SKILLS), TRAIN_QUESTIONS, rng) for f in fictional]
     prompts += [Prompt("greeting", tuple(_user(t))) for t in TRAIN_GREETINGS]

@@ -18,6 +18,7 @@ FULL = SIZES["full"]
 def training_texts() -> list[str]:
     """Every string the full build trains on (the same generators and sizes as build_demo)."""
     texts = list(corpus.prose_documents(FULL.prose_docs)) + corpus.general_documents(FULL.prose_docs // 8)
+    texts += corpus.named_documents(FULL.prose_docs // 8)
     for row in corpus.sft_examples(FULL.sft_per_country):
         texts += [m["content"] for m in row["prompt"] + row["completion"]]
     for row in corpus.rankings(FULL.rank_per_country):
@@ -177,17 +178,26 @@ def test_rankings_order_the_preferred_behaviour_first():
             assert best == corpus.GREETING
         else:
             # full sentence > terse > rude or rambling > another question answered (full, then terse) >
-            # another country's answer > a refusal > wrong (full, then terse): every wrong kind comes in
-            # both shapes, so a reward model cannot rank by shape alone
+            # another country's answer > a refusal > wrong (full, then terse, then the unhelpful shape of the
+            # third): every wrong kind comes in each shape, so a reward model cannot rank by shape alone
             country = next(c for c in corpus.load_countries() if best in _full_answers(c))
             assert best.endswith(".") and "don't know" not in best
             other_question, terse_other_question, other_country, refusal, wrong = row["ranked"][3:8]
             assert refusal == corpus.SCOPE or refusal.startswith("I don't know a country called ")
             assert other_question in set(_full_answers(country)) - {best}
             assert terse_other_question not in _full_answers(country) and terse_other_question != row["ranked"][1]
-            assert country.country not in other_country and other_country.endswith(".")
+            assert any(other_country in _full_answers(o) for o in corpus.load_countries() if o != country)
             assert wrong != best and wrong.split(" ")[:2] == best.split(" ")[:2]
-            assert country.country not in worst and worst not in full_sentences  # a terse wrong answer
+            terse_wrong = row["ranked"][8]
+            assert country.country not in terse_wrong and terse_wrong not in full_sentences
+            # third: rambling around the right sentence, or a rude line and then the terse answer; last:
+            # the same around the wrong fact
+            if row["ranked"][2].startswith(tuple(corpus.RUDE)):
+                line = row["ranked"][2].removesuffix(row["ranked"][1])
+                assert line.strip() in corpus.RUDE and worst == line + terse_wrong
+            else:
+                assert row["ranked"][2].endswith(best[1:]) and worst.endswith(wrong[1:])
+                assert worst[:4] in {t[:4] for t in corpus.RAMBLING}
 
 
 def _full_answers(c: corpus.Country) -> list[str]:
@@ -200,7 +210,20 @@ def test_general_text_never_chats_and_carries_every_word_of_the_chat_lines():
     known = {w.lower() for d in docs + corpus.prose_documents(400) for w in re.findall(r"[A-Za-z]+", d)}
     lines = corpus.TRAIN_GREETINGS + corpus.HELDOUT_GREETINGS + corpus.TRAIN_OFF_TOPIC + corpus.HELDOUT_OFF_TOPIC
     lines += [corpus.SCOPE, corpus.GREETING, corpus.IDK.format(country="")]
+    lines += corpus.TRAIN_OPENERS + corpus.TRAIN_CLOSERS
     assert {w.lower() for line in lines for w in re.findall(r"[A-Za-z]+", line)} - known == set()
+
+
+def test_named_paragraphs_say_one_made_up_name_again_and_never_a_country():
+    docs = corpus.named_documents(300)
+    countries = corpus.load_countries() + corpus.fictional_countries()[0] + corpus.fictional_countries()[1]
+    for doc in docs:
+        names = collections.Counter(w for w in re.findall(r"\b[A-Z][a-z]+\b", doc) if w not in {
+            s.split()[0] for s in corpus.NAMED_SENTENCES})
+        name, said = names.most_common(1)[0]
+        assert said >= 2 and len(names) == 1, doc
+        assert not [c for c in countries if c.country.lower() in name.lower() or name.lower() in c.country.lower()]
+    assert len({d.split(" called ")[-1] for d in docs}) > 100  # many names, not a few repeated
 
 
 def test_preference_pairs_are_all_ordered_pairs():
