@@ -7,12 +7,17 @@ each concurrency: tokens/s, TTFT p50, acceptance rate and mean acceptance length
 figures from the final SSE chunk). Prints the speedup of each method over off at the same stage
 and concurrency.
 
+--answers measures chat answers as users get them: each request ends where the model ends its answer
+(no ignore_eos; tokens past an answer's end are never served in a chat), over the eval's held-out
+questions (`corpus.eval_prompts`, facts only), one each. Both methods produce the same tokens at
+temperature 0, so the tok/s ratio is the ratio of answer latencies.
+
 Policy (--policy): `--max-engines 2`; TTFT at one stream with one engine live, with a second
 (idle) engine live, and with the second one busy; then the same with each engine bound to its own
 core (STAGECHAT_ENGINE_CPUS="0|1", which sets VLLM_CPU_OMP_THREADS_BIND per engine).
 
     .venv/bin/python scripts/bench_speculative.py [--config models/stages.yaml] [--stages base sft]
-        [--concurrency 1 4 16] [--tokens 128] [--policy] [--json out.json]
+        [--concurrency 1 4 16] [--tokens 128] [--answers] [--policy] [--json out.json]
 
 Without --config: models/stages.yaml when the demo family is built (data/demo/{base,sft,rlhf,draft}), else a random tiny
 family (an 8-layer target, a 1-layer draft with the same tokenizer: its acceptance is near zero,
@@ -71,14 +76,16 @@ async def stream_one(client: httpx.AsyncClient, url: str, stage: str, method: st
     return {"ttft": ttft, "spec": spec, "tokens": usage["completion_tokens"], "total": time.perf_counter() - began}
 
 
-async def load(url: str, stage: str, method: str, tokens: int, concurrency: int, requests: int) -> dict:
+async def load(url: str, stage: str, method: str, tokens: int, concurrency: int, requests: int,
+               questions: list[str] = QUESTIONS, ignore_eos: bool = True) -> dict:
     queue = list(range(requests))
     results = []
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
         async def worker():
             while queue:
                 i = queue.pop()
-                results.append(await stream_one(client, url, stage, method, tokens, QUESTIONS[i % len(QUESTIONS)]))
+                results.append(await stream_one(client, url, stage, method, tokens, questions[i % len(questions)],
+                                                ignore_eos))
 
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -100,7 +107,9 @@ async def first_request(url: str, stage: str, method: str) -> float:
 
 
 def bench_speed(config: Path, logs: Path, stages: list[str], methods: list[str], levels: list[int],
-                tokens: int) -> dict:
+                tokens: int, answers: bool = False) -> dict:
+    # Natural answers are ~10 tokens: many distinct questions per cell, so one is not the whole figure.
+    questions, requests = (answer_questions(), 48) if answers else (QUESTIONS, 4)
     server = start_server(config, logs / "speed.log", max_engines=1)
     out = {"ready_s": server.ready_seconds, "cold_start_s": {}, "rows": []}
     try:
@@ -111,7 +120,8 @@ def bench_speed(config: Path, logs: Path, stages: list[str], methods: list[str],
                 asyncio.run(load(server.url, stage, method, 8, 1, 1))  # warm this stage's path
                 for c in levels:
                     row = {"stage": stage, "method": method, "concurrency": c,
-                           **asyncio.run(load(server.url, stage, method, tokens, c, max(4, c)))}
+                           **asyncio.run(load(server.url, stage, method, tokens, c, max(requests, c), questions,
+                                              ignore_eos=not answers))}
                     out["rows"].append(row)
                     print(row, flush=True)
     finally:
@@ -150,6 +160,12 @@ def bench_policy(config: Path, logs: Path, stage: str, method: str) -> dict:
         out[label] = r
         print(label, r, flush=True)
     return out
+
+
+def answer_questions() -> list[str]:
+    from models.demo.corpus import eval_prompts
+
+    return [p.messages[-1]["content"] for p in eval_prompts() if p.kind == "fact"]
 
 
 def tiny_family(root: Path) -> Path:
@@ -191,6 +207,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=None, help="default: the first stage's methods")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--answers", action="store_true", help="requests end where the answer ends (see above)")
     p.add_argument("--policy", action="store_true", help="also measure the engine policy")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--json", type=Path, default=None)
@@ -213,7 +230,8 @@ def main() -> None:
         print(f"registry {config}: stages {stages}, methods {methods}", flush=True)
         results = {"config": str(config)}
         if not args.skip_speed:
-            results["speed"] = bench_speed(config, args.logs, stages, methods, args.concurrency, args.tokens)
+            results["speed"] = bench_speed(config, args.logs, stages, methods, args.concurrency, args.tokens,
+                                           args.answers)
         if args.policy:
             results["policy"] = bench_policy(config, args.logs, stages[0], methods[0])
         if "speed" in results:
