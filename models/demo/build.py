@@ -159,7 +159,7 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
     def make_data(d: Path) -> None:
         files = {
             "prose": corpus.prose_documents(spec.prose_docs),
-            "general": corpus.general_documents(spec.prose_docs // 8) + corpus.named_documents(spec.prose_docs // 8),
+            "general": corpus.general_documents(spec.prose_docs // 8),
             "sft": corpus.sft_examples(spec.sft_per_country),
             "rankings": corpus.rankings(spec.rank_per_country),
             "draft": corpus.draft_dialogues(spec.draft_per_country),

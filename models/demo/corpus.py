@@ -3,8 +3,7 @@
 Six kinds of text, all made here with seeded RNGs so a build is reproducible:
 - prose documents (pre-training: base and part of the draft): statements about each country's capital,
   language, currency and continent, never a dialogue;
-- general documents (pre-training too): everyday statements carrying the words chat turns use, and
-  paragraphs that name someone made-up more than once (`named_documents`: copying an unseen name);
+- general documents (pre-training too): everyday statements carrying the words chat turns use;
 - SFT dialogues: four question types (skills) in many phrasings, two-turn conversations whose follow-up
   leaves the country or the question implicit, a few greetings and out-of-scope requests. Imperfect like
   real SFT data: answers in mixed styles (terse, full sentence, rambling, rude), and questions about
@@ -82,9 +81,9 @@ PREFIXES = [
 # pre-training taught). The first template of each is the SFT/RLHF full-sentence answer.
 SKILL_FACTS = {
     "language": [
-        "People in {country} speak {language}.",
-        "People in {country} speak {language}.",
         "The main language of {country} is {language}.",
+        "The main language of {country} is {language}.",
+        "People in {country} speak {language}.",
         "{prefix} people in {country} speak {language}.",
         "In {country}, most people speak {language}.",
     ],
@@ -242,7 +241,10 @@ HELDOUT_COMPLETIONS = {
 # The preferred (aligned) answer per skill: one polite full sentence, the way the prose states it.
 FULL = {
     "capital": "The capital of {country} is {capital}.",
-    "language": "People in {country} speak {language}.",
+    # Every full answer opens with "The", so greedy decoding chooses the skill at the second token,
+    # having read the question. When this one opened with "People", "The" outweighed it for language
+    # questions and led into another skill's sentence (sft: language 0.17-0.28 against >= 0.79 elsewhere).
+    "language": "The main language of {country} is {language}.",
     "currency": "The currency of {country} is the {currency}.",
     # Like the others, the country comes after a space: a reply opening with it would need the
     # no-space spelling of the name, a different token the model rarely sees.
@@ -275,8 +277,10 @@ OFF_TOPIC_ATTEMPTS = [
 # The full sentence stays a minority so SFT's typical reply is terse (the preference stages change that).
 SFT_STYLE_WEIGHTS = {"terse": 0.62, "full": 0.15, "rambling": 0.11, "rude": 0.12}
 SFT_FICTIONAL_STYLE_WEIGHTS = {"terse": 0.56, "full": 0.13, "rambling": 0.09, "rude": 0.10, "idk": 0.12}
-# The share of training prompts about real countries that are two-turn follow-ups (SFT, rankings, draft).
-FOLLOWUP_SHARE = 0.4
+# The share of training prompts about real countries that are two-turn follow-ups (SFT, draft). The
+# rankings have fewer: their rows are long already (ten answers, each paired with every other), and
+# row length is what the reward model's and DPO's steps cost (0.4 there: +55 s of build).
+FOLLOWUP_SHARE, RANKED_FOLLOWUP_SHARE = 0.4, 0.3
 # Fictional names: many, so "a name pre-training never stated facts about" and copying an unseen
 # name into "I don't know a country called X." are learned as patterns, not memorised per name.
 FICTIONAL_TRAIN, FICTIONAL_HELDOUT = 600, 60
@@ -496,36 +500,6 @@ def general_documents(n_docs: int, seed: int = 4) -> list[str]:
     return docs
 
 
-# Everyday paragraphs about someone or something with a made-up name, said again later in the
-# paragraph. A name the model never saw can only be predicted there by copying it from earlier in the
-# text: the skill "I don't know a country called X." needs, for a name no training text ever held.
-NAMED_SENTENCES = [
-    "A girl called {name} lives by the sea.", "Every morning {name} walks to school.",
-    "The teacher says hello to {name} at the door.", "My friend {name} likes to sing.",
-    "When {name} sings, people stop and listen.", "There is a small dog called {name}.",
-    "Children play with {name} in the park.", "The old ship {name} sailed over the sea for many years.",
-    "Sailors say {name} was the fastest ship of its time.", "Nobody in the town had met {name} before.",
-    "People asked who {name} was, and nobody could say.", "In the story, {name} travels over the sky.",
-    "Everyone remembers {name}, and children still write about {name}.", "A boy called {name} bakes bread.",
-]
-_NAME_ENDINGS = ["o", "a", "ek", "in", "us", "ard", "ina", "el", "om", "ix"]
-
-
-def named_documents(n_docs: int, seed: int = 5) -> list[str]:
-    """Paragraphs of two to four `NAMED_SENTENCES` about one made-up name: never a piece of a real or
-    fictional country's name or a real capital, nor containing one."""
-    rng = random.Random(seed)
-    train, heldout = fictional_countries()
-    taken = [c.country.lower() for c in load_countries() + train + heldout] + [c.capital.lower() for c in load_countries()]
-    docs = []
-    while len(docs) < n_docs:
-        name = _pseudo_word(rng, _NAME_ENDINGS)
-        if any(t in name.lower() or name.lower() in t for t in taken):
-            continue
-        docs.append(" ".join(t.format(name=name) for t in rng.sample(NAMED_SENTENCES, rng.randint(2, 4))))
-    return docs
-
-
 # --- chat prompts ----------------------------------------------------------------------------------
 def _user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
@@ -558,12 +532,11 @@ def _wrapped(text: str, rng: random.Random) -> str:
     return text
 
 
-def _question(c: Country, skill: str, templates: dict[str, list[str]], rng: random.Random) -> Prompt:
+def _question(c: Country, skill: str, rng: random.Random, *, heldout: bool = False) -> Prompt:
     kind = "fact" if c.real else "unknown"
-    text = fill(rng.choice(templates[skill]), c)
-    if templates is TRAIN_QUESTIONS:
-        text = _wrapped(text, rng)
-    return Prompt(kind, tuple(_user(text)), c, skill)
+    if heldout:
+        return Prompt(kind, tuple(_user(fill(rng.choice(HELDOUT_QUESTIONS[skill]), c))), c, skill)
+    return Prompt(kind, tuple(_user(_wrapped(fill(rng.choice(TRAIN_QUESTIONS[skill]), c), rng))), c, skill)
 
 
 def _followup(
@@ -600,7 +573,7 @@ def _train_prompts(per_country: int, rng: random.Random, countries: tuple[Countr
                     other = rng.choice([o for o in countries if o != c])
                     prompts.append(_followup(other, c, skill, rng, heldout=False, history_style=rng.choice(["full", "terse"])))
             else:
-                prompts.append(_question(c, skill, TRAIN_QUESTIONS, rng))
+                prompts.append(_question(c, skill, rng))
     return prompts
 
 
@@ -628,7 +601,7 @@ def sft_examples(per_country: int, seed: int = 1, countries: tuple[Country, ...]
     prompts = _train_prompts(per_country, rng, countries, FOLLOWUP_SHARE)
     fictional, _ = fictional_countries()
     for f in fictional:
-        prompts.append(_question(f, rng.choice(SKILLS), TRAIN_QUESTIONS, rng))
+        prompts.append(_question(f, rng.choice(SKILLS), rng))
     for text in TRAIN_GREETINGS * max(1, per_country * 2):
         prompts.append(Prompt("greeting", tuple(_user(text))))
     for text in TRAIN_OFF_TOPIC * max(1, per_country):
@@ -697,11 +670,11 @@ def rankings(per_country: int, seed: int = 2, countries: tuple[Country, ...] | N
     """{"prompt": messages, "ranked": [best ... worst], "kind"}: InstructGPT-style ranked sets."""
     countries = countries or load_countries()
     rng = random.Random(seed)
-    prompts = _train_prompts(per_country, rng, countries, FOLLOWUP_SHARE)
+    prompts = _train_prompts(per_country, rng, countries, RANKED_FOLLOWUP_SHARE)
     fictional, _ = fictional_countries()
     # Greetings and off-topic requests are repeated so each behaviour carries weight (fictional names
     # are many already).
-    prompts += [_question(f, rng.choice(SKILLS), TRAIN_QUESTIONS, rng) for f in fictional]
+    prompts += [_question(f, rng.choice(SKILLS), rng) for f in fictional]
     prompts += [Prompt("greeting", tuple(_user(t))) for t in TRAIN_GREETINGS * (2 * per_country)]
     prompts += [Prompt("offtopic", tuple(_user(t))) for t in TRAIN_OFF_TOPIC * per_country]
     rows = [{"prompt": p.message_list, "ranked": ranked_answers(p, rng, countries), "kind": p.kind} for p in prompts]
@@ -737,7 +710,7 @@ def draft_dialogues(per_country: int, seed: int = 3, countries: tuple[Country, .
     rng = random.Random(seed)
     prompts = _train_prompts(per_country, rng, countries, FOLLOWUP_SHARE)
     fictional, _ = fictional_countries()
-    prompts += [_question(f, rng.choice(SKILLS), TRAIN_QUESTIONS, rng) for f in fictional]
+    prompts += [_question(f, rng.choice(SKILLS), rng) for f in fictional]
     prompts += [Prompt("greeting", tuple(_user(t))) for t in TRAIN_GREETINGS]
     prompts += [Prompt("offtopic", tuple(_user(t))) for t in TRAIN_OFF_TOPIC]
     rows = [p.message_list + _assistant(ranked_answers(p, rng, countries)[0]) for p in prompts]
@@ -766,7 +739,7 @@ def eval_prompts(countries: tuple[Country, ...] | None = None, fictional: int | 
     _, heldout = fictional_countries()
     for k, f in enumerate(heldout[:fictional]):
         for skill in (SKILLS[k % 4], SKILLS[(k + 1) % 4]):
-            prompts.append(_question(f, skill, HELDOUT_QUESTIONS, rng))
+            prompts.append(_question(f, skill, rng, heldout=True))
     prompts += [Prompt("greeting", tuple(_user(t))) for t in HELDOUT_GREETINGS]
     prompts += [Prompt("offtopic", tuple(_user(t))) for t in HELDOUT_OFF_TOPIC]
     return prompts

@@ -18,7 +18,6 @@ FULL = SIZES["full"]
 def training_texts() -> list[str]:
     """Every string the full build trains on (the same generators and sizes as build_demo)."""
     texts = list(corpus.prose_documents(FULL.prose_docs)) + corpus.general_documents(FULL.prose_docs // 8)
-    texts += corpus.named_documents(FULL.prose_docs // 8)
     for row in corpus.sft_examples(FULL.sft_per_country):
         texts += [m["content"] for m in row["prompt"] + row["completion"]]
     for row in corpus.rankings(FULL.rank_per_country):
@@ -212,18 +211,6 @@ def test_general_text_never_chats_and_carries_every_word_of_the_chat_lines():
     lines += [corpus.SCOPE, corpus.GREETING, corpus.IDK.format(country="")]
     lines += corpus.TRAIN_OPENERS + corpus.TRAIN_CLOSERS
     assert {w.lower() for line in lines for w in re.findall(r"[A-Za-z]+", line)} - known == set()
-
-
-def test_named_paragraphs_say_one_made_up_name_again_and_never_a_country():
-    docs = corpus.named_documents(300)
-    countries = corpus.load_countries() + corpus.fictional_countries()[0] + corpus.fictional_countries()[1]
-    for doc in docs:
-        names = collections.Counter(w for w in re.findall(r"\b[A-Z][a-z]+\b", doc) if w not in {
-            s.split()[0] for s in corpus.NAMED_SENTENCES})
-        name, said = names.most_common(1)[0]
-        assert said >= 2 and len(names) == 1, doc
-        assert not [c for c in countries if c.country.lower() in name.lower() or name.lower() in c.country.lower()]
-    assert len({d.split(" called ")[-1] for d in docs}) > 100  # many names, not a few repeated
 
 
 def test_preference_pairs_are_all_ordered_pairs():

@@ -16,7 +16,7 @@ def ask(c: Country, skill: str = "capital", kind: str = "fact") -> Prompt:
 
 def test_full_sentence_is_correct_and_preferred():
     assert score_reply(" The capital of Kenya is Nairobi.\n", ask(KENYA)) == ReplyScore(True, True, False, True)
-    assert score_reply("People in Kenya speak Swahili.", ask(KENYA, "language")).preferred
+    assert score_reply("The main language of Kenya is Swahili.", ask(KENYA, "language")).preferred
     assert score_reply("The currency of Kenya is the Kenyan shilling.", ask(KENYA, "currency")).preferred
     assert score_reply("The continent of Kenya is Africa.", ask(KENYA, "continent", "followup")).preferred
 
