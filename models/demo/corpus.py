@@ -182,7 +182,7 @@ HELDOUT_QUESTIONS = {
         "Could you name the continent of {country} for me?", "Hello there. Where is {country} located?",
     ],
 }
-# Words around a training question (`_wrapped`): users wrap questions in words of their own, and a
+# Words around a training question (`_ask`): users wrap questions in words of their own, and a
 # model that saw each question bare learns to match whole phrasings rather than find the question
 # inside them. Only words the everyday pre-training paragraphs carry, none of the held-out wrappers.
 TRAIN_OPENERS = ["Hey!", "Hi there!", "Good morning!", "Sorry, one question.", "I need help.", "A quick question.",
@@ -278,8 +278,8 @@ OFF_TOPIC_ATTEMPTS = [
 SFT_STYLE_WEIGHTS = {"terse": 0.62, "full": 0.15, "rambling": 0.11, "rude": 0.12}
 SFT_FICTIONAL_STYLE_WEIGHTS = {"terse": 0.56, "full": 0.13, "rambling": 0.09, "rude": 0.10, "idk": 0.12}
 # The share of training prompts about real countries that are two-turn follow-ups (SFT, draft). The
-# rankings have fewer: their rows are long already (ten answers, each paired with every other), and
-# row length is what the reward model's and DPO's steps cost (0.4 there: +55 s of build).
+# rankings keep recipe 9's 0.3, which the reported build used; at 0.4 the build's dpo and rm steps
+# took 110 s and 188 s against 126 s and 177 s at 0.3, within this machine's run-to-run noise.
 FOLLOWUP_SHARE, RANKED_FOLLOWUP_SHARE = 0.4, 0.3
 # Fictional names: many, so "a name pre-training never stated facts about" and copying an unseen
 # name into "I don't know a country called X." are learned as patterns, not memorised per name.
@@ -523,8 +523,12 @@ class Prompt:
         return [dict(m) for m in self.messages]
 
 
-def _wrapped(text: str, rng: random.Random) -> str:
-    """A training question, sometimes with words of the user's own before or after it."""
+def _ask(c: Country, skill: str, rng: random.Random, heldout: bool) -> str:
+    """A question's text: a held-out phrasing as is, or a training one, sometimes with words of the
+    user's own before or after it."""
+    text = fill(rng.choice((HELDOUT_QUESTIONS if heldout else TRAIN_QUESTIONS)[skill]), c)
+    if heldout:
+        return text
     if rng.random() < WRAP_OPENER_SHARE:
         text = f"{rng.choice(TRAIN_OPENERS)} {text}"
     if rng.random() < WRAP_CLOSER_SHARE:
@@ -533,10 +537,7 @@ def _wrapped(text: str, rng: random.Random) -> str:
 
 
 def _question(c: Country, skill: str, rng: random.Random, *, heldout: bool = False) -> Prompt:
-    kind = "fact" if c.real else "unknown"
-    if heldout:
-        return Prompt(kind, tuple(_user(fill(rng.choice(HELDOUT_QUESTIONS[skill]), c))), c, skill)
-    return Prompt(kind, tuple(_user(_wrapped(fill(rng.choice(TRAIN_QUESTIONS[skill]), c), rng))), c, skill)
+    return Prompt("fact" if c.real else "unknown", tuple(_user(_ask(c, skill, rng, heldout))), c, skill)
 
 
 def _followup(
@@ -544,16 +545,14 @@ def _followup(
 ) -> Prompt:
     """Two turns: a question about `first`, its answer, then a follow-up about `second` (same country
     when the follow-up changes the question, same question when it changes the country)."""
-    questions = HELDOUT_QUESTIONS if heldout else TRAIN_QUESTIONS
     if first == second:
         first_skill = rng.choice([s for s in SKILLS if s != skill])
         follow = rng.choice((HELDOUT_SKILL_FOLLOWUPS if heldout else TRAIN_SKILL_FOLLOWUPS)[skill])
     else:
         first_skill = skill
         follow = fill(rng.choice(HELDOUT_COUNTRY_FOLLOWUPS if heldout else TRAIN_COUNTRY_FOLLOWUPS), second)
-    question = fill(rng.choice(questions[first_skill]), first)
     messages = (
-        _user(question if heldout else _wrapped(question, rng))
+        _user(_ask(first, first_skill, rng, heldout))
         + _assistant(answer(history_style, first, first_skill, rng))
         + _user(follow)
     )
