@@ -25,6 +25,8 @@ from server.engine import (
     TokenLogprob,
 )
 
+from server.placement import SchedulerPlacement, confine_at, cpu_set
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CPU_KVCACHE_GIB = "2"
@@ -70,6 +72,7 @@ class VllmEngine:
         self._max_lora_rank = max_lora_rank  # None: this engine serves no adapter
         self._llm = None
         self._cpus: str | None = None
+        self._placement: SchedulerPlacement | None = None
         self.tokenizer = None
         self.max_model_len = 0
 
@@ -105,6 +108,7 @@ class VllmEngine:
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self.tokenizer = self._llm.get_tokenizer()
         self.max_model_len = self._llm.model_config.max_model_len
+        self._placement = _scheduler_placement(self._llm, self._cpus or os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
 
     async def warm_up(self, adapters: list[AdapterRef]) -> None:
         """One short generation per adapter (and without), so first requests pay no load cost."""
@@ -132,6 +136,9 @@ class VllmEngine:
         finished = False
         score_only = settings.max_tokens == 0  # vLLM generates at least one token: drop it
         sent_prompt = False
+        placement = self._placement
+        if placement is not None:
+            placement.started()
         try:
             async for output in stream:
                 batch = [self._delta(c, settings.logprobs or 0, score_only) for c in output.outputs]
@@ -143,6 +150,8 @@ class VllmEngine:
                 yield batch
                 finished = output.finished
         finally:
+            if placement is not None:
+                placement.finished()
             if not finished:  # the consumer went away (or failed): free the engine's slot now
                 await stream.aclose()
                 await self._llm.abort(request_id)
@@ -191,12 +200,29 @@ class VllmEngine:
         return EngineStats(running_requests=self._llm.output_processor.get_num_unfinished_requests())
 
     async def shutdown(self) -> None:
+        self._placement = None
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
         if self._cpus is not None:
             _cpu_lists_in_use[self._cpus] -= 1
             self._cpus = None
+
+
+def _scheduler_placement(llm, bind: str | None) -> SchedulerPlacement | None:
+    """On the CPU backend, with the engine's model bound to cores of its own (`bind`, one engine's
+    `VLLM_CPU_OMP_THREADS_BIND` list): its scheduler follows the load (`server.placement`)."""
+    from vllm.platforms import current_platform
+
+    at = confine_at()
+    if not bind or bind in ("auto", "nobind") or "|" in bind or at <= 0 or not current_platform.is_cpu():
+        return None
+    try:
+        pid = llm.engine_core.resources.engine_manager.processes[0].pid
+    except (AttributeError, IndexError):  # an engine core in this process, or another layout
+        return None
+    placement = SchedulerPlacement(pid, cpu_set(bind), at)
+    return placement if placement.engine_cpus < placement.anywhere else None
 
 
 def _structured_outputs_config(given):
