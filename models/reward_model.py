@@ -159,19 +159,28 @@ def pair_ids(tokenizer, pair: dict[str, Any]) -> tuple[list[int], list[int]]:
 
 def pairwise_accuracy(model, tokenizer, pairs: list[dict[str, Any]], max_length: int) -> tuple[float, int]:
     """(share of pairs whose chosen answer scores higher, pairs judged); pairs over max_length are skipped."""
+    judged = [ids for ids in (pair_ids(tokenizer, pair) for pair in pairs) if max(map(len, ids)) <= max_length]
+    scores = sequence_scores(model, [sequence for ids in judged for sequence in ids], tokenizer.pad_token_id)
+    right = sum(chosen > rejected for chosen, rejected in zip(scores[::2], scores[1::2]))
+    return (right / len(judged) if judged else float("nan")), len(judged)
+
+
+def sequence_scores(model, sequences: list[list[int]], pad_id: int, batch_size: int = 64) -> list[float]:
+    """The reward model's score of each token sequence. Batched, padded on the right: attention is
+    causal and the score is read at the last token that is not padding, so padding changes no score
+    (one at a time, 4,400 held-out pairs took half a minute of the demo build)."""
     import torch
 
     model.eval()
-    right = judged = 0
+    scores: list[float] = []
     with torch.no_grad():
-        for pair in pairs:
-            chosen, rejected = pair_ids(tokenizer, pair)
-            if max(len(chosen), len(rejected)) > max_length:
-                continue
-            scores = [model(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in (chosen, rejected)]
-            right += scores[0] > scores[1]
-            judged += 1
-    return (right / judged if judged else float("nan")), judged
+        for start in range(0, len(sequences), batch_size):
+            batch = sequences[start:start + batch_size]
+            width = max(map(len, batch))
+            ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in batch])
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch])
+            scores += model(input_ids=ids, attention_mask=mask).logits[:, 0].tolist()
+    return scores
 
 
 def train_reward_model(checkpoint: str, adapter: str | None, train: list[dict[str, Any]],

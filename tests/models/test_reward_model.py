@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from models.reward_model import (META_FILE, RewardPlan, build_reward_model, comparison_pairs, pairwise_accuracy,
-                                 split_by_prompt)
+from models.reward_model import (META_FILE, RewardPlan, build_reward_model, comparison_pairs,
+                                 load_policy_as_classifier, pairwise_accuracy, sequence_scores, split_by_prompt)
 from models.rlhf_round import RoundError
 from server.registry import load_registry
 from server.store import GenerationRecord, Store, prompt_hash
@@ -162,3 +162,14 @@ def test_trains_on_the_merged_adapter_stage_and_registers_the_reward_model(regis
 
     with pytest.raises(RoundError, match="already names"):  # the name is now taken
         build_reward_model(config=registry_file, from_stage="sft", name="rm", database_url=db, data_dir=tmp_path)
+
+
+def test_scores_in_padded_batches_equal_scores_one_at_a_time(tiny_family, tmp_path):
+    import torch
+
+    model, tokenizer = load_policy_as_classifier(str(tiny_family / "base"), None, tmp_path)
+    sequences = [tokenizer.encode(text) for text in ("Hello", "The capital of Kenya is Nairobi.", "a b c d e f g h")]
+    with torch.no_grad():
+        one_at_a_time = [model(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in sequences]
+    assert sequence_scores(model, sequences, tokenizer.pad_token_id, batch_size=2) == pytest.approx(one_at_a_time,
+                                                                                                     abs=1e-5)
