@@ -54,6 +54,10 @@ async def _http_stream(session, url: str, model: str, tokens: int) -> float:
 
 
 REPEATS = 5  # each load runs this many times per path; each figure reported is the median of its runs
+# Both servers close a keep-alive connection after 5 s idle (uvicorn's default). A client that reuses
+# one at that moment gets "Server disconnected" (one run of this script died of it): the client
+# drops idle connections first.
+KEEPALIVE_SECONDS = 4
 IDLE_SECONDS = 1.5  # between two loads (see bench_interleaved)
 
 
@@ -75,7 +79,7 @@ async def bench_http(url: str, model: str, tokens: int, levels: list[int]) -> di
     """One server alone: REPEATS loads per level, the medians of each (scripts/bench_remote.py)."""
     import aiohttp
 
-    connector = aiohttp.TCPConnector(limit=max(levels) + 4)
+    connector = aiohttp.TCPConnector(limit=max(levels) + 4, keepalive_timeout=KEEPALIVE_SECONDS)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as client:
         await _http_stream(client, url, model, 4)  # warm
 
@@ -167,7 +171,7 @@ async def bench_interleaved(servers: dict, model: Path, tokens: int, levels: lis
                 ttft = ttft or time.perf_counter() - began
         return ttft, n
 
-    connector = aiohttp.TCPConnector(limit=max(levels) + 4)
+    connector = aiohttp.TCPConnector(limit=max(levels) + 4, keepalive_timeout=KEEPALIVE_SECONDS)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as client:
         async def load(path: str, c: int) -> dict:
             if path == "direct AsyncLLM":
