@@ -56,8 +56,9 @@ class Size:
 
 
 SIZES = {
-    # Measured on a shared 2-core machine, two threads: data+tokenizer 2 s, base 162 s (1.26M params,
-    # 500 steps of 32x128 tokens), sft 60 s, dpo 80 s, draft 28 s, rm 134 s, rlhf 80 s; 545 s in all.
+    # Measured on a shared 2-core machine, two threads (recipe 10): data+tokenizer 2 s, base 163 s
+    # (1.26M params, 500 steps of 32x128 tokens), sft 77 s, dpo 110 s, draft 34 s, rm 188 s (13 s of it
+    # since saved by scoring the held-out pairs in batches), rlhf 80 s; 653 s in all.
     # Eval figures (and the reward hacking the rlhf round shows): README, demo family.
     "full": Size(
         prose_docs=20_000,
