@@ -24,7 +24,6 @@ from server.engine import (
     SpeculativeFigures,
     TokenLogprob,
 )
-
 from server.placement import SchedulerPlacement, confine_at, cpu_set
 
 log = logging.getLogger(__name__)
