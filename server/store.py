@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -375,7 +377,7 @@ def _sqlite_engine(url: str) -> Engine:
         cursor = dbapi_conn.cursor()
         # WAL lets readers (exports) run beside the writer; synchronous=FULL fsyncs the WAL on every
         # commit, so an acknowledged rating survives kill -9 and power loss.
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _set_wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
@@ -389,6 +391,21 @@ def _sqlite_engine(url: str) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _set_wal(cursor: Any, wait_seconds: float = 30) -> None:
+    """`PRAGMA journal_mode=WAL`, waiting its turn. On a database not yet in WAL mode (a fresh one)
+    that another connection is writing to (a schema upgrade: two processes starting together),
+    SQLite refuses the switch at once with "database is locked", without the busy timeout."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def create_store_engine(url: str) -> Engine:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sqlite3
 import sys
 import textwrap
 import threading
@@ -62,6 +63,24 @@ def test_processes_starting_together_on_a_fresh_database(store_url: str):
         t.join(timeout=60)
     assert not any(t.is_alive() for t in threads), "schema upgrades blocked each other"
     assert errors == []
+
+
+def test_a_store_opening_while_another_writes_a_fresh_database_waits_its_turn(tmp_path):
+    # SQLite refuses the switch to WAL at once ("database is locked", no busy timeout) while another
+    # connection writes to a database not yet in WAL mode: what a schema upgrade racing a second
+    # process's start looks like, made deterministic here.
+    path = tmp_path / "fresh.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("CREATE TABLE early (x)")
+    threading.Timer(0.3, writer.execute, ("COMMIT",)).start()
+    store = Store(f"sqlite:///{path}")
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+    finally:
+        store.close()
+        writer.close()
 
 
 def test_generation_round_trips(store: Store, log_answer):
