@@ -107,7 +107,8 @@ class VllmEngine:
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self.tokenizer = self._llm.get_tokenizer()
         self.max_model_len = self._llm.model_config.max_model_len
-        self._placement = _scheduler_placement(self._llm, self._cpus or os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
+        # The cores vLLM bound this engine's worker to: ours (set above) or the user's.
+        self._placement = _scheduler_placement(self._llm, os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
 
     async def warm_up(self, adapters: list[AdapterRef]) -> None:
         """One short generation per adapter (and without), so first requests pay no load cost."""

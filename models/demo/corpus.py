@@ -280,7 +280,8 @@ SFT_FICTIONAL_STYLE_WEIGHTS = {"terse": 0.56, "full": 0.13, "rambling": 0.09, "r
 # The share of training prompts about real countries that are two-turn follow-ups (SFT, draft). The
 # rankings keep recipe 9's 0.3, which the reported build used; at 0.4 the build's dpo and rm steps
 # took 110 s and 188 s against 126 s and 177 s at 0.3, within this machine's run-to-run noise.
-FOLLOWUP_SHARE, RANKED_FOLLOWUP_SHARE = 0.4, 0.3
+FOLLOWUP_SHARE = 0.4
+RANKED_FOLLOWUP_SHARE = 0.3
 # Fictional names: many, so "a name pre-training never stated facts about" and copying an unseen
 # name into "I don't know a country called X." are learned as patterns, not memorised per name.
 FICTIONAL_TRAIN, FICTIONAL_HELDOUT = 600, 60

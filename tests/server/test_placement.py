@@ -17,30 +17,27 @@ def test_cpu_set_reads_vllm_core_lists():
     assert cpu_set("1-3,5") == {1, 2, 3, 5}
 
 
-class Recorder:
-    def __init__(self):
-        self.moves = []
-
-    def __call__(self, pid, cpus):
-        self.moves.append(set(cpus))
-
-
 def placement(confine_at=4):
-    recorder = Recorder()
-    return SchedulerPlacement(os.getpid(), {1}, confine_at, set_affinity=recorder), recorder
+    """A placement of this process that records its moves instead of making them."""
+    moves: list[set[int]] = []
+
+    def record(pid, cpus):
+        moves.append(set(cpus))
+
+    return SchedulerPlacement(os.getpid(), {1}, confine_at, set_affinity=record), moves
 
 
 def test_the_scheduler_moves_onto_the_engine_cores_at_the_mark_and_back_at_half_of_it():
     p, moves = placement(confine_at=4)
     for _ in range(3):
         p.started()
-    assert moves.moves == [] and not p.confined
+    assert moves == [] and not p.confined
     p.started()
-    assert moves.moves == [{1}] and p.confined
+    assert moves == [{1}] and p.confined
     p.finished()  # 3 running: above half the mark, it stays
-    assert moves.moves == [{1}]
+    assert moves == [{1}]
     p.finished()  # 2 running: back wherever it may run
-    assert moves.moves == [{1}, os.sched_getaffinity(os.getpid())] and not p.confined
+    assert moves == [{1}, os.sched_getaffinity(os.getpid())] and not p.confined
 
 
 def test_a_load_hovering_at_the_mark_moves_it_once():
@@ -50,7 +47,7 @@ def test_a_load_hovering_at_the_mark_moves_it_once():
     for _ in range(10):
         p.finished()
         p.started()
-    assert moves.moves == [{1}]
+    assert moves == [{1}]
 
 
 def test_a_scheduler_that_is_gone_is_not_an_error():
