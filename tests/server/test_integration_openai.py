@@ -135,19 +135,29 @@ def metric(url: str, name: str) -> float:
 
 
 def test_client_disconnect_aborts_the_generation(live):
-    # 16 sequences of 450 tokens: seconds of work even for the tiny model, so an abort shows.
+    # 16 sequences of 450 tokens: about a second of engine work even for the tiny model. The client
+    # leaves at its first token, and the engine must stop short of what remained. On a busy machine
+    # a front end can stall until the engine is past half way: such an attempt proves nothing
+    # either way, and is made again.
     url, n, max_tokens = live.url, 16, 450
+    requested = n * max_tokens
     engine_url = getattr(live, "engine_url", url)  # a remote engine's metrics are on its server
-    generated_before = metric(engine_url, "vllm:generation_tokens_total")
     body = {"model": "base", "messages": MESSAGES, "max_tokens": max_tokens, "n": n, "stream": True,
             "ignore_eos": True}
-    with httpx.Client(timeout=30) as http:
-        with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
-            next(line for line in r.iter_lines() if line.startswith("data: "))
-    deadline = time.monotonic() + 30
-    while metric(url, "stagechat_engine_unfinished_requests") != 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    # The engine stopped early: it generated fewer tokens than the request asked for.
-    assert metric(engine_url, "vllm:generation_tokens_total") - generated_before < n * max_tokens / 2
-    assert metric(url, 'stagechat_requests_total\\{kind="chat",outcome="cancelled",stage="base"\\}') == 1
+    for attempt in range(1, 4):
+        generated_before = metric(engine_url, "vllm:generation_tokens_total")
+        with httpx.Client(timeout=30) as http:
+            with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+                next(line for line in r.iter_lines() if line.startswith("data: "))
+        at_leaving = metric(engine_url, "vllm:generation_tokens_total") - generated_before
+        deadline = time.monotonic() + 30
+        while metric(url, "stagechat_engine_unfinished_requests") != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        generated = metric(engine_url, "vllm:generation_tokens_total") - generated_before
+        if at_leaving < requested / 2:
+            break
+    else:
+        pytest.fail("in every attempt the first token came after the engine was past half way")
+    assert generated - at_leaving < (requested - at_leaving) / 2  # it stopped: most of the rest never came
+    assert metric(url, 'stagechat_requests_total\\{kind="chat",outcome="cancelled",stage="base"\\}') == attempt
