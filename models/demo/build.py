@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from models.demo import corpus
 from models.demo.pretrain import ModelShape, TrainPlan
 from models.demo.sft import AdapterPlan
 from models.reward_model import RewardPlan
@@ -108,6 +109,17 @@ def default_out_dir() -> Path:
     return default_data_dir() / "demo"
 
 
+def training_data(spec: Size) -> dict[str, list]:
+    """Every data file a build of this size trains on, by name (what its `data/` folder holds)."""
+    return {
+        "prose": corpus.prose_documents(spec.prose_docs),
+        "general": corpus.general_documents(spec.prose_docs // 8),
+        "sft": corpus.sft_examples(spec.sft_per_country),
+        "rankings": corpus.rankings(spec.rank_per_country),
+        "draft": corpus.draft_dialogues(spec.draft_per_country),
+    }
+
+
 def is_complete(folder: Path, size: str) -> bool:
     marker = folder / MARKER
     if not marker.exists():
@@ -145,7 +157,7 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
         raise ValueError(f"size must be one of {sorted(SIZES)}, not {size!r}")
     import torch  # imported here: `stagechat --help` must not pay for torch
 
-    from models.demo import corpus, draft, dpo, pretrain, sft, tokenizer as tok
+    from models.demo import draft, dpo, pretrain, sft, tokenizer as tok
 
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,14 +170,7 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
         return json.loads((data_dir / f"{name}.json").read_text())
 
     def make_data(d: Path) -> None:
-        files = {
-            "prose": corpus.prose_documents(spec.prose_docs),
-            "general": corpus.general_documents(spec.prose_docs // 8),
-            "sft": corpus.sft_examples(spec.sft_per_country),
-            "rankings": corpus.rankings(spec.rank_per_country),
-            "draft": corpus.draft_dialogues(spec.draft_per_country),
-        }
-        for name, rows in files.items():
+        for name, rows in training_data(spec).items():
             (d / f"{name}.json").write_text(json.dumps(rows, ensure_ascii=False))
 
     def pretraining_text() -> list[str]:

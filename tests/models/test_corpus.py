@@ -9,20 +9,21 @@ import re
 import pytest
 
 from models.demo import corpus
-from models.demo.build import SIZES
+from models.demo.build import SIZES, training_data
 
 FULL = SIZES["full"]
 
 
 @pytest.fixture(scope="module")
 def training_texts() -> list[str]:
-    """Every string the full build trains on (the same generators and sizes as build_demo)."""
-    texts = list(corpus.prose_documents(FULL.prose_docs)) + corpus.general_documents(FULL.prose_docs // 8)
-    for row in corpus.sft_examples(FULL.sft_per_country):
+    """Every string the full build trains on: its data files' texts."""
+    data = training_data(FULL)
+    texts = data["prose"] + data["general"]
+    for row in data["sft"]:
         texts += [m["content"] for m in row["prompt"] + row["completion"]]
-    for row in corpus.rankings(FULL.rank_per_country):
+    for row in data["rankings"]:
         texts += [m["content"] for m in row["prompt"]] + row["ranked"]
-    for dialogue in corpus.draft_dialogues(FULL.draft_per_country):
+    for dialogue in data["draft"]:
         texts += [m["content"] for m in dialogue]
     return texts
 
