@@ -108,6 +108,35 @@ def test_remote_engines_do_not_count_against_the_live_engine_limit(tiny_family):
     asyncio.run(start())
 
 
+def test_streams_whose_bytes_are_already_here_take_turns():
+    """A server's response that is already buffered is read without waiting: each stream must still
+    let the others run between its chunks, or one backlog holds every other request back."""
+    import asyncio
+
+    from server.engine import SamplingSettings
+    from server.registry import RemoteSpec
+    from server.remote_engine import RemoteEngine
+
+    chunks = 50
+    sse = "".join(f'data: {{"choices": [{{"index": 0, "text": "t{i}"}}]}}\n\n' for i in range(chunks)) + "data: [DONE]\n\n"
+    engine = RemoteEngine(RemoteSpec(url="http://gpu/v1", model="m"))
+    engine._client = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(
+        200, content=sse.encode(), headers={"content-type": "text/event-stream"})))
+    order: list[str] = []
+
+    async def consume(name: str):
+        async for batch in engine.generate([1, 2], SamplingSettings(max_tokens=chunks), name):
+            order.extend(name for _ in batch)
+
+    async def both():
+        await asyncio.gather(consume("a"), consume("b"))
+        await engine._client.aclose()
+
+    asyncio.run(both())
+    assert sorted(order) == ["a"] * chunks + ["b"] * chunks
+    assert order.index("b") < 10  # b's first chunk came while a had most of its 50 still to go
+
+
 # -- against real vLLM servers -----------------------------------------------------------------
 
 
