@@ -275,8 +275,8 @@ class RemoteEngine:
                     if batch:
                         yield batch
                         # Bytes the server already sent are read without suspending, so a stream
-                        # with a backlog would keep the loop to itself: 8 such streams of 16
-                        # sequences each held new requests back for 5 s. Let the others in.
+                        # with a backlog would keep the loop to itself (8 bursting streams of 16
+                        # sequences got their first tokens after up to 10 s). Let the others in.
                         await asyncio.sleep(0)
             if held is not None:
                 yield [held]
