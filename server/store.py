@@ -362,13 +362,17 @@ _ROWS: dict[str, type[Base]] = {"feedback": FeedbackRow, "preference": Preferenc
 # Engine set-up
 
 
+# How long a SQLite connection waits for another's write lock (or for its turn to switch to WAL).
+BUSY_SECONDS = 30
+
+
 def _sqlite_engine(url: str) -> Engine:
     # A file database needs its folder; ":memory:" would be one database per connection, so refuse it.
     database = sa.make_url(url).database
     if not database or database == ":memory:":
         raise ValueError("the store needs a SQLite file, not an in-memory database")
     Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 30})
+    engine = sa.create_engine(url, connect_args={"timeout": BUSY_SECONDS})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -377,10 +381,10 @@ def _sqlite_engine(url: str) -> Engine:
         cursor = dbapi_conn.cursor()
         # WAL lets readers (exports) run beside the writer; synchronous=FULL fsyncs the WAL on every
         # commit, so an acknowledged rating survives kill -9 and power loss.
-        _set_wal(cursor)
+        _set_wal(cursor, BUSY_SECONDS)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_SECONDS * 1000}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -393,7 +397,7 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-def _set_wal(cursor: Any, wait_seconds: float = 30) -> None:
+def _set_wal(cursor: Any, wait_seconds: float) -> None:
     """`PRAGMA journal_mode=WAL`, waiting its turn. On a database not yet in WAL mode (a fresh one)
     that another connection is writing to (a schema upgrade: two processes starting together),
     SQLite refuses the switch at once with "database is locked", without the busy timeout."""

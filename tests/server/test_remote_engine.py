@@ -9,6 +9,7 @@ tests run against a remote stage too, in test_integration_openai.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -20,9 +21,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from server.app import create_app
+from server.engine import SamplingSettings
 from server.launcher import free_port, vllm_openai_server
 from server.pool import EnginePool, engine_factory
-from server.registry import Registry, RegistryError, load_registry
+from server.registry import Registry, RegistryError, RemoteSpec, load_registry
+from server.remote_engine import RemoteEngine
 from server.settings import Settings
 from server.store import Store
 
@@ -81,8 +84,6 @@ def test_a_remote_stage_needs_its_base_to_exist():
 
 
 def test_remote_engines_do_not_count_against_the_live_engine_limit(tiny_family):
-    import asyncio
-
     from server.fake_engine import ScriptedEngine
 
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: the engines start, reported missing
@@ -111,12 +112,6 @@ def test_remote_engines_do_not_count_against_the_live_engine_limit(tiny_family):
 def test_streams_whose_bytes_are_already_here_take_turns():
     """A server's response that is already buffered is read without waiting: each stream must still
     let the others run between its chunks, or one backlog holds every other request back."""
-    import asyncio
-
-    from server.engine import SamplingSettings
-    from server.registry import RemoteSpec
-    from server.remote_engine import RemoteEngine
-
     chunks = 50
     sse = "".join(f'data: {{"choices": [{{"index": 0, "text": "t{i}"}}]}}\n\n' for i in range(chunks)) + "data: [DONE]\n\n"
     engine = RemoteEngine(RemoteSpec(url="http://gpu/v1", model="m"))
