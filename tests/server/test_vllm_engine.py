@@ -1,0 +1,55 @@
+"""`VllmEngine`'s request building, on vLLM's real config, renderer and input processor (no engine
+starts: the engine-core side is never reached). Serving through real engines is in the integration
+tests (test_integration_openai.py, test_speculative_vllm.py)."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from server.engine import SamplingSettings
+from server.vllm_engine import VllmEngine, _sampling_params
+
+
+@pytest.fixture(scope="module")
+def front_end(tmp_path_factory):
+    """A `VllmEngine` whose `AsyncLLM` is only vLLM's front end (config, renderer, input processor)."""
+    from models.tiny import make_tiny_checkpoint
+    from vllm.renderers.registry import renderer_from_config
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    model = make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "base")
+    engine = VllmEngine(str(model), engine_args={"max_model_len": 512})
+    config = engine._build_args().create_engine_config()
+    renderer = renderer_from_config(config)
+    engine._llm = SimpleNamespace(renderer=renderer, model_config=config.model_config)
+    return engine, InputProcessor(config, renderer)
+
+
+def _engine_request(processor, prompt, settings):
+    request = processor.process_inputs("r", prompt, _sampling_params(settings), supported_tasks=("generate",))
+    fields = {k: getattr(request, k) for k in request.__struct_fields__ if k not in ("arrival_time", "request_id")}
+    params = fields.pop("sampling_params")
+    return fields, {k: getattr(params, k) for k in params.__struct_fields__ if k != "skip_clone"}
+
+
+@pytest.mark.parametrize("settings", [
+    SamplingSettings(max_tokens=16, temperature=0.0, ignore_eos=True),
+    SamplingSettings(max_tokens=4, temperature=0.7, stop=("\nUser:",), seed=3, n=2, logprobs=2, prompt_logprobs=1),
+])
+def test_the_rendered_prompt_makes_the_request_a_raw_token_prompt_makes(front_end, settings):
+    # The engine renders token ids itself (on the event loop) rather than leave it to vLLM's worker
+    # thread: the request that reaches the engine core must be the same.
+    from vllm.inputs import TokensPrompt
+
+    engine, processor = front_end
+    ids = list(range(10, 30))
+    rendered = engine._engine_input(ids)
+    assert rendered["type"] == "token" and rendered["prompt_token_ids"] == ids
+    assert _engine_request(processor, rendered, settings) == \
+        _engine_request(processor, TokensPrompt(prompt_token_ids=ids), settings)
+
+
+def test_sampling_params_are_built_fresh_and_not_deep_copied_again():
+    settings = SamplingSettings(max_tokens=8)
+    first, second = _sampling_params(settings), _sampling_params(settings)
+    assert first is not second and first.skip_clone and second.skip_clone
