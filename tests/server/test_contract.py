@@ -60,6 +60,27 @@ def test_a_known_path_with_a_wrong_method_is_405_even_under_a_catch_all_mount():
     assert client.delete("/elsewhere").text == "ui"  # unknown paths still reach the mount
 
 
+def test_a_route_added_later_is_served_not_405():
+    # The middleware remembers the routes' paths and methods: a route added while serving counts too.
+    app = FastAPI()
+
+    @app.get("/items")
+    def items():
+        return []
+
+    app.add_middleware(MethodNotAllowedMiddleware, routes_of=lambda: app.router.routes)
+    client = TestClient(app)
+    assert client.get("/items").status_code == 200
+    assert client.post("/items").status_code == 405
+
+    @app.post("/items")
+    def add_item():
+        return {"added": True}
+
+    assert client.post("/items").json() == {"added": True}
+    assert client.delete("/items").headers["allow"] == "GET, POST"
+
+
 def test_the_app_answers_405_with_allow(fake_app):
     with ready_client(*fake_app()) as client:
         r = client.get("/v1/chat/completions")
