@@ -11,6 +11,7 @@ nothing and is dropped. Wrong types and out-of-range values are 400s too.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Any, Literal
 
@@ -32,9 +33,17 @@ class _Strict(BaseModel):
     @classmethod
     def _drop_null_extras(cls, data):
         if isinstance(data, dict):
-            known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+            known = _known_fields(cls)
             return {k: v for k, v in data.items() if k in known or v is not None}
         return data
+
+
+@functools.cache
+def _known_fields(model: type[BaseModel]) -> frozenset[str]:
+    """A model's field names and aliases, worked out once per model: the validator above runs for
+    the request and for every message in it."""
+    fields = model.model_fields
+    return frozenset(fields) | {f.alias for f in fields.values() if f.alias}
 
 
 class TextPart(_Strict):
