@@ -21,7 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.routing import Match, Mount, Route, WebSocketRoute
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import ERROR_SCHEMA, ERROR_SCHEMA_NAME, error_responses
@@ -125,7 +125,7 @@ class MethodNotAllowedMiddleware:
         static: set[str] = set()  # methods of routes whose path is exactly this one
         templated: set[str] = set()  # methods of routes whose path template matches it ({id} routes)
         for route in routes:
-            if isinstance(route, (Mount, WebSocketRoute)) or not isinstance(route, Route):
+            if not isinstance(route, Route):  # Mount and WebSocketRoute are not Routes
                 continue
             match, _ = route.matches(scope)
             if match is Match.FULL:
@@ -142,7 +142,7 @@ class MethodNotAllowedMiddleware:
         if snapshot != self._static[0]:
             known: dict[str, frozenset[str] | None] = {}
             for route in snapshot:
-                if isinstance(route, (Mount, WebSocketRoute)) or not isinstance(route, Route) or route.param_convertors:
+                if not isinstance(route, Route) or route.param_convertors:
                     continue
                 methods = None if route.methods is None else frozenset(route.methods)
                 if route.path_format in known:

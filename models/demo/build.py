@@ -1,11 +1,12 @@
 """`stagechat build-demo`: make the demo family (base, sft, dpo, draft, rm, rlhf) from the facts in this repo.
 
 Steps run in order — data, tokenizer, base (pre-training), sft (TRL SFT + LoRA), dpo (TRL DPO
-continuing the SFT adapter on the best answer of each synthetic ranking against each other one), draft (the base
-with most of its layers dropped, trained for speculative decoding), rm (a reward model trained on the same rankings, `models.reward_model`), rlhf
-(the SFT adapter optimised online against rm with RLOO, `models.rl_round`) — each into its own folder
-under `out_dir`. A step writes into `<name>.partial/`, then drops a marker and renames the
-folder, so a folder with a marker is complete and a re-run skips it; an interrupted step starts over.
+continuing the SFT adapter on the best answer of each synthetic ranking against each other one), draft
+(the base with most of its layers dropped, trained for speculative decoding), rm (a reward model
+trained on the same rankings, `models.reward_model`), rlhf (the SFT adapter optimised online against
+rm with RLOO, `models.rl_round`) — each into its own folder under `out_dir`. A step writes into
+`<name>.partial/`, then drops a marker and renames the folder, so a folder with a marker is complete
+and a re-run skips it; an interrupted step starts over.
 This module knows the order, the sizes and the layout; the modules it calls know how to train.
 """
 
