@@ -49,7 +49,7 @@ def _build_demo(args) -> int:
 def _eval(args) -> int:
     from models.eval import main as eval_main
 
-    return eval_main(config=Path(args.config), as_json=args.json)
+    return eval_main(config=Path(args.config), as_json=args.json, kl_samples=args.kl_samples)
 
 
 def _feedback_export(args) -> int:
@@ -116,6 +116,8 @@ def parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate the stages through the serving path")
     ev.add_argument("--config", default=str(DEFAULT_CONFIG))
     ev.add_argument("--json", action="store_true", help="print JSON only")
+    ev.add_argument("--kl-samples", type=int, default=2,
+                    help="answers sampled per prompt for KL(stage || sft); 0 skips it (~1 min of transformers)")
     ev.set_defaults(func=_eval)
 
     fb = sub.add_parser("feedback", help="ratings and preferences")

@@ -1,4 +1,4 @@
-"""Scoring of eval replies: pure functions, checked on hand-written replies."""
+"""Scoring of eval replies: pure functions, checked on hand-written replies; and the command's flags."""
 
 from __future__ import annotations
 
@@ -132,3 +132,13 @@ def test_targets_skip_families_that_are_not_the_demo():
     assert check_targets({"chat": _report("chat", 0.1)}) == []
     del (reports := good_family())["dpo"]
     assert check_targets(reports) == []
+
+
+def test_the_stagechat_command_passes_the_kl_sample_count_on(monkeypatch):
+    import models.eval
+    from server.cli import main
+
+    calls = []
+    monkeypatch.setattr(models.eval, "main", lambda **kwargs: calls.append(kwargs) or 0)
+    assert main(["eval", "--json", "--kl-samples", "0"]) == 0
+    assert calls[0]["kl_samples"] == 0 and calls[0]["as_json"] is True
