@@ -30,7 +30,6 @@ Scoring is pure functions (`score_reply`, `score_completion`, `summarize`); `run
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
@@ -395,15 +394,7 @@ def main(config: Path | None = None, as_json: bool = False, kl_samples: int = 2)
     return 1 if missed else 0
 
 
-def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stagechat eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--kl-samples", type=int, default=2,
-                        help="answers sampled per prompt for KL(stage || sft); 0 skips it")
-    args = parser.parse_args(argv)
-    return main(args.config, args.json, args.kl_samples)
+if __name__ == "__main__":  # the same command as `stagechat eval` (one parser, logs on stderr)
+    from server.cli import main as stagechat
 
-
-if __name__ == "__main__":
-    raise SystemExit(cli())
+    raise SystemExit(stagechat(["eval", *sys.argv[1:]]))

@@ -38,15 +38,16 @@ def _add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, *, buffe
     return _original(self, y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer, **kwargs)
 
 
-def allow_amx() -> bool:
-    """Ask Linux for this process's AMX tile state where the CPU has AMX; True when it may use it."""
+def allow_amx() -> None:
+    """Ask Linux for this process's AMX tile state, where the CPU has AMX."""
     import torch
 
-    return bool(torch.cpu._is_amx_tile_supported() and torch.cpu._init_amx())
+    if torch.cpu._is_amx_tile_supported():
+        torch.cpu._init_amx()
 
 
 def register() -> None:
-    """vLLM general plugin: AMX permission, and the CPU LoRA wrapper's logits path (a no-op on other platforms)."""
+    """vLLM general plugin: AMX permission and the CPU LoRA wrapper's logits path (a no-op off the CPU)."""
     global _original
     if _original is not None:
         return
