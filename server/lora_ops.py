@@ -13,6 +13,15 @@ LoRA term. `register()` swaps them into vLLM's CPU wrapper; it is a vLLM general
 point `vllm.general_plugins` in pyproject.toml), so it runs in the engine-core process, where the
 model runs. `STAGECHAT_FAST_LORA_OPS=0` keeps vLLM's own ops. This module knows tensors and vLLM's
 op signatures; nothing about stages or serving.
+
+Every LoRA projection (q/k/v, o, gate/up, down in each layer) goes through the wrapper's
+`add_lora_linear`, which vLLM runs as one shrink and one expand per slice: 28 + 28 op calls a step
+for four layers, each finding the batch's adapters again (`torch.unique`, a host sync). Eager Python
+is what a step costs here, because vLLM's CPU platform turns torch.compile off whenever LoRA is
+enabled. So the wrapper's `add_lora_linear` is replaced too: the adapters present (and their rows)
+are found once a step, in `update_metadata`, and a projection's term is two matmuls per adapter
+for all its slices together, against the slices' A matrices side by side and their B matrices
+block-diagonal (built once per adapter slot, rebuilt when vLLM writes new weights into the slot).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
 ENV = "STAGECHAT_FAST_LORA_OPS"
 DEFAULT = "1"  # on: tests/server/test_lora_ops.py checks them against vLLM's ops
@@ -93,10 +103,59 @@ def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor
         output_tensor[:, slice_offset: slice_offset + slice_size] = out
 
 
-class _Originals:
-    """vLLM's own ops, kept for the shapes the grouped ops do not handle."""
+def _step_groups(indices: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
+    """(adapter slot, its rows; None for every row) for each adapter in the step; [] for none."""
+    present = torch.unique(indices).tolist()
+    if present == [-1]:
+        return []
+    if len(present) == 1:
+        return [(present[0], None)]
+    return [(index, torch.nonzero(indices == index).squeeze(1)) for index in present if index >= 0]
 
-    bgmv_shrink = bgmv_expand = bgmv_expand_slice = None
+
+def update_metadata(self, *args, **kwargs):
+    _vllm.update_metadata(self, *args, **kwargs)
+    self.stagechat_groups = _step_groups(self.token_lora_indices)
+
+
+_fused = WeakTensorKeyDictionary()  # a layer's first stacked A -> {slot: (weight versions, A, B)}
+
+
+def _fused_weights(lora_a_stacked, lora_b_stacked, slot: int, dtype: torch.dtype):
+    """The slot's LoRA weights for all of a projection's slices at once: A (in, slices × rank), the
+    slices' A matrices side by side, and B (slices × rank, out), their B matrices block-diagonal, so
+    that x @ A @ B is every slice's term in its columns of the output."""
+    versions = tuple(w._version for w in (*lora_a_stacked, *lora_b_stacked))  # bumped as vLLM loads a slot
+    cached = _fused.setdefault(lora_a_stacked[0], {}).get(slot)
+    if cached is None or cached[0] != versions:
+        a = torch.cat([_weights(w)[slot] for w in lora_a_stacked]).T.to(dtype).contiguous()
+        b = torch.block_diag(*(_weights(w)[slot].T for w in lora_b_stacked)).to(dtype)
+        cached = _fused[lora_a_stacked[0]][slot] = versions, a, b
+    return cached[1], cached[2]
+
+
+def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs):
+    """y += scale · x @ A[slot] @ B[slot] for every slice, two matmuls per adapter in the step (vLLM
+    runs a shrink and an expand per slice); rows without an adapter get no term."""
+    groups = getattr(self, "stagechat_groups", None)
+    x = x.view(-1, x.shape[-1])
+    out = y.view(-1, y.shape[-1])
+    if groups is None or x.shape[0] != self.token_lora_indices.shape[0] or sum(output_slices) != out.shape[1]:
+        return _vllm.add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices,
+                                     buffer=buffer, **kwargs)
+    for slot, rows in groups:
+        a, b = _fused_weights(lora_a_stacked, lora_b_stacked, slot, y.dtype)
+        if rows is None:
+            out.addmm_(x.to(a.dtype) @ a, b, alpha=scale)
+        else:
+            out.index_add_(0, rows, x.index_select(0, rows).to(a.dtype) @ a @ b, alpha=scale)
+    return y
+
+
+class _Originals:
+    """vLLM's own ops and wrapper methods, kept for the shapes the grouped ones do not handle."""
+
+    bgmv_shrink = bgmv_expand = bgmv_expand_slice = update_metadata = add_lora_linear = None
 
 
 _vllm = _Originals()
@@ -124,3 +183,6 @@ def register() -> None:
         # lora_ops' sgmv_* (prefill) call these through lora_ops' globals; the wrapper imported its own names.
         setattr(lora_ops, name, globals()[name])
         setattr(punica_cpu, name, globals()[name])
+    for name in ("update_metadata", "add_lora_linear"):
+        setattr(_vllm, name, getattr(punica_cpu.PunicaWrapperCPU, name))
+        setattr(punica_cpu.PunicaWrapperCPU, name, globals()[name])

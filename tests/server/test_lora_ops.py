@@ -1,5 +1,7 @@
 """The grouped LoRA ops give vLLM's CPU ops' results (index -1: no LoRA term, as an empty slot gives),
-for shrink, expand and expand-slice, with and without accumulation; and register() swaps them in."""
+for shrink, expand and expand-slice, with and without accumulation; the wrapper's fused
+`add_lora_linear` gives vLLM's method's result for every mix of adapters in a step, and again after
+new weights are loaded into a slot; register() swaps them in."""
 
 import pytest
 import torch
@@ -49,12 +51,15 @@ def test_prefill_goes_through_the_grouped_ops_once_registered(monkeypatch):
     for module in (vllm_ops, punica_cpu):  # undone after the test
         for name in ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice"):
             monkeypatch.setattr(module, name, getattr(module, name))
+    for name in ("update_metadata", "add_lora_linear"):
+        monkeypatch.setattr(punica_cpu.PunicaWrapperCPU, name, getattr(punica_cpu.PunicaWrapperCPU, name))
     monkeypatch.setattr(lora_ops, "_vllm", lora_ops._Originals())
     monkeypatch.setenv(lora_ops.ENV, "1")
     calls = []
     monkeypatch.setattr(lora_ops, "_grouped", lambda *a, _g=lora_ops._grouped: calls.append(1) or _g(*a))
     lora_ops.register()
     assert punica_cpu.bgmv_shrink is lora_ops.bgmv_shrink
+    assert punica_cpu.PunicaWrapperCPU.add_lora_linear is lora_ops.add_lora_linear
     x, a = torch.randn(5, WIDTH), stacked(RANK, WIDTH)
     y = torch.zeros(5, RANK)
     # sgmv (prefill): two sequences of 2 and 3 tokens on adapters 1 and -1
@@ -62,3 +67,40 @@ def test_prefill_goes_through_the_grouped_ops_once_registered(monkeypatch):
     assert calls
     torch.testing.assert_close(y[:2], x[:2] @ a[1, 0].T)
     assert torch.all(y[2:] == 0)
+
+
+SLICES = (96, 32, 32)  # a q/k/v projection: three slices, one shrink matmul between them
+
+
+def wrapper(lora_ids: list[int], is_prefill: bool, update_metadata):
+    """A CPU punica wrapper set up for a step whose tokens use these LoRA ids (0: none; ids 1-3 in
+    slots 0-2, the last slot empty)."""
+    from vllm.lora.layers.utils import LoRAMapping
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    punica = PunicaWrapperCPU(64, 8, "cpu")
+    update_metadata(punica, LoRAMapping(lora_ids, lora_ids, is_prefill), [1, 2, 3, None], SLOTS, 1000)
+    return punica
+
+
+@pytest.mark.parametrize("is_prefill", [False, True])
+@pytest.mark.parametrize("lora_ids", [[1] * 6, [0] * 6, [2, 2, 3, 0, 3, 1], [0, 0, 3, 3, 3, 3]])
+def test_fused_add_lora_linear_matches_vllms(lora_ids, is_prefill, monkeypatch):
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    monkeypatch.setattr(lora_ops, "_vllm", lora_ops._Originals())
+    lora_ops._vllm.update_metadata = PunicaWrapperCPU.update_metadata
+    theirs_wrapper = wrapper(lora_ids, is_prefill, PunicaWrapperCPU.update_metadata)
+    ours_wrapper = wrapper(lora_ids, is_prefill, lora_ops.update_metadata)
+    torch.manual_seed(0)
+    x = torch.randn(len(lora_ids), WIDTH, dtype=torch.bfloat16)
+    a = tuple(stacked(RANK, WIDTH).to(torch.bfloat16) for _ in SLICES)
+    b = tuple(stacked(size, RANK).to(torch.bfloat16) for size in SLICES)
+    y = torch.randn(len(lora_ids), sum(SLICES), dtype=torch.bfloat16)
+    for _ in ("as loaded", "after new weights in slot 2"):
+        theirs, ours = y.clone(), y.clone()
+        PunicaWrapperCPU.add_lora_linear(theirs_wrapper, theirs, x, a, b, 0.5, SLICES)
+        lora_ops.add_lora_linear(ours_wrapper, ours, x, a, b, 0.5, SLICES)
+        torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=2e-2)
+        for slot_a in a:  # vLLM loads another adapter into slot 2: the fused A must follow
+            slot_a[2].copy_(torch.randn_like(slot_a[2]))
