@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from server.lora_ops import ENV  # noqa: E402
 from server.pool import SPARE_LORA_SLOTS, _lora_rank  # noqa: E402
+from server.vllm_engine import with_default_dtype  # noqa: E402
 
 PROMPT = "The capital of Kenya is"
 STREAMS, TOKENS, REPEATS = 32, 128, 3
@@ -55,7 +56,7 @@ async def measure(base: Path, adapters: dict[str, Path] | None) -> dict[str, flo
     if adapters:
         args.update(enable_lora=True, max_loras=len(adapters) + SPARE_LORA_SLOTS + 1,
                     max_lora_rank=max(_lora_rank(str(p)) for p in adapters.values()))
-    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**with_default_dtype(args)))  # as the pool runs it
     ids = llm.get_tokenizer().encode(PROMPT)
     loras = {name: LoRARequest(name, i + 1, str(path)) for i, (name, path) in enumerate((adapters or {}).items())}
     counter = iter(range(10**9))

@@ -128,9 +128,17 @@ def vllm_bench_client(servers: dict[str, str], model: Path, tokens: int, levels:
     return results
 
 
+def dtype() -> str:
+    """What stagechat's engines run on this CPU (server/vllm_engine.py): every path gets the same."""
+    from server.vllm_engine import default_dtype
+
+    return default_dtype() or "auto"
+
+
 def start_stagechat(model: Path, work: Path, max_model_len: int):
     config = work / "stages.yaml"
-    config.write_text(f"engine: {{max_model_len: {max_model_len}}}\nstages:\n  bench: {{model: {model}}}\n")
+    config.write_text(f"engine: {{max_model_len: {max_model_len}, dtype: {dtype()}}}\n"
+                      f"stages:\n  bench: {{model: {model}}}\n")
     return stagechat_server(config, work / "stagechat", ("--no-ui",),
                             env={"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]})
 
@@ -141,7 +149,7 @@ def start_vllm_server(model: Path, work: Path, max_model_len: int):
     return ChildServer(
         lambda port: [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                       "--served-model-name", "bench", "--port", str(port), "--max-model-len", str(max_model_len),
-                      "--no-enable-log-requests"],
+                      "--dtype", dtype(), "--no-enable-log-requests"],
         log=work / "vllm.log", env={"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]},
         ready_path="/health")
 
@@ -159,7 +167,7 @@ async def bench_interleaved(servers: dict, model: Path, tokens: int, levels: lis
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model), max_model_len=max_model_len))
+    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model), max_model_len=max_model_len, dtype=dtype()))
     ids = llm.get_tokenizer().encode(PROMPT)
     counter = iter(range(10**9))
 

@@ -19,7 +19,7 @@ import logging
 import os
 from typing import Any
 
-from server.vllm_engine import DEFAULT_CPU_KVCACHE_GIB, _cpu_lists_in_use, _pick_cpu_list
+from server.vllm_engine import DEFAULT_CPU_KVCACHE_GIB, _cpu_lists_in_use, _pick_cpu_list, with_default_dtype
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ class VllmRewardEngine:
         if self._cpus is not None:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._cpus
             _cpu_lists_in_use[self._cpus] += 1
-        args = AsyncEngineArgs(model=self.model, runner="pooling", disable_log_stats=True, **self._engine_args)
+        args = AsyncEngineArgs(model=self.model, runner="pooling", disable_log_stats=True,
+                               **with_default_dtype(self._engine_args))
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self.tokenizer = self._llm.get_tokenizer()
         self.max_model_len = self._llm.model_config.max_model_len

@@ -53,3 +53,22 @@ def test_sampling_params_are_built_fresh_and_not_deep_copied_again():
     settings = SamplingSettings(max_tokens=8)
     first, second = _sampling_params(settings), _sampling_params(settings)
     assert first is not second and first.skip_clone and second.skip_clone
+
+
+@pytest.mark.parametrize("bf16, amx, stage_dtype, expected", [
+    (False, False, None, "float32"),  # AVX2 only: bf16 would be emulated
+    (False, False, "bfloat16", "bfloat16"),  # the stage's own choice stands
+    (True, False, None, None),  # AVX512-BF16: vLLM's auto (bf16)
+    (False, True, None, None),  # AMX
+])
+def test_engines_run_float32_where_the_cpu_has_no_native_bf16(monkeypatch, bf16, amx, stage_dtype, expected):
+    import platform
+
+    import torch
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    args = {"max_model_len": 512} | ({"dtype": stage_dtype} if stage_dtype else {})
+    built = VllmEngine("some/model", engine_args=args)._build_args()
+    assert built.dtype == (expected or "auto")
