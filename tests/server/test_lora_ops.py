@@ -88,9 +88,14 @@ def wrapper(lora_ids: list[int], is_prefill: bool, update_metadata):
 def test_fused_add_lora_linear_matches_vllms(lora_ids, is_prefill, monkeypatch):
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
+    # vLLM's own methods, also where vLLM loaded the plugin in this process already (any engine
+    # config built here does), which put ours on the class and kept vLLM's in lora_ops._vllm
+    vllm_update_metadata = lora_ops._vllm.update_metadata or PunicaWrapperCPU.update_metadata
+    vllm_add_lora_linear = lora_ops._vllm.add_lora_linear or PunicaWrapperCPU.add_lora_linear
+    assert vllm_add_lora_linear is not lora_ops.add_lora_linear
     monkeypatch.setattr(lora_ops, "_vllm", lora_ops._Originals())
-    lora_ops._vllm.update_metadata = PunicaWrapperCPU.update_metadata
-    theirs_wrapper = wrapper(lora_ids, is_prefill, PunicaWrapperCPU.update_metadata)
+    lora_ops._vllm.update_metadata = vllm_update_metadata
+    theirs_wrapper = wrapper(lora_ids, is_prefill, vllm_update_metadata)
     ours_wrapper = wrapper(lora_ids, is_prefill, lora_ops.update_metadata)
     torch.manual_seed(0)
     x = torch.randn(len(lora_ids), WIDTH, dtype=torch.bfloat16)
@@ -99,7 +104,7 @@ def test_fused_add_lora_linear_matches_vllms(lora_ids, is_prefill, monkeypatch):
     y = torch.randn(len(lora_ids), sum(SLICES), dtype=torch.bfloat16)
     for _ in ("as loaded", "after new weights in slot 2"):
         theirs, ours = y.clone(), y.clone()
-        PunicaWrapperCPU.add_lora_linear(theirs_wrapper, theirs, x, a, b, 0.5, SLICES)
+        vllm_add_lora_linear(theirs_wrapper, theirs, x, a, b, 0.5, SLICES)
         lora_ops.add_lora_linear(ours_wrapper, ours, x, a, b, 0.5, SLICES)
         torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=2e-2)
         for slot_a in a:  # vLLM loads another adapter into slot 2: the fused A must follow
