@@ -66,7 +66,7 @@ def default_dtype() -> str | None:
 def with_default_dtype(args: dict[str, Any]) -> dict[str, Any]:
     """`args` with `dtype` set to `default_dtype()` where the stage's engine arguments set none."""
     dtype = default_dtype()
-    return {**args, "dtype": dtype} if dtype is not None and args.get("dtype", "auto") == "auto" else args
+    return {**args, "dtype": dtype} if dtype is not None and "dtype" not in args else args
 
 
 def _pick_cpu_list() -> str | None:

@@ -58,6 +58,7 @@ def test_sampling_params_are_built_fresh_and_not_deep_copied_again():
 @pytest.mark.parametrize("bf16, amx, stage_dtype, expected", [
     (False, False, None, "float32"),  # AVX2 only: bf16 would be emulated
     (False, False, "bfloat16", "bfloat16"),  # the stage's own choice stands
+    (False, False, "auto", None),  # vLLM's auto, asked for by name, too
     (True, False, None, None),  # AVX512-BF16: vLLM's auto (bf16)
     (False, True, None, None),  # AMX
 ])
