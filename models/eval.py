@@ -234,16 +234,17 @@ async def _collect(generation) -> tuple[str, object]:
 
 async def run_eval(
     service, countries: tuple[Country, ...] | None = None, fictional: int | None = None, concurrency: int = 32,
-    keep_replies: dict | None = None,
+    keep_replies: dict | None = None, split: str = "test", stages: list[str] | None = None,
 ) -> dict[str, StageReport]:
-    """Ask every stage of `service`'s registry; greedy decoding so runs compare.
+    """Ask every stage of `service`'s registry (or `stages`) one split's prompts; greedy decoding so
+    runs compare.
 
     `countries` / `fictional` narrow the prompt set (tests); the defaults ask everything. `keep_replies`,
     when given, receives each stage's (prompt, reply) pairs."""
     from server.protocol import ChatCompletionRequest, CompletionRequest
 
     countries = countries or load_countries()
-    prompts = eval_prompts(countries, fictional=fictional)
+    prompts = eval_prompts(countries, fictional=fictional, split=split)
     examples = example_prompts()
     registry = service.pool.registry
     gate = asyncio.Semaphore(concurrency)
@@ -266,7 +267,9 @@ async def run_eval(
 
     reports: dict[str, StageReport] = {}
     replies: dict[str, list[tuple[Prompt, str]]] = {}
-    for stage, spec in registry.stages.items():
+    chosen = stages or list(registry.stages)
+    for stage in chosen:
+        spec = registry.stages[stage]
         chats = await asyncio.gather(*(chat(stage, p, "off") for p in prompts + examples))
         completions = []
         if spec.model is not None:  # a full checkpoint: plain completion is what it was trained for
@@ -276,7 +279,7 @@ async def run_eval(
         replies[stage] = pairs[: len(prompts)]
     # Speculation is per engine: run the draft variants after the plain ones (one engine at a time).
     facts = [p for p in prompts if p.kind == "fact"][: len(countries)]
-    for stage in registry.stages:
+    for stage in chosen:
         if "draft_model" not in registry.speculative_methods(stage):
             continue
         runs = await asyncio.gather(*(chat(stage, p, "draft_model") for p in facts))
@@ -348,18 +351,21 @@ def kl_to_reference(checkpoint: str, adapter: str, reference: str, prompts: list
     return round(total / max(1, n), 4)
 
 
-async def _evaluate(config: Path, kl_samples: int) -> dict[str, StageReport]:
+async def _evaluate(config: Path, kl_samples: int, split: str, stages: list[str] | None) -> dict[str, StageReport]:
     from server.pool import EnginePool, vllm_factory
     from server.registry import load_registry
     from server.serving import StageService
 
     registry = load_registry(config)
+    unknown = sorted(set(stages or ()) - set(registry.stages))
+    if unknown:
+        raise SystemExit(f"stagechat eval: no stage {', '.join(unknown)} in {config}")
     # One live engine at a time: two engines on two cores starve each other (DESIGN.md).
     pool = EnginePool(registry, vllm_factory, max_live_engines=1)
     await pool.start()
     replies: dict[str, list[tuple[Prompt, str]]] = {}
     try:
-        reports = await run_eval(StageService(pool=pool), keep_replies=replies)
+        reports = await run_eval(StageService(pool=pool), keep_replies=replies, split=split, stages=stages)
     finally:
         await pool.shutdown()
     if registry.reward_models:  # scored after generation, so only one engine runs at a time
@@ -367,8 +373,9 @@ async def _evaluate(config: Path, kl_samples: int) -> dict[str, StageReport]:
         for stage, mean in (await mean_rewards(registry, replies, name)).items():
             reports[stage].mean_reward = mean
     if kl_samples and "sft" in registry.stages and registry.stages["sft"].adapter:
-        prompts = [p for p in eval_prompts() if p.kind in ("fact", "unknown", "followup")][::24]
-        for stage, spec in registry.stages.items():
+        prompts = [p for p in eval_prompts(split=split) if p.kind in ("fact", "unknown", "followup")][::24]
+        for stage in reports:
+            spec = registry.stages[stage]
             if spec.adapter and stage != "sft" and registry.root(stage) == registry.root("sft"):
                 reports[stage].kl_to_sft = await asyncio.to_thread(
                     kl_to_reference, registry.checkpoint(registry.root(stage)), spec.adapter, registry.stages["sft"].adapter,
@@ -376,11 +383,14 @@ async def _evaluate(config: Path, kl_samples: int) -> dict[str, StageReport]:
     return reports
 
 
-def main(config: Path | None = None, as_json: bool = False, kl_samples: int = 2) -> int:
+def main(config: Path | None = None, as_json: bool = False, kl_samples: int = 2, split: str = "test",
+         stages: list[str] | None = None) -> int:
+    """Evaluate and print; the exit code is 1 when the test split misses a target (issue 10). The dev
+    split is for choosing a recipe: its figures are printed, not held to the targets."""
     config = config or Path(__file__).with_name("stages.yaml")
-    reports = asyncio.run(_evaluate(config, kl_samples))
-    missed = check_targets(reports)
-    payload = {"stages": {name: asdict(r) for name, r in reports.items()}, "targets_missed": missed}
+    reports = asyncio.run(_evaluate(config, kl_samples, split, stages))
+    missed = check_targets(reports) if split == "test" else []
+    payload = {"split": split, "stages": {name: asdict(r) for name, r in reports.items()}, "targets_missed": missed}
     if as_json:
         print(json.dumps(payload, indent=2, ensure_ascii=False))
     else:

@@ -49,7 +49,8 @@ def _build_demo(args) -> int:
 def _eval(args) -> int:
     from models.eval import main as eval_main
 
-    return eval_main(config=Path(args.config), as_json=args.json, kl_samples=args.kl_samples)
+    return eval_main(config=Path(args.config), as_json=args.json, kl_samples=args.kl_samples, split=args.split,
+                     stages=args.stages)
 
 
 def _feedback_export(args) -> int:
@@ -118,6 +119,10 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print JSON only")
     ev.add_argument("--kl-samples", type=int, default=2,
                     help="answers sampled per prompt for KL(stage || sft); 0 skips it (~1 min of transformers)")
+    ev.add_argument("--split", choices=["test", "dev"], default="test",
+                    help="test: the held-out material the targets are measured on; dev: another held-out set, "
+                         "for choosing a recipe without tuning on test")
+    ev.add_argument("--stages", nargs="+", default=None, help="evaluate only these stages (default: all)")
     ev.set_defaults(func=_eval)
 
     fb = sub.add_parser("feedback", help="ratings and preferences")

@@ -16,8 +16,9 @@ Six kinds of text, all made here with seeded RNGs so a build is reproducible:
   `preference_pairs` turns them into all ordered pairs, `best_pairs` into best-against-each-other;
 - draft dialogues: the preferred answers only (what the aligned stages say, so the draft's guesses land).
 
-Evaluation material (`HELDOUT_*` phrasings, held-out fictional names, `eval_cases`) lives here too, so
-one module owns the guarantee that none of it appears in training text. Nothing here trains or tokenizes.
+Evaluation material lives here too, in two splits (`SPLITS`): "test" (`HELDOUT_*` phrasings, the
+held-out fictional names), what `stagechat eval` reports, and "dev" (`DEV_*`, its own names), what a
+recipe change is chosen on. So one module owns the guarantee that none of it appears in training text. Nothing here trains or tokenizes.
 """
 
 from __future__ import annotations
@@ -237,6 +238,44 @@ HELDOUT_COMPLETIONS = {
     "continent": "According to the map, {country} is a country in",
 }
 
+# A second evaluation split, disjoint from training and from the held-out (test) material above: what
+# a recipe change is chosen on, so the test figures `stagechat eval` reports are never tuned on.
+DEV_QUESTIONS = {
+    "capital": ["Name the capital of {country}.", "Which city holds the government of {country}?",
+                "What would you say is the capital of {country}?"],
+    "language": ["Name the language of {country}.", "Which language is used most in {country}?",
+                 "What would you say people speak in {country}?"],
+    "currency": ["Name the currency of {country}.", "What money is used in {country}?",
+                 "What would you say is the currency of {country}?"],
+    "continent": ["Name the continent of {country}.", "Which continent holds {country}?",
+                  "What would you say is the continent of {country}?"],
+}
+DEV_COUNTRY_FOLLOWUPS = ["And {country}, then?", "What of {country}?", "Now {country}?"]
+DEV_SKILL_FOLLOWUPS = {
+    "capital": ["And which city is their capital?"], "language": ["What language is used there?"],
+    "currency": ["What money is used there?"], "continent": ["Which continent is that in?"],
+}
+DEV_GREETINGS = ["Hi! Can you help me?", "Good afternoon!"]
+DEV_OFF_TOPIC = ["Write a poem about the moon.", "Tell me a joke about birds."]
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """One split of evaluation material: phrasings and fictional names no training text contains."""
+
+    questions: dict[str, list[str]]
+    country_followups: list[str]
+    skill_followups: dict[str, list[str]]
+    greetings: list[str]
+    off_topic: list[str]
+
+
+SPLITS = {
+    "test": EvalSplit(HELDOUT_QUESTIONS, HELDOUT_COUNTRY_FOLLOWUPS, HELDOUT_SKILL_FOLLOWUPS, HELDOUT_GREETINGS,
+                      HELDOUT_OFF_TOPIC),
+    "dev": EvalSplit(DEV_QUESTIONS, DEV_COUNTRY_FOLLOWUPS, DEV_SKILL_FOLLOWUPS, DEV_GREETINGS, DEV_OFF_TOPIC),
+}
+
 # --- answers ---------------------------------------------------------------------------------------
 # The preferred (aligned) answer per skill: one polite full sentence, the way the prose states it.
 FULL = {
@@ -284,7 +323,7 @@ FOLLOWUP_SHARE = 0.4
 RANKED_FOLLOWUP_SHARE = 0.3
 # Fictional names: many, so "a name pre-training never stated facts about" and copying an unseen
 # name into "I don't know a country called X." are learned as patterns, not memorised per name.
-FICTIONAL_TRAIN, FICTIONAL_HELDOUT = 600, 60
+FICTIONAL_TRAIN, FICTIONAL_HELDOUT, FICTIONAL_DEV = 600, 60, 40
 
 
 def fill(template: str, c: Country, rng: random.Random | None = None, **extra: str) -> str:
@@ -331,6 +370,15 @@ def _pseudo_word(rng: random.Random, endings: list[str]) -> str:
     return rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_MIDDLES) + rng.choice(endings)
 
 
+def _invent(name: str, rng: random.Random) -> Country:
+    """A made-up country called `name` with invented facts."""
+    return Country(
+        country=name, capital=_pseudo_word(rng, _CITY_ENDINGS),
+        continent=rng.choice(sorted({c.continent for c in load_countries()})),
+        language=name.rstrip("aeiou") + _LANG_SUFFIX, currency=f"{name.lower().rstrip('aeiou')} crown", real=False,
+    )
+
+
 @cache
 def fictional_countries() -> tuple[tuple[Country, ...], tuple[Country, ...]]:
     """(train, held-out) made-up countries with invented facts; disjoint, and never a real name.
@@ -350,15 +398,30 @@ def fictional_countries() -> tuple[tuple[Country, ...], tuple[Country, ...]]:
             continue
         seen.add(low)
         names.append(name)
-    continents = sorted({c.continent for c in real})
-    made = []
-    for name in names:
-        capital = _pseudo_word(rng, _CITY_ENDINGS)
-        made.append(Country(
-            country=name, capital=capital, continent=rng.choice(continents),
-            language=name.rstrip("aeiou") + _LANG_SUFFIX, currency=f"{name.lower().rstrip('aeiou')} crown", real=False,
-        ))
+    made = [_invent(name, rng) for name in names]
     return tuple(made[:FICTIONAL_TRAIN]), tuple(made[FICTIONAL_TRAIN:])
+
+
+@cache
+def split_fictional_countries(split: str) -> tuple[Country, ...]:
+    """The fictional countries an evaluation split asks about: "test" is `fictional_countries()`'s
+    held-out part; "dev" names come from their own generator (the train and test names stay as they
+    were) and are none of those."""
+    train, test = fictional_countries()
+    if split == "test":
+        return test
+    taken = {f.country.lower() for f in train + test}
+    real_names = [n.lower() for c in load_countries() for n in (c.country, c.capital)]
+    rng = random.Random(8)
+    made: list[Country] = []
+    while len(made) < FICTIONAL_DEV:
+        name = _pseudo_word(rng, _ENDINGS)
+        low = name.lower()
+        if low in taken or any(r in low or low in r for r in real_names):
+            continue
+        taken.add(low)
+        made.append(_invent(name, rng))
+    return tuple(made)
 
 
 # --- pre-training prose ----------------------------------------------------------------------------
@@ -524,11 +587,11 @@ class Prompt:
         return [dict(m) for m in self.messages]
 
 
-def _ask(c: Country, skill: str, rng: random.Random, heldout: bool) -> str:
-    """A question's text: a held-out phrasing as is, or a training one, sometimes with words of the
-    user's own before or after it."""
-    text = fill(rng.choice((HELDOUT_QUESTIONS if heldout else TRAIN_QUESTIONS)[skill]), c)
-    if heldout:
+def _ask(c: Country, skill: str, rng: random.Random, split: EvalSplit | None) -> str:
+    """A question's text: an evaluation split's phrasing as is, or a training one (`split` None),
+    sometimes with words of the user's own before or after it."""
+    text = fill(rng.choice((split.questions if split else TRAIN_QUESTIONS)[skill]), c)
+    if split:
         return text
     if rng.random() < WRAP_OPENER_SHARE:
         text = f"{rng.choice(TRAIN_OPENERS)} {text}"
@@ -537,23 +600,23 @@ def _ask(c: Country, skill: str, rng: random.Random, heldout: bool) -> str:
     return text
 
 
-def _question(c: Country, skill: str, rng: random.Random, *, heldout: bool = False) -> Prompt:
-    return Prompt("fact" if c.real else "unknown", tuple(_user(_ask(c, skill, rng, heldout))), c, skill)
+def _question(c: Country, skill: str, rng: random.Random, *, split: EvalSplit | None = None) -> Prompt:
+    return Prompt("fact" if c.real else "unknown", tuple(_user(_ask(c, skill, rng, split))), c, skill)
 
 
 def _followup(
-    first: Country, second: Country, skill: str, rng: random.Random, *, heldout: bool, history_style: str = "full"
+    first: Country, second: Country, skill: str, rng: random.Random, *, split: EvalSplit | None, history_style: str = "full"
 ) -> Prompt:
     """Two turns: a question about `first`, its answer, then a follow-up about `second` (same country
     when the follow-up changes the question, same question when it changes the country)."""
     if first == second:
         first_skill = rng.choice([s for s in SKILLS if s != skill])
-        follow = rng.choice((HELDOUT_SKILL_FOLLOWUPS if heldout else TRAIN_SKILL_FOLLOWUPS)[skill])
+        follow = rng.choice((split.skill_followups if split else TRAIN_SKILL_FOLLOWUPS)[skill])
     else:
         first_skill = skill
-        follow = fill(rng.choice(HELDOUT_COUNTRY_FOLLOWUPS if heldout else TRAIN_COUNTRY_FOLLOWUPS), second)
+        follow = fill(rng.choice(split.country_followups if split else TRAIN_COUNTRY_FOLLOWUPS), second)
     messages = (
-        _user(_ask(first, first_skill, rng, heldout))
+        _user(_ask(first, first_skill, rng, split))
         + _assistant(answer(history_style, first, first_skill, rng))
         + _user(follow)
     )
@@ -568,10 +631,10 @@ def _train_prompts(per_country: int, rng: random.Random, countries: tuple[Countr
             skill = SKILLS[(k + rng.randrange(len(SKILLS))) % len(SKILLS)]
             if rng.random() < followups:
                 if rng.random() < 0.5:
-                    prompts.append(_followup(c, c, skill, rng, heldout=False, history_style=rng.choice(["full", "terse"])))
+                    prompts.append(_followup(c, c, skill, rng, split=None, history_style=rng.choice(["full", "terse"])))
                 else:
                     other = rng.choice([o for o in countries if o != c])
-                    prompts.append(_followup(other, c, skill, rng, heldout=False, history_style=rng.choice(["full", "terse"])))
+                    prompts.append(_followup(other, c, skill, rng, split=None, history_style=rng.choice(["full", "terse"])))
             else:
                 prompts.append(_question(c, skill, rng))
     return prompts
@@ -719,29 +782,31 @@ def draft_dialogues(per_country: int, seed: int = 3, countries: tuple[Country, .
 
 
 # --- evaluation ------------------------------------------------------------------------------------
-def eval_prompts(countries: tuple[Country, ...] | None = None, fictional: int | None = None, seed: int = 11) -> list[Prompt]:
-    """What `stagechat eval` asks: held-out phrasings and held-out fictional names only.
+def eval_prompts(countries: tuple[Country, ...] | None = None, fictional: int | None = None, seed: int = 11,
+                 split: str = "test") -> list[Prompt]:
+    """What `stagechat eval` asks: one evaluation split's phrasings and fictional names only.
 
-    Per real country: each skill once (held-out templates in rotation) and two follow-ups (one that
-    changes the country, one that changes the question); per held-out fictional name: two questions;
-    every held-out greeting and out-of-scope request. `fictional` caps the fictional names (tests).
+    Per real country: each skill once (the split's templates in rotation) and two follow-ups (one that
+    changes the country, one that changes the question); per fictional name of the split: two
+    questions; every greeting and out-of-scope request of the split. `fictional` caps the fictional
+    names (tests).
     """
     countries = countries or load_countries()
+    material = SPLITS[split]
     rng = random.Random(seed)
     prompts = []
     for i, c in enumerate(countries):
         for j, skill in enumerate(SKILLS):
-            template = HELDOUT_QUESTIONS[skill][(i + j) % len(HELDOUT_QUESTIONS[skill])]
+            template = material.questions[skill][(i + j) % len(material.questions[skill])]
             prompts.append(Prompt("fact", tuple(_user(fill(template, c))), c, skill))
-        prompts.append(_followup(c, c, SKILLS[i % 4], rng, heldout=True))
+        prompts.append(_followup(c, c, SKILLS[i % 4], rng, split=material))
         other = countries[(i + 1) % len(countries)]
-        prompts.append(_followup(other, c, SKILLS[(i + 2) % 4], rng, heldout=True))
-    _, heldout = fictional_countries()
-    for k, f in enumerate(heldout[:fictional]):
+        prompts.append(_followup(other, c, SKILLS[(i + 2) % 4], rng, split=material))
+    for k, f in enumerate(split_fictional_countries(split)[:fictional]):
         for skill in (SKILLS[k % 4], SKILLS[(k + 1) % 4]):
-            prompts.append(_question(f, skill, rng, heldout=True))
-    prompts += [Prompt("greeting", tuple(_user(t))) for t in HELDOUT_GREETINGS]
-    prompts += [Prompt("offtopic", tuple(_user(t))) for t in HELDOUT_OFF_TOPIC]
+            prompts.append(_question(f, skill, rng, split=material))
+    prompts += [Prompt("greeting", tuple(_user(t))) for t in material.greetings]
+    prompts += [Prompt("offtopic", tuple(_user(t))) for t in material.off_topic]
     return prompts
 
 
@@ -763,15 +828,14 @@ def example_prompts() -> list[Prompt]:
 
 
 def heldout_strings(countries: tuple[Country, ...] | None = None) -> list[str]:
-    """Every evaluation string that must never occur in training text: held-out question and completion
-    phrasings rendered for every country, held-out follow-ups, greetings, requests and fictional names."""
+    """Every evaluation string (both splits) that must never occur in training text: question and
+    completion phrasings rendered for every country, follow-ups, greetings, requests and fictional names."""
     countries = countries or load_countries()
-    _, heldout_fictional = fictional_countries()
-    everyone = countries + heldout_fictional
-    strings = [fill(t, c) for ts in HELDOUT_QUESTIONS.values() for t in ts for c in everyone]
-    strings += [fill(t, c) for t in HELDOUT_COMPLETIONS.values() for c in countries]
-    strings += [fill(t, c) for t in HELDOUT_COUNTRY_FOLLOWUPS for c in countries]
-    strings += [t for ts in HELDOUT_SKILL_FOLLOWUPS.values() for t in ts]
-    strings += HELDOUT_GREETINGS + HELDOUT_OFF_TOPIC
-    strings += [f.country for f in heldout_fictional]
+    strings = [fill(t, c) for t in HELDOUT_COMPLETIONS.values() for c in countries]
+    for name, material in SPLITS.items():
+        names = split_fictional_countries(name)
+        strings += [fill(t, c) for ts in material.questions.values() for t in ts for c in countries + names]
+        strings += [fill(t, c) for t in material.country_followups for c in countries]
+        strings += [t for ts in material.skill_followups.values() for t in ts]
+        strings += material.greetings + material.off_topic + [f.country for f in names]
     return strings

@@ -67,15 +67,30 @@ def test_heldout_material_never_appears_in_training_text(training_texts):
     assert leaked == []
 
 
-def test_eval_prompts_are_all_heldout_material():
+@pytest.mark.parametrize("split", ["test", "dev"])
+def test_eval_prompts_are_all_heldout_material(split):
     strings = set(corpus.heldout_strings())
-    heldout_names = {f.country for f in corpus.fictional_countries()[1]}
-    for prompt in corpus.eval_prompts() + corpus.example_prompts():
+    names = {f.country for f in corpus.split_fictional_countries(split)}
+    examples = corpus.example_prompts() if split == "test" else []  # the README's five, test material
+    for prompt in corpus.eval_prompts(split=split) + examples:
         for m in prompt.messages:
             if m["role"] == "user":
                 assert m["content"] in strings, m["content"]
         if prompt.kind == "unknown":
-            assert prompt.country.country in heldout_names
+            assert prompt.country.country in names
+
+
+def test_dev_and_test_splits_share_no_material():
+    # Choosing a recipe on dev must tell nothing about test: no phrasing nor fictional name in both.
+    def user_turns(split):
+        return {m["content"] for p in corpus.eval_prompts(split=split) for m in p.messages if m["role"] == "user"}
+
+    assert not user_turns("dev") & user_turns("test")
+    train, test = corpus.fictional_countries()
+    dev = corpus.split_fictional_countries("dev")
+    assert len(dev) == corpus.FICTIONAL_DEV
+    assert not {f.country for f in dev} & {f.country for f in train + test}
+    assert corpus.split_fictional_countries("test") == test
 
 
 def test_heldout_templates_are_not_training_templates():
@@ -85,6 +100,13 @@ def test_heldout_templates_are_not_training_templates():
     assert not set(corpus.HELDOUT_COUNTRY_FOLLOWUPS) & set(corpus.TRAIN_COUNTRY_FOLLOWUPS)
     assert not set(corpus.HELDOUT_GREETINGS) & set(corpus.TRAIN_GREETINGS)
     assert not set(corpus.HELDOUT_OFF_TOPIC) & set(corpus.TRAIN_OFF_TOPIC)
+    dev = corpus.SPLITS["dev"]
+    for skill in corpus.SKILLS:
+        assert not set(dev.questions[skill]) & set(corpus.TRAIN_QUESTIONS[skill])
+        assert not set(dev.skill_followups[skill]) & set(corpus.TRAIN_SKILL_FOLLOWUPS[skill])
+    assert not set(dev.country_followups) & set(corpus.TRAIN_COUNTRY_FOLLOWUPS)
+    assert not set(dev.greetings) & set(corpus.TRAIN_GREETINGS)
+    assert not set(dev.off_topic) & set(corpus.TRAIN_OFF_TOPIC)
     assert corpus.HELDOUT_COMPLETIONS["capital"].endswith("the capital of {country} is")
 
 
@@ -93,6 +115,8 @@ def test_heldout_check_catches_a_leak():
     leak = corpus.HELDOUT_QUESTIONS["currency"][0].format(country=corpus.load_countries()[0].country)
     assert leak in corpus.heldout_strings()
     assert corpus.fictional_countries()[1][0].country in corpus.heldout_strings()
+    assert corpus.split_fictional_countries("dev")[0].country in corpus.heldout_strings()
+    assert corpus.DEV_QUESTIONS["capital"][0].format(country="Peru") in corpus.heldout_strings()
 
 
 def test_prose_states_every_fact_and_never_chats():
