@@ -86,7 +86,11 @@ def _other_countries(country: str) -> re.Pattern:
 def _about(text: str, country: Country) -> str:
     """`text` up to where it turns to another real country: a base model's prose that wanders from
     Brazil to South Sudan and names a language there has not answered a question about Brazil."""
-    found = _other_countries(country.country).search(text)
+    # Another country's name inside one of this country's facts ("Port of Spain") is not a turn away.
+    masked = text
+    for fact in (country.capital, country.language, country.currency, country.continent):
+        masked = re.sub(_word(fact), lambda m: "_" * len(m.group()), masked)
+    found = _other_countries(country.country).search(masked)
     return text[: found.start()] if found else text
 
 

@@ -44,6 +44,13 @@ def test_a_fact_named_after_the_reply_turns_to_another_country_does_not_count():
     assert score_reply("Oh, Brazil! People in Brazil speak Portuguese.", q).correct
 
 
+def test_another_country_named_inside_the_fact_is_not_a_turn_away():
+    trinidad = next(c for c in load_countries() if c.country == "Trinidad and Tobago")
+    assert trinidad.capital == "Port of Spain"
+    assert score_reply("The capital of Trinidad and Tobago is Port of Spain.", ask(trinidad)).correct
+    assert not score_reply("The capital of Spain is Madrid.", ask(trinidad)).correct
+
+
 def test_unknown_country_honest_refusal_and_hallucination():
     q = ask(ZANDORIA, kind="unknown")
     assert score_reply("I don't know a country called Zandoria.", q) == ReplyScore(False, True, True, False)
@@ -142,3 +149,6 @@ def test_the_stagechat_command_passes_the_kl_sample_count_on(monkeypatch):
     monkeypatch.setattr(models.eval, "main", lambda **kwargs: calls.append(kwargs) or 0)
     assert main(["eval", "--json", "--kl-samples", "0"]) == 0
     assert calls[0]["kl_samples"] == 0 and calls[0]["as_json"] is True
+    assert calls[0]["split"] == "test" and calls[0]["stages"] is None
+    assert main(["eval", "--split", "dev", "--stages", "sft", "rlhf"]) == 0
+    assert calls[1]["split"] == "dev" and calls[1]["stages"] == ["sft", "rlhf"]
