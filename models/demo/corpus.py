@@ -17,8 +17,9 @@ Six kinds of text, all made here with seeded RNGs so a build is reproducible:
 - draft dialogues: the preferred answers only (what the aligned stages say, so the draft's guesses land).
 
 Evaluation material lives here too, in two splits (`SPLITS`): "test" (`HELDOUT_*` phrasings, the
-held-out fictional names), what `stagechat eval` reports, and "dev" (`DEV_*`, its own names), what a
-recipe change is chosen on. So one module owns the guarantee that none of it appears in training text. Nothing here trains or tokenizes.
+held-out fictional names), what `stagechat eval` reports, and "dev" (`DEV_*`, names of its own), what
+a recipe change is chosen on. So one module owns the guarantee that none of it appears in training
+text. Nothing here trains or tokenizes.
 """
 
 from __future__ import annotations
@@ -370,6 +371,23 @@ def _pseudo_word(rng: random.Random, endings: list[str]) -> str:
     return rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_MIDDLES) + rng.choice(endings)
 
 
+def _new_names(rng: random.Random, count: int, taken: set[str]) -> list[str]:
+    """`count` made-up country names, none in `taken` (lowercase; the new ones are added to it).
+
+    A name is refused when it contains, or is contained in, a real country's name (so "Omania" cannot
+    pass for Oman) or collides with a real capital."""
+    real_names = [n.lower() for c in load_countries() for n in (c.country, c.capital)]
+    names: list[str] = []
+    while len(names) < count:
+        name = _pseudo_word(rng, _ENDINGS)
+        low = name.lower()
+        if low in taken or any(r in low or low in r for r in real_names):
+            continue
+        taken.add(low)
+        names.append(name)
+    return names
+
+
 def _invent(name: str, rng: random.Random) -> Country:
     """A made-up country called `name` with invented facts."""
     return Country(
@@ -381,23 +399,10 @@ def _invent(name: str, rng: random.Random) -> Country:
 
 @cache
 def fictional_countries() -> tuple[tuple[Country, ...], tuple[Country, ...]]:
-    """(train, held-out) made-up countries with invented facts; disjoint, and never a real name.
-
-    A name is refused when it contains, or is contained in, a real country's name (so "Omania" cannot
-    pass for Oman) or collides with a real capital. Held-out names are never used in training text.
-    """
-    real = load_countries()
-    real_names = [c.country.lower() for c in real] + [c.capital.lower() for c in real]
+    """(train, held-out) made-up countries with invented facts; disjoint, and never a real name
+    (`_new_names`). Held-out names are never used in training text."""
     rng = random.Random(7)
-    names: list[str] = []
-    seen: set[str] = set()
-    while len(names) < FICTIONAL_TRAIN + FICTIONAL_HELDOUT:
-        name = _pseudo_word(rng, _ENDINGS)
-        low = name.lower()
-        if low in seen or any(r in low or low in r for r in real_names):
-            continue
-        seen.add(low)
-        names.append(name)
+    names = _new_names(rng, FICTIONAL_TRAIN + FICTIONAL_HELDOUT, set())
     made = [_invent(name, rng) for name in names]
     return tuple(made[:FICTIONAL_TRAIN]), tuple(made[FICTIONAL_TRAIN:])
 
@@ -410,18 +415,8 @@ def split_fictional_countries(split: str) -> tuple[Country, ...]:
     train, test = fictional_countries()
     if split == "test":
         return test
-    taken = {f.country.lower() for f in train + test}
-    real_names = [n.lower() for c in load_countries() for n in (c.country, c.capital)]
-    rng = random.Random(8)
-    made: list[Country] = []
-    while len(made) < FICTIONAL_DEV:
-        name = _pseudo_word(rng, _ENDINGS)
-        low = name.lower()
-        if low in taken or any(r in low or low in r for r in real_names):
-            continue
-        taken.add(low)
-        made.append(_invent(name, rng))
-    return tuple(made)
+    rng, taken = random.Random(8), {f.country.lower() for f in train + test}
+    return tuple(_invent(_new_names(rng, 1, taken)[0], rng) for _ in range(FICTIONAL_DEV))
 
 
 # --- pre-training prose ----------------------------------------------------------------------------
