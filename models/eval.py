@@ -4,7 +4,9 @@ Every stage answers `corpus.eval_prompts()` at temperature 0: held-out phrasings
 types for every country, held-out follow-ups (the country or the question left implicit), questions
 about held-out fictional countries, held-out greetings and out-of-scope requests — none of it in any
 training text. Full-checkpoint stages also complete held-out text prompts ("... the capital of X is").
-Figures per stage:
+That is the *test* split, which the targets are measured on; `--split dev` asks the *dev* split instead
+(other phrasings and fictional names, sharing nothing with training or test), which a recipe change is
+chosen on. Figures per stage:
 - `accuracy[skill]`: the reply states the right fact (capital, language, currency, continent) before
   it turns to any other country;
   `qa_accuracy` is the same over all four — for the base stage it is the *chat-answer rate*;
@@ -39,7 +41,7 @@ from functools import cache
 from pathlib import Path
 
 from models.demo.corpus import (
-    GREETING, HELDOUT_COMPLETIONS, IDK, RUDE, SCOPE, SKILLS, Country, Prompt, eval_prompts, example_prompts, fill,
+    GREETING, IDK, RUDE, SCOPE, SKILLS, SPLITS, Country, Prompt, eval_prompts, example_prompts, fill,
     full_answer, load_countries,
 )
 
@@ -249,7 +251,8 @@ async def run_eval(
 
     countries = countries or load_countries()
     prompts = eval_prompts(countries, fictional=fictional, split=split)
-    examples = example_prompts()
+    examples = example_prompts() if split == "test" else []  # the README's five are test material
+    completion_templates = SPLITS[split].completions
     registry = service.pool.registry
     gate = asyncio.Semaphore(concurrency)
 
@@ -263,7 +266,7 @@ async def run_eval(
 
     async def complete(stage: str, c: Country, skill: str) -> tuple[str, str, str]:
         request = CompletionRequest(
-            model=stage, prompt=fill(HELDOUT_COMPLETIONS[skill], c), temperature=0, max_tokens=8, speculative="off",
+            model=stage, prompt=fill(completion_templates[skill], c), temperature=0, max_tokens=8, speculative="off",
         )
         async with gate:
             text, _ = await _collect(await service.complete(request, client_id="stagechat-eval"))
@@ -398,6 +401,7 @@ def main(config: Path | None = None, as_json: bool = False, kl_samples: int = 2,
     if as_json:
         print(json.dumps(payload, indent=2, ensure_ascii=False))
     else:
+        print(f"split: {split}")
         print(format_table(reports))
         print(json.dumps({n: {k: v for k, v in asdict(r).items() if k != "examples"} for n, r in reports.items()}))
         for name, r in reports.items():

@@ -121,7 +121,8 @@ PAIR_FACTS = [
 ]
 
 # --- chat phrasings --------------------------------------------------------------------------------
-# Questions the training dialogues ask, per skill. Evaluation asks HELDOUT_QUESTIONS instead.
+# Questions the training dialogues ask, per skill. Evaluation asks HELDOUT_QUESTIONS (test) or
+# DEV_QUESTIONS (dev) instead.
 TRAIN_QUESTIONS = {
     "capital": [
         "What is the capital of {country}?", "What's the capital of {country}?", "what is the capital of {country}",
@@ -242,13 +243,13 @@ HELDOUT_COMPLETIONS = {
 # A second evaluation split, disjoint from training and from the held-out (test) material above: what
 # a recipe change is chosen on, so the test figures `stagechat eval` reports are never tuned on.
 DEV_QUESTIONS = {
-    "capital": ["Name the capital of {country}.", "Which city holds the government of {country}?",
+    "capital": ["Any idea what the capital of {country} is?", "Which city holds the government of {country}?",
                 "What would you say is the capital of {country}?"],
-    "language": ["Name the language of {country}.", "Which language is used most in {country}?",
+    "language": ["Any idea what people speak in {country}?", "Which language is used most in {country}?",
                  "What would you say people speak in {country}?"],
-    "currency": ["Name the currency of {country}.", "What money is used in {country}?",
+    "currency": ["Any idea what the currency of {country} is?", "What money is used in {country}?",
                  "What would you say is the currency of {country}?"],
-    "continent": ["Name the continent of {country}.", "Which continent holds {country}?",
+    "continent": ["Any idea which continent {country} is on?", "Which continent holds {country}?",
                   "What would you say is the continent of {country}?"],
 }
 DEV_COUNTRY_FOLLOWUPS = ["And {country}, then?", "What of {country}?", "Now {country}?"]
@@ -256,25 +257,34 @@ DEV_SKILL_FOLLOWUPS = {
     "capital": ["And which city is their capital?"], "language": ["What language is used there?"],
     "currency": ["What money is used there?"], "continent": ["Which continent is that in?"],
 }
-DEV_GREETINGS = ["Hi! Can you help me?", "Good afternoon!"]
+DEV_GREETINGS = ["Good afternoon!", "Hi! What are you good at?"]
 DEV_OFF_TOPIC = ["Write a poem about the moon.", "Tell me a joke about birds."]
+DEV_COMPLETIONS = {
+    "capital": "As the old maps say, the capital of {country} is",
+    "language": "As the old maps say, people in {country} speak",
+    "currency": "As the old maps say, the currency of {country} is the",
+    "continent": "As the old maps say, {country} is a country in",
+}
 
 
 @dataclass(frozen=True)
 class EvalSplit:
-    """One split of evaluation material: phrasings and fictional names no training text contains."""
+    """One split's phrasings, none of which any training text contains (its fictional names:
+    `split_fictional_countries`)."""
 
     questions: dict[str, list[str]]
     country_followups: list[str]
     skill_followups: dict[str, list[str]]
     greetings: list[str]
     off_topic: list[str]
+    completions: dict[str, str]  # plain-completion prompts for full checkpoints, ending where the fact comes
 
 
 SPLITS = {
     "test": EvalSplit(HELDOUT_QUESTIONS, HELDOUT_COUNTRY_FOLLOWUPS, HELDOUT_SKILL_FOLLOWUPS, HELDOUT_GREETINGS,
-                      HELDOUT_OFF_TOPIC),
-    "dev": EvalSplit(DEV_QUESTIONS, DEV_COUNTRY_FOLLOWUPS, DEV_SKILL_FOLLOWUPS, DEV_GREETINGS, DEV_OFF_TOPIC),
+                      HELDOUT_OFF_TOPIC, HELDOUT_COMPLETIONS),
+    "dev": EvalSplit(DEV_QUESTIONS, DEV_COUNTRY_FOLLOWUPS, DEV_SKILL_FOLLOWUPS, DEV_GREETINGS, DEV_OFF_TOPIC,
+                     DEV_COMPLETIONS),
 }
 
 # --- answers ---------------------------------------------------------------------------------------
@@ -371,12 +381,12 @@ def _pseudo_word(rng: random.Random, endings: list[str]) -> str:
     return rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_MIDDLES) + rng.choice(endings)
 
 
-def _new_names(rng: random.Random, count: int, taken: set[str]) -> list[str]:
+def _new_names(rng: random.Random, count: int, taken: set[str], avoid: tuple[str, ...] = ()) -> list[str]:
     """`count` made-up country names, none in `taken` (lowercase; the new ones are added to it).
 
     A name is refused when it contains, or is contained in, a real country's name (so "Omania" cannot
-    pass for Oman) or collides with a real capital."""
-    real_names = [n.lower() for c in load_countries() for n in (c.country, c.capital)]
+    pass for Oman), a real capital or a name in `avoid` (lowercase)."""
+    real_names = [n.lower() for c in load_countries() for n in (c.country, c.capital)] + list(avoid)
     names: list[str] = []
     while len(names) < count:
         name = _pseudo_word(rng, _ENDINGS)
@@ -410,13 +420,17 @@ def fictional_countries() -> tuple[tuple[Country, ...], tuple[Country, ...]]:
 @cache
 def split_fictional_countries(split: str) -> tuple[Country, ...]:
     """The fictional countries an evaluation split asks about: "test" is `fictional_countries()`'s
-    held-out part; "dev" names come from their own generator (the train and test names stay as they
-    were) and are none of those."""
+    held-out part; "dev" names come from their own generator (so the train and test names stay as
+    they were), and none contains or is contained in a train or test name."""
     train, test = fictional_countries()
     if split == "test":
         return test
-    rng, taken = random.Random(8), {f.country.lower() for f in train + test}
-    return tuple(_invent(_new_names(rng, 1, taken)[0], rng) for _ in range(FICTIONAL_DEV))
+    if split != "dev":
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
+    earlier = tuple(f.country.lower() for f in train + test)
+    names = _new_names(random.Random(8), FICTIONAL_DEV, set(earlier), avoid=earlier)
+    rng = random.Random(9)
+    return tuple(_invent(name, rng) for name in names)
 
 
 # --- pre-training prose ----------------------------------------------------------------------------
@@ -600,7 +614,8 @@ def _question(c: Country, skill: str, rng: random.Random, *, split: EvalSplit | 
 
 
 def _followup(
-    first: Country, second: Country, skill: str, rng: random.Random, *, split: EvalSplit | None, history_style: str = "full"
+    first: Country, second: Country, skill: str, rng: random.Random, *, split: EvalSplit | None,
+    history_style: str = "full",
 ) -> Prompt:
     """Two turns: a question about `first`, its answer, then a follow-up about `second` (same country
     when the follow-up changes the question, same question when it changes the country)."""
@@ -826,9 +841,10 @@ def heldout_strings(countries: tuple[Country, ...] | None = None) -> list[str]:
     """Every evaluation string (both splits) that must never occur in training text: question and
     completion phrasings rendered for every country, follow-ups, greetings, requests and fictional names."""
     countries = countries or load_countries()
-    strings = [fill(t, c) for t in HELDOUT_COMPLETIONS.values() for c in countries]
+    strings = []
     for name, material in SPLITS.items():
         names = split_fictional_countries(name)
+        strings += [fill(t, c) for t in material.completions.values() for c in countries]
         strings += [fill(t, c) for ts in material.questions.values() for t in ts for c in countries + names]
         strings += [fill(t, c) for t in material.country_followups for c in countries]
         strings += [t for ts in material.skill_followups.values() for t in ts]

@@ -59,8 +59,10 @@ def test_fictional_countries_are_never_real_and_train_and_heldout_are_disjoint()
 
 
 def test_heldout_material_never_appears_in_training_text(training_texts):
-    blob = "\n".join(training_texts)
-    strings = corpus.heldout_strings()
+    # Case-blind: "Name the language of Peru." would be a training phrasing ("Please name the language
+    # of Peru.") with one word dropped.
+    blob = "\n".join(training_texts).lower()
+    strings = [s.lower() for s in corpus.heldout_strings()]
     # Each string's first 12 characters are searched once; only strings whose start occurs are searched whole.
     present = {p for p in {s[:12] for s in strings} if p in blob}
     leaked = [s for s in strings if s[:12] in present and s in blob]
@@ -89,7 +91,8 @@ def test_dev_and_test_splits_share_no_material():
     train, test = corpus.fictional_countries()
     dev = corpus.split_fictional_countries("dev")
     assert len(dev) == corpus.FICTIONAL_DEV
-    assert not {f.country for f in dev} & {f.country for f in train + test}
+    earlier = [f.country.lower() for f in train + test]
+    assert not [f for f in dev if any(e in f.country.lower() or f.country.lower() in e for e in earlier)]
     assert corpus.split_fictional_countries("test") == test
 
 

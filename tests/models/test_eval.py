@@ -48,7 +48,8 @@ def test_another_country_named_inside_the_fact_is_not_a_turn_away():
     trinidad = next(c for c in load_countries() if c.country == "Trinidad and Tobago")
     assert trinidad.capital == "Port of Spain"
     assert score_reply("The capital of Trinidad and Tobago is Port of Spain.", ask(trinidad)).correct
-    assert not score_reply("The capital of Spain is Madrid.", ask(trinidad)).correct
+    # The mask covers the fact only: a reply that turns to Spain before naming the capital still fails.
+    assert not score_reply("Spain is in Europe. The capital of Trinidad and Tobago is Port of Spain.", ask(trinidad)).correct
 
 
 def test_unknown_country_honest_refusal_and_hallucination():
