@@ -9,7 +9,8 @@ and concurrency.
 
 --answers measures chat answers as users get them: each request ends where the model ends its answer
 (no ignore_eos; tokens past an answer's end are never served in a chat), over the eval's held-out
-questions (`corpus.eval_prompts`, facts only), one each. Both methods produce the same tokens at
+questions (`corpus.eval_prompts`, facts only; `--split dev` for the dev split's, to choose settings
+such as num_speculative_tokens without tuning on test), one each. Both methods produce the same tokens at
 temperature 0, so the tok/s ratio is the ratio of answer latencies.
 
 Policy (--policy): `--max-engines 2`; TTFT at one stream with one engine live, with a second
@@ -17,7 +18,7 @@ Policy (--policy): `--max-engines 2`; TTFT at one stream with one engine live, w
 core (STAGECHAT_ENGINE_CPUS="0|1", which sets VLLM_CPU_OMP_THREADS_BIND per engine).
 
     .venv/bin/python scripts/bench_speculative.py [--config models/stages.yaml] [--stages base sft]
-        [--concurrency 1 4 16] [--tokens 128] [--answers] [--policy] [--json out.json]
+        [--concurrency 1 4 16] [--tokens 128] [--answers [--split dev]] [--policy] [--json out.json]
 
 Without --config: models/stages.yaml when the demo family is built (data/demo/{base,sft,rlhf,draft}), else a random tiny
 family (an 8-layer target, a 1-layer draft with the same tokenizer: its acceptance is near zero,
@@ -107,9 +108,9 @@ async def first_request(url: str, stage: str, method: str) -> float:
 
 
 def bench_speed(config: Path, logs: Path, stages: list[str], methods: list[str], levels: list[int],
-                tokens: int, answers: bool = False) -> dict:
+                tokens: int, answers: bool = False, split: str = "test") -> dict:
     # Natural answers are ~10 tokens: many distinct questions per cell, so one is not the whole figure.
-    questions, requests = (answer_questions(), 48) if answers else (QUESTIONS, 4)
+    questions, requests = (answer_questions(split), 48) if answers else (QUESTIONS, 4)
     server = start_server(config, logs / "speed.log", max_engines=1)
     out = {"ready_s": server.ready_seconds, "cold_start_s": {}, "rows": []}
     try:
@@ -162,10 +163,10 @@ def bench_policy(config: Path, logs: Path, stage: str, method: str) -> dict:
     return out
 
 
-def answer_questions() -> list[str]:
+def answer_questions(split: str = "test") -> list[str]:
     from models.demo.corpus import eval_prompts
 
-    return [p.messages[-1]["content"] for p in eval_prompts() if p.kind == "fact"]
+    return [p.messages[-1]["content"] for p in eval_prompts(split=split) if p.kind == "fact"]
 
 
 def tiny_family(root: Path) -> Path:
@@ -208,6 +209,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--answers", action="store_true", help="requests end where the answer ends (see above)")
+    p.add_argument("--split", choices=["test", "dev"], default="test", help="whose questions --answers asks")
     p.add_argument("--policy", action="store_true", help="also measure the engine policy")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--json", type=Path, default=None)
@@ -231,7 +233,7 @@ def main() -> None:
         results = {"config": str(config)}
         if not args.skip_speed:
             results["speed"] = bench_speed(config, args.logs, stages, methods, args.concurrency, args.tokens,
-                                           args.answers)
+                                           args.answers, args.split)
         if args.policy:
             results["policy"] = bench_policy(config, args.logs, stages[0], methods[0])
         if "speed" in results:
