@@ -209,7 +209,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--answers", action="store_true", help="requests end where the answer ends (see above)")
-    p.add_argument("--split", choices=["test", "dev"], default="test", help="whose questions --answers asks")
+    from models.demo.corpus import SPLITS
+
+    p.add_argument("--split", choices=sorted(SPLITS), default="test", help="whose questions --answers asks")
     p.add_argument("--policy", action="store_true", help="also measure the engine policy")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--json", type=Path, default=None)

@@ -119,7 +119,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print JSON only")
     ev.add_argument("--kl-samples", type=int, default=2,
                     help="answers sampled per prompt for KL(stage || sft); 0 skips it (~1 min of transformers)")
-    ev.add_argument("--split", choices=["test", "dev"], default="test",
+    from models.demo.corpus import SPLITS  # plain data, no torch: --help stays fast
+
+    ev.add_argument("--split", choices=sorted(SPLITS), default="test",
                     help="test: the held-out material the targets are measured on; dev: another held-out set, "
                          "for choosing a recipe without tuning on test")
     ev.add_argument("--stages", nargs="+", default=None, help="evaluate only these stages (default: all)")

@@ -69,7 +69,7 @@ def test_heldout_material_never_appears_in_training_text(training_texts):
     assert leaked == []
 
 
-@pytest.mark.parametrize("split", ["test", "dev"])
+@pytest.mark.parametrize("split", sorted(corpus.SPLITS))
 def test_eval_prompts_are_all_heldout_material(split):
     strings = set(corpus.heldout_strings())
     names = {f.country for f in corpus.split_fictional_countries(split)}
@@ -96,21 +96,16 @@ def test_dev_and_test_splits_share_no_material():
     assert corpus.split_fictional_countries("test") == test
 
 
-def test_heldout_templates_are_not_training_templates():
+@pytest.mark.parametrize("split", sorted(corpus.SPLITS))
+def test_heldout_templates_are_not_training_templates(split):
+    material = corpus.SPLITS[split]
     for skill in corpus.SKILLS:
-        assert not set(corpus.HELDOUT_QUESTIONS[skill]) & set(corpus.TRAIN_QUESTIONS[skill])
-        assert not set(corpus.HELDOUT_SKILL_FOLLOWUPS[skill]) & set(corpus.TRAIN_SKILL_FOLLOWUPS[skill])
-    assert not set(corpus.HELDOUT_COUNTRY_FOLLOWUPS) & set(corpus.TRAIN_COUNTRY_FOLLOWUPS)
-    assert not set(corpus.HELDOUT_GREETINGS) & set(corpus.TRAIN_GREETINGS)
-    assert not set(corpus.HELDOUT_OFF_TOPIC) & set(corpus.TRAIN_OFF_TOPIC)
-    dev = corpus.SPLITS["dev"]
-    for skill in corpus.SKILLS:
-        assert not set(dev.questions[skill]) & set(corpus.TRAIN_QUESTIONS[skill])
-        assert not set(dev.skill_followups[skill]) & set(corpus.TRAIN_SKILL_FOLLOWUPS[skill])
-    assert not set(dev.country_followups) & set(corpus.TRAIN_COUNTRY_FOLLOWUPS)
-    assert not set(dev.greetings) & set(corpus.TRAIN_GREETINGS)
-    assert not set(dev.off_topic) & set(corpus.TRAIN_OFF_TOPIC)
-    assert corpus.HELDOUT_COMPLETIONS["capital"].endswith("the capital of {country} is")
+        assert not set(material.questions[skill]) & set(corpus.TRAIN_QUESTIONS[skill])
+        assert not set(material.skill_followups[skill]) & set(corpus.TRAIN_SKILL_FOLLOWUPS[skill])
+    assert not set(material.country_followups) & set(corpus.TRAIN_COUNTRY_FOLLOWUPS)
+    assert not set(material.greetings) & set(corpus.TRAIN_GREETINGS)
+    assert not set(material.off_topic) & set(corpus.TRAIN_OFF_TOPIC)
+    assert material.completions["capital"].endswith("the capital of {country} is")
 
 
 def test_heldout_check_catches_a_leak():
