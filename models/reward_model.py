@@ -82,13 +82,13 @@ def _assistant(text: str) -> list[dict[str, str]]:
 
 def comparison_pairs(store) -> list[dict[str, Any]]:
     """Every (prompt, chosen, rejected) the store's comparisons give, each once, with its source."""
-    from server.export import _prompt, verdicts
+    from server.export import prompt_messages, verdicts
 
     pairs: list[dict[str, Any]] = []
     seen: set[bytes] = set()
 
     def add(prompt: list[dict[str, Any]], chosen: str, rejected: str, source: str) -> None:
-        prompt = _prompt(prompt)
+        prompt = prompt_messages(prompt)
         key = hashlib.sha256(json.dumps([prompt, chosen, rejected]).encode()).digest()
         if chosen != rejected and key not in seen:
             seen.add(key)

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from server import body_limit
 from server.body_limit import BodyLimitMiddleware, BodyTooLarge
 from server.contract import MethodNotAllowedMiddleware, openapi_schema
-from server.errors import APIError, from_validation_errors
+from server.errors import APIError, from_store_error, from_validation_errors
 from server.limits import Limiter
 from server.pool import SPARE_LORA_SLOTS, EnginePool, engine_factory
 from server.registry import load_registry
@@ -30,7 +30,7 @@ from server.routes import rewards as rewards_routes
 from server.rewards import RewardService
 from server.serving import StageService
 from server.settings import Settings
-from server.store import Store
+from server.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    # The store refusing a rating (unknown response or item: 404; invalid: 400): routes let it rise.
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError):
+        error = from_store_error(exc)
+        return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge):

@@ -1,12 +1,16 @@
 """OpenAI-style errors: one exception type, one body shape, the right status.
 
 Raise `APIError` (or a helper below) anywhere in request handling; the app's exception handler turns
-it into `{"error": {"message", "type", "param", "code"}}`. The WebSocket sends the same body.
+it into `{"error": {"message", "type", "param", "code"}}`. The WebSocket sends the same body. A
+`StoreError` (the store refusing a rating) reads as one through `from_store_error`; the app's handler
+for it does that, so routes let it rise.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from server.store.records import StoreError, UnknownItem, UnknownResponse
 
 
 class APIError(Exception):
@@ -42,6 +46,13 @@ def not_ready(message: str = "The server is still warming up its engines.") -> A
 
 def too_large(message: str, param: str | None = None, code: str = "request_too_large") -> APIError:
     return APIError(413, message, param=param, code=code)
+
+
+def from_store_error(error: StoreError) -> APIError:
+    """A refusal of the store as the API answers it: an unknown response or item is a 404, the rest 400."""
+    if isinstance(error, (UnknownResponse, UnknownItem)):
+        return not_found(error.message, param=error.param)
+    return bad_request(error.message, param=error.param)
 
 
 def from_validation_errors(errors: list[dict[str, Any]]) -> APIError:
@@ -92,7 +103,3 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     ref = {"$ref": f"#/components/schemas/{ERROR_SCHEMA_NAME}"}
     return {status: {"description": _WHY.get(status, "Error"), "content": {"application/json": {"schema": ref}}}
             for status in statuses}
-
-
-# What every generation route (chat, completions, WebSocket-like work) can answer besides 200.
-GENERATION_ERRORS = error_responses(400, 401, 404, 413, 429, 503)

@@ -34,9 +34,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from server.store import CorrectedAnswer, PreferredPair, RatedAnswer, Store
+from server.store.records import CorrectedAnswer, PreferredPair, RatedAnswer
+
+if TYPE_CHECKING:
+    from server.store import Store
 
 Format = Literal["kto", "dpo", "sft"]
 FORMATS: tuple[str, ...] = ("kto", "dpo", "sft")
@@ -56,7 +59,8 @@ def _message(m: dict[str, Any]) -> Message:
     return {"role": str(m["role"]), "content": "" if content is None else str(content)}
 
 
-def _prompt(messages: list[dict[str, Any]]) -> list[Message]:
+def prompt_messages(messages: list[dict[str, Any]]) -> list[Message]:
+    """A logged prompt as dataset rows hold it: {role, content} messages with text content."""
     return [_message(m) for m in messages]
 
 
@@ -94,7 +98,7 @@ def _verdicts(answers: Iterable[RatedAnswer]) -> Iterator[tuple[str, list[Messag
             if answer.rated_at is not None:
                 v.times.append(answer.rated_at)
         assert prompt is not None
-        yield prompt_hash, _prompt(prompt), texts
+        yield prompt_hash, prompt_messages(prompt), texts
 
 
 def verdicts(answers: Iterable[RatedAnswer]) -> Iterator[tuple[list[Message], list[str], list[str]]]:
@@ -128,7 +132,8 @@ def kto_rows(answers: Iterable[RatedAnswer], corrections: Iterable[CorrectedAnsw
                 yield Row({"prompt": prompt, "completion": _assistant(text), "label": v.score > 0},
                           "thumbs", v.stages, v.times)
     for c in corrections:
-        yield _correction_row(c, {"prompt": _prompt(c.prompt), "completion": _assistant(c.corrected), "label": True})
+        yield _correction_row(c, {"prompt": prompt_messages(c.prompt), "completion": _assistant(c.corrected),
+                                  "label": True})
 
 
 def sft_rows(answers: Iterable[RatedAnswer], corrections: Iterable[CorrectedAnswer] = ()) -> Iterator[Row]:
@@ -139,7 +144,7 @@ def sft_rows(answers: Iterable[RatedAnswer], corrections: Iterable[CorrectedAnsw
             if v.score > 0 and (prompt_hash, text) not in corrected:  # a corrected answer: its correction instead
                 yield Row({"messages": prompt + _assistant(text)}, "thumbs", v.stages, v.times)
     for c in corrections:
-        yield _correction_row(c, {"messages": _prompt(c.prompt) + _assistant(c.corrected)})
+        yield _correction_row(c, {"messages": prompt_messages(c.prompt) + _assistant(c.corrected)})
 
 
 def dpo_rows(pairs: Iterable[PreferredPair], answers: Iterable[RatedAnswer],
@@ -147,11 +152,11 @@ def dpo_rows(pairs: Iterable[PreferredPair], answers: Iterable[RatedAnswer],
     """Preference and ranking pairs, then corrected-over-original, then pairs from up/down ratings."""
     for pair in pairs:
         if pair.chosen != pair.rejected:
-            yield Row({"prompt": _prompt(pair.prompt), "chosen": _assistant(pair.chosen),
+            yield Row({"prompt": prompt_messages(pair.prompt), "chosen": _assistant(pair.chosen),
                        "rejected": _assistant(pair.rejected)}, pair.source, {s for s in pair.stages if s},
                       [pair.rated_at] if pair.rated_at else [])
     for c in corrections:
-        yield _correction_row(c, {"prompt": _prompt(c.prompt), "chosen": _assistant(c.corrected),
+        yield _correction_row(c, {"prompt": prompt_messages(c.prompt), "chosen": _assistant(c.corrected),
                                   "rejected": _assistant(c.original)})
     for _, prompt, texts in _verdicts(answers):
         for chosen, good in texts.items():
@@ -169,19 +174,6 @@ def unique(rows: Iterable[Row]) -> Iterator[Row]:
         if key not in seen:
             seen.add(key)
             yield row
-
-
-def kto_examples(answers: Iterable[RatedAnswer], corrections: Iterable[CorrectedAnswer] = ()) -> Iterator[dict[str, Any]]:
-    return (r.example for r in unique(kto_rows(answers, corrections)))
-
-
-def sft_examples(answers: Iterable[RatedAnswer], corrections: Iterable[CorrectedAnswer] = ()) -> Iterator[dict[str, Any]]:
-    return (r.example for r in unique(sft_rows(answers, corrections)))
-
-
-def dpo_examples(pairs: Iterable[PreferredPair], answers: Iterable[RatedAnswer],
-                 corrections: Iterable[CorrectedAnswer] = ()) -> Iterator[dict[str, Any]]:
-    return (r.example for r in unique(dpo_rows(pairs, answers, corrections)))
 
 
 def rows(store: Store, format: str, *, stage: str | None = None) -> Iterator[Row]:

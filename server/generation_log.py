@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from server.store import GenerationRecord
+from server.store.records import GenerationRecord
 
 
 class GenerationLog:

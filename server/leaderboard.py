@@ -27,7 +27,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_expit
 
-from server.store import Judgement
+from server.store.records import Judgement
 
 PRIOR = 0.01  # L2 weight on θ: a weak prior, so a stage with only wins still has a finite strength
 BOOTSTRAP = 200

@@ -28,7 +28,7 @@ from server.limits import Lease, Limiter
 from server.pool import EnginePool, Route
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.rewards import RewardService, Score
-from server.store import GenerationRecord, prompt_hash
+from server.store.records import GenerationRecord, prompt_hash
 from server.tools import template_tools
 
 log = logging.getLogger(__name__)

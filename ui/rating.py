@@ -47,7 +47,7 @@ def _store(service: StageService):
 
 
 async def _call(fn, *args, **kwargs):
-    from server.store import StoreError
+    from server.store.records import StoreError
 
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)

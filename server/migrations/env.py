@@ -1,7 +1,7 @@
 """Alembic environment for the store's schema (online migrations only).
 
-`server.store.upgrade_schema` runs this with an open connection in `config.attributes["connection"]`.
-To write a new revision, change the models in `server/store.py`, then from the repository root:
+`server.store.schema.upgrade_schema` runs this with an open connection in `config.attributes["connection"]`.
+To write a new revision, change the tables in `server/store/schema.py`, then from the repository root:
 
     alembic -c server/migrations/alembic.ini -x url=sqlite:///data/stagechat.db revision --autogenerate -m "what"
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from server.store import Base
+from server.store.schema import Base
 
 config = context.config
 
@@ -32,7 +32,7 @@ else:
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
     if not url:
         raise SystemExit("pass the database with -x url=…")
-    from server.store import create_store_engine
+    from server.store.engine import create_store_engine
 
     with create_store_engine(url).connect() as conn:
         run(conn)

@@ -1,9 +1,10 @@
 """Feedback API: rate answers, state A/B preferences, rank 2..4 answers, correct answers, list and
 delete one's own, export TRL datasets.
 
-Thin: validates the body's shape, maps the store's errors to OpenAI errors, renders OpenAI-style
-objects. The store (`app.state.store`) decides what is valid; `server/export.py` owns the formats.
-Handlers are plain `def`: the store is synchronous, so FastAPI runs them in its thread pool.
+Thin: validates the body's shape and renders OpenAI-style objects. The store (`app.state.store`)
+decides what is valid; its refusals (`StoreError`) rise to the app's handler, which answers them as
+OpenAI errors (`server.errors.from_store_error`). `server/export.py` owns the formats. Handlers are
+plain `def`: the store is synchronous, so FastAPI runs them in its thread pool.
 
 Who sees what: anyone with an API key may rate, and list and delete their own ratings, preferences,
 rankings and corrections; the admin key (when one is configured) lists and deletes everyone's and
@@ -14,19 +15,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
-from typing import Any, Literal
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.auth import authenticate, require_admin
-from server.errors import APIError, bad_request, not_found
+from server.errors import APIError, bad_request
 from server.export import FORMATS, examples
+from server.routes.params import parse_time
 from server.settings import Settings
-from server.store import (Correction, Feedback, Preference, Ranking, Store, StoreError, UnknownItem,
-                          UnknownResponse)
+from server.store.records import Correction, Feedback, Preference, Ranking
+
+if TYPE_CHECKING:
+    from server.store import Store
 
 router = APIRouter()
 
@@ -86,12 +90,6 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _api_error(error: StoreError) -> APIError:
-    if isinstance(error, (UnknownResponse, UnknownItem)):
-        return not_found(error.message, param=error.param)
-    return bad_request(error.message, param=error.param)
-
-
 def _unix(t: datetime) -> int:
     return int(t.timestamp())
 
@@ -132,19 +130,12 @@ OBJECTS = {"feedback": feedback_object, "preference": preference_object, "rankin
            "correction": correction_object}
 
 
-def _parse_time(value: str | None, param: str) -> datetime | None:
-    """Unix seconds or ISO 8601 (naive means UTC)."""
-    if value is None:
-        return None
-    try:
-        return datetime.fromtimestamp(float(value), timezone.utc)
-    except (ValueError, OverflowError):
-        pass
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        raise bad_request(f"'{param}' must be Unix seconds or an ISO 8601 time; got {value!r}.", param) from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+def _listing(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """An OpenAI-style list page."""
+    listing: dict[str, Any] = {"object": "list", "data": data, "has_more": has_more}
+    if data:
+        listing["first_id"], listing["last_id"] = data[0]["id"], data[-1]["id"]
+    return listing
 
 
 def _is_admin(request: Request, settings: Settings) -> bool:
@@ -158,44 +149,32 @@ def _is_admin(request: Request, settings: Settings) -> bool:
 @router.post("/v1/feedback")
 def create_feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
     rater = authenticate(request, _settings(request))
-    try:
-        fb = _store(request).rate(body.response_id, body.rating, rater=rater, comment=body.comment,
-                                  tags=body.tags, prompt=body.prompt, completion=body.completion)
-    except StoreError as e:
-        raise _api_error(e) from None
+    fb = _store(request).rate(body.response_id, body.rating, rater=rater, comment=body.comment,
+                              tags=body.tags, prompt=body.prompt, completion=body.completion)
     return feedback_object(fb)
 
 
 @router.post("/v1/preferences")
 def create_preference(body: PreferenceRequest, request: Request) -> dict[str, Any]:
     rater = authenticate(request, _settings(request))
-    try:
-        pref = _store(request).prefer(body.response_ids, body.choice, rater=rater, comment=body.comment,
-                                      prompt=body.prompt, completions=body.completions)
-    except StoreError as e:
-        raise _api_error(e) from None
+    pref = _store(request).prefer(body.response_ids, body.choice, rater=rater, comment=body.comment,
+                                  prompt=body.prompt, completions=body.completions)
     return preference_object(pref)
 
 
 @router.post("/v1/rankings")
 def create_ranking(body: RankingRequest, request: Request) -> dict[str, Any]:
     rater = authenticate(request, _settings(request))
-    try:
-        ranking = _store(request).rank(body.response_ids, body.ranking, rater=rater, comment=body.comment,
-                                       prompt=body.prompt, completions=body.completions)
-    except StoreError as e:
-        raise _api_error(e) from None
+    ranking = _store(request).rank(body.response_ids, body.ranking, rater=rater, comment=body.comment,
+                                   prompt=body.prompt, completions=body.completions)
     return ranking_object(ranking)
 
 
 @router.post("/v1/corrections")
 def create_correction(body: CorrectionRequest, request: Request) -> dict[str, Any]:
     rater = authenticate(request, _settings(request))
-    try:
-        correction = _store(request).correct(body.response_id, body.completion, rater=rater, comment=body.comment,
-                                             prompt=body.prompt, original=body.original)
-    except StoreError as e:
-        raise _api_error(e) from None
+    correction = _store(request).correct(body.response_id, body.completion, rater=rater, comment=body.comment,
+                                         prompt=body.prompt, original=body.original)
     return correction_object(correction)
 
 
@@ -204,16 +183,9 @@ def _own_items(request: Request, kind: str, since: str | None, until: str | None
     settings = _settings(request)
     client_id = authenticate(request, settings)
     rater = None if _is_admin(request, settings) else client_id  # others see only their own
-    try:
-        page, has_more = _store(request).list_items(kind, rater=rater, since=_parse_time(since, "since"),
-                                                    until=_parse_time(until, "until"), limit=limit, after=after)
-    except StoreError as e:
-        raise _api_error(e) from None
-    data = [OBJECTS[kind](item) for item in page]
-    listing: dict[str, Any] = {"object": "list", "data": data, "has_more": has_more}
-    if data:
-        listing["first_id"], listing["last_id"] = data[0]["id"], data[-1]["id"]
-    return listing
+    page, has_more = _store(request).list_items(kind, rater=rater, since=parse_time(since, "since"),
+                                                until=parse_time(until, "until"), limit=limit, after=after)
+    return _listing([OBJECTS[kind](item) for item in page], has_more)
 
 
 def _list_route(path: str, kind: str) -> None:
@@ -235,10 +207,7 @@ def _delete_route(path: str, kind: str) -> None:
         settings = _settings(request)
         client_id = authenticate(request, settings)
         rater = None if _is_admin(request, settings) else client_id
-        try:
-            _store(request).delete(kind, item_id, rater=rater)
-        except StoreError as e:
-            raise _api_error(e) from None
+        _store(request).delete(kind, item_id, rater=rater)
         return {"id": item_id, "object": f"{kind}.deleted", "deleted": True}
 
     delete_item.__name__ = f"delete_{kind}"
@@ -266,17 +235,10 @@ def list_feedback(
     settings = _settings(request)
     client_id = authenticate(request, settings)
     rater = None if _is_admin(request, settings) else client_id  # others see only their own ratings
-    try:
-        page, has_more = _store(request).list_feedback(
-            stage=stage, rating=rating, rater=rater, since=_parse_time(since, "since"),
-            until=_parse_time(until, "until"), limit=limit, after=after)
-    except StoreError as e:
-        raise _api_error(e) from None
-    data = [feedback_object(fb) for fb in page]
-    listing: dict[str, Any] = {"object": "list", "data": data, "has_more": has_more}
-    if data:
-        listing["first_id"], listing["last_id"] = data[0]["id"], data[-1]["id"]
-    return listing
+    page, has_more = _store(request).list_feedback(
+        stage=stage, rating=rating, rater=rater, since=parse_time(since, "since"),
+        until=parse_time(until, "until"), limit=limit, after=after)
+    return _listing([feedback_object(fb) for fb in page], has_more)
 
 
 @router.get("/v1/feedback/export", response_class=StreamingResponse, responses={

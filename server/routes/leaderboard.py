@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 
 from server.auth import authenticate
 from server.leaderboard import BOOTSTRAP, leaderboard
-from server.routes.feedback import _parse_time
+from server.routes.params import parse_time
 
 router = APIRouter()
 
@@ -29,7 +29,7 @@ def get_leaderboard(
 ) -> dict[str, Any]:
     authenticate(request, request.app.state.settings)
     store = request.app.state.store
-    judgements = store.iter_judgements(since=_parse_time(since, "since"), until=_parse_time(until, "until"),
+    judgements = store.iter_judgements(since=parse_time(since, "since"), until=parse_time(until, "until"),
                                        rater=rater)
     board = leaderboard(judgements, bootstrap=bootstrap, seed=seed)
     body = board.to_dict()

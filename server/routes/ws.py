@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from server.auth import authenticate
 from server import metrics
-from server.errors import APIError, bad_request, from_validation_errors, not_found, too_large
+from server.errors import APIError, bad_request, from_store_error, from_validation_errors, not_found, too_large
 from server.limits import RateLimited, TokenBucket
 from server.protocol import ChatCompletionRequest, speculative_body
 from server.responses import reward_body
@@ -232,9 +232,8 @@ class Connection:
                                                   type="service_unavailable", code="no_store"))
         # The HTTP route's body types and helpers, so both doors validate and answer alike.
         from server.routes.feedback import (CorrectionRequest, FeedbackRequest, PreferenceRequest, RankingRequest,
-                                            _api_error, correction_object, feedback_object, preference_object,
-                                            ranking_object)
-        from server.store import StoreError
+                                            correction_object, feedback_object, preference_object, ranking_object)
+        from server.store.records import StoreError
 
         body_type: type[BaseModel] = {"feedback": FeedbackRequest, "preference": PreferenceRequest,
                                       "ranking": RankingRequest, "correction": CorrectionRequest}[kind]
@@ -264,7 +263,7 @@ class Connection:
                     prompt=body.prompt, completions=body.completions)
                 obj = preference_object(result)
         except StoreError as exc:
-            return await self.error(fid, _api_error(exc))
+            return await self.error(fid, from_store_error(exc))
         try:
             await self.send({"type": "ack", "id": fid, kind: obj})
         except _Gone:

@@ -1,0 +1,201 @@
+"""Plain data that crosses the store's boundary: the records it takes and gives, the constants that
+say what a rating may be, the errors it raises, and the prompt hash the serving layer must share.
+
+What it knows: the shape of a logged answer (`GenerationRecord`), of a rating, preference, ranking
+and correction as a caller sees them, of the resolved texts the exports read, and of the leaderboard's
+judgements. Plain dataclasses, so the serving path, the routes and the UI can use them without
+loading SQLAlchemy (a test checks this module imports none).
+
+What it does not know: tables, SQL or sessions (`server/store/schema.py`, `server/store/store.py`),
+or HTTP (the app maps `StoreError` to OpenAI errors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+Rating = Literal["up", "down"]
+Choice = Literal["a", "b", "tie", "both_bad"]
+RATINGS: tuple[str, ...] = ("up", "down")
+CHOICES: tuple[str, ...] = ("a", "b", "tie", "both_bad")
+MAX_RANKED = 4  # answers one ranking may order
+KINDS: tuple[str, ...] = ("feedback", "preference", "ranking", "correction")  # what a rater owns
+
+
+class StoreError(Exception):
+    """Base of the store's errors; `param` names the offending request field, when there is one."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class UnknownResponse(StoreError, LookupError):
+    """A response id the generation log has never seen."""
+
+
+class InvalidFeedback(StoreError, ValueError):
+    """A rating or preference the store refuses; nothing was written."""
+
+
+class UnknownItem(StoreError, LookupError):
+    """A rating, preference, ranking or correction id that does not exist (or is not the caller's)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def prompt_hash(prompt: Sequence[dict[str, Any]] | str) -> str:
+    """sha256 of the canonical JSON of chat messages (or of a completion prompt's text).
+
+    Canonical: sorted keys, json's default separators, UTF-8, so the same prompt always hashes the
+    same. The serving layer must hash with this very function: ratings check sent prompts against it.
+    """
+    canonical = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class GenerationRecord:
+    """One answer the server gave; choice i > 0 of an `n > 1` request has id f"{id}:{i}"."""
+
+    id: str
+    stage: str
+    client_id: str
+    kind: Literal["chat", "completion"]
+    prompt_hash: str
+    messages: list[dict[str, Any]] | None  # chat prompt; None for completions or with logging off
+    prompt: str | None  # completion prompt text; None for chat or with logging off
+    completion: str | None  # None with prompt logging off
+    sampling: dict[str, Any]
+    speculative_method: str | None
+    speculative: dict[str, Any] | None
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    ttft_ms: float | None
+    duration_ms: float
+    created_at: datetime = field(default_factory=utcnow)
+    reward_model: str | None = None  # the reward model that scored this answer, when one did
+    reward_score: float | None = None
+
+
+@dataclass
+class Feedback:
+    """A rating as stored: one per (response_id, rater); re-rating replaces it."""
+
+    id: str
+    response_id: str
+    stage: str
+    rater: str
+    rating: Rating
+    comment: str | None
+    tags: list[str]
+    prompt: list[dict[str, Any]] | str | None  # the rated text, when the log lacks it (prompt logging off)
+    completion: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class Preference:
+    """Which of two answers to the same prompt a rater preferred; one per (pair, rater)."""
+
+    id: str
+    response_ids: tuple[str, str]
+    choice: Choice
+    rater: str
+    stage_a: str
+    stage_b: str
+    comment: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class RatedAnswer:
+    """A rated chat answer with its text resolved (the rating's text, else the log's), for export."""
+
+    response_id: str
+    stage: str
+    prompt_hash: str
+    prompt: list[dict[str, Any]]
+    completion: str
+    label: bool  # True: thumbs up
+    rated_at: datetime | None = None
+
+
+@dataclass
+class CorrectedAnswer:
+    """A correction with its text resolved, for export: `corrected` is what `original` should have been."""
+
+    response_id: str
+    stage: str
+    prompt_hash: str
+    prompt: list[dict[str, Any]]
+    original: str
+    corrected: str
+    rated_at: datetime | None = None
+
+
+@dataclass
+class PreferredPair:
+    """A preference with a winner (choice a or b), text resolved, for export."""
+
+    prompt_hash: str
+    prompt: list[dict[str, Any]]
+    chosen: str
+    rejected: str
+    source: str = "preference"  # or "ranking"
+    stages: tuple[str, str] = ("", "")  # chosen's stage, rejected's stage
+    rated_at: datetime | None = None
+
+
+@dataclass
+class Ranking:
+    """How one rater ordered K = 2..4 answers to one conversation: groups best first, ties share a group."""
+
+    id: str
+    response_ids: list[str]
+    ranking: list[list[str]]
+    stages: list[str]  # the stage of each of `response_ids`, in order
+    rater: str
+    comment: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class Correction:
+    """What one rater says an answer should have been; one per (response_id, rater)."""
+
+    id: str
+    response_id: str
+    stage: str
+    rater: str
+    completion: str
+    comment: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class Judgement:
+    """A comparative verdict for the leaderboard: a preference (a ranking of two) or a ranking.
+
+    `groups` holds indices into `response_ids`/`stages`, best group first; a tie (or "both bad")
+    is one group of two."""
+
+    id: str
+    rater: str
+    response_ids: list[str]
+    stages: list[str]
+    groups: list[list[int]]
+    at: datetime

@@ -1,0 +1,19 @@
+"""`Store`: the generation log, the writes and the reads of feedback, joined over one engine.
+
+What it knows: which mixin holds which methods — `GenerationLog` (generations.py: log and read
+answers), `FeedbackWrites` (feedback.py: rate, prefer, rank, correct, unrate, delete) and
+`FeedbackReads` (reads.py: list pages, export inputs, judgements) — all on `StoreBase` (base.py:
+the engine and its sessions). `Store(url)` upgrades the schema to head unless `upgrade=False`.
+
+What it does not know: anything the mixins do not; this module only joins them.
+"""
+
+from __future__ import annotations
+
+from server.store.feedback import FeedbackWrites
+from server.store.generations import GenerationLog
+from server.store.reads import FeedbackReads
+
+
+class Store(GenerationLog, FeedbackWrites, FeedbackReads):
+    """Generation log + feedback over one SQLAlchemy engine. Safe to share between threads."""
