@@ -9,7 +9,7 @@ separate process polls `GET /health` every 20 ms:
   4. a 40 MB request (over the limit): how fast the 413 comes back.
 Prints /health p50/p99/max per phase, what the big requests got and how long they took.
 
-    .venv/bin/python scripts/bench_health.py [--streams 128] [--mb 16]
+    .venv/bin/python scripts/bench_health.py [--streams 128] [--mb 16] [--json [FILE]]
 
 Run it alone on the machine (it starts a vLLM engine): `flock /tmp/stagechat-heavy.lock ...`.
 """
@@ -21,15 +21,21 @@ import asyncio
 import multiprocessing as mp
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from server.launcher import stagechat_server  # noqa: E402  (after the path is set)
+from bench_common import (
+    add_json_argument,
+    engine_env_defaults,
+    http_client,
+    one_stage_registry,
+    output,
+    percentile,
+    running,
+    stream,
+    timed_post,
+)
 
 LIMIT = 32 * 1024 * 1024
 
@@ -48,60 +54,42 @@ def poll_health(url: str, stop, out) -> None:
     out.put(latencies)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def streams(session, url: str, count: int, tokens: int) -> int:
+async def streams(client, url: str, count: int, tokens: int) -> int:
     """`count` concurrent completions streams; returns how many failed."""
-
-    async def one():
-        body = {"model": "bench", "prompt": "The capital of Kenya is", "max_tokens": tokens, "temperature": 0,
-                "ignore_eos": True, "stream": True}
-        async with session.post(f"{url}/v1/completions", json=body) as r:
-            if r.status != 200:
-                return 1
-            async for _ in r.content:
-                pass
-        return 0
-
-    return sum(await asyncio.gather(*(one() for _ in range(count))))
+    body = {"model": "bench", "prompt": "The capital of Kenya is", "max_tokens": tokens, "temperature": 0,
+            "ignore_eos": True}
+    results = await asyncio.gather(*(stream(client, f"{url}/v1/completions", body) for _ in range(count)))
+    return sum(not r.ok for r in results)
 
 
-async def big_request(session, url: str, megabytes: float) -> tuple[int, float, str]:
+async def big_request(client, url: str, megabytes: float) -> tuple[int, float, str]:
     text = "Hello there how are you " * int(megabytes * 1e6 / 24)
     body = {"model": "bench", "messages": [{"role": "user", "content": text}], "max_tokens": 4}
-    began = time.perf_counter()
-    async with session.post(f"{url}/v1/chat/completions", json=body) as r:
-        answer = await r.text()
-        return r.status, time.perf_counter() - began, answer[:160]
+    r, seconds = await timed_post(client, f"{url}/v1/chat/completions", body)
+    return r.status_code, seconds, r.text[:160]
 
 
 async def run_phases(url: str, n_streams: int, megabytes: float) -> list[tuple[str, float, float, str]]:
-    import aiohttp
-
     phases = []
-    connector = aiohttp.TCPConnector(limit=n_streams + 8)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=900)) as session:
-        await streams(session, url, 2, 4)  # warm
+    async with http_client(connections=n_streams + 8, timeout=900) as client:
+        await streams(client, url, 2, 4)  # warm
         began = time.time()
         await asyncio.sleep(2)
         phases.append(("idle", began, time.time(), ""))
 
         began = time.time()
-        failed = await streams(session, url, n_streams, 128)
+        failed = await streams(client, url, n_streams, 128)
         phases.append((f"{n_streams} streams", began, time.time(), f"{failed} failed"))
 
         began = time.time()
-        load = asyncio.create_task(streams(session, url, n_streams, 128))
-        status, seconds, answer = await big_request(session, url, megabytes)
+        load = asyncio.create_task(streams(client, url, n_streams, 128))
+        status, seconds, answer = await big_request(client, url, megabytes)
         failed = await load
         phases.append((f"{n_streams} streams + {megabytes:g} MB chat", began, time.time(),
                        f"big request: {status} in {seconds:.1f} s ({answer!r}); streams: {failed} failed"))
 
         began = time.time()
-        status, seconds, answer = await big_request(session, url, 40)
+        status, seconds, answer = await big_request(client, url, 40)
         phases.append(("40 MB request (over the limit)", began, time.time(),
                        f"{status} in {seconds * 1000:.0f} ms ({answer[:80]!r})"))
     return phases
@@ -111,38 +99,44 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--streams", type=int, default=128)
     p.add_argument("--mb", type=float, default=16)
+    add_json_argument(p)
     args = p.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        from models.tiny import make_tiny_checkpoint
+    engine_env_defaults("2")
+    from models.tiny import make_tiny_checkpoint
+    from server.launcher import stagechat_server
 
-        model = make_tiny_checkpoint(work / "tiny", layers=2, hidden=128, heads=2)
-        config = work / "stages.yaml"
-        config.write_text(f"engine: {{max_model_len: 512}}\nstages:\n  bench: {{model: {model}}}\n")
-        server = stagechat_server(config, work / "stagechat", ("--no-ui", "--max-body-bytes", str(LIMIT)),
-                                  env={"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]})
-        ctx = mp.get_context("spawn")
-        stop, out = ctx.Event(), ctx.Queue()
-        poller = ctx.Process(target=poll_health, args=(server.url, stop, out))
-        poller.start()
-        try:
-            phases = asyncio.run(run_phases(server.url, args.streams, args.mb))
-        finally:
-            stop.set()
-            latencies = out.get(timeout=300)
-            poller.join()
-            server.stop()
+    with output(args) as figures:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            model = make_tiny_checkpoint(work / "tiny", layers=2, hidden=128, heads=2)
+            config = one_stage_registry(work / "stages.yaml", model, max_model_len=512)
+            with running(stagechat_server(config, work / "stagechat", ("--no-ui", "--max-body-bytes", str(LIMIT)),
+                                          env={"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]})) \
+                    as server:
+                ctx = mp.get_context("spawn")
+                stop, out = ctx.Event(), ctx.Queue()
+                poller = ctx.Process(target=poll_health, args=(server.url, stop, out))
+                poller.start()
+                try:
+                    phases = asyncio.run(run_phases(server.url, args.streams, args.mb))
+                finally:
+                    stop.set()
+                    latencies = out.get(timeout=300)
+                    poller.join()
 
-    print(f"\n/health polled every 20 ms from another process; server body limit {LIMIT} bytes")
-    print(f"{'phase':<36} {'polls':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  outcome")
-    for name, began, ended, outcome in phases:
-        window = [ms for stamp, ms in latencies if began <= stamp <= ended]
-        if not window:
-            print(f"{name:<36} {0:>6}  (no poll finished inside the phase)  {outcome}")
-            continue
-        print(f"{name:<36} {len(window):>6} {statistics.median(window):>8.1f} {percentile(window, 0.99):>8.1f} "
-              f"{max(window):>8.1f}  {outcome}")
+        figures.update(body_limit_bytes=LIMIT, phases=[])
+        print(f"\n/health polled every 20 ms from another process; server body limit {LIMIT} bytes")
+        print(f"{'phase':<36} {'polls':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  outcome")
+        for name, began, ended, outcome in phases:
+            window = [ms for stamp, ms in latencies if began <= stamp <= ended]
+            row = {"phase": name, "polls": len(window), "outcome": outcome}
+            figures["phases"].append(row)
+            if not window:
+                print(f"{name:<36} {0:>6}  (no poll finished inside the phase)  {outcome}")
+                continue
+            row.update(p50_ms=statistics.median(window), p99_ms=percentile(window, 0.99), max_ms=max(window))
+            print(f"{name:<36} {len(window):>6} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['max_ms']:>8.1f}  "
+                  f"{outcome}")
 
 
 if __name__ == "__main__":

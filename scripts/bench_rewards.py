@@ -8,7 +8,7 @@ latency and throughput. Prints ratios against the run without a reward model. En
 server's default core list (cores 1..N-1; `STAGECHAT_ENGINE_CPUS="0|1"` gives each its own core).
 
     .venv/bin/python scripts/bench_rewards.py [--config stages.yaml --reward-model rm] [--concurrency 8]
-        [--tokens 64] [--requests 20] [--env STAGECHAT_ENGINE_CPUS=0|1] [--json out.json]
+        [--tokens 64] [--requests 20] [--env STAGECHAT_ENGINE_CPUS=0|1] [--json [FILE]]
 
 Without --config: the random tiny family with a reward model made from its sft stage.
 """
@@ -17,20 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-import yaml
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from server.launcher import stagechat_server  # noqa: E402  (after the path is set)
+from bench_common import add_json_argument, concurrently, http_client, output, running, stream, timed_post
 
 QUESTION = [{"role": "user", "content": "What is the capital of Kenya?"}]
 
@@ -53,48 +45,34 @@ def tiny_registry(root: Path) -> tuple[Path, str]:
 
 async def chat(client, stage, tokens, reward_model=None) -> tuple[float, int]:
     """(TTFT in s, completion tokens) of one streamed answer."""
-    body = {"model": stage, "messages": QUESTION, "max_tokens": tokens, "stream": True, "ignore_eos": True,
+    body = {"model": stage, "messages": QUESTION, "max_tokens": tokens, "ignore_eos": True,
             "stream_options": {"include_usage": True}}
     if reward_model:
         body["reward_model"] = reward_model
-    began, ttft, used = time.perf_counter(), None, 0
-    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        async for line in r.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if ttft is None and chunk["choices"]:
-                ttft = time.perf_counter() - began
-            if chunk.get("usage"):
-                used = chunk["usage"]["completion_tokens"]
-    return ttft or float("nan"), used
+    r = await stream(client, "/v1/chat/completions", body)
+    return r.first_chunk or float("nan"), r.tokens
 
 
 async def measure(url, stage, args, reward_model=None) -> dict[str, float]:
-    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+    async with http_client(url, timeout=300) as client:
         await chat(client, stage, 4, reward_model)  # warm
         ttfts = [(await chat(client, stage, 8, reward_model))[0] for _ in range(args.requests)]
-        began = time.perf_counter()
-        results = await asyncio.gather(*(chat(client, stage, args.tokens, reward_model)
-                                         for _ in range(args.concurrency)))
-        seconds = time.perf_counter() - began
+        results, seconds = await concurrently(chat(client, stage, args.tokens, reward_model)
+                                              for _ in range(args.concurrency))
     return {"ttft_p50_ms": 1000 * statistics.median(ttfts),
             "tok_s": sum(n for _, n in results) / seconds}
 
 
 async def score_figures(url, rm, args) -> dict[str, float]:
     item = {"messages": QUESTION, "completion": "The capital of Kenya is Nairobi. " * 4}
-    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+    async with http_client(url, timeout=300) as client:
         latencies = []
         for _ in range(args.requests):
-            began = time.perf_counter()
-            r = await client.post("/v1/rewards", json={"model": rm, "input": [item]})
+            r, seconds = await timed_post(client, "/v1/rewards", {"model": rm, "input": [item]})
             r.raise_for_status()
-            latencies.append(time.perf_counter() - began)
-        began = time.perf_counter()
-        r = await client.post("/v1/rewards", json={"model": rm, "input": [item] * 64})
+            latencies.append(seconds)
+        r, batch = await timed_post(client, "/v1/rewards", {"model": rm, "input": [item] * 64})
         r.raise_for_status()
-        batch = time.perf_counter() - began
     return {"score_p50_ms": 1000 * statistics.median(latencies), "scores_per_s_batch64": 64 / batch}
 
 
@@ -107,42 +85,41 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the servers (repeatable)")
-    p.add_argument("--json", default=None)
+    add_json_argument(p)
     args = p.parse_args()
-    env = dict(e.split("=", 1) for e in args.env)
-    work = Path(tempfile.mkdtemp(prefix="bench-rewards-"))
-    if args.config:
-        config, rm = Path(args.config).resolve(), args.reward_model
-    else:
-        config, rm = tiny_registry(work)
-    raw = yaml.safe_load(config.read_text())
-    without = work / "without.yaml"
-    without.write_text(yaml.safe_dump({k: v for k, v in raw.items() if k != "reward_models"}
-                                      | {"stages": {n: {k: v for k, v in s.items() if k != "reward_model"}
-                                                    for n, s in raw["stages"].items()}}))
+    import yaml
 
-    figures: dict[str, dict[str, float]] = {}
-    server = stagechat_server(without, work / "data-a", ("--no-ui",), env=env)
-    try:
-        figures["one engine"] = asyncio.run(measure(server.url, args.stage, args))
-    finally:
-        server.stop()
-    server = stagechat_server(config, work / "data-b", ("--no-ui",), env=env)
-    try:
-        figures["+ idle reward engine"] = asyncio.run(measure(server.url, args.stage, args))
-        figures["+ scoring every answer"] = asyncio.run(measure(server.url, args.stage, args, rm))
-        figures["scoring"] = asyncio.run(score_figures(server.url, rm, args))
-    finally:
-        server.stop()
-    base = figures["one engine"]
-    for name in ("one engine", "+ idle reward engine", "+ scoring every answer"):
-        f = figures[name]
-        print(f"{name:24s} TTFT p50 {f['ttft_p50_ms']:7.1f} ms ({f['ttft_p50_ms'] / base['ttft_p50_ms']:.2f}×)  "
-              f"{args.concurrency} streams {f['tok_s']:7.0f} tok/s ({f['tok_s'] / base['tok_s']:.2f}×)")
-    s = figures["scoring"]
-    print(f"/v1/rewards: one input p50 {s['score_p50_ms']:.1f} ms; 64 inputs {s['scores_per_s_batch64']:.0f} scores/s")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"env": env, "figures": figures}, indent=2))
+    from server.launcher import stagechat_server
+
+    env = dict(e.split("=", 1) for e in args.env)
+    with output(args) as out:
+        work = Path(tempfile.mkdtemp(prefix="bench-rewards-"))
+        if args.config:
+            config, rm = Path(args.config).resolve(), args.reward_model
+        else:
+            config, rm = tiny_registry(work)
+        raw = yaml.safe_load(config.read_text())
+        without = work / "without.yaml"
+        without.write_text(yaml.safe_dump({k: v for k, v in raw.items() if k != "reward_models"}
+                                          | {"stages": {n: {k: v for k, v in s.items() if k != "reward_model"}
+                                                        for n, s in raw["stages"].items()}}))
+
+        figures: dict[str, dict[str, float]] = {}
+        with running(stagechat_server(without, work / "data-a", ("--no-ui",), env=env)) as server:
+            figures["one engine"] = asyncio.run(measure(server.url, args.stage, args))
+        with running(stagechat_server(config, work / "data-b", ("--no-ui",), env=env)) as server:
+            figures["+ idle reward engine"] = asyncio.run(measure(server.url, args.stage, args))
+            figures["+ scoring every answer"] = asyncio.run(measure(server.url, args.stage, args, rm))
+            figures["scoring"] = asyncio.run(score_figures(server.url, rm, args))
+        out.update(env=env, figures=figures)
+        base = figures["one engine"]
+        for name in ("one engine", "+ idle reward engine", "+ scoring every answer"):
+            f = figures[name]
+            print(f"{name:24s} TTFT p50 {f['ttft_p50_ms']:7.1f} ms ({f['ttft_p50_ms'] / base['ttft_p50_ms']:.2f}×)  "
+                  f"{args.concurrency} streams {f['tok_s']:7.0f} tok/s ({f['tok_s'] / base['tok_s']:.2f}×)")
+        s = figures["scoring"]
+        print(f"/v1/rewards: one input p50 {s['score_p50_ms']:.1f} ms; 64 inputs {s['scores_per_s_batch64']:.0f} "
+              "scores/s")
     return 0
 
 

@@ -18,7 +18,7 @@ Policy (--policy): `--max-engines 2`; TTFT at one stream with one engine live, w
 core (STAGECHAT_ENGINE_CPUS="0|1", which sets VLLM_CPU_OMP_THREADS_BIND per engine).
 
     .venv/bin/python scripts/bench_speculative.py [--config models/stages.yaml] [--stages base sft]
-        [--concurrency 1 4 16] [--tokens 128] [--answers [--split dev]] [--policy] [--json out.json]
+        [--concurrency 1 4 16] [--tokens 128] [--answers [--split dev]] [--policy] [--json [FILE]]
 
 Without --config: models/stages.yaml when the demo family is built (data/demo/{base,sft,rlhf,draft}), else a random tiny
 family (an 8-layer target, a 1-layer draft with the same tokenizer: its acceptance is near zero,
@@ -29,59 +29,44 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from bench_common import add_json_argument, http_client, output, stream
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from server.launcher import ChildServer  # noqa: E402  (after the path is set)
 QUESTIONS = ["What is the capital of Kenya?", "What is the capital of France?", "Tell me about Japan.",
              "What is the capital of Peru?", "Which city is the capital of Norway?"]
 
 
 def start_server(config: Path, log: Path, max_engines: int, env: dict[str, str] | None = None):
+    # Not `server.launcher.stagechat_server`: that gives the server a scratch data dir, and the demo
+    # registry's paths point into the real one.
+    from server.launcher import ChildServer
+
     return ChildServer(
         lambda port: [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", str(port),
                       "--no-ui", "--log-level", "warning", "--max-engines", str(max_engines)],
         log=log, env=env, timeout=600)
 
 
-async def stream_one(client: httpx.AsyncClient, url: str, stage: str, method: str, tokens: int,
-                     question: str, ignore_eos: bool = True) -> dict:
+async def stream_one(client, url: str, stage: str, method: str, tokens: int, question: str,
+                     ignore_eos: bool = True) -> dict:
     body = {"model": stage, "messages": [{"role": "user", "content": question}], "max_tokens": tokens,
-            "temperature": 0, "ignore_eos": ignore_eos, "stream": True, "stream_options": {"include_usage": True},
+            "temperature": 0, "ignore_eos": ignore_eos, "stream_options": {"include_usage": True},
             "speculative": method}
-    began = time.perf_counter()
-    ttft, spec, usage = None, None, None
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"{r.status_code}: {(await r.aread()).decode()}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            # the first chunk with a choice: the first token is out (its text may be "" while a
-            # multi-byte character is incomplete)
-            if ttft is None and '"choices":[{' in line:
-                ttft = time.perf_counter() - began
-            if '"speculative"' in line or '"usage":{' in line:
-                event = json.loads(line[6:])
-                spec = event.get("speculative") or spec
-                usage = event.get("usage") or usage
-    return {"ttft": ttft, "spec": spec, "tokens": usage["completion_tokens"], "total": time.perf_counter() - began}
+    r = (await stream(client, f"{url}/v1/chat/completions", body)).raise_for_status()
+    return {"ttft": r.first_chunk, "spec": r.speculative, "tokens": r.usage["completion_tokens"], "total": r.seconds}
 
 
 async def load(url: str, stage: str, method: str, tokens: int, concurrency: int, requests: int,
                questions: list[str] = QUESTIONS, ignore_eos: bool = True) -> dict:
     queue = list(range(requests))
     results = []
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
+    async with http_client(connections=concurrency + 4) as client:
         async def worker():
             while queue:
                 i = queue.pop()
@@ -101,7 +86,7 @@ async def load(url: str, stage: str, method: str, tokens: int, concurrency: int,
 
 
 async def first_request(url: str, stage: str, method: str) -> float:
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with http_client() as client:
         began = time.perf_counter()
         await stream_one(client, url, stage, method, 1, QUESTIONS[0])
         return time.perf_counter() - began
@@ -131,7 +116,7 @@ def bench_speed(config: Path, logs: Path, stages: list[str], methods: list[str],
 
 
 async def _ttft_series(url: str, stage: str, n: int = 8) -> float:
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with http_client() as client:
         ttfts = [(await stream_one(client, url, stage, "off", 16, QUESTIONS[i % 5]))["ttft"] for i in range(n)]
     return statistics.median(ttfts) * 1000
 
@@ -202,6 +187,8 @@ def print_table(speed: dict) -> None:
 
 
 def main() -> None:
+    from models.demo.corpus import SPLITS  # light: the corpus text, no model
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=None)
     p.add_argument("--stages", nargs="+", default=None, help="default: every stage")
@@ -209,19 +196,17 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--answers", action="store_true", help="requests end where the answer ends (see above)")
-    from models.demo.corpus import SPLITS
-
     p.add_argument("--split", choices=sorted(SPLITS), default="test", help="whose questions --answers asks")
     p.add_argument("--policy", action="store_true", help="also measure the engine policy")
     p.add_argument("--skip-speed", action="store_true")
-    p.add_argument("--json", type=Path, default=None)
+    add_json_argument(p)
     p.add_argument("--logs", type=Path, default=REPO / "data" / "bench-logs", help="server logs go here")
     args = p.parse_args()
     args.logs.mkdir(parents=True, exist_ok=True)
 
     from server.registry import load_registry
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with output(args) as results, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         config = args.config
         if config is None:
@@ -232,7 +217,7 @@ def main() -> None:
         stages = args.stages or list(registry.stages)
         methods = args.methods or list(registry.speculative_methods(stages[0]))
         print(f"registry {config}: stages {stages}, methods {methods}", flush=True)
-        results = {"config": str(config)}
+        results["config"] = str(config)
         if not args.skip_speed:
             results["speed"] = bench_speed(config, args.logs, stages, methods, args.concurrency, args.tokens,
                                            args.answers, args.split)
@@ -242,8 +227,6 @@ def main() -> None:
             print_table(results["speed"])
         for label, r in results.get("policy", {}).items():
             print(f"policy [{label}]: " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()))
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ With --lm-eval it also runs a small local multiple-choice task through lm-evalua
 (`local-completions`) on every stage, for the per-stage scores.
 
     .venv/bin/python scripts/bench_structured.py [--config stages.yaml] [--stage base] [--concurrency 1 8]
+        [--lm-eval] [--json [FILE]]
+
+Without --json it prints one JSON line per concurrency level (and one for lm-eval) as it goes.
 """
 
 from __future__ import annotations
@@ -15,15 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from server.launcher import stagechat_server  # noqa: E402  (after the path is set)
+from bench_common import add_json_argument, http_client, output, ratio, running
 
 SCHEMA = {"type": "object", "properties": {
     "city": {"type": "string"}, "country": {"type": "string"}, "population": {"type": "integer"},
@@ -33,25 +32,25 @@ MESSAGES = [{"role": "user", "content": "Tell me about Nairobi."}]
 
 async def _one(client, stage: str, tokens: int, schema: bool, seed: int) -> int:
     extra = ({"response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}}}
-             if schema else {"extra_body": {"ignore_eos": True}})
-    r = await client.chat.completions.create(model=stage, messages=MESSAGES, max_tokens=tokens, temperature=0.8,
-                                             seed=seed, **extra)
-    if schema and r.choices[0].finish_reason == "stop":
-        json.loads(r.choices[0].message.content)  # the schema was followed: it parses
-    return r.usage.completion_tokens
+             if schema else {"ignore_eos": True})
+    r = await client.post("/v1/chat/completions", json={"model": stage, "messages": MESSAGES, "max_tokens": tokens,
+                                                        "temperature": 0.8, "seed": seed, **extra})
+    r.raise_for_status()
+    answer = r.json()
+    if schema and answer["choices"][0]["finish_reason"] == "stop":
+        json.loads(answer["choices"][0]["message"]["content"])  # the schema was followed: it parses
+    return answer["usage"]["completion_tokens"]
 
 
 async def _load(url: str, stage: str, tokens: int, concurrency: int, schema: bool, rounds: int = 3) -> dict:
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
-    await _one(client, stage, 8, schema, 0)  # warm: the schema's grammar compiles once
-    began = time.perf_counter()
-    done = 0
-    for r in range(rounds):
-        done += sum(await asyncio.gather(*(_one(client, stage, tokens, schema, r * 1000 + i)
-                                           for i in range(concurrency))))
-    seconds = time.perf_counter() - began
+    async with http_client(f"{url}/v1", connections=concurrency + 4) as client:
+        await _one(client, stage, 8, schema, 0)  # warm: the schema's grammar compiles once
+        began = time.perf_counter()
+        done = 0
+        for r in range(rounds):
+            done += sum(await asyncio.gather(*(_one(client, stage, tokens, schema, r * 1000 + i)
+                                               for i in range(concurrency))))
+        seconds = time.perf_counter() - began
     return {"tokens": done, "seconds": round(seconds, 2), "tok_s": round(done / seconds, 1)}
 
 
@@ -102,28 +101,31 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--lm-eval", action="store_true", help="also score every stage with lm-eval")
+    add_json_argument(parser)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    from server.launcher import stagechat_server
+
+    with output(args) as figures, tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         config = args.config or _tiny_family(tmp / "tiny")
-        server = stagechat_server(config.resolve(), tmp / "data", ("--no-ui",))
-        try:
+        with running(stagechat_server(config.resolve(), tmp / "data", ("--no-ui",))) as server:
+            figures["levels"] = []
             for c in args.concurrency:
                 free = asyncio.run(_load(server.url, args.stage, args.tokens, c, schema=False))
                 schema = asyncio.run(_load(server.url, args.stage, args.tokens, c, schema=True))
-                print(json.dumps({"concurrency": c, "free_text": free, "json_schema": schema,
-                                  "schema_over_free": round(schema["tok_s"] / free["tok_s"], 3)}), flush=True)
+                figures["levels"].append({"concurrency": c, "free_text": free, "json_schema": schema,
+                                          "schema_over_free": round(ratio(schema["tok_s"], free["tok_s"]), 3)})
+                print(json.dumps(figures["levels"][-1]), flush=True)
             if args.lm_eval:
                 import httpx
 
-                stages = [m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]]
                 from server.registry import load_registry
 
+                stages = [m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]]
                 registry = load_registry(config.resolve())
                 tokenizer = registry.stages[registry.root(args.stage)].model
-                print(json.dumps({"lm_eval_acc": _lm_eval(server.url, stages, tokenizer, tmp)}), flush=True)
-        finally:
-            server.stop()
+                figures["lm_eval_acc"] = _lm_eval(server.url, stages, tokenizer, tmp)
+                print(json.dumps({"lm_eval_acc": figures["lm_eval_acc"]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ of stages (Chatbot Arena style) or, with `--k 3`, rankings of all three. After e
 the real leaderboard code (`server.leaderboard`) fits Bradley–Terry with bootstrap intervals; the
 figure is the first vote count at which no two stages' intervals overlap, over `--runs` runs.
 
-    python scripts/leaderboard_votes.py [--noise 0.2] [--k 2] [--runs 10]
+    python scripts/leaderboard_votes.py [--noise 0.2] [--k 2] [--runs 10] [--json [FILE]]
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import random
 import statistics
 from datetime import datetime, timezone
 
-from server.leaderboard import leaderboard
-from server.store import Judgement
+from bench_common import add_json_argument, output
 
 STAGES = ("base", "sft", "rlhf")
 CORRECT = {"base": 0.002, "sft": 0.988, "rlhf": 0.998}
@@ -32,7 +31,9 @@ def answer_score(stage: str, rng: random.Random) -> int:
     return 2 * (rng.random() < CORRECT[stage]) + (rng.random() < PREFERRED_STYLE[stage])
 
 
-def vote(n: int, k: int, noise: float, rng: random.Random) -> Judgement:
+def vote(n: int, k: int, noise: float, rng: random.Random):
+    from server.store import Judgement
+
     stages = list(STAGES) if k == 3 else rng.sample(STAGES, 2)
     rng.shuffle(stages)
     if rng.random() < noise:  # a careless rater: any order, ties included
@@ -47,8 +48,10 @@ def vote(n: int, k: int, noise: float, rng: random.Random) -> Judgement:
 
 
 def votes_to_separate(k: int, noise: float, step: int, limit: int, bootstrap: int, seed: int) -> int | None:
+    from server.leaderboard import leaderboard
+
     rng = random.Random(seed)
-    votes: list[Judgement] = []
+    votes = []
     while len(votes) < limit:
         votes += [vote(len(votes) + i, k, noise, rng) for i in range(step)]
         if leaderboard(votes, bootstrap=bootstrap, seed=seed).separated(STAGES):
@@ -64,15 +67,21 @@ def main() -> None:
     p.add_argument("--step", type=int, default=5)
     p.add_argument("--limit", type=int, default=2000)
     p.add_argument("--bootstrap", type=int, default=200)
+    add_json_argument(p)
     args = p.parse_args()
-    needed = [votes_to_separate(args.k, args.noise, args.step, args.limit, args.bootstrap, seed)
-              for seed in range(args.runs)]
-    found = sorted(n for n in needed if n is not None)
-    kind = "A/B preferences" if args.k == 2 else "rankings of all three"
-    print(f"{kind}, rater noise {args.noise:.0%}, {args.runs} runs, bootstrap {args.bootstrap}: votes until the "
-          f"95% intervals of base, sft and rlhf separate: median {statistics.median(found) if found else '-'}, "
-          f"min {found[0] if found else '-'}, max {found[-1] if found else '-'}"
-          f"{f', not within {args.limit} in {len(needed) - len(found)} runs' if len(found) < len(needed) else ''}")
+    with output(args) as figures:
+        needed = [votes_to_separate(args.k, args.noise, args.step, args.limit, args.bootstrap, seed)
+                  for seed in range(args.runs)]
+        found = sorted(n for n in needed if n is not None)
+        kind = "A/B preferences" if args.k == 2 else "rankings of all three"
+        figures.update(votes=kind, noise=args.noise, runs=args.runs, bootstrap=args.bootstrap, limit=args.limit,
+                       votes_to_separate=needed, median=statistics.median(found) if found else None,
+                       min=found[0] if found else None, max=found[-1] if found else None,
+                       not_separated_runs=len(needed) - len(found))
+        print(f"{kind}, rater noise {args.noise:.0%}, {args.runs} runs, bootstrap {args.bootstrap}: votes until the "
+              f"95% intervals of base, sft and rlhf separate: median {statistics.median(found) if found else '-'}, "
+              f"min {found[0] if found else '-'}, max {found[-1] if found else '-'}"
+              f"{f', not within {args.limit} in {len(needed) - len(found)} runs' if len(found) < len(needed) else ''}")
 
 
 if __name__ == "__main__":

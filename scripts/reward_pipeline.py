@@ -8,7 +8,7 @@ where reward hacking shows). The tiny policy is random, so what RL finds is what
 model pays for: a check of the machinery and a place to watch reward hacking, not of quality.
 
     .venv/bin/python scripts/reward_pipeline.py [--countries 40] [--rm-steps 120] [--rl-steps 40]
-        [--kl-coef 0.05] [--json out.json]
+        [--kl-coef 0.05] [--json [FILE]]
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import add_json_argument, output
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def fill_store(url: str, countries: list[dict]) -> None:
@@ -50,58 +51,58 @@ def fill_store(url: str, countries: list[dict]) -> None:
 
 
 def main() -> int:
-    from models.reward_model import RewardPlan, build_reward_model
-    from models.rl_round import RLPlan, train_rl_round
-    from models.tiny import make_tiny_adapter, make_tiny_checkpoint
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--countries", type=int, default=40)
     p.add_argument("--rm-steps", type=int, default=120)
     p.add_argument("--rm-lr", type=float, default=1e-3)
     p.add_argument("--rl-steps", type=int, default=40)
     p.add_argument("--kl-coef", type=float, default=0.05)
-    p.add_argument("--json", default=None)
+    add_json_argument(p)
     args = p.parse_args()
+    from models.reward_model import RewardPlan, build_reward_model
+    from models.rl_round import RLPlan, train_rl_round
+    from models.tiny import make_tiny_adapter, make_tiny_checkpoint
 
-    root = Path(tempfile.mkdtemp(prefix="reward-pipeline-"))
-    make_tiny_checkpoint(root / "base")
-    make_tiny_adapter(root / "base", root / "lora")
-    config = root / "stages.yaml"
-    config.write_text("engine: {max_model_len: 512, dtype: float32}\nstages:\n"
-                      f"  base:\n    model: {root / 'base'}\n  sft:\n    adapter: {root / 'lora'}\n    base: base\n")
-    countries = json.loads((REPO / "models" / "demo" / "countries.json").read_text())["countries"][:args.countries]
-    url = f"sqlite:///{root / 'stagechat.db'}"
-    fill_store(url, countries)
+    with output(args) as figures:
+        root = Path(tempfile.mkdtemp(prefix="reward-pipeline-"))
+        make_tiny_checkpoint(root / "base")
+        make_tiny_adapter(root / "base", root / "lora")
+        config = root / "stages.yaml"
+        config.write_text("engine: {max_model_len: 512, dtype: float32}\nstages:\n"
+                          f"  base:\n    model: {root / 'base'}\n"
+                          f"  sft:\n    adapter: {root / 'lora'}\n    base: base\n")
+        countries = json.loads((REPO / "models" / "demo" / "countries.json").read_text())["countries"][:args.countries]
+        url = f"sqlite:///{root / 'stagechat.db'}"
+        fill_store(url, countries)
 
-    rm = build_reward_model(config=config, from_stage="sft", name="rm", database_url=url, data_dir=root,
-                            plan=RewardPlan(steps=args.rm_steps, lr=args.rm_lr))
-    print(f"reward model: {rm.train_pairs} training pairs, {rm.held_out_pairs} held out, {rm.steps} steps in "
-          f"{rm.train_seconds:.1f} s; held-out pairwise accuracy {rm.held_out_accuracy:.3f}")
+        rm = build_reward_model(config=config, from_stage="sft", name="rm", database_url=url, data_dir=root,
+                                plan=RewardPlan(steps=args.rm_steps, lr=args.rm_lr))
+        print(f"reward model: {rm.train_pairs} training pairs, {rm.held_out_pairs} held out, {rm.steps} steps in "
+              f"{rm.train_seconds:.1f} s; held-out pairwise accuracy {rm.held_out_accuracy:.3f}")
 
-    prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(f"What is the capital of {c['country']}?") + "\n" for c in countries))
-    began = time.monotonic()
-    rl = train_rl_round(config=config, from_stage="sft", name="rl", reward_model="rm", database_url=url,
-                        data_dir=root, prompts_file=prompts, plan=RLPlan(steps=args.rl_steps, kl_coef=args.kl_coef))
-    wall = time.monotonic() - began
-    meta = json.loads((rl.adapter_dir / "stagechat_round.json").read_text())
-    print(f"RLOO: {rl.steps} steps on {rl.prompts} prompts in {rl.train_seconds:.1f} s ({wall:.1f} s with set-up); "
-          f"mean reward on {rl.held_out_prompts} held-out prompts {rl.reward_before:.3f} → {rl.reward_after:.3f}; "
-          f"final KL {rl.final_kl}")
-    first, last = rl.log_rows[:5], rl.log_rows[-5:]
-    print("first steps (reward, kl):", [(round(r["reward"], 3), r["kl"] and round(r["kl"], 4)) for r in first])
-    print("last steps  (reward, kl):", [(round(r["reward"], 3), r["kl"] and round(r["kl"], 4)) for r in last])
-    for label in ("samples_before", "samples_after"):
-        print(label)
-        for s in meta[label][:4]:
-            print(f"  {s['reward']:+.3f}  {s['prompt']!r} → {s['answer']!r}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({
+        prompts = root / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps(f"What is the capital of {c['country']}?") + "\n" for c in countries))
+        began = time.monotonic()
+        rl = train_rl_round(config=config, from_stage="sft", name="rl", reward_model="rm", database_url=url,
+                            data_dir=root, prompts_file=prompts, plan=RLPlan(steps=args.rl_steps, kl_coef=args.kl_coef))
+        wall = time.monotonic() - began
+        meta = json.loads((rl.adapter_dir / "stagechat_round.json").read_text())
+        print(f"RLOO: {rl.steps} steps on {rl.prompts} prompts in {rl.train_seconds:.1f} s ({wall:.1f} s with set-up); "
+              f"mean reward on {rl.held_out_prompts} held-out prompts {rl.reward_before:.3f} → "
+              f"{rl.reward_after:.3f}; final KL {rl.final_kl}")
+        first, last = rl.log_rows[:5], rl.log_rows[-5:]
+        print("first steps (reward, kl):", [(round(r["reward"], 3), r["kl"] and round(r["kl"], 4)) for r in first])
+        print("last steps  (reward, kl):", [(round(r["reward"], 3), r["kl"] and round(r["kl"], 4)) for r in last])
+        for label in ("samples_before", "samples_after"):
+            print(label)
+            for s in meta[label][:4]:
+                print(f"  {s['reward']:+.3f}  {s['prompt']!r} → {s['answer']!r}")
+        figures.update({
             "rm": {"accuracy": rm.held_out_accuracy, "train_pairs": rm.train_pairs, "held_out": rm.held_out_pairs,
                    "seconds": rm.train_seconds},
             "rl": {"seconds": rl.train_seconds, "before": rl.reward_before, "after": rl.reward_after,
-                   "final_kl": rl.final_kl, "rows": rl.log_rows}, "samples": meta}, indent=2))
-    print(f"files: {root}")
+                   "final_kl": rl.final_kl, "rows": rl.log_rows}, "samples": meta, "files": str(root)})
+        print(f"files: {root}")
     return 0
 
 
