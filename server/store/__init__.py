@@ -68,5 +68,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CHOICES", "KINDS", "MAX_RANKED", "RATINGS", "Choice", "CorrectedAnswer", "Correction", "Feedback",
     "GenerationRecord", "InvalidFeedback", "Judgement", "Preference", "PreferredPair", "RatedAnswer", "Ranking",
-    "Rating", "StoreError", "UnknownItem", "UnknownResponse", "prompt_hash", "utcnow", *_LAZY,
+    "Rating", "StoreError", "UnknownItem", "UnknownResponse", "prompt_hash", "utcnow",
+    # loaded on first use (`_LAZY`)
+    "BUSY_SECONDS", "MIGRATIONS_DIR", "ROWS", "Base", "CorrectionRow", "FeedbackRow", "GenerationRow", "PreferenceRow",
+    "RankingRow", "Store", "UTCDateTime", "create_store_engine", "upgrade_schema",
 ]
