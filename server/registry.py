@@ -2,7 +2,8 @@
 
 A stage is either a full checkpoint (`model:` a path or a Hugging Face id) or a LoRA adapter on
 another stage's checkpoint (`adapter:` a path, `base:` a stage). Paths may start with `{data_dir}`
-(the data directory, `STAGECHAT_DATA_DIR` or `data/`), and relative paths resolve against the
+(the data directory, `STAGECHAT_DATA_DIR` or `data/`) or `{demo_family}` (the demo family served:
+`STAGECHAT_DEMO_FAMILY`, else the one shipped in `models/demo/family/`), and relative paths resolve against the
 registry file's folder. A top-level `reward_models:` section names reward models (name →
 `{model, description}`; a stage's optional `reward_model:` picks one to score its answers by
 default). This module validates and resolves; it knows nothing about engines.
@@ -17,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from server.settings import default_data_dir
+from server.settings import default_data_dir, default_demo_family
 
 SPECULATIVE_OFF = "off"
 
@@ -156,7 +157,8 @@ class Registry(_Strict):
         return self.stages[name].speculative
 
 
-def _resolve(value: str, folder: Path, data_dir: Path) -> str:
+def _resolve(value: str, folder: Path, data_dir: Path, demo_family: Path) -> str:
+    value = value.replace("{demo_family}", str(demo_family))
     expanded = os.path.expanduser(value.replace("{data_dir}", str(data_dir)))
     path = Path(expanded)
     if path.is_absolute():
@@ -171,10 +173,12 @@ def _is_local(value: str) -> bool:
     return value.startswith("/")
 
 
-def load_registry(path: str | Path, *, data_dir: Path | None = None, check_paths: bool = True) -> Registry:
+def load_registry(path: str | Path, *, data_dir: Path | None = None, demo_family: Path | None = None,
+                  check_paths: bool = True) -> Registry:
     """Read, validate and resolve a registry file. `check_paths` makes every local path required."""
     path = Path(path)
     data_dir = data_dir or default_data_dir()
+    demo_family = demo_family or default_demo_family()
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -190,29 +194,30 @@ def load_registry(path: str | Path, *, data_dir: Path | None = None, check_paths
         raise RegistryError(f"{path}: {problems}") from None
 
     folder = path.parent.resolve()
+    where = (data_dir, demo_family)
     for name, stage in registry.stages.items():
         for key in ("model", "adapter"):
             value = getattr(stage, key)
             if value is None:
                 continue
-            resolved = _resolve(value, folder, data_dir)
+            resolved = _resolve(value, folder, *where)
             if check_paths and _is_local(resolved) and not Path(resolved).exists():
                 raise RegistryError(f"{path}: stage '{name}': {key} path {resolved} does not exist")
             setattr(stage, key, resolved)
         remotes = [stage.remote] + [c["remote"] for c in stage.speculative.values() if "remote" in c]
         for remote in remotes:
             if remote is not None and remote.tokenizer is not None:
-                remote.tokenizer = _resolve(remote.tokenizer, folder, data_dir)
+                remote.tokenizer = _resolve(remote.tokenizer, folder, *where)
         for method, config in stage.speculative.items():
             if isinstance(config.get("model"), str):
-                resolved = _resolve(config["model"], folder, data_dir)
+                resolved = _resolve(config["model"], folder, *where)
                 if check_paths and _is_local(resolved) and not Path(resolved).exists():
                     raise RegistryError(
                         f"{path}: stage '{name}': speculative '{method}' model {resolved} does not exist"
                     )
                 config["model"] = resolved
     for name, rm in registry.reward_models.items():
-        resolved = _resolve(rm.model, folder, data_dir)
+        resolved = _resolve(rm.model, folder, *where)
         if check_paths and _is_local(resolved) and not Path(resolved).exists():
             raise RegistryError(f"{path}: reward model '{name}': model path {resolved} does not exist")
         rm.model = resolved

@@ -17,6 +17,14 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("STAGECHAT_DATA_DIR") or REPO_ROOT / "data").resolve()
 
 
+SHIPPED_DEMO_FAMILY = REPO_ROOT / "models" / "demo" / "family"
+
+
+def default_demo_family() -> Path:
+    """`STAGECHAT_DEMO_FAMILY`, else the trained family the repository ships (`models/demo/family/`)."""
+    return Path(os.environ.get("STAGECHAT_DEMO_FAMILY") or SHIPPED_DEMO_FAMILY).resolve()
+
+
 # Numeric settings read from `STAGECHAT_<NAME>` (and `--<name>` flags of `stagechat serve`).
 LIMIT_FIELDS = {"max_body_bytes": int, "max_concurrent_per_key": int, "tokens_per_minute_per_key": int,
                 "max_queued_requests": int, "ws_max_frame_bytes": int, "ws_frames_per_second": float}

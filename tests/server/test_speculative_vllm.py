@@ -3,9 +3,8 @@ client: figures in the body and the final stream chunk, an adapter stage on a sp
 the Prometheus counters, losslessness at temperature 0 for every method, and an unchanged output
 distribution at temperature > 0 (a chi-square test that is also shown to detect a real shift).
 
-The demo family (models/stages.yaml: base, sft and rlhf adapters, draft_model and ngram) gets its
-own server for the lossless check: the full build in data/demo when it is complete, else the smoke
-build made into a temporary folder (~90 s).
+The demo family the repository ships (models/stages.yaml: base, sft and rlhf adapters, draft_model
+and ngram) gets its own server for the lossless check.
 
 One server serves a random tiny family (base, a LoRA adapter, a smaller draft with the same
 tokenizer) with `--max-engines 1`, so each variant's engine starts lazily and evicts the previous
@@ -254,16 +253,8 @@ DEMO_STAGES = ("base", "sft", "rlhf")
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory):
-    from models.demo.build import build_demo, is_complete
-
-    root = REPO / "data" / "demo"
-    if not all(is_complete(root / step, "full") for step in ("base", "sft", "rlhf", "draft")):
-        root = tmp_path_factory.mktemp("demo-smoke")
-        build_demo(root, size="smoke")
     work = tmp_path_factory.mktemp("demo-serve")
-    config = work / "stages.yaml"
-    config.write_text((REPO / "models" / "stages.yaml").read_text().replace("{data_dir}/demo", str(root)))
-    server = stagechat_server(config, work / "data", ("--no-ui", "--max-engines", "1"))
+    server = stagechat_server(REPO / "models" / "stages.yaml", work / "data", ("--no-ui", "--max-engines", "1"))
     yield server
     server.stop()
 
