@@ -187,8 +187,6 @@ def print_table(speed: dict) -> None:
 
 
 def main() -> None:
-    from models.demo.corpus import SPLITS  # light: the corpus text, no model
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=None)
     p.add_argument("--stages", nargs="+", default=None, help="default: every stage")
@@ -196,6 +194,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--answers", action="store_true", help="requests end where the answer ends (see above)")
+    from models.demo.corpus import SPLITS
+
     p.add_argument("--split", choices=sorted(SPLITS), default="test", help="whose questions --answers asks")
     p.add_argument("--policy", action="store_true", help="also measure the engine policy")
     p.add_argument("--skip-speed", action="store_true")

@@ -43,7 +43,7 @@ async def _one(client, stage: str, tokens: int, schema: bool, seed: int) -> int:
 
 
 async def _load(url: str, stage: str, tokens: int, concurrency: int, schema: bool, rounds: int = 3) -> dict:
-    async with http_client(f"{url}/v1", connections=concurrency + 4) as client:
+    async with http_client(url, connections=concurrency + 4) as client:
         await _one(client, stage, 8, schema, 0)  # warm: the schema's grammar compiles once
         began = time.perf_counter()
         done = 0
