@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 setup: $(VENV)/.installed
 
 build-demo: setup
-	$(VENV)/bin/stagechat build-demo --config $(CONFIG)
+	$(VENV)/bin/stagechat build-demo
 
 run: build-demo
 	$(VENV)/bin/stagechat serve --config $(CONFIG) --host $(HOST) --port $(PORT)
