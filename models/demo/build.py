@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from models.demo import corpus
+from models.demo import corpus, general_text
 from models.demo.pretrain import ModelShape, TrainPlan
 from models.demo.sft import AdapterPlan
 from models.reward_model import RewardPlan
@@ -121,7 +121,7 @@ def training_data(spec: Size) -> dict[str, list]:
     """Every data file a build of this size trains on, by name (what its `data/` folder holds)."""
     return {
         "prose": corpus.prose_documents(spec.prose_docs),
-        "general": corpus.general_documents(spec.prose_docs // 8),
+        "general": general_text.general_documents(spec.prose_docs // 8),
         "sft": corpus.sft_examples(spec.sft_per_country),
         "rankings": corpus.rankings(spec.rank_per_country),
         "draft": corpus.draft_dialogues(spec.draft_per_country),
@@ -146,9 +146,12 @@ def _run_step(name: str, out_dir: Path, size: str, work: Callable[[Path], None],
         log.info("[build-demo] %s: already built, skipped", name)
         return None
     log.info("[build-demo] %s: building", name)
-    _, seconds = stage_folder(final, work, lambda _, seconds: {"size": size, "recipe": RECIPE_VERSION,
-                                                                "seconds": round(seconds, 2)},
-                              MARKER, partial=out_dir / f"{name}.partial", replace=True)  # a stale or other-size build
+
+    def marker(_, seconds: float) -> dict:
+        return {"size": size, "recipe": RECIPE_VERSION, "seconds": round(seconds, 2)}
+
+    # replace: a stale or other-size build in `final` goes once the new one is complete.
+    _, seconds = stage_folder(final, work, marker, MARKER, partial=out_dir / f"{name}.partial", replace=True)
     log.info("[build-demo] %s: done in %.1f s", name, seconds)
     return seconds
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from models.demo import corpus, heldout
+from models.demo import corpus, general_text, heldout
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def _full_answers(c: corpus.Country) -> list[str]:
 
 
 def test_general_text_never_chats_and_carries_every_word_of_the_chat_lines():
-    docs = corpus.general_documents(400)
+    docs = general_text.general_documents(400)
     assert not [d for d in docs if "?" in d or "<|" in d]
     known = {w.lower() for d in docs + corpus.prose_documents(400) for w in re.findall(r"[A-Za-z]+", d)}
     lines = corpus.TRAIN_GREETINGS + heldout.HELDOUT_GREETINGS + corpus.TRAIN_OFF_TOPIC + heldout.HELDOUT_OFF_TOPIC
