@@ -255,7 +255,7 @@ def train_rl_round(*, config: Path, from_stage: str, name: str, reward_model: st
     held_out, train = shuffled[:n_held], shuffled[n_held:]
     held_out = held_out or train  # too few prompts to hold any out: measure on the training prompts
 
-    def train(d: Path) -> dict[str, Any]:
+    def work(d: Path) -> dict[str, Any]:
         figures = train_policy(checkpoint, round_.start_adapter, rm_dir, train, held_out, plan, d)
         save_curves(figures["rows"], d)
         return figures
@@ -269,7 +269,7 @@ def train_rl_round(*, config: Path, from_stage: str, name: str, reward_model: st
             "samples_before": figures["samples_before"], "samples_after": figures["samples_after"],
         }
 
-    done = round_.run(train, meta, server=server, admin_key=admin_key,
+    done = round_.run(work, meta, server=server, admin_key=admin_key,
                       description=f"RLHF round: RLOO against reward model {reward_model} (KL {plan.kl_coef}), "
                                   f"continuing {from_stage}")
     figures = done.result
