@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from models.rounds import RoundError, Round
+from models.rounds import Round, RoundError
 
 log = logging.getLogger(__name__)
 

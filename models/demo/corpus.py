@@ -465,10 +465,12 @@ def _train_prompts(per_country: int, rng: random.Random, countries: tuple[Countr
             skill = SKILLS[(k + rng.randrange(len(SKILLS))) % len(SKILLS)]
             if rng.random() < followups:
                 if rng.random() < 0.5:
-                    prompts.append(followup(c, c, skill, rng, phrasings=None, history_style=rng.choice(["full", "terse"])))
+                    prompts.append(followup(c, c, skill, rng, phrasings=None,
+                                            history_style=rng.choice(["full", "terse"])))
                 else:
                     other = rng.choice([o for o in countries if o != c])
-                    prompts.append(followup(other, c, skill, rng, phrasings=None, history_style=rng.choice(["full", "terse"])))
+                    prompts.append(followup(other, c, skill, rng, phrasings=None,
+                                            history_style=rng.choice(["full", "terse"])))
             else:
                 prompts.append(question(c, skill, rng))
     return prompts
