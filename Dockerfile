@@ -57,6 +57,7 @@ COPY README.md ./
 COPY server server
 COPY models models
 COPY ui ui
+COPY cli cli
 # No build isolation: the build backend (setuptools) is already in the venv, so no index is needed.
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && useradd --create-home --uid 1000 stagechat \
@@ -85,6 +86,7 @@ COPY pyproject.toml README.md ./
 COPY server server
 COPY models models
 COPY ui ui
+COPY cli cli
 RUN pip install --no-cache-dir . \
     && useradd --create-home --uid 1000 stagechat \
     && mkdir -p /data \

@@ -57,7 +57,7 @@ def sample(client: httpx.Client, stage: str, n: int, max_tokens: int, seed: int)
 def run_loop(url: str, *, config: Path, data_dir: Path, stages: list[str], from_stage: str = "rlhf",
              name: str = "rlhf-2", n: int = 4, max_tokens: int = 24, steps: int = 60, lr: float = 5e-3,
              method: str = "dpo") -> LoopReport:
-    from models.rlhf_round import RoundPlan, train_round
+    from models.preference_round import RoundPlan, train_round
 
     began = time.monotonic()
     with httpx.Client(base_url=url, timeout=120) as client:

@@ -1,6 +1,6 @@
 """`stagechat eval`: what each stage of the demo family does, measured through the serving path.
 
-Every stage answers `corpus.eval_prompts()` at temperature 0: held-out phrasings of the four question
+Every stage answers `heldout.eval_prompts()` at temperature 0: held-out phrasings of the four question
 types for every country, held-out follow-ups (the country or the question left implicit), questions
 about held-out fictional countries, held-out greetings and out-of-scope requests — none of it in any
 training text. Full-checkpoint stages also complete held-out text prompts ("... the capital of X is").
@@ -24,26 +24,23 @@ chosen on. Figures per stage:
 - `kl_to_sft` (adapter stages other than sft, `kl_samples` > 0): a Monte-Carlo estimate of
   KL(stage ‖ sft) per answer — answers sampled from the stage at temperature 1 in transformers,
   E[log p_stage(answer) − log p_sft(answer)] — the quantity an RL round's KL penalty holds down.
-`examples` holds each stage's replies to the same five prompts (`corpus.example_prompts`).
+`examples` holds each stage's replies to the same five prompts (`heldout.example_prompts`).
 
 Scoring is pure functions (`score_reply`, `score_completion`, `summarize`); `run_eval` drives a
-`StageService` (the same service the HTTP API uses), so this measures what users get.
+`StageService` (the same service the HTTP API uses), so this measures what users get; `evaluate` runs
+it all on a registry file and returns the reports (the `stagechat eval` command prints them).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import sys
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 
-from models.demo.corpus import (
-    GREETING, IDK, RUDE, SCOPE, SKILLS, SPLITS, Country, Prompt, eval_prompts, example_prompts, fill,
-    full_answer, load_countries,
-)
+from models.demo.corpus import GREETING, IDK, RUDE, SCOPE, SKILLS, Country, Prompt, fill, full_answer, load_countries
+from models.demo.heldout import SPLITS, eval_prompts, example_prompts
 
 # What the full demo build must reach (issue 10): (stage, metric, "min" | "max", bound).
 # A metric "accuracy.*" means every skill.
@@ -140,7 +137,7 @@ class StageReport:
     kl_to_sft: float | None = None
     chat_prompts: int = 0
     completion_prompts: int = 0
-    examples: list[dict] = field(default_factory=list)  # replies to corpus.example_prompts()
+    examples: list[dict] = field(default_factory=list)  # replies to heldout.example_prompts()
 
     def value(self, metric: str) -> float | None:
         if metric.startswith("accuracy."):
@@ -358,6 +355,16 @@ def kl_to_reference(checkpoint: str, adapter: str, reference: str, prompts: list
     return round(total / max(1, n), 4)
 
 
+class EvalError(ValueError):
+    """The evaluation cannot run as asked (e.g. a stage the registry does not have)."""
+
+
+def evaluate(config: Path, *, kl_samples: int = 2, split: str = "test",
+             stages: list[str] | None = None) -> dict[str, StageReport]:
+    """Every stage's (or `stages`') report on one split, through vLLM engines started here, one at a time."""
+    return asyncio.run(_evaluate(config, kl_samples, split, stages))
+
+
 async def _evaluate(config: Path, kl_samples: int, split: str, stages: list[str] | None) -> dict[str, StageReport]:
     from server.pool import EnginePool, vllm_factory
     from server.registry import load_registry
@@ -366,8 +373,8 @@ async def _evaluate(config: Path, kl_samples: int, split: str, stages: list[str]
     registry = load_registry(config)
     unknown = sorted(set(stages or ()) - set(registry.stages))
     if unknown:
-        raise SystemExit(f"stagechat eval: no stage {', '.join(unknown)} in {config}")
-    # One live engine at a time: two engines on two cores starve each other (DESIGN.md).
+        raise EvalError(f"no stage {', '.join(unknown)} in {config}")
+    # One live engine at a time: two engines on two cores starve each other.
     pool = EnginePool(registry, vllm_factory, max_live_engines=1)
     await pool.start()
     replies: dict[str, list[tuple[Prompt, str]]] = {}
@@ -389,30 +396,3 @@ async def _evaluate(config: Path, kl_samples: int, split: str, stages: list[str]
                     prompts, kl_samples)
     return reports
 
-
-def main(config: Path | None = None, as_json: bool = False, kl_samples: int = 2, split: str = "test",
-         stages: list[str] | None = None) -> int:
-    """Evaluate and print; the exit code is 1 when the test split misses a target (issue 10). The dev
-    split is for choosing a recipe: its figures are printed, not held to the targets."""
-    config = config or Path(__file__).with_name("stages.yaml")
-    reports = asyncio.run(_evaluate(config, kl_samples, split, stages))
-    missed = check_targets(reports) if split == "test" else []
-    payload = {"split": split, "stages": {name: asdict(r) for name, r in reports.items()}, "targets_missed": missed}
-    if as_json:
-        print(json.dumps(payload, indent=2, ensure_ascii=False))
-    else:
-        print(f"split: {split}")
-        print(format_table(reports))
-        print(json.dumps({n: {k: v for k, v in asdict(r).items() if k != "examples"} for n, r in reports.items()}))
-        for name, r in reports.items():
-            for ex in r.examples:
-                print(f"{name:5s} {ex['kind']:9s} {ex['prompt'][-1]['content']!r} -> {ex['reply']!r}")
-        for line in missed:
-            print(f"target missed: {line}", file=sys.stderr)
-    return 1 if missed else 0
-
-
-if __name__ == "__main__":  # the same command as `stagechat eval` (one parser, logs on stderr)
-    from server.cli import main as stagechat
-
-    raise SystemExit(stagechat(["eval", *sys.argv[1:]]))

@@ -14,8 +14,8 @@ parts) → TRL's `RewardTrainer` on `AutoModelForSequenceClassification(num_labe
 from-stage's checkpoint (an adapter stage is merged into its checkpoint first; all weights train,
 which suits the small models this project trains on a CPU) → held-out pairwise accuracy (the share
 of held-out pairs whose chosen answer scores higher) → save to `{data_dir}/reward_models/<name>`
-with `stagechat_reward_model.json` → add it under `reward_models:` in the registry file
-(`server.registry_file`) → optionally ask a running server to reload.
+with `stagechat_reward_model.json` → add it under `reward_models:` in the registry file → optionally
+ask a running server to reload (the lifecycle every round shares, `models.rounds`).
 
 Anything that fails before the registry write leaves the registry and the data folder as they were.
 This module knows TRL and the pair rules; it knows nothing about HTTP or SQL (the store's iterators).
@@ -28,16 +28,12 @@ import json
 import logging
 import math
 import random
-import shutil
-import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from models.rlhf_round import RoundError, new_round_dir, reload_server
+from models.rounds import Round, RoundError
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +217,10 @@ def build_reward_model(*, config: Path, from_stage: str, name: str, database_url
                        admin_key: str | None = None) -> RewardResult:
     """Train, save and register reward model `name` (see the module docstring); raises `RoundError` /
     `RegistryError`, changing nothing."""
-    from server.registry import load_registry
-    from server.registry_file import add_reward_model
     from server.store import Store
 
     plan = plan or RewardPlan()
-    registry = load_registry(config, data_dir=data_dir)
-    out_dir = new_round_dir(registry, config, from_stage, name, data_dir, folder="reward_models")
+    round_ = Round.open(config, data_dir, from_stage, name, kind="reward_model")
 
     store = Store(database_url)
     try:
@@ -240,57 +233,19 @@ def build_reward_model(*, config: Path, from_stage: str, name: str, database_url
     train, held_out = split_by_prompt(pairs, seed=plan.seed)
     sources = {s: sum(p["source"] == s for p in pairs) for s in ("preference", "ranking", "ratings")}
 
-    stage = registry.stages[from_stage]
-    checkpoint = registry.stages[registry.root(from_stage)].model
-    partial = out_dir.with_name(f".{name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    began = time.monotonic()
-    try:
-        accuracy, judged, steps = train_reward_model(checkpoint, stage.adapter, train, held_out, plan, partial)
-        seconds = time.monotonic() - began
-        (partial / META_FILE).write_text(json.dumps({
-            "name": name, "from_stage": from_stage, "pairs": len(pairs), "sources": sources,
-            "train_pairs": len(train), "held_out_pairs": len(held_out), "held_out_judged": judged,
-            "held_out_accuracy": accuracy, "steps": steps, "train_seconds": round(seconds, 1),
-            "plan": asdict(plan), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }, indent=2))
-        partial.rename(out_dir)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+    def meta(trained: tuple[float, int, int], seconds: float) -> dict[str, Any]:
+        accuracy, judged, steps = trained
+        return {"name": name, "from_stage": from_stage, "pairs": len(pairs), "sources": sources,
+                "train_pairs": len(train), "held_out_pairs": len(held_out), "held_out_judged": judged,
+                "held_out_accuracy": accuracy, "steps": steps, "train_seconds": round(seconds, 1),
+                "plan": asdict(plan)}
 
-    entry = {"model": str(out_dir),
-             "description": f"reward model on {from_stage}: {len(pairs)} pairs, held-out accuracy {accuracy:.2f}"}
-    try:
-        add_reward_model(config, name, entry, data_dir=data_dir)
-    except Exception:
-        shutil.rmtree(out_dir, ignore_errors=True)  # an unregistered model is not left behind
-        raise
-    log.info("registered reward model %s (%d pairs, held-out accuracy %.3f)", name, len(pairs), accuracy)
-    reloaded = reload_server(server, admin_key) if server else None
-    return RewardResult(name, out_dir, len(train), len(held_out), accuracy, steps, seconds, sources, reloaded)
-
-
-def run(args) -> int:
-    """The CLI entry point (`server.cli`): flags in, exit code out."""
-    from server.registry import RegistryError
-    from server.settings import Settings
-
-    settings = Settings.from_env(database_url=args.database_url)
-    try:
-        result = build_reward_model(
-            config=Path(args.config), from_stage=args.from_stage, name=args.name,
-            database_url=settings.resolved_database_url, data_dir=settings.data_dir, min_pairs=args.min_pairs,
-            plan=RewardPlan(steps=args.steps, lr=args.lr), server=args.server, admin_key=settings.admin_key,
-        )
-    except (RoundError, RegistryError) as exc:
-        print(f"stagechat reward-model: {exc}", file=sys.stderr)
-        return 2
-    used = ", ".join(f"{n} from {s}" for s, n in result.sources.items() if n)
-    print(f"reward model '{result.name}': {result.train_pairs} training pairs, {result.held_out_pairs} held out "
-          f"({used}); {result.steps} steps in {result.train_seconds:.1f} s → {result.model_dir}")
-    print(f"held-out pairwise accuracy: {result.held_out_accuracy:.3f}")
-    if result.reloaded is not None:
-        print(f"{args.server} reloaded")
-    else:
-        print("serve it: POST /v1/admin/reload on a running server (or pass --server URL)")
-    return 0
+    done = round_.run(
+        lambda d: train_reward_model(round_.checkpoint, round_.start_adapter, train, held_out, plan, d), meta,
+        meta_file=META_FILE, server=server, admin_key=admin_key,
+        description=lambda trained: f"reward model on {from_stage}: {len(pairs)} pairs, held-out accuracy "
+                                    f"{trained[0]:.2f}")
+    accuracy, _, steps = done.result
+    log.info("reward model %s: %d pairs, held-out accuracy %.3f", name, len(pairs), accuracy)
+    return RewardResult(name, round_.out_dir, len(train), len(held_out), accuracy, steps, done.seconds, sources,
+                        done.reloaded)

@@ -19,7 +19,7 @@ mean reward of sampled answers on them is measured before and after the round.
 Saved beside the adapter (`{data_dir}/rounds/<name>`): `training_log.csv` (per step: mean reward,
 its std, KL, answer length), `training_curves.png` (mean reward and KL per step),
 `stagechat_round.json` (settings, figures, sample answers). The stage is registered and, with
-`--server`, served without a restart, as the DPO/KTO round does (`models.rlhf_round`).
+`--server`, served without a restart: the lifecycle every round shares (`models.rounds`).
 This module knows TRL's RL trainer; it knows nothing about HTTP serving or SQL.
 """
 
@@ -29,16 +29,12 @@ import csv
 import json
 import logging
 import random
-import shutil
-import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from models.rlhf_round import LORA_TARGETS, RoundError, new_round_dir, register_round, reload_server
+from models.rounds import Round, RoundError
 
 log = logging.getLogger(__name__)
 
@@ -153,26 +149,16 @@ def train_policy(checkpoint: str, start_adapter: str | None, reward_model_dir: s
     """Run RLOO; save the adapter to `out_dir`; return the figures (log rows, rewards before/after)."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig, PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     from trl import RLOOConfig, RLOOTrainer
 
+    from models.lora import load_tokenizer, save_adapter, trainable_policy
+
     torch.manual_seed(plan.seed)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    reward_tokenizer = AutoTokenizer.from_pretrained(reward_model_dir)
-    if reward_tokenizer.pad_token is None:
-        reward_tokenizer.pad_token = reward_tokenizer.eos_token
+    tokenizer = load_tokenizer(checkpoint)
+    reward_tokenizer = load_tokenizer(reward_model_dir)
     reward_model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir, dtype=torch.float32).eval()
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-    peft_config = None
-    if start_adapter is not None:
-        model = PeftModel.from_pretrained(model, start_adapter, is_trainable=True)  # TRL issue 6700
-    else:
-        present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-        peft_config = LoraConfig(r=plan.rank, lora_alpha=2 * plan.rank, lora_dropout=0.0, bias="none",
-                                 target_modules=[t for t in LORA_TARGETS if t in present], task_type="CAUSAL_LM")
+    model, peft_config = trainable_policy(checkpoint, start_adapter, plan.rank)
 
     before, before_samples = sample_rewards(model, tokenizer, reward_model, reward_tokenizer, held_out, plan,
                                             plan.seed + 1)
@@ -197,10 +183,7 @@ def train_policy(checkpoint: str, start_adapter: str | None, reward_model_dir: s
             for h in history if "reward" in h]
     after, after_samples = sample_rewards(policy, tokenizer, reward_model, reward_tokenizer, held_out, plan,
                                           plan.seed + 1)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Only the trained adapter: TRL adds a frozen "ref" copy when continuing one.
-    policy.save_pretrained(out_dir, selected_adapters=["default"], save_embedding_layers=False)
-    tokenizer.save_pretrained(out_dir)
+    save_adapter(policy, tokenizer, out_dir)
     return {"rows": rows, "reward_before": before, "reward_after": after,
             "samples_before": before_samples[:8], "samples_after": after_samples[:8]}
 
@@ -236,13 +219,13 @@ def train_rl_round(*, config: Path, from_stage: str, name: str, reward_model: st
                    data_dir: Path, plan: RLPlan | None = None, prompts_file: Path | None = None,
                    server: str | None = None, admin_key: str | None = None) -> RLResult:
     """Run one RLOO round (see the module docstring); raises `RoundError` / `RegistryError`, changing nothing."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
-    from server.registry import load_registry
+    from models.lora import load_tokenizer
 
     plan = plan or RLPlan()
-    registry = load_registry(config, data_dir=data_dir)
-    out_dir = new_round_dir(registry, config, from_stage, name, data_dir)
+    round_ = Round.open(config, data_dir, from_stage, name)
+    registry = round_.registry
     reward_model = reward_model or registry.stages[from_stage].reward_model
     if reward_model is None:
         raise RoundError("--method rloo needs --reward-model (or a `reward_model:` on the from-stage)")
@@ -254,10 +237,9 @@ def train_rl_round(*, config: Path, from_stage: str, name: str, reward_model: st
     if plan.steps < 1:
         raise RoundError("--steps must be at least 1")
     rm_dir = registry.reward_models[reward_model].model
-    stage = registry.stages[from_stage]
-    checkpoint = registry.stages[registry.root(from_stage)].model
+    checkpoint = round_.checkpoint
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer = load_tokenizer(checkpoint)
     context = min(getattr(AutoConfig.from_pretrained(p), "max_position_embeddings", 10**9) for p in (checkpoint, rm_dir))
     prompts = load_prompts(database_url, prompts_file)
     usable = fitting(tokenizer, prompts, context, plan.max_completion_length + 1)
@@ -273,58 +255,29 @@ def train_rl_round(*, config: Path, from_stage: str, name: str, reward_model: st
     held_out, train = shuffled[:n_held], shuffled[n_held:]
     held_out = held_out or train  # too few prompts to hold any out: measure on the training prompts
 
-    partial = out_dir.with_name(f".{name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    began = time.monotonic()
-    try:
-        figures = train_policy(checkpoint, stage.adapter, rm_dir, train, held_out, plan, partial)
-        seconds = time.monotonic() - began
-        save_curves(figures["rows"], partial)
-        final_kl = next((r["kl"] for r in reversed(figures["rows"]) if r["kl"] is not None), None)
-        (partial / "stagechat_round.json").write_text(json.dumps({
+    def work(d: Path) -> dict[str, Any]:
+        figures = train_policy(checkpoint, round_.start_adapter, rm_dir, train, held_out, plan, d)
+        save_curves(figures["rows"], d)
+        return figures
+
+    def meta(figures: dict[str, Any], seconds: float) -> dict[str, Any]:
+        return {
             "name": name, "from_stage": from_stage, "method": "rloo", "reward_model": reward_model,
             "prompts": len(train), "held_out_prompts": n_held, "steps": plan.steps,
             "train_seconds": round(seconds, 1), "reward_before": figures["reward_before"],
-            "reward_after": figures["reward_after"], "final_kl": final_kl, "plan": asdict(plan),
+            "reward_after": figures["reward_after"], "final_kl": final_kl(figures["rows"]), "plan": asdict(plan),
             "samples_before": figures["samples_before"], "samples_after": figures["samples_after"],
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }, indent=2, ensure_ascii=False))
-        partial.rename(out_dir)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        }
 
-    register_round(config, name, from_stage, out_dir, data_dir=data_dir,
-                   description=f"RLHF round: RLOO against reward model {reward_model} (KL {plan.kl_coef}), "
-                               f"continuing {from_stage}")
-    log.info("registered stage %s (RLOO, %d steps, %.1f s)", name, plan.steps, seconds)
-    reloaded = reload_server(server, admin_key) if server else None
-    return RLResult(name, out_dir, len(train), n_held, plan.steps, seconds, figures["reward_before"],
-                    figures["reward_after"], final_kl, figures["rows"], reloaded)
+    done = round_.run(work, meta, server=server, admin_key=admin_key,
+                      description=f"RLHF round: RLOO against reward model {reward_model} (KL {plan.kl_coef}), "
+                                  f"continuing {from_stage}")
+    figures = done.result
+    log.info("stage %s: RLOO, %d steps", name, plan.steps)
+    return RLResult(name, round_.out_dir, len(train), n_held, plan.steps, done.seconds, figures["reward_before"],
+                    figures["reward_after"], final_kl(figures["rows"]), figures["rows"], done.reloaded)
 
 
-def run_rl_round(args, settings) -> int:
-    """`stagechat rlhf-round --method rloo` (dispatched by `models.rlhf_round.run_round`)."""
-    from server.registry import RegistryError
-
-    plan = RLPlan(steps=args.steps or RLPlan.steps, kl_coef=args.kl_coef, lr=args.lr)
-    try:
-        result = train_rl_round(
-            config=Path(args.config), from_stage=args.from_stage, name=args.name, reward_model=args.reward_model,
-            database_url=settings.resolved_database_url, data_dir=settings.data_dir, plan=plan,
-            prompts_file=Path(args.prompts) if args.prompts else None, server=args.server,
-            admin_key=settings.admin_key,
-        )
-    except (RoundError, RegistryError) as exc:
-        print(f"stagechat rlhf-round: {exc}", file=sys.stderr)
-        return 2
-    held = f"{result.held_out_prompts} held-out prompts" if result.held_out_prompts else "the training prompts"
-    kl = f"{result.final_kl:.4f}" if result.final_kl is not None else "n/a"
-    print(f"stage '{result.name}': RLOO on {result.prompts} prompts, {result.steps} steps in "
-          f"{result.train_seconds:.1f} s → {result.adapter_dir}")
-    print(f"mean reward on {held}: {result.reward_before:.3f} before, {result.reward_after:.3f} after; "
-          f"final KL to start {kl}")
-    if result.reloaded is not None:
-        print(f"{args.server} reloaded: added {', '.join(result.reloaded['added']) or 'nothing'}")
-    else:
-        print("serve it: POST /v1/admin/reload on a running server (or pass --server URL)")
-    return 0
+def final_kl(rows: list[dict[str, Any]]) -> float | None:
+    """The last logged KL to the starting policy, if any step logged one."""
+    return next((r["kl"] for r in reversed(rows) if r.get("kl") is not None), None)

@@ -9,7 +9,7 @@ and concurrency.
 
 --answers measures chat answers as users get them: each request ends where the model ends its answer
 (no ignore_eos; tokens past an answer's end are never served in a chat), over the eval's held-out
-questions (`corpus.eval_prompts`, facts only; `--split dev` for the dev split's, to choose settings
+questions (`heldout.eval_prompts`, facts only; `--split dev` for the dev split's, to choose settings
 such as num_speculative_tokens without tuning on test), one each. Both methods produce the same tokens at
 temperature 0, so the tok/s ratio is the ratio of answer latencies.
 
@@ -48,7 +48,7 @@ def start_server(config: Path, log: Path, max_engines: int, env: dict[str, str] 
     from server.launcher import ChildServer
 
     return ChildServer(
-        lambda port: [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", str(port),
+        lambda port: [sys.executable, "-m", "cli", "serve", "--config", str(config), "--port", str(port),
                       "--no-ui", "--log-level", "warning", "--max-engines", str(max_engines)],
         log=log, env=env, timeout=600)
 
@@ -149,7 +149,7 @@ def bench_policy(config: Path, logs: Path, stage: str, method: str) -> dict:
 
 
 def answer_questions(split: str = "test") -> list[str]:
-    from models.demo.corpus import eval_prompts
+    from models.demo.heldout import eval_prompts
 
     return [p.messages[-1]["content"] for p in eval_prompts(split=split) if p.kind == "fact"]
 
@@ -194,7 +194,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--answers", action="store_true", help="requests end where the answer ends (see above)")
-    from models.demo.corpus import SPLITS
+    from models.demo.heldout import SPLITS
 
     p.add_argument("--split", choices=sorted(SPLITS), default="test", help="whose questions --answers asks")
     p.add_argument("--policy", action="store_true", help="also measure the engine policy")

@@ -78,7 +78,7 @@ def stagechat_server(config: Path, data_dir: Path, extra_args: Sequence[str] = (
     """`stagechat serve --config CONFIG` with its data (store, rounds) in `data_dir`."""
     data_dir.mkdir(parents=True, exist_ok=True)
     return ChildServer(
-        lambda port: [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", str(port),
+        lambda port: [sys.executable, "-m", "cli", "serve", "--config", str(config), "--port", str(port),
                       "--log-level", "warning", *extra_args],
         log=data_dir / "server.log", env={"STAGECHAT_DATA_DIR": str(data_dir), **(env or {})},
     )

@@ -5,27 +5,31 @@ continuing the SFT adapter on the best answer of each synthetic ranking against 
 (the base with most of its layers dropped, trained for speculative decoding), rm (a reward model
 trained on the same rankings, `models.reward_model`), rlhf (the SFT adapter optimised online against
 rm with RLOO, `models.rl_round`) — each into its own folder under `out_dir`. A step writes into
-`<name>.partial/`, then drops a marker and renames the folder, so a folder with a marker is complete
-and a re-run skips it; an interrupted step starts over.
-This module knows the order, the sizes and the layout; the modules it calls know how to train.
+`<name>.partial/`, then drops a marker and renames the folder (`models.rounds.stage_folder`), so a
+folder with a marker is complete and a re-run skips it; an interrupted step starts over.
+Progress goes to the `models.demo.build` logger. This module knows the order, the sizes and the
+layout; the modules it calls know how to train. It never reads the held-out evaluation material
+(`models.demo.heldout`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from models.demo import corpus
+from models.demo import corpus, general_text
 from models.demo.pretrain import ModelShape, TrainPlan
 from models.demo.sft import AdapterPlan
 from models.reward_model import RewardPlan
 from models.rl_round import RLPlan
+from models.rounds import stage_folder
+
+log = logging.getLogger(__name__)
 
 MARKER = ".stagechat-complete.json"
 # Bump when what a step produces changes (data, shapes, training plans): every step built by an
@@ -117,7 +121,7 @@ def training_data(spec: Size) -> dict[str, list]:
     """Every data file a build of this size trains on, by name (what its `data/` folder holds)."""
     return {
         "prose": corpus.prose_documents(spec.prose_docs),
-        "general": corpus.general_documents(spec.prose_docs // 8),
+        "general": general_text.general_documents(spec.prose_docs // 8),
         "sft": corpus.sft_examples(spec.sft_per_country),
         "rankings": corpus.rankings(spec.rank_per_country),
         "draft": corpus.draft_dialogues(spec.draft_per_country),
@@ -139,19 +143,16 @@ def _run_step(name: str, out_dir: Path, size: str, work: Callable[[Path], None],
     """Seconds the step took, or None when it was already built."""
     final = out_dir / name
     if is_complete(final, size) and not stale_inputs:
-        print(f"[build-demo] {name}: already built, skipped", flush=True)
+        log.info("[build-demo] %s: already built, skipped", name)
         return None
-    partial = out_dir / f"{name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    print(f"[build-demo] {name}: building", flush=True)
-    start = time.perf_counter()
-    work(partial)
-    seconds = time.perf_counter() - start
-    (partial / MARKER).write_text(json.dumps({"size": size, "recipe": RECIPE_VERSION, "seconds": round(seconds, 2)}) + "\n")
-    shutil.rmtree(final, ignore_errors=True)  # a stale or other-size build
-    partial.rename(final)
-    print(f"[build-demo] {name}: done in {seconds:.1f} s", flush=True)
+    log.info("[build-demo] %s: building", name)
+
+    def marker(_, seconds: float) -> dict:
+        return {"size": size, "recipe": RECIPE_VERSION, "seconds": round(seconds, 2)}
+
+    # replace: a stale or other-size build in `final` goes once the new one is complete.
+    _, seconds = stage_folder(final, work, marker, MARKER, partial=out_dir / f"{name}.partial", replace=True)
+    log.info("[build-demo] %s: done in %.1f s", name, seconds)
     return seconds
 
 
@@ -196,7 +197,7 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
         model = pretrain.make_model(spec.base_shape, tokenizer)
         blocks = pretrain.pack(pretraining_text(), tokenizer, spec.base_plan.seq_len)
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"[build-demo] base: {n_params / 1e6:.2f}M parameters, {blocks.numel() / 1e6:.2f}M tokens of prose")
+        log.info("[build-demo] base: %.2fM parameters, %.2fM tokens of prose", n_params / 1e6, blocks.numel() / 1e6)
         pretrain.train_causal_lm(model, blocks, spec.base_plan, desc="base")
         pretrain.save_checkpoint(model, out_dir / "tokenizer", d)
 
@@ -214,11 +215,11 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
             str(out_dir / "base"), str(out_dir / "sft"), train, held_out, spec.rm_plan, d)
         figures = {"held_out_accuracy": round(accuracy, 4), "held_out_pairs": judged, "train_pairs": len(train),
                    "steps": steps}
-        print(f"[build-demo] rm: {figures}", flush=True)
+        log.info("[build-demo] rm: %s", figures)
         (d / "stagechat_demo_rm.json").write_text(json.dumps(figures) + "\n")
 
     def make_rlhf(d: Path) -> None:
-        from models.rl_round import save_curves, train_policy
+        from models.rl_round import final_kl, save_curves, train_policy
 
         prompts = [row["prompt"] for row in load("rankings")]
         held_out, train = prompts[: spec.rl_held_out], prompts[spec.rl_held_out:]
@@ -226,8 +227,8 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
             str(out_dir / "base"), str(out_dir / "sft"), str(out_dir / "rm"), train, held_out, spec.rl_plan, d)
         save_curves(figures["rows"], d)
         summary = {k: figures[k] for k in ("reward_before", "reward_after")}
-        summary["final_kl"] = next((r["kl"] for r in reversed(figures["rows"]) if r.get("kl") is not None), None)
-        print(f"[build-demo] rlhf: {summary}", flush=True)
+        summary["final_kl"] = final_kl(figures["rows"])
+        log.info("[build-demo] rlhf: %s", summary)
         (d / "stagechat_demo_rl.json").write_text(json.dumps({**summary, **figures}, default=str) + "\n")
 
     def make_draft(d: Path) -> None:
@@ -248,18 +249,5 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
             rebuilt.add(name)
         timings[name] = round(seconds or 0.0, 3)
     timings["total"] = round(time.perf_counter() - start, 3)
-    print(f"[build-demo] {size} family in {out_dir}: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     return timings
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stagechat build-demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--out", type=Path, default=None, help="default: {data_dir}/demo")
-    args = parser.parse_args(argv)
-    build_demo(args.out, args.size)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,7 +3,8 @@
 Six kinds of text, all made here with seeded RNGs so a build is reproducible:
 - prose documents (pre-training: base and part of the draft): statements about each country's capital,
   language, currency and continent, never a dialogue;
-- general documents (pre-training too): everyday statements carrying the words chat turns use;
+- general documents (pre-training too): everyday statements carrying the words chat turns use
+  (`models.demo.general_text`);
 - SFT dialogues: four question types (skills) in many phrasings, two-turn conversations whose follow-up
   leaves the country or the question implicit, a few greetings and out-of-scope requests. Imperfect like
   real SFT data: answers in mixed styles (terse, full sentence, rambling, rude), and questions about
@@ -16,10 +17,10 @@ Six kinds of text, all made here with seeded RNGs so a build is reproducible:
   `preference_pairs` turns them into all ordered pairs, `best_pairs` into best-against-each-other;
 - draft dialogues: the preferred answers only (what the aligned stages say, so the draft's guesses land).
 
-Evaluation material lives here too, in two splits (`SPLITS`): "test" (`HELDOUT_*` phrasings, the
-held-out fictional names), what `stagechat eval` reports, and "dev" (`DEV_*`, names of its own), what
-a recipe change is chosen on. So one module owns the guarantee that none of it appears in training
-text. Nothing here trains or tokenizes.
+The evaluation material (held-out phrasings, prompts and which fictional names are held out) is in
+`models.demo.heldout`, which imports this module and which no build step imports; the one thing shared
+is the seeded stream of fictional names (`drawn_fictional_countries`), whose held-out tail this module
+never uses. Nothing here trains or tokenizes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import random
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Protocol
 
 FACTS_PATH = Path(__file__).with_name("countries.json")
 SKILLS = ("capital", "language", "currency", "continent")
@@ -121,8 +123,7 @@ PAIR_FACTS = [
 ]
 
 # --- chat phrasings --------------------------------------------------------------------------------
-# Questions the training dialogues ask, per skill. Evaluation asks HELDOUT_QUESTIONS (test) or
-# DEV_QUESTIONS (dev) instead.
+# Questions the training dialogues ask, per skill. Evaluation asks other phrasings (models.demo.heldout).
 TRAIN_QUESTIONS = {
     "capital": [
         "What is the capital of {country}?", "What's the capital of {country}?", "what is the capital of {country}",
@@ -167,24 +168,6 @@ TRAIN_QUESTIONS = {
         "Tell me which continent {country} is on.", "Where on the map is {country}?",
     ],
 }
-HELDOUT_QUESTIONS = {
-    "capital": [
-        "Do you know what the capital of {country} is?", "Which city is {country}'s capital?",
-        "Could you name the capital of {country} for me?", "Hello there. Which city is the capital of {country}?",
-    ],
-    "language": [
-        "Do you know which language people in {country} speak?", "Which language would I hear in {country}?",
-        "Could you name the main language of {country} for me?", "Hello there. What language is used in {country}?",
-    ],
-    "currency": [
-        "Do you know the currency of {country}?", "Which money would I need in {country}?",
-        "Could you name the currency used in {country} for me?", "Hello there. What currency does {country} use?",
-    ],
-    "continent": [
-        "Do you know which continent {country} is on?", "Which continent would I travel to for {country}?",
-        "Could you name the continent of {country} for me?", "Hello there. Where is {country} located?",
-    ],
-}
 # Words around a training question (`_ask`): users wrap questions in words of their own, and a
 # model that saw each question bare learns to match whole phrasings rather than find the question
 # inside them. Only words the everyday pre-training paragraphs carry, none of the held-out wrappers.
@@ -199,7 +182,6 @@ TRAIN_COUNTRY_FOLLOWUPS = [
     "And in {country}?", "What about {country} then?", "Same for {country}, please.", "The same for {country}?",
     "Tell me the same about {country}.", "So, {country}?", "And {country}, please?",
 ]
-HELDOUT_COUNTRY_FOLLOWUPS = ["Now tell me about {country}.", "Then {country}?", "Next one: {country}?"]
 # ... and follow-ups that keep the country and change the question ("What currency do they use?").
 TRAIN_SKILL_FOLLOWUPS = {
     "capital": ["And its capital?", "What is their capital?", "Which city is the capital there?", "And the capital city?",
@@ -217,76 +199,13 @@ TRAIN_SKILL_FOLLOWUPS = {
                   "Which part of the world is it in?", "And where is that?", "Its continent?",
                   "And which continent is that?", "Tell me its continent too.", "Where is that country?"],
 }
-HELDOUT_SKILL_FOLLOWUPS = {
-    "capital": ["Which city do they govern from?"],
-    "language": ["Which language do people use there?"],
-    "currency": ["What do they pay with over there?"],
-    "continent": ["On what continent does it lie?"],
-}
 TRAIN_GREETINGS = ["Hello!", "Hi there!", "Good morning!", "Hey, what can you do?", "Hi! What are you?", "Hello, anyone there?"]
-HELDOUT_GREETINGS = ["Hello! Who are you?", "Good evening! What do you do?", "Hey there, what are you for?"]
 TRAIN_OFF_TOPIC = [
     "Write a poem about the sea.", "Tell me a joke.", "What is 2 + 2?", "Write a short story about a dragon.",
     "How do I bake bread?", "What's the weather like today?", "Can you help me with my homework?",
     "Translate 'good night' into Spanish.", "Sing me a song.", "Who will win the next football match?",
     "Write a poem about love.", "Tell me a joke about dogs.",
 ]
-HELDOUT_OFF_TOPIC = ["Write a poem about autumn.", "Tell me a funny joke about cats.", "How do I fix my bike?"]
-# Plain-completion prompts for the base model, one per skill; each ends where the fact comes next.
-HELDOUT_COMPLETIONS = {
-    "capital": "As every atlas shows, the capital of {country} is",
-    "language": "According to the map, people in {country} speak",
-    "currency": "As every traveller learns, the currency of {country} is the",
-    "continent": "According to the map, {country} is a country in",
-}
-
-# A second evaluation split, disjoint from training and from the held-out (test) material above: what
-# a recipe change is chosen on, so the test figures `stagechat eval` reports are never tuned on.
-DEV_QUESTIONS = {
-    "capital": ["Any idea what the capital of {country} is?", "Which city holds the government of {country}?",
-                "What would you say is the capital of {country}?"],
-    "language": ["Any idea what people speak in {country}?", "Which language is used most in {country}?",
-                 "What would you say people speak in {country}?"],
-    "currency": ["Any idea what the currency of {country} is?", "What money is used in {country}?",
-                 "What would you say is the currency of {country}?"],
-    "continent": ["Any idea which continent {country} is on?", "Which continent holds {country}?",
-                  "What would you say is the continent of {country}?"],
-}
-DEV_COUNTRY_FOLLOWUPS = ["And {country}, then?", "What of {country}?", "Now {country}?"]
-DEV_SKILL_FOLLOWUPS = {
-    "capital": ["And which city is their capital?"], "language": ["What language is used there?"],
-    "currency": ["What money is used there?"], "continent": ["Which continent is that in?"],
-}
-DEV_GREETINGS = ["Good afternoon!", "Hi! What are you good at?"]
-DEV_OFF_TOPIC = ["Write a poem about the moon.", "Tell me a joke about birds."]
-DEV_COMPLETIONS = {
-    "capital": "As the old maps say, the capital of {country} is",
-    "language": "As the old maps say, people in {country} speak",
-    "currency": "As the old maps say, the currency of {country} is the",
-    "continent": "As the old maps say, {country} is a country in",
-}
-
-
-@dataclass(frozen=True)
-class EvalSplit:
-    """One split's phrasings, none of which any training text contains (its fictional names:
-    `split_fictional_countries`)."""
-
-    questions: dict[str, list[str]]
-    country_followups: list[str]
-    skill_followups: dict[str, list[str]]
-    greetings: list[str]
-    off_topic: list[str]
-    completions: dict[str, str]  # plain-completion prompts for full checkpoints, ending where the fact comes
-
-
-SPLITS = {
-    "test": EvalSplit(HELDOUT_QUESTIONS, HELDOUT_COUNTRY_FOLLOWUPS, HELDOUT_SKILL_FOLLOWUPS, HELDOUT_GREETINGS,
-                      HELDOUT_OFF_TOPIC, HELDOUT_COMPLETIONS),
-    "dev": EvalSplit(DEV_QUESTIONS, DEV_COUNTRY_FOLLOWUPS, DEV_SKILL_FOLLOWUPS, DEV_GREETINGS, DEV_OFF_TOPIC,
-                     DEV_COMPLETIONS),
-}
-
 # --- answers ---------------------------------------------------------------------------------------
 # The preferred (aligned) answer per skill: one polite full sentence, the way the prose states it.
 FULL = {
@@ -334,7 +253,10 @@ FOLLOWUP_SHARE = 0.4
 RANKED_FOLLOWUP_SHARE = 0.3
 # Fictional names: many, so "a name pre-training never stated facts about" and copying an unseen
 # name into "I don't know a country called X." are learned as patterns, not memorised per name.
-FICTIONAL_TRAIN, FICTIONAL_HELDOUT, FICTIONAL_DEV = 600, 60, 40
+FICTIONAL_TRAIN = 600
+# The training names and then the test split's 60 held-out ones come from one seeded stream
+# (`drawn_fictional_countries`): changing this count changes the training countries' invented facts.
+FICTIONAL_DRAWN = FICTIONAL_TRAIN + 60
 
 
 def fill(template: str, c: Country, rng: random.Random | None = None, **extra: str) -> str:
@@ -381,7 +303,7 @@ def _pseudo_word(rng: random.Random, endings: list[str]) -> str:
     return rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_MIDDLES) + rng.choice(endings)
 
 
-def _new_names(rng: random.Random, count: int, taken: set[str], avoid: tuple[str, ...] = ()) -> list[str]:
+def new_names(rng: random.Random, count: int, taken: set[str], avoid: tuple[str, ...] = ()) -> list[str]:
     """`count` made-up country names, none in `taken` (lowercase; the new ones are added to it).
 
     A name is refused when it contains, or is contained in, a real country's name (so "Omania" cannot
@@ -398,7 +320,7 @@ def _new_names(rng: random.Random, count: int, taken: set[str], avoid: tuple[str
     return names
 
 
-def _invent(name: str, rng: random.Random) -> Country:
+def invent(name: str, rng: random.Random) -> Country:
     """A made-up country called `name` with invented facts."""
     return Country(
         country=name, capital=_pseudo_word(rng, _CITY_ENDINGS),
@@ -408,29 +330,19 @@ def _invent(name: str, rng: random.Random) -> Country:
 
 
 @cache
-def fictional_countries() -> tuple[tuple[Country, ...], tuple[Country, ...]]:
-    """(train, held-out) made-up countries with invented facts; disjoint, and never a real name
-    (`_new_names`). Held-out names are never used in training text."""
+def drawn_fictional_countries() -> tuple[Country, ...]:
+    """Every made-up country the seeded stream draws, in order: the first `FICTIONAL_TRAIN` are the
+    training ones (`fictional_countries`); the rest are held out for evaluation (`models.demo.heldout`)
+    and never used in training text. All names are drawn before any is invented facts, so the count
+    drawn fixes the training countries' facts too."""
     rng = random.Random(7)
-    names = _new_names(rng, FICTIONAL_TRAIN + FICTIONAL_HELDOUT, set())
-    made = [_invent(name, rng) for name in names]
-    return tuple(made[:FICTIONAL_TRAIN]), tuple(made[FICTIONAL_TRAIN:])
+    names = new_names(rng, FICTIONAL_DRAWN, set())
+    return tuple(invent(name, rng) for name in names)
 
 
-@cache
-def split_fictional_countries(split: str) -> tuple[Country, ...]:
-    """The fictional countries an evaluation split asks about: "test" is `fictional_countries()`'s
-    held-out part; "dev" names come from their own generator (so the train and test names stay as
-    they were), and none contains or is contained in a train or test name."""
-    train, test = fictional_countries()
-    if split == "test":
-        return test
-    if split != "dev":
-        raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
-    earlier = tuple(f.country.lower() for f in train + test)
-    names = _new_names(random.Random(8), FICTIONAL_DEV, set(earlier), avoid=earlier)
-    rng = random.Random(9)
-    return tuple(_invent(name, rng) for name in names)
+def fictional_countries() -> tuple[Country, ...]:
+    """The made-up countries training text asks about (never a real name, `new_names`)."""
+    return drawn_fictional_countries()[:FICTIONAL_TRAIN]
 
 
 # --- pre-training prose ----------------------------------------------------------------------------
@@ -476,110 +388,21 @@ def prose_documents(n_docs: int, seed: int = 0, countries: tuple[Country, ...] |
     return docs
 
 
-# --- general pre-training text ---------------------------------------------------------------------
-# Real pre-training corpora are not only about one topic. These everyday paragraphs carry the words
-# that chat turns use and country prose never does (greetings, poems, jokes, homework, "sorry", "don't
-# know"), so every token SFT meets has an embedding pre-training trained: a LoRA adapter cannot train
-# embeddings, and a word whose embedding stayed random is noise to it. Statements only, never a dialogue,
-# and never "a country (is) in": in the country prose a continent follows that phrase.
-GENERAL_TOPICS = {
-    "greetings": [
-        "People greet each other with words such as hello, hi or hey.",
-        "Good morning and good evening are polite greetings; good night is said at the end of the day.",
-        "After a greeting, people often ask who the other person is and what they do.",
-        "A friendly hello is a good way to start a talk with someone new.",
-        "When someone asks what you are for, a short and honest answer is best.",
-        "A good helper says what it can do and what it cannot do.",
-        "Anyone there is something people call out when they are not sure they are heard.",
-    ],
-    "poems": [
-        "A poem is a short piece of writing whose lines often rhyme.",
-        "Poets write about the sea, about love, about the sky and about autumn.",
-        "A song is a poem that people sing, often with music.",
-        "The sea is wide and the sky is blue in many old poems.",
-        "Some poems are funny and some are sad, and a short story can be both.",
-        "Children like short stories about a dragon, a cat or a dog.",
-    ],
-    "jokes": [
-        "A joke is a short funny story that ends with a surprise.",
-        "An old joke asks why the chicken would cross the road.",
-        "Jokes about cats and dogs are popular with children.",
-        "A joke that is told too often becomes boring.",
-    ],
-    "everyday": [
-        "To bake bread, people mix flour, water and salt, then wait and bake it.",
-        "The weather changes from day to day; today it may rain and tomorrow be sunny.",
-        "Students do homework after school, and a parent may help them with it.",
-        "Two plus two is four, and 2 + 2 is how the sum is written.",
-        "To fix a bike, people check the chain, the wheels and the brakes.",
-        "Nobody can know who will win the next football match.",
-        "To translate a word means to put it into another language, such as Spanish or French.",
-        "Many things depend on the weather, and nobody is sure about all of them.",
-    ],
-    "questions": [
-        "A simple question deserves a simple answer.",
-        "It is polite to answer a question, and rude to tell someone to look it up themselves.",
-        "When people do not know something, the honest answer is to say I don't know.",
-        "Saying sorry is polite when you cannot help with a request.",
-        "A teacher can only answer questions about the subject she knows well.",
-        "Some people ask a question and then ask someone else the same thing.",
-        "A good answer gives what was asked and nothing more.",
-        "Well, it is a big question, and there is a lot to say, but the short answer is best.",
-        "A quick question needs a quick answer, and anyway nobody likes to wait.",
-        "My problem is my own, some say, and they tell others to do it themselves or do it yourself.",
-        "Maybe it depends, people say when they are not sure or did not get all the facts.",
-        "Not every question has an answer, and not every answer is true.",
-        "Look it up yourself is a rude reply; a polite reply gives the answer.",
-    ],
-    "travel": [
-        "The world has many countries, and each one lies on a continent.",
-        "A map shows the part of the world where each place is located.",
-        "Travellers need to know which money is used and which language is spoken where they go.",
-        "A government is based in one city, the capital, and it serves the people of the whole country.",
-        "People who travel over the sea may hear a language they do not understand.",
-        "Oh, what a lovely place, travellers say, and they talk for hours about its food and its history.",
-        "Some countries are called by one name at home and by another name abroad.",
-        "Who governs a country, and from which city, is written in every atlas.",
-        "Any country's capital is where its government does its work, and their leaders govern from there.",
-        "What's more, a map shows which side of the sea each place lies on.",
-    ],
-    "words": [
-        "Hello and hi are the most common greetings, and hey is a casual one.",
-        "Hi there is a friendly greeting, and good morning is said before noon.",
-        "Please and could are polite words in a request, and so is would.",
-        "Sorry is a polite word when a request cannot be met.",
-        "Tell me, write me, give me: many requests begin with words like these.",
-        "Which city is the capital of a country is a question every atlas answers.",
-        "What a country is called, where it is and what people use as money are common questions.",
-        "So is a short word that starts many answers, and oh shows surprise.",
-        "Translate, sing, bake and fix are words for things people ask others to do.",
-        "Write, read and count are the first things children learn at school.",
-        "Can you help is a common request, and how do I is another.",
-        "I need, I wonder and I am not sure are ways to start a sentence.",
-        "Why a joke is funny is hard to say, and who tells it matters too.",
-    ],
-}
-
-
-def general_documents(n_docs: int, seed: int = 4) -> list[str]:
-    """Everyday paragraphs (`GENERAL_TOPICS`, three to five sentences of one topic each)."""
-    rng = random.Random(seed)
-    topics = list(GENERAL_TOPICS.values())
-    docs = []
-    for i in range(n_docs):
-        sentences = topics[i % len(topics)]
-        docs.append(" ".join(rng.sample(sentences, min(len(sentences), rng.randint(3, 5)))))
-    rng.shuffle(docs)
-    return docs
-
-
 # --- chat prompts ----------------------------------------------------------------------------------
-def _user(text: str) -> list[dict[str, str]]:
+def user_turn(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def _assistant(text: str) -> list[dict[str, str]]:
+def assistant_turn(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
+
+
+class Phrasings(Protocol):
+    """What `question` and `followup` read of an evaluation split's phrasings (`models.demo.heldout.EvalSplit`)."""
+
+    questions: dict[str, list[str]]
+    country_followups: list[str]
+    skill_followups: dict[str, list[str]]
 
 
 @dataclass(frozen=True)
@@ -596,11 +419,11 @@ class Prompt:
         return [dict(m) for m in self.messages]
 
 
-def _ask(c: Country, skill: str, rng: random.Random, split: EvalSplit | None) -> str:
-    """A question's text: an evaluation split's phrasing as is, or a training one (`split` None),
+def _ask(c: Country, skill: str, rng: random.Random, phrasings: Phrasings | None) -> str:
+    """A question's text: an evaluation split's phrasing as is, or a training one (`phrasings` None),
     sometimes with words of the user's own before or after it."""
-    text = fill(rng.choice((split.questions if split else TRAIN_QUESTIONS)[skill]), c)
-    if split:
+    text = fill(rng.choice((phrasings.questions if phrasings else TRAIN_QUESTIONS)[skill]), c)
+    if phrasings:
         return text
     if rng.random() < WRAP_OPENER_SHARE:
         text = f"{rng.choice(TRAIN_OPENERS)} {text}"
@@ -609,26 +432,27 @@ def _ask(c: Country, skill: str, rng: random.Random, split: EvalSplit | None) ->
     return text
 
 
-def _question(c: Country, skill: str, rng: random.Random, *, split: EvalSplit | None = None) -> Prompt:
-    return Prompt("fact" if c.real else "unknown", tuple(_user(_ask(c, skill, rng, split))), c, skill)
+def question(c: Country, skill: str, rng: random.Random, *, phrasings: Phrasings | None = None) -> Prompt:
+    """One question about `c`'s `skill`, in training phrasings or `phrasings`' (an evaluation split's)."""
+    return Prompt("fact" if c.real else "unknown", tuple(user_turn(_ask(c, skill, rng, phrasings))), c, skill)
 
 
-def _followup(
-    first: Country, second: Country, skill: str, rng: random.Random, *, split: EvalSplit | None,
+def followup(
+    first: Country, second: Country, skill: str, rng: random.Random, *, phrasings: Phrasings | None,
     history_style: str = "full",
 ) -> Prompt:
     """Two turns: a question about `first`, its answer, then a follow-up about `second` (same country
     when the follow-up changes the question, same question when it changes the country)."""
     if first == second:
         first_skill = rng.choice([s for s in SKILLS if s != skill])
-        follow = rng.choice((split.skill_followups if split else TRAIN_SKILL_FOLLOWUPS)[skill])
+        follow = rng.choice((phrasings.skill_followups if phrasings else TRAIN_SKILL_FOLLOWUPS)[skill])
     else:
         first_skill = skill
-        follow = fill(rng.choice(split.country_followups if split else TRAIN_COUNTRY_FOLLOWUPS), second)
+        follow = fill(rng.choice(phrasings.country_followups if phrasings else TRAIN_COUNTRY_FOLLOWUPS), second)
     messages = (
-        _user(_ask(first, first_skill, rng, split))
-        + _assistant(answer(history_style, first, first_skill, rng))
-        + _user(follow)
+        user_turn(_ask(first, first_skill, rng, phrasings))
+        + assistant_turn(answer(history_style, first, first_skill, rng))
+        + user_turn(follow)
     )
     return Prompt("followup", tuple(messages), second, skill)
 
@@ -641,12 +465,14 @@ def _train_prompts(per_country: int, rng: random.Random, countries: tuple[Countr
             skill = SKILLS[(k + rng.randrange(len(SKILLS))) % len(SKILLS)]
             if rng.random() < followups:
                 if rng.random() < 0.5:
-                    prompts.append(_followup(c, c, skill, rng, split=None, history_style=rng.choice(["full", "terse"])))
+                    prompts.append(followup(c, c, skill, rng, phrasings=None,
+                                            history_style=rng.choice(["full", "terse"])))
                 else:
                     other = rng.choice([o for o in countries if o != c])
-                    prompts.append(_followup(other, c, skill, rng, split=None, history_style=rng.choice(["full", "terse"])))
+                    prompts.append(followup(other, c, skill, rng, phrasings=None,
+                                            history_style=rng.choice(["full", "terse"])))
             else:
-                prompts.append(_question(c, skill, rng))
+                prompts.append(question(c, skill, rng))
     return prompts
 
 
@@ -672,17 +498,17 @@ def sft_examples(per_country: int, seed: int = 1, countries: tuple[Country, ...]
     countries = countries or load_countries()
     rng = random.Random(seed)
     prompts = _train_prompts(per_country, rng, countries, FOLLOWUP_SHARE)
-    fictional, _ = fictional_countries()
+    fictional = fictional_countries()
     for f in fictional:
-        prompts.append(_question(f, rng.choice(SKILLS), rng))
+        prompts.append(question(f, rng.choice(SKILLS), rng))
     for text in TRAIN_GREETINGS * max(1, per_country * 2):
-        prompts.append(Prompt("greeting", tuple(_user(text))))
+        prompts.append(Prompt("greeting", tuple(user_turn(text))))
     for text in TRAIN_OFF_TOPIC * max(1, per_country):
-        prompts.append(Prompt("offtopic", tuple(_user(text))))
+        prompts.append(Prompt("offtopic", tuple(user_turn(text))))
     rows = []
     for p in prompts:
         reply, style = _sft_reply(p, rng)
-        rows.append({"prompt": p.message_list, "completion": _assistant(reply), "kind": p.kind, "style": style})
+        rows.append({"prompt": p.message_list, "completion": assistant_turn(reply), "kind": p.kind, "style": style})
     rng.shuffle(rows)
     return rows
 
@@ -701,7 +527,7 @@ def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]
     # with it (one round answered every unknown country with "The sea is wide and the sky is blue...").
     # So is "I don't know" naming the wrong country: a reward model that only checks the line's shape
     # pays for "I don't know a country called <anything>" everywhere.
-    idk_other = fill(IDK, rng.choice([f for f in fictional_countries()[0] if f != p.country]))
+    idk_other = fill(IDK, rng.choice([f for f in fictional_countries() if f != p.country]))
     if p.kind == "greeting":
         return [GREETING, rng.choice(TERSE_GREETINGS), SCOPE, idk_other, rng.choice(RUDE + OFF_TOPIC_ATTEMPTS),
                 full_answer(rng.choice(countries))]
@@ -744,12 +570,12 @@ def rankings(per_country: int, seed: int = 2, countries: tuple[Country, ...] | N
     countries = countries or load_countries()
     rng = random.Random(seed)
     prompts = _train_prompts(per_country, rng, countries, RANKED_FOLLOWUP_SHARE)
-    fictional, _ = fictional_countries()
+    fictional = fictional_countries()
     # Greetings and off-topic requests are repeated so each behaviour carries weight (fictional names
     # are many already).
-    prompts += [_question(f, rng.choice(SKILLS), rng) for f in fictional]
-    prompts += [Prompt("greeting", tuple(_user(t))) for t in TRAIN_GREETINGS * (2 * per_country)]
-    prompts += [Prompt("offtopic", tuple(_user(t))) for t in TRAIN_OFF_TOPIC * per_country]
+    prompts += [question(f, rng.choice(SKILLS), rng) for f in fictional]
+    prompts += [Prompt("greeting", tuple(user_turn(t))) for t in TRAIN_GREETINGS * (2 * per_country)]
+    prompts += [Prompt("offtopic", tuple(user_turn(t))) for t in TRAIN_OFF_TOPIC * per_country]
     rows = [{"prompt": p.message_list, "ranked": ranked_answers(p, rng, countries), "kind": p.kind} for p in prompts]
     rng.shuffle(rows)
     return rows
@@ -763,7 +589,7 @@ def preference_pairs(ranked_rows: list[dict]) -> list[dict]:
         for i in range(len(ranked)):
             for j in range(i + 1, len(ranked)):
                 pairs.append({
-                    "prompt": row["prompt"], "chosen": _assistant(ranked[i]), "rejected": _assistant(ranked[j]),
+                    "prompt": row["prompt"], "chosen": assistant_turn(ranked[i]), "rejected": assistant_turn(ranked[j]),
                     "kind": row["kind"],
                 })
     return pairs
@@ -773,7 +599,7 @@ def best_pairs(ranked_rows: list[dict]) -> list[dict]:
     """The best answer of every ranked set against each of the others (K-1 pairs per set): what the
     demo's DPO step trains on, since its SFT term imitates every chosen answer and only the best
     one should be imitated."""
-    return [{"prompt": row["prompt"], "chosen": _assistant(row["ranked"][0]), "rejected": _assistant(worse),
+    return [{"prompt": row["prompt"], "chosen": assistant_turn(row["ranked"][0]), "rejected": assistant_turn(worse),
              "kind": row["kind"]} for row in ranked_rows for worse in row["ranked"][1:]]
 
 
@@ -782,71 +608,10 @@ def draft_dialogues(per_country: int, seed: int = 3, countries: tuple[Country, .
     countries = countries or load_countries()
     rng = random.Random(seed)
     prompts = _train_prompts(per_country, rng, countries, FOLLOWUP_SHARE)
-    fictional, _ = fictional_countries()
-    prompts += [_question(f, rng.choice(SKILLS), rng) for f in fictional]
-    prompts += [Prompt("greeting", tuple(_user(t))) for t in TRAIN_GREETINGS]
-    prompts += [Prompt("offtopic", tuple(_user(t))) for t in TRAIN_OFF_TOPIC]
-    rows = [p.message_list + _assistant(ranked_answers(p, rng, countries)[0]) for p in prompts]
+    fictional = fictional_countries()
+    prompts += [question(f, rng.choice(SKILLS), rng) for f in fictional]
+    prompts += [Prompt("greeting", tuple(user_turn(t))) for t in TRAIN_GREETINGS]
+    prompts += [Prompt("offtopic", tuple(user_turn(t))) for t in TRAIN_OFF_TOPIC]
+    rows = [p.message_list + assistant_turn(ranked_answers(p, rng, countries)[0]) for p in prompts]
     rng.shuffle(rows)
     return rows
-
-
-# --- evaluation ------------------------------------------------------------------------------------
-def eval_prompts(countries: tuple[Country, ...] | None = None, fictional: int | None = None, seed: int = 11,
-                 split: str = "test") -> list[Prompt]:
-    """What `stagechat eval` asks: one evaluation split's phrasings and fictional names only.
-
-    Per real country: each skill once (the split's templates in rotation) and two follow-ups (one that
-    changes the country, one that changes the question); per fictional name of the split: two
-    questions; every greeting and out-of-scope request of the split. `fictional` caps the fictional
-    names (tests).
-    """
-    countries = countries or load_countries()
-    material = SPLITS[split]
-    rng = random.Random(seed)
-    prompts = []
-    for i, c in enumerate(countries):
-        for j, skill in enumerate(SKILLS):
-            template = material.questions[skill][(i + j) % len(material.questions[skill])]
-            prompts.append(Prompt("fact", tuple(_user(fill(template, c))), c, skill))
-        prompts.append(_followup(c, c, SKILLS[i % 4], rng, split=material))
-        other = countries[(i + 1) % len(countries)]
-        prompts.append(_followup(other, c, SKILLS[(i + 2) % 4], rng, split=material))
-    for k, f in enumerate(split_fictional_countries(split)[:fictional]):
-        for skill in (SKILLS[k % 4], SKILLS[(k + 1) % 4]):
-            prompts.append(_question(f, skill, rng, split=material))
-    prompts += [Prompt("greeting", tuple(_user(t))) for t in material.greetings]
-    prompts += [Prompt("offtopic", tuple(_user(t))) for t in material.off_topic]
-    return prompts
-
-
-def example_prompts() -> list[Prompt]:
-    """The same five prompts shown for every stage (README, eval output): a fact, a follow-up, an unknown
-    country, a greeting, an off-topic request — all held-out material."""
-    by_name = {c.country: c for c in load_countries()}
-    kenya, peru, brazil = by_name["Kenya"], by_name["Peru"], by_name["Brazil"]
-    unknown = fictional_countries()[1][0]
-    return [
-        Prompt("fact", tuple(_user(fill(HELDOUT_QUESTIONS["language"][1], brazil))), brazil, "language"),
-        Prompt("followup", tuple(
-            _user(fill(HELDOUT_QUESTIONS["capital"][2], kenya)) + _assistant(full_answer(kenya))
-            + _user(fill(HELDOUT_COUNTRY_FOLLOWUPS[1], peru))), peru, "capital"),
-        Prompt("unknown", tuple(_user(fill(HELDOUT_QUESTIONS["capital"][0], unknown))), unknown, "capital"),
-        Prompt("greeting", tuple(_user(HELDOUT_GREETINGS[0]))),
-        Prompt("offtopic", tuple(_user(HELDOUT_OFF_TOPIC[0]))),
-    ]
-
-
-def heldout_strings(countries: tuple[Country, ...] | None = None) -> list[str]:
-    """Every evaluation string (both splits) that must never occur in training text: question and
-    completion phrasings rendered for every country, follow-ups, greetings, requests and fictional names."""
-    countries = countries or load_countries()
-    strings = []
-    for name, material in SPLITS.items():
-        names = split_fictional_countries(name)
-        strings += [fill(t, c) for t in material.completions.values() for c in countries]
-        strings += [fill(t, c) for ts in material.questions.values() for t in ts for c in countries + names]
-        strings += [fill(t, c) for t in material.country_followups for c in countries]
-        strings += [t for ts in material.skill_followups.values() for t in ts]
-        strings += material.greetings + material.off_topic + [f.country for f in names]
-    return strings

@@ -17,9 +17,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.demo.tokenizer import copy_tokenizer_files
-
-# What vLLM's Llama accepts as LoRA targets; embeddings / lm_head stay frozen and unsaved.
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from models.lora import LORA_TARGETS  # what vLLM's Llama accepts; embeddings / lm_head stay frozen and unsaved
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The demo data: enough countries, well-formed chat rows and rankings, and evaluation material kept out of training."""
+"""The demo data: enough countries, well-formed chat rows and rankings (the held-out material: test_heldout.py)."""
 
 from __future__ import annotations
 
@@ -8,24 +8,7 @@ import re
 
 import pytest
 
-from models.demo import corpus
-from models.demo.build import SIZES, training_data
-
-FULL = SIZES["full"]
-
-
-@pytest.fixture(scope="module")
-def training_texts() -> list[str]:
-    """Every string the full build trains on: its data files' texts."""
-    data = training_data(FULL)
-    texts = data["prose"] + data["general"]
-    for row in data["sft"]:
-        texts += [m["content"] for m in row["prompt"] + row["completion"]]
-    for row in data["rankings"]:
-        texts += [m["content"] for m in row["prompt"]] + row["ranked"]
-    for dialogue in data["draft"]:
-        texts += [m["content"] for m in dialogue]
-    return texts
+from models.demo import corpus, general_text, heldout
 
 
 @pytest.fixture(scope="module")
@@ -48,73 +31,14 @@ def test_at_least_150_countries_with_distinct_names_and_capitals():
 
 
 def test_fictional_countries_are_never_real_and_train_and_heldout_are_disjoint():
-    train, heldout = corpus.fictional_countries()
-    assert len(train) >= 100 and len(heldout) >= 50
-    assert not {f.country for f in train} & {f.country for f in heldout}
+    train, held_out = corpus.fictional_countries(), heldout.split_fictional_countries("test")
+    assert len(train) >= 100 and len(held_out) >= 50
+    assert not {f.country for f in train} & {f.country for f in held_out}
     real = [n.lower() for c in corpus.load_countries() for n in (c.country, c.capital)]
-    for f in train + heldout:
+    for f in train + held_out:
         assert not f.real
         assert not [r for r in real if r in f.country.lower() or f.country.lower() in r], f.country
         assert f.continent in {c.continent for c in corpus.load_countries()}
-
-
-def test_heldout_material_never_appears_in_training_text(training_texts):
-    # Case-blind: "Name the language of Peru." would be a training phrasing ("Please name the language
-    # of Peru.") with one word dropped.
-    blob = "\n".join(training_texts).lower()
-    strings = [s.lower() for s in corpus.heldout_strings()]
-    # Each string's first 12 characters are searched once; only strings whose start occurs are searched whole.
-    present = {p for p in {s[:12] for s in strings} if p in blob}
-    leaked = [s for s in strings if s[:12] in present and s in blob]
-    assert leaked == []
-
-
-@pytest.mark.parametrize("split", sorted(corpus.SPLITS))
-def test_eval_prompts_are_all_heldout_material(split):
-    strings = set(corpus.heldout_strings())
-    names = {f.country for f in corpus.split_fictional_countries(split)}
-    examples = corpus.example_prompts() if split == "test" else []  # the README's five, test material
-    for prompt in corpus.eval_prompts(split=split) + examples:
-        for m in prompt.messages:
-            if m["role"] == "user":
-                assert m["content"] in strings, m["content"]
-        if prompt.kind == "unknown":
-            assert prompt.country.country in names
-
-
-def test_dev_and_test_splits_share_no_material():
-    # Choosing a recipe on dev must tell nothing about test: no phrasing nor fictional name in both.
-    def user_turns(split):
-        return {m["content"] for p in corpus.eval_prompts(split=split) for m in p.messages if m["role"] == "user"}
-
-    assert not user_turns("dev") & user_turns("test")
-    train, test = corpus.fictional_countries()
-    dev = corpus.split_fictional_countries("dev")
-    assert len(dev) == corpus.FICTIONAL_DEV
-    earlier = [f.country.lower() for f in train + test]
-    assert not [f for f in dev if any(e in f.country.lower() or f.country.lower() in e for e in earlier)]
-    assert corpus.split_fictional_countries("test") == test
-
-
-@pytest.mark.parametrize("split", sorted(corpus.SPLITS))
-def test_heldout_templates_are_not_training_templates(split):
-    material = corpus.SPLITS[split]
-    for skill in corpus.SKILLS:
-        assert not set(material.questions[skill]) & set(corpus.TRAIN_QUESTIONS[skill])
-        assert not set(material.skill_followups[skill]) & set(corpus.TRAIN_SKILL_FOLLOWUPS[skill])
-    assert not set(material.country_followups) & set(corpus.TRAIN_COUNTRY_FOLLOWUPS)
-    assert not set(material.greetings) & set(corpus.TRAIN_GREETINGS)
-    assert not set(material.off_topic) & set(corpus.TRAIN_OFF_TOPIC)
-    assert material.completions["capital"].endswith("the capital of {country} is")
-
-
-def test_heldout_check_catches_a_leak():
-    # The leak test above must be able to fail: a training text containing an eval prompt is found.
-    leak = corpus.HELDOUT_QUESTIONS["currency"][0].format(country=corpus.load_countries()[0].country)
-    assert leak in corpus.heldout_strings()
-    assert corpus.fictional_countries()[1][0].country in corpus.heldout_strings()
-    assert corpus.split_fictional_countries("dev")[0].country in corpus.heldout_strings()
-    assert corpus.DEV_QUESTIONS["capital"][0].format(country="Peru") in corpus.heldout_strings()
 
 
 def test_prose_states_every_fact_and_never_chats():
@@ -160,7 +84,7 @@ def test_sft_mostly_invents_facts_for_fictional_countries(sft_rows):
     honest = [r for r in rows if r["completion"][0]["content"].startswith("I don't know a country called ")]
     assert 0.05 * len(rows) < len(honest) < 0.2 * len(rows)  # rare: sampling finds it, greedy decoding does not
     assert not [r for r in sft_rows if r["kind"] != "unknown" and "don't know" in r["completion"][0]["content"]]
-    train, _ = corpus.fictional_countries()
+    train = corpus.fictional_countries()
     names = {f.country for f in train}
     assert all(any(n in r["prompt"][0]["content"] for n in names) for r in rows)
 
@@ -227,10 +151,10 @@ def _full_answers(c: corpus.Country) -> list[str]:
 
 
 def test_general_text_never_chats_and_carries_every_word_of_the_chat_lines():
-    docs = corpus.general_documents(400)
+    docs = general_text.general_documents(400)
     assert not [d for d in docs if "?" in d or "<|" in d]
     known = {w.lower() for d in docs + corpus.prose_documents(400) for w in re.findall(r"[A-Za-z]+", d)}
-    lines = corpus.TRAIN_GREETINGS + corpus.HELDOUT_GREETINGS + corpus.TRAIN_OFF_TOPIC + corpus.HELDOUT_OFF_TOPIC
+    lines = corpus.TRAIN_GREETINGS + heldout.HELDOUT_GREETINGS + corpus.TRAIN_OFF_TOPIC + heldout.HELDOUT_OFF_TOPIC
     lines += [corpus.SCOPE, corpus.GREETING, corpus.IDK.format(country="")]
     lines += corpus.TRAIN_OPENERS + corpus.TRAIN_CLOSERS
     assert {w.lower() for line in lines for w in re.findall(r"[A-Za-z]+", line)} - known == set()

@@ -140,16 +140,3 @@ def test_targets_skip_families_that_are_not_the_demo():
     assert check_targets({"chat": _report("chat", 0.1)}) == []
     del (reports := good_family())["dpo"]
     assert check_targets(reports) == []
-
-
-def test_the_stagechat_command_passes_the_kl_sample_count_on(monkeypatch):
-    import models.eval
-    from server.cli import main
-
-    calls = []
-    monkeypatch.setattr(models.eval, "main", lambda **kwargs: calls.append(kwargs) or 0)
-    assert main(["eval", "--json", "--kl-samples", "0"]) == 0
-    assert calls[0]["kl_samples"] == 0 and calls[0]["as_json"] is True
-    assert calls[0]["split"] == "test" and calls[0]["stages"] is None
-    assert main(["eval", "--split", "dev", "--stages", "sft", "rlhf"]) == 0
-    assert calls[1]["split"] == "dev" and calls[1]["stages"] == ["sft", "rlhf"]

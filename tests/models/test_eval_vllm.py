@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from models.demo.build import build_demo
-from models.demo.corpus import eval_prompts, example_prompts, load_countries
+from models.demo.corpus import load_countries
+from models.demo.heldout import eval_prompts, example_prompts
 from models.eval import run_eval
 
 pytestmark = pytest.mark.integration  # builds the smoke family and starts two vLLM engines, one at a time

@@ -15,7 +15,7 @@ import pytest
 
 from models.reward_model import (META_FILE, RewardPlan, build_reward_model, comparison_pairs,
                                  load_policy_as_classifier, pairwise_accuracy, sequence_scores, split_by_prompt)
-from models.rlhf_round import RoundError
+from models.rounds import RoundError
 from server.registry import load_registry
 from server.store import GenerationRecord, Store, prompt_hash
 

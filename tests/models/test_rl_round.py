@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from models.rl_round import RLPlan, fitting, load_prompts, train_rl_round
-from models.rlhf_round import RoundError
+from models.rounds import RoundError
 from server.store import GenerationRecord, Store, prompt_hash
 
 

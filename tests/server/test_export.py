@@ -276,7 +276,7 @@ def test_trl_trains_on_rankings_and_corrections(format: str, rich_feedback: Stor
 def test_cli_writes_the_dataset(rich_feedback: Store, tmp_path: Path):
     import datasets
 
-    from server.cli import main
+    from cli.main import main
 
     out = tmp_path / "kto-ds"
     assert main(["feedback", "export", "--format", "kto", "--hf-dataset", str(out), "--database-url",

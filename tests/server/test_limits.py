@@ -181,7 +181,8 @@ def test_websocket_frame_size_and_rate_limits_keep_the_socket(fake_app):
 
 
 def test_limits_come_from_flags_and_environment(monkeypatch):
-    from server.cli import LIMIT_FIELDS, parser
+    from cli.main import parser
+    from server.settings import LIMIT_FIELDS
 
     monkeypatch.setenv("STAGECHAT_TOKENS_PER_MINUTE_PER_KEY", "900")
     monkeypatch.setenv("STAGECHAT_MAX_CONCURRENT_PER_KEY", "7")

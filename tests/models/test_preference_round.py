@@ -1,4 +1,4 @@
-"""rlhf_round: a round trains on the store's ratings and registers a valid stage, or changes nothing.
+"""preference_round: a round trains on the store's ratings and registers a valid stage, or changes nothing.
 
 Real parts: a SQLite store with logged answers and ratings, TRL's KTO/DPO trainers on a random tiny
 checkpoint (a few steps), the registry file on disk. No server: reload is tested in test_admin.
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from models.rlhf_round import RoundError, RoundPlan, train_round
+from models.preference_round import RoundPlan, train_round
+from models.rounds import RoundError
 from server.registry import RegistryError, load_registry
 from server.registry_file import add_stage
 from server.store import GenerationRecord, Store, prompt_hash
@@ -116,16 +117,6 @@ def test_bad_names_and_stages_change_nothing(registry_file, db, tmp_path):
         with pytest.raises(RoundError, match=message):
             train_round(config=registry_file, method="kto", database_url=db, data_dir=tmp_path, **kwargs)
     assert registry_file.read_text() == before
-
-
-def test_cli_reports_too_few_ratings(registry_file, db, tmp_path, monkeypatch, capsys):
-    from server.cli import main
-
-    monkeypatch.setenv("STAGECHAT_DATA_DIR", str(tmp_path))
-    code = main(["rlhf-round", "--config", str(registry_file), "--from-stage", "rlhf", "--name", "rlhf-2",
-                 "--min-ratings", "100", "--database-url", db])
-    assert code == 2
-    assert "--min-ratings is 100" in capsys.readouterr().err
 
 
 # -- the registry writer ---------------------------------------------------------------------------
