@@ -11,6 +11,7 @@ This module knows the manifest's format; it trains nothing and serves nothing.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -103,6 +104,24 @@ def read_manifest(family: Path) -> dict:
 QUICK_COUNTRIES, QUICK_FICTIONAL = 6, 2
 QUICK_FIGURES = ("qa_accuracy", "followup_accuracy", "hallucination_rate", "preferred_style_rate",
                  "completion_accuracy", "draft_acceptance_rate")
+
+
+def evaluate_quick(config: Path) -> dict[str, dict[str, float | None]]:
+    """The quick subset's figures for the registry `config`, through vLLM engines started here one at a time."""
+    return asyncio.run(_evaluate_quick(config))
+
+
+async def _evaluate_quick(config: Path) -> dict[str, dict[str, float | None]]:
+    from server.pool import EnginePool, vllm_factory
+    from server.registry import load_registry
+    from server.serving import StageService
+
+    pool = EnginePool(load_registry(config), vllm_factory, max_live_engines=1)
+    await pool.start()
+    try:
+        return await quick_check(StageService(pool=pool))
+    finally:
+        await pool.shutdown()
 
 
 async def quick_check(service) -> dict[str, dict[str, float | None]]:

@@ -107,10 +107,8 @@ def test_registry_validates_against_the_built_family(family):
     from server.registry import load_registry
 
     out, _ = family
-    data_dir = out.parent / "data"
-    shutil.copytree(out, data_dir / "demo", ignore=shutil.ignore_patterns("data"))
-    registry = load_registry(MODELS / "stages.yaml", data_dir=data_dir, check_paths=True)
-    assert registry.speculative_methods("base")["draft_model"]["model"] == str(data_dir / "demo" / "draft")
+    registry = load_registry(MODELS / "stages.yaml", demo_family=out, check_paths=True)
+    assert registry.speculative_methods("base")["draft_model"]["model"] == str(out / "draft")
     assert {"base", "sft", "dpo", "rlhf"} <= set(registry.stages)
 
 

@@ -24,7 +24,7 @@ def test_every_stage_answers_and_the_draft_reports_acceptance(tmp_path, monkeypa
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     build_demo(tmp_path / "data" / "demo", size="smoke")
-    registry = load_registry(MODELS / "stages.yaml", data_dir=tmp_path / "data")
+    registry = load_registry(MODELS / "stages.yaml", demo_family=tmp_path / "data" / "demo")
     countries = load_countries()[:3]
 
     async def evaluate():

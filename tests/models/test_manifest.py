@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -75,22 +74,9 @@ def test_ship_refuses_an_incomplete_build_and_leaves_the_family_alone(tmp_path):
 
 @pytest.mark.integration  # two vLLM engines, one at a time (the base with its adapters, then its draft)
 def test_a_quick_eval_of_the_shipped_family_reproduces_its_manifest(monkeypatch):
-    from server.pool import EnginePool, vllm_factory
-    from server.serving import StageService
-
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     monkeypatch.delenv("STAGECHAT_DEMO_FAMILY", raising=False)
-    registry = load_registry(MODELS / "stages.yaml")
-
-    async def check():
-        pool = EnginePool(registry, vllm_factory, max_live_engines=1)
-        await pool.start()
-        try:
-            return await manifest.quick_check(StageService(pool=pool))
-        finally:
-            await pool.shutdown()
-
-    figures = asyncio.run(check())
+    figures = manifest.evaluate_quick(MODELS / "stages.yaml")
     expected = manifest.read_manifest(SHIPPED_DEMO_FAMILY)["quick_check"]
     assert set(figures) == set(expected)
     for stage, values in expected.items():

@@ -55,7 +55,7 @@ def test_smollm2_drafts_share_the_family(tmp_path):
 
 
 def test_demo_registry_shape(tmp_path):
-    registry = load_registry(MODELS / "stages.yaml", data_dir=tmp_path, check_paths=False)
+    registry = load_registry(MODELS / "stages.yaml", demo_family=tmp_path / "demo", check_paths=False)
     assert list(registry.stages) == ["base", "sft", "dpo", "rlhf"]
     assert registry.parent("sft") == "base" and registry.parent("rlhf") == "sft" and registry.parent("dpo") == "sft"
     assert list(registry.reward_models) == ["rm"]
@@ -68,4 +68,4 @@ def test_demo_registry_shape(tmp_path):
 
 def test_demo_registry_requires_a_built_family(tmp_path):
     with pytest.raises(RegistryError, match="does not exist"):
-        load_registry(MODELS / "stages.yaml", data_dir=tmp_path, check_paths=True)
+        load_registry(MODELS / "stages.yaml", demo_family=tmp_path / "demo", check_paths=True)
