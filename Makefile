@@ -50,8 +50,8 @@ build-demo: setup
 	$(VENV)/bin/stagechat build-demo --rebuild
 
 run: setup
-	$(if $(DEMO_FAMILY),STAGECHAT_DEMO_FAMILY=$(abspath $(DEMO_FAMILY))) \
-	  $(VENV)/bin/stagechat serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+	$(VENV)/bin/stagechat serve --config $(CONFIG) --host $(HOST) --port $(PORT) \
+	  $(if $(DEMO_FAMILY),--demo-family $(DEMO_FAMILY))
 
 # Debian packages the tests drive for real: Chromium (browser tests), PostgreSQL (store tests), and
 # podman + runc + debootstrap (the container test builds and runs the image on a local Debian base).

@@ -20,6 +20,9 @@ def add_parser(sub) -> None:
                        help="most vLLM engines alive at once (idle ones are evicted)")
     serve.add_argument("--no-log-prompts", action="store_true", help="do not store prompts and answers")
     serve.add_argument("--no-ui", action="store_true", help="API only, no Gradio UI at /")
+    serve.add_argument("--demo-family", default=None, metavar="DIR",
+                       help="the demo family the registry's {demo_family} names (default: STAGECHAT_DEMO_FAMILY, "
+                            "else the one shipped in models/demo/family/), e.g. a `build-demo --rebuild` output")
     serve.add_argument("--log-level", default="info")
     limits = serve.add_argument_group("limits", "0 turns a limit off; each also reads STAGECHAT_<NAME> "
                                       "(e.g. STAGECHAT_MAX_CONCURRENT_PER_KEY)")
@@ -35,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from server.app import build_app
     from server.registry import RegistryError
 
+    if args.demo_family:  # read wherever a registry is loaded: this server, its rounds, their reloads
+        os.environ["STAGECHAT_DEMO_FAMILY"] = str(Path(args.demo_family).resolve())
     settings = Settings.from_env(registry_path=Path(args.config).resolve(), database_url=args.database_url,
                                  log_prompts=False if args.no_log_prompts else None,
                                  **{name: getattr(args, name) for name in LIMIT_FIELDS})
