@@ -5,6 +5,7 @@
 #
 # (`--format docker` keeps the HEALTHCHECK, which the OCI format has no field for; docker build does that anyway.)
 #
+# Both carry the trained demo family (models/demo/family/, 17 MB) and serve it by default.
 # Both run `stagechat serve` as a non-root user on port 8000, keep checkpoints, rounds and the SQLite
 # store in the volume /data (STAGECHAT_DATA_DIR), and report healthy when GET /ready answers 200.
 # Point STAGECHAT_DATABASE_URL at PostgreSQL to share the store between replicas (compose.yaml).
@@ -40,6 +41,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     STAGECHAT_DATA_DIR=/data \
+    STAGECHAT_DEMO_FAMILY=/app/models/demo/family \
     VLLM_CPU_KVCACHE_SPACE=4
 RUN python3 -m venv /opt/venv
 
@@ -79,7 +81,8 @@ FROM ${GPU_BASE_IMAGE} AS gpu
 # vLLM's official image brings CUDA, torch and vLLM; stagechat adds its own dependencies beside them.
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    STAGECHAT_DATA_DIR=/data
+    STAGECHAT_DATA_DIR=/data \
+    STAGECHAT_DEMO_FAMILY=/app/models/demo/family
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
