@@ -27,8 +27,12 @@ async def ready(request: Request):
     missing = [{"model": model, "speculative": method or "off", "error": problem}
                for (model, method), engine in pool.engines().items()
                if (problem := getattr(engine, "problem", lambda: None)()) is not None]
-    if pool.ready and missing:
-        return JSONResponse({"status": "degraded", "missing": missing, "engines": engines}, status_code=503)
+    # Engines that died: restarting (with backoff), or left down after a crash loop (server/supervisor.py).
+    rewards = getattr(request.app.state.service, "rewards", None)
+    down = pool.down() + (rewards.down() if rewards is not None else [])
+    if pool.ready and (missing or down):
+        return JSONResponse({"status": "degraded", "missing": missing, "down": down, "engines": engines},
+                            status_code=503)
     if pool.ready:
         return {"status": "ready", "engines": engines}
     failure = getattr(request.app.state, "startup_error", None)

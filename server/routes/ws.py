@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from server.auth import authenticate
 from server import metrics
 from server.errors import APIError, bad_request, from_validation_errors, not_found, too_large
+from server.internal_errors import database_unavailable, internal_error, is_database_outage, request_id
 from server.limits import RateLimited, TokenBucket
 from server.protocol import ChatCompletionRequest, speculative_body
 from server.responses import reward_body
@@ -86,8 +87,11 @@ class Connection:
                 self.closed = True
                 raise _Gone() from exc
 
-    async def error(self, id: str | int | None, exc: APIError) -> None:
-        await self.send({"type": "error", "id": id, "error": exc.body()["error"]})
+    async def error(self, id: str | int | None, exc: APIError, gen: Generation | None = None) -> None:
+        frame: dict[str, Any] = {"type": "error", "id": id, "error": exc.body()["error"]}
+        if gen is not None:  # a generation that had started ends here (its engine died): say how it ended
+            frame.update(response_id=gen.id, finish_reason="error", usage=gen.usage())
+        await self.send(frame)
 
     # -- the receive loop ------------------------------------------------------------------------
 
@@ -203,10 +207,12 @@ class Connection:
         except _Gone:
             pass
         except APIError as exc:
-            await self.error(fid, exc)
-        except Exception:
-            log.exception("websocket generation %s failed", fid)
-            await self.error(fid, APIError(500, "The generation failed.", type="server_error", code="internal_error"))
+            await self.error(fid, exc, gen)
+        except Exception as exc:
+            rid = request_id()
+            log.error("request %s: websocket generation %s failed: %s: %s", rid, fid, type(exc).__name__, exc,
+                      exc_info=exc)
+            await self.error(fid, internal_error(rid), gen)
         finally:
             self.running.pop(fid, None)
 
@@ -265,6 +271,12 @@ class Connection:
                 obj = preference_object(result)
         except StoreError as exc:
             return await self.error(fid, _api_error(exc))
+        except Exception as exc:  # an error frame, never a task that dies silently: nothing was stored
+            rid = request_id()
+            outage = is_database_outage(exc)
+            log.error("request %s: websocket %s %s failed%s: %s: %s", rid, kind, fid,
+                      " (database unreachable)" if outage else "", type(exc).__name__, exc, exc_info=exc)
+            return await self.error(fid, database_unavailable(rid) if outage else internal_error(rid))
         try:
             await self.send({"type": "ack", "id": fid, kind: obj})
         except _Gone:
