@@ -259,7 +259,7 @@ class StageService:
         metrics.RUNNING.labels(stage).inc()
         stream = gen.route.engine.generate(gen.prompt_token_ids, gen.settings, gen.id, gen.route.adapter)
         held: list[Delta] = []  # finishing deltas wait for the reward scores, which the final chunk carries
-        died: EngineDead | None = None
+        failed: Exception | None = None
         try:
             async for batch in stream:
                 now = time.perf_counter()
@@ -290,8 +290,8 @@ class StageService:
                         continue
                 yield batch
             outcome = "ok"
-        except EngineDead as exc:  # ended below, in-band: the front doors say so, never a bare reset
-            died = exc
+        except Exception as exc:  # ended below, in-band: the front doors say so, never a bare reset
+            failed = exc
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
             # A stopped answer can still be rated: record it, without holding up the cancellation.
@@ -311,22 +311,27 @@ class StageService:
             if spec:
                 metrics.SPEC_DRAFT.labels(stage, spec.method).inc(spec.draft_tokens)
                 metrics.SPEC_ACCEPTED.labels(stage, spec.method).inc(spec.accepted_tokens)
-        if died is not None:
-            async for batch in self._died(gen, died, held):
+        if failed is not None:
+            async for batch in self._failed(gen, failed, held):
                 yield batch
         # Recorded before the caller sends its final frame, so a rating right after always finds it.
         await self._record(gen)
 
-    async def _died(self, gen: Generation, exc: EngineDead, held: list[Delta]) -> AsyncIterator[list[Delta]]:
-        """The engine died under `gen`: its unfinished answers finish with "error" (one last batch, which
-        the front doors render as usual), the pool restarts the engine, and the caller gets a 503."""
-        log.error("generation %s (stage %s) broken: its engine died: %s", gen.id, gen.stage, exc)
-        outage = self.pool.engine_died(gen.route.engine, str(exc))
+    async def _failed(self, gen: Generation, exc: Exception, held: list[Delta]) -> AsyncIterator[list[Delta]]:
+        """The engine failed under `gen`: its unfinished answers finish with "error" (one last batch, which
+        the front doors render as usual), then the caller gets the error. An engine that died is a 503
+        while the pool restarts it; anything else goes on as it was (the front doors log it, with an id)."""
+        outage = None
+        if isinstance(exc, EngineDead):
+            log.error("generation %s (stage %s) broken: its engine died: %s", gen.id, gen.stage, exc)
+            outage = self.pool.engine_died(gen.route.engine, str(exc))
         unfinished = [c for c in gen.choices if not c.finish_reason]
         for choice in unfinished:
             choice.finish_reason = "error"
         await self._record(gen)  # what was served is kept, marked "error"
         yield held + [Delta(c.index, "", [], finish_reason="error") for c in unfinished]
+        if not isinstance(exc, EngineDead):
+            raise exc
         if outage is not None:
             raise unavailable(f"Stage '{gen.stage}'", outage)
         raise APIError(503, f"Stage '{gen.stage}' is unavailable: its engine died during the generation; "

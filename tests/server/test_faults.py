@@ -130,6 +130,21 @@ def test_unexpected_exception_mid_stream_is_an_in_band_error(fake_app, monkeypat
     assert_error_body(events[-2], "internal_error") and events[-1] == "[DONE]"
 
 
+def test_an_engine_error_mid_stream_finishes_the_answer_with_error_in_band(healing):
+    def broken():
+        raise RuntimeError("the engine's output loop broke")
+
+    with healing(delay=0.02) as client:
+        with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
+            lines = r.iter_lines()
+            next(line for line in lines if line.startswith("data: "))
+            client.pool.built[BASE]._check_alive = broken
+            events = [line[6:] if line[6:] == "[DONE]" else json.loads(line[6:])
+                      for line in lines if line.startswith("data: ")]
+    assert [e for e in events if isinstance(e, dict) and e.get("choices")][-1]["choices"][0]["finish_reason"] == "error"
+    assert_error_body(events[-2], "internal_error") and events[-1] == "[DONE]"
+
+
 # -- B. engines heal ------------------------------------------------------------------------------
 
 
