@@ -267,10 +267,14 @@ class EnginePool:
     async def _restart(self, key: EngineKey, spec: EngineSpec, drain_seconds: float = 30.0) -> None:
         """Replace a live engine with one built from `spec`; requests arriving meanwhile wait for it."""
         async with self._lock:
-            old = self._engines[key]
+            old = self._engines.get(key)
+            if old is None:  # it died meanwhile: its supervisor restarts it, with today's spec
+                return
             deadline = time.monotonic() + drain_seconds
             while old.stats().running_requests and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)  # let running answers finish; later ones are aborted
+            if self._engines.get(key) is not old:  # it died while draining
+                return
             del self._engines[key]
             self._specs.pop(key, None)
             log.info("restarting engine %s: its adapters outgrew its LoRA slots", spec.model)

@@ -4,7 +4,9 @@ It turns a validated OpenAI request into a prompt for the right engine (chat tem
 defaults, context-length checks), streams the engine's deltas back, keeps the figures (usage,
 timings, speculation), has a reward model score the answers when asked (`server.rewards`; the
 finishing deltas wait for the scores, so a stream's final chunk carries them), records every answer
-in the store, and updates metrics. It knows nothing
+in the store (a log that cannot be written is logged and counted, never fails the answer), and
+updates metrics. An engine failing mid-way finishes the unfinished answers with "error" before the
+error reaches the front door (a dead engine: reported to the pool, a 503). It knows nothing
 about SSE, WebSocket frames or Gradio: front doors render `Generation` deltas their own way.
 """
 

@@ -12,7 +12,8 @@ Frames are JSON text. The client sends:
 
 The server answers a chat with `delta` frames (`text`, plus `logprobs` in the chat-completion shape
 when asked, plus `index` when n > 1) and ends every request with exactly one `done` or one `error`.
-A cancelled request's `done` says `"finish_reason":"cancelled"`. Feedback gets one `ack` or `error`.
+A cancelled request's `done` says `"finish_reason":"cancelled"`; a generation whose engine died mid-way
+ends with an `error` frame carrying `"finish_reason":"error"`, its `response_id` and `usage`. Feedback gets one `ack` or `error`.
 Anything malformed gets an `error` frame (`id` null when it has none) and the socket stays open; a
 closed socket aborts all of its generations. This module renders frames; it knows nothing of
 engines or templates beyond what `StageService` and `Generation` expose.

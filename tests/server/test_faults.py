@@ -11,11 +11,11 @@ import json
 import logging
 import threading
 import time
+from typing import ClassVar
 
 import pytest
 from prometheus_client import REGISTRY as PROMETHEUS
 from starlette.middleware import Middleware
-from starlette.testclient import TestClient
 
 from server import serving
 from server.app import create_app
@@ -251,7 +251,7 @@ class DyingRewardEngine:
     """A reward engine that scores 1.0 until it dies."""
 
     max_model_len = 64
-    instances: list[DyingRewardEngine] = []
+    instances: ClassVar[list[DyingRewardEngine]] = []
 
     def __init__(self, model: str, engine_args: dict):
         self.tokenizer = FakeTokenizer()
@@ -309,6 +309,8 @@ class BrokenStore:
         time.sleep(self.hang)
         raise OperationalError("INSERT", {}, ConnectionRefusedError("connection refused"))
 
+    rate = prefer = rank = correct = lambda self, *args, **kwargs: self.record_generations(())
+
     def close(self) -> None:
         pass
 
@@ -330,3 +332,16 @@ def test_chat_answers_when_the_generation_log_cannot_be_written(fake_app, monkey
         with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as s:
             assert sse_events(s)[-1] == "[DONE]"
     assert log_failures() == before + 2
+
+
+def test_a_rating_while_the_database_is_down_is_a_503_json_on_both_doors(fake_app):
+    app, pool = fake_app(store=BrokenStore())
+    rating = {"response_id": "chatcmpl-1", "rating": "up"}
+    with ready_client(app, pool) as client:
+        r = client.post("/v1/feedback", json=rating)
+        assert r.status_code == 503 and int(r.headers["retry-after"]) > 0
+        assert_error_body(r.json(), "store_unavailable")
+        with client.websocket_connect("/v1/ws") as ws:
+            ws.send_text(json.dumps({"type": "feedback", "id": "f1", **rating}))
+            frame = json.loads(ws.receive_text())
+    assert frame["type"] == "error" and frame["id"] == "f1" and frame["error"]["code"] == "store_unavailable"
