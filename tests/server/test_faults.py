@@ -16,6 +16,7 @@ from typing import ClassVar
 import pytest
 from prometheus_client import REGISTRY as PROMETHEUS
 from starlette.middleware import Middleware
+from starlette.testclient import TestClient
 
 from server import serving
 from server.app import create_app
@@ -345,3 +346,15 @@ def test_a_rating_while_the_database_is_down_is_a_503_json_on_both_doors(fake_ap
             ws.send_text(json.dumps({"type": "feedback", "id": "f1", **rating}))
             frame = json.loads(ws.receive_text())
     assert frame["type"] == "error" and frame["id"] == "f1" and frame["error"]["code"] == "store_unavailable"
+
+
+def test_ready_reports_a_database_that_does_not_answer(fake_app, tmp_path):
+    from sqlalchemy import create_engine
+
+    store = BrokenStore()
+    store.engine = create_engine(f"sqlite:///{tmp_path / 'missing' / 'no.db'}")  # its folder does not exist
+    app, pool = fake_app(store=store)
+    with TestClient(app) as client:
+        r = poll(lambda: (r := client.get("/ready")).json().get("store") and r)
+        assert r.status_code == 503 and r.json()["status"] == "degraded"
+        assert "OperationalError" in r.json()["store"]["error"]
