@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server import metrics
 from server.engine import AdapterRef, Engine
 from server.errors import APIError, bad_request, not_found
 from server.registry import SPECULATIVE_OFF, Registry, RemoteSpec
@@ -199,7 +200,7 @@ class EnginePool:
 
         A stream it broke and the watcher may both report it: the first report counts."""
         key = next((k for k, e in self._engines.items() if e is engine), None)
-        if key is None:
+        if key is None or not self.ready:  # not ours any more, or the pool is shutting down
             return self._outage_of(engine)
         del self._engines[key]
         spec = self._specs.pop(key, None)
@@ -262,6 +263,7 @@ class EnginePool:
             self._engines[key] = engine
             self._specs[key] = spec
             self._last_used[key] = time.monotonic()
+            metrics.ENGINE_RESTARTS.labels(engine_label(key))  # listed in /metrics from the start, at 0
             return engine
 
     async def _restart(self, key: EngineKey, spec: EngineSpec, drain_seconds: float = 30.0) -> None:

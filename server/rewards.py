@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from server import metrics
 from server.engine import EngineDead
 from server.errors import APIError, bad_request, not_found
 from server.registry import Registry
@@ -125,7 +126,7 @@ class RewardService:
     def engine_died(self, engine: RewardEngine, reason: str) -> None:
         """`engine` died: out of service now; the supervisor restarts it (a second report is ignored)."""
         model = next((m for m, e in self._engines.items() if e is engine), None)
-        if model is None:
+        if model is None or not self.ready:  # not ours any more, or shutting down
             return
         del self._engines[model]
         self._burials.add(task := asyncio.get_running_loop().create_task(self._bury(engine)))
@@ -160,8 +161,9 @@ class RewardService:
         old = self.registry
         self.registry = registry
         try:
-            for name in registry.reward_models:
-                await self._engine(name)
+            for name, rm in registry.reward_models.items():
+                if self.supervisor.outage(rm.model) is None:  # one that is down comes back by itself
+                    await self._engine(name)
         except Exception:
             self.registry = old
             raise
@@ -181,6 +183,7 @@ class RewardService:
                 engine = self.factory(model, dict(self.registry.engine))
                 await engine.start()
                 self._engines[model] = engine
+                metrics.ENGINE_RESTARTS.labels(f"reward:{model}")  # listed in /metrics from the start, at 0
             return self._engines[model]
 
     async def shutdown(self) -> None:
