@@ -22,6 +22,7 @@ from server import body_limit
 from server.body_limit import BodyLimitMiddleware, BodyTooLarge
 from server.contract import MethodNotAllowedMiddleware, openapi_schema
 from server.errors import APIError, from_store_error, from_validation_errors
+from server.internal_errors import InternalErrorMiddleware
 from server.limits import Limiter
 from server.pool import SPARE_LORA_SLOTS, EnginePool, engine_factory
 from server.registry import load_registry
@@ -94,6 +95,9 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
     app.openapi = lambda: openapi_schema(app)
     app.add_middleware(MethodNotAllowedMiddleware, routes_of=lambda: app.router.routes)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Outermost of ours (inside Starlette's plain-text ServerErrorMiddleware): whatever fails anywhere
+    # below, routes or middleware, leaves as an OpenAI error body with a request id (server/internal_errors.py).
+    app.add_middleware(InternalErrorMiddleware)
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(tokenize.router)

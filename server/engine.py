@@ -31,6 +31,12 @@ class EngineRequestError(ValueError):
         self.param = param
 
 
+class EngineDead(RuntimeError):
+    """The engine died (its process was killed, its core crashed): nothing it was running will finish,
+    and nothing more will run on it until it is restarted. `generate` raises it mid-stream; the pool's
+    supervisor (`server.supervisor`) restarts the engine."""
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """Decoding settings of one request, already validated (plain data, engine-neutral)."""
@@ -148,5 +154,8 @@ class Engine(Protocol):
     async def abort(self, request_id: str) -> None: ...
 
     def stats(self) -> EngineStats: ...
+
+    def dead(self) -> str | None:
+        """None while the engine can serve; once it has died, why (cheap: the pool polls it)."""
 
     async def shutdown(self) -> None: ...

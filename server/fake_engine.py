@@ -2,7 +2,8 @@
 
 It "generates" the words of a script one token at a time (a token is a word with its leading
 space), honours max_tokens (0: score only), stop strings, n, logprobs, prompt logprobs and abort,
-and counts running requests like vLLM does. Structured outputs it cannot decode: `check` refuses
+and counts running requests like vLLM does. `die()` kills it as the OOM killer would a vLLM worker:
+streams in flight raise `EngineDead` at their next token, and `dead()` says so. Structured outputs it cannot decode: `check` refuses
 them, as an engine without a structured-output backend would. It knows no model: what it says is the script, whatever the prompt. Integration tests
 use `VllmEngine` on a real checkpoint instead.
 """
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator
 from server.engine import (
     AdapterRef,
     Delta,
+    EngineDead,
     EngineRequestError,
     EngineStats,
     SamplingSettings,
@@ -69,9 +71,21 @@ class ScriptedEngine:
         self.aborted: list[str] = []
         self.requests: list[tuple[list[int], SamplingSettings, AdapterRef | None]] = []
         self.started = False
+        self.death: str | None = None
 
     async def start(self) -> None:
         self.started = True
+
+    def die(self, reason: str = "EngineCore encountered an issue.") -> None:
+        """Die now: every stream in flight fails at its next token; nothing more runs."""
+        self.death = reason
+
+    def dead(self) -> str | None:
+        return self.death
+
+    def _check_alive(self) -> None:
+        if self.death is not None:
+            raise EngineDead(self.death)
 
     async def warm_up(self, adapters: list[AdapterRef]) -> None:
         pass
@@ -85,6 +99,7 @@ class ScriptedEngine:
 
     async def generate(self, prompt_token_ids: list[int], settings: SamplingSettings, request_id: str,
                        adapter: AdapterRef | None = None) -> AsyncIterator[list[Delta]]:
+        self._check_alive()
         self.requests.append((prompt_token_ids, settings, adapter))
         self.running.add(request_id)
         tokens = re.findall(r"\s*\S+", self.script)
@@ -107,6 +122,7 @@ class ScriptedEngine:
                     await asyncio.sleep(self.delay)
                 else:
                     await asyncio.sleep(0)
+                self._check_alive()
                 batch = []
                 for i in range(settings.n):
                     if done[i]:

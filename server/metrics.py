@@ -24,3 +24,9 @@ LIMIT = Gauge("stagechat_limit", "Configured admission limits (0 = off)", ["limi
 IN_FLIGHT = Gauge("stagechat_in_flight_requests", "Generations admitted and not yet finished")
 RATE_LIMITED = Counter("stagechat_rate_limited", "Requests refused with 429, by limit", ["limit"])
 TOO_LARGE = Counter("stagechat_too_large", "Requests or WebSocket frames refused as too large", ["door"])
+# Faults (server/supervisor.py, server/serving.py): engines restarted after dying, and answers served
+# whose generation-log row could not be written (the store was down).
+ENGINE_RESTARTS = Counter("stagechat_engine_restarts", "Engines restarted after dying", ["engine"])
+ENGINE_DEATHS = Counter("stagechat_engine_deaths", "Engines found dead", ["engine"])
+GENERATION_LOG_FAILURES = Counter("stagechat_generation_log_failures",
+                                  "Served answers whose generation-log row could not be written")

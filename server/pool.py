@@ -7,7 +7,9 @@ At most `max_live_engines` run at once, because engines on a small CPU starve ea
 one more evicts the least recently used idle engine, and when none is idle the request gets a 503.
 `reload` adopts a changed registry while serving: a new adapter stage rides on its running engine
 at once (each engine starts with `spare_lora_slots` free LoRA slots for that), and an engine whose
-adapters outgrow its slots or rank restarts. The pool knows engines and adapters, nothing about HTTP
+adapters outgrow its slots or rank restarts. An engine that dies (noticed by a watcher polling
+`dead()`, or by a stream it broke: `engine_died`) is restarted by the pool's `Supervisor` with
+backoff; meanwhile its stages get a 503 naming them, and the other engines keep serving. The pool knows engines and adapters, nothing about HTTP
 or OpenAI types.
 """
 
@@ -22,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server import metrics
 from server.engine import AdapterRef, Engine
 from server.errors import APIError, bad_request, not_found
 from server.registry import SPECULATIVE_OFF, Registry, RemoteSpec
+from server.supervisor import Outage, Supervisor, unavailable, watch
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,10 @@ class EnginePool:
         self._last_used: dict[EngineKey, float] = {}
         self._lock = asyncio.Lock()
         self.ready = False
+        self.supervisor = Supervisor()
+        self._watcher: asyncio.Task | None = None
+        self._burials: set[asyncio.Task] = set()  # dead engines being shut down
+        self._dead: dict[int, EngineKey] = {}  # id(dead engine) -> its key, for streams that report it late
         self.set_registry(registry)
 
     def set_registry(self, registry: Registry) -> None:
@@ -141,6 +149,8 @@ class EnginePool:
 
     async def route(self, stage: str, speculative: str | None = None) -> Route:
         key, adapter = self.resolve(stage, speculative)
+        if (outage := self.supervisor.outage(key)) is not None:
+            raise unavailable(f"Stage '{stage}'", outage)
         engine = self._engines.get(key) or await self._start(key, self._spec_for(stage, key))
         self._last_used[key] = time.monotonic()
         return Route(engine, adapter, key[1])
@@ -178,6 +188,65 @@ class EnginePool:
             if key not in self._engines:
                 await self._start(key, self._spec_for(stage, key))
         self.ready = True
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(
+                watch(self.engines, lambda key, engine, reason: self.engine_died(engine, reason)))
+
+    # -- healing ---------------------------------------------------------------------------------
+
+    def engine_died(self, engine: Engine, reason: str) -> Outage | None:
+        """`engine` died: take it out of service now and have the supervisor restart it; returns the
+        outage (None when the engine is no longer the pool's: already replaced).
+
+        A stream it broke and the watcher may both report it: the first report counts."""
+        key = next((k for k, e in self._engines.items() if e is engine), None)
+        if key is None or not self.ready:  # not ours any more, or the pool is shutting down
+            return self._outage_of(engine)
+        del self._engines[key]
+        spec = self._specs.pop(key, None)
+        self._bury(engine)
+
+        async def restart() -> None:
+            await self._start(key, self._fresh_spec(key, spec))
+
+        self.supervisor.died(key, engine_label(key), reason, restart)
+        self._dead[id(engine)] = key
+        return self.supervisor.outage(key)
+
+    def _outage_of(self, engine: Engine) -> Outage | None:
+        key = self._dead.get(id(engine))
+        return self.supervisor.outage(key) if key is not None else None
+
+    def _bury(self, engine: Engine) -> None:
+        async def shut_down() -> None:
+            try:
+                await engine.shutdown()
+            except Exception:  # it is dead already: what is left to free is best effort
+                log.warning("shutting down a dead engine failed", exc_info=True)
+
+        self._burials.add(task := asyncio.get_running_loop().create_task(shut_down()))
+        task.add_done_callback(self._burials.discard)
+
+    def _fresh_spec(self, key: EngineKey, old: EngineSpec | None) -> EngineSpec:
+        """The spec to restart `key` with, from today's registry (a reload may have come meanwhile)."""
+        for stage in self.registry.stages:
+            if self.registry.checkpoint(self.registry.root(stage)) != key[0]:
+                continue
+            if key[1] is None or key[1] in self.registry.speculative_methods(stage):
+                return self._spec_for(stage, key)
+        if old is None:
+            raise RuntimeError(f"no stage of the registry is served by engine {engine_label(key)} any more")
+        return old
+
+    def down(self) -> list[dict[str, Any]]:
+        """The engines that are down (restarting, or stopped after a crash loop), with their stages."""
+        registry = self.registry
+        return [{**outage.describe(), "model": key[0], "speculative": key[1] or "off",
+                 "stages": [s for s in registry.stages if registry.checkpoint(registry.root(s)) == key[0]]}
+                for key, outage in self.supervisor.down.items()]
+
+    def outage(self, key: EngineKey) -> Outage | None:
+        return self.supervisor.outage(key)
 
     async def _start(self, key: EngineKey, spec: EngineSpec) -> Engine:
         async with self._lock:  # one engine starts at a time: two starting at once starve each other
@@ -194,15 +263,20 @@ class EnginePool:
             self._engines[key] = engine
             self._specs[key] = spec
             self._last_used[key] = time.monotonic()
+            metrics.ENGINE_RESTARTS.labels(engine_label(key))  # listed in /metrics from the start, at 0
             return engine
 
     async def _restart(self, key: EngineKey, spec: EngineSpec, drain_seconds: float = 30.0) -> None:
         """Replace a live engine with one built from `spec`; requests arriving meanwhile wait for it."""
         async with self._lock:
-            old = self._engines[key]
+            old = self._engines.get(key)
+            if old is None:  # it died meanwhile: its supervisor restarts it, with today's spec
+                return
             deadline = time.monotonic() + drain_seconds
             while old.stats().running_requests and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)  # let running answers finish; later ones are aborted
+            if self._engines.get(key) is not old:  # it died while draining
+                return
             del self._engines[key]
             self._specs.pop(key, None)
             log.info("restarting engine %s: its adapters outgrew its LoRA slots", spec.model)
@@ -235,10 +309,21 @@ class EnginePool:
 
     async def shutdown(self) -> None:
         self.ready = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        await self.supervisor.shutdown()
+        await asyncio.gather(*self._burials, return_exceptions=True)
         for engine in self._engines.values():
             await engine.shutdown()
         self._engines.clear()
         self._specs.clear()
+
+
+def engine_label(key: EngineKey) -> str:
+    """An engine's name in the log, `/ready` and the metrics: its checkpoint, `+method` when speculative."""
+    model, method = key
+    return model if method is None else f"{model}+{method}"
 
 
 def _fits(spec: EngineSpec, adapters: list[AdapterRef]) -> bool:

@@ -19,7 +19,8 @@ import logging
 import os
 from typing import Any
 
-from server.vllm_engine import DEFAULT_CPU_KVCACHE_GIB, _cpu_lists_in_use, _pick_cpu_list, with_default_dtype
+from server.engine import EngineDead
+from server.vllm_engine import DEFAULT_CPU_KVCACHE_GIB, _cpu_lists_in_use, _death_of, _pick_cpu_list, with_default_dtype
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,19 @@ class VllmRewardEngine:
 
         params = PoolingParams(task="classify", use_activation=False)
         result = None
-        async for result in self._llm.encode(TokensPrompt(prompt_token_ids=ids), params, f"rm-{next(_ids)}"):
-            pass
+        if (reason := self.dead()) is not None:
+            raise EngineDead(reason)
+        try:
+            async for result in self._llm.encode(TokensPrompt(prompt_token_ids=ids), params, f"rm-{next(_ids)}"):
+                pass
+        except Exception as exc:
+            if (reason := self.dead()) is not None:  # the supervisor restarts it (server/rewards.py)
+                raise EngineDead(reason) from exc
+            raise
         return float(result.outputs.data.reshape(-1)[0])
+
+    def dead(self) -> str | None:
+        return _death_of(self._llm)
 
     async def shutdown(self) -> None:
         if self._llm is not None:

@@ -6,7 +6,8 @@ ones), and how an answer is shown to a reward model — exactly as TRL's `Reward
 `RLOOTrainer` show it in training: the chat template over the prompt's messages plus the answer as
 an assistant message (a plain transcript when the checkpoint has no template), or, for a text
 prompt, prompt + answer + EOS. Tokenising runs in a worker thread and the engine in its own
-processes, so scoring never holds up the event loop.
+processes, so scoring never holds up the event loop. A reward engine that dies is restarted by a
+`Supervisor` (server/supervisor.py) with backoff; meanwhile scoring with it is a 503 naming the model.
 
 What it does not know: HTTP, OpenAI bodies, or how answers are generated (`server.serving` asks
 it to score finished answers; `server.routes.rewards` serves `POST /v1/rewards`).
@@ -20,8 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from server import metrics
+from server.engine import EngineDead
 from server.errors import APIError, bad_request, not_found
 from server.registry import Registry
+from server.supervisor import Supervisor, unavailable, watch
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,9 @@ class RewardService:
         self._engines: dict[str, RewardEngine] = {}  # by checkpoint path: two names may share one
         self._lock = asyncio.Lock()
         self.ready = not registry.reward_models
+        self.supervisor = Supervisor()
+        self._watcher: asyncio.Task | None = None
+        self._burials: set[asyncio.Task] = set()  # dead engines being shut down
 
     # -- what is served ------------------------------------------------------------------------------
 
@@ -110,6 +117,41 @@ class RewardService:
         for name in self.registry.reward_models:
             await self._engine(name)
         self.ready = True
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(
+                watch(lambda: dict(self._engines), lambda model, engine, reason: self.engine_died(engine, reason)))
+
+    # -- healing -------------------------------------------------------------------------------------
+
+    def engine_died(self, engine: RewardEngine, reason: str) -> None:
+        """`engine` died: out of service now; the supervisor restarts it (a second report is ignored)."""
+        model = next((m for m, e in self._engines.items() if e is engine), None)
+        if model is None or not self.ready:  # not ours any more, or shutting down
+            return
+        del self._engines[model]
+        self._burials.add(task := asyncio.get_running_loop().create_task(self._bury(engine)))
+        task.add_done_callback(self._burials.discard)
+
+        async def restart() -> None:
+            async with self._lock:
+                fresh = self.factory(model, dict(self.registry.engine))
+                await fresh.start()
+                self._engines[model] = fresh
+
+        self.supervisor.died(model, f"reward:{model}", reason, restart)
+
+    @staticmethod
+    async def _bury(engine: RewardEngine) -> None:
+        try:
+            await engine.shutdown()
+        except Exception:  # it is dead already: what is left to free is best effort
+            log.warning("shutting down a dead reward engine failed", exc_info=True)
+
+    def down(self) -> list[dict[str, Any]]:
+        """The reward engines that are down, with the reward models they serve."""
+        return [{**outage.describe(), "model": model,
+                 "reward_models": [n for n, rm in self.registry.reward_models.items() if rm.model == model]}
+                for model, outage in self.supervisor.down.items()]
 
     async def reload(self, registry: Registry) -> list[str]:
         """Adopt a changed registry: start engines for new reward models, stop unused ones; returns
@@ -119,8 +161,9 @@ class RewardService:
         old = self.registry
         self.registry = registry
         try:
-            for name in registry.reward_models:
-                await self._engine(name)
+            for name, rm in registry.reward_models.items():
+                if self.supervisor.outage(rm.model) is None:  # one that is down comes back by itself
+                    await self._engine(name)
         except Exception:
             self.registry = old
             raise
@@ -132,16 +175,23 @@ class RewardService:
 
     async def _engine(self, name: str) -> RewardEngine:
         model = self.registry.reward_models[name].model
+        if (outage := self.supervisor.outage(model)) is not None:
+            raise unavailable(f"Reward model '{name}'", outage)
         async with self._lock:  # one engine starts at a time: two starting at once starve each other
             if model not in self._engines:
                 log.info("starting reward engine %s (%s)", name, model)
                 engine = self.factory(model, dict(self.registry.engine))
                 await engine.start()
                 self._engines[model] = engine
+                metrics.ENGINE_RESTARTS.labels(f"reward:{model}")  # listed in /metrics from the start, at 0
             return self._engines[model]
 
     async def shutdown(self) -> None:
         self.ready = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        await self.supervisor.shutdown()
         for engine in self._engines.values():
             await engine.shutdown()
         self._engines.clear()
@@ -164,7 +214,17 @@ class RewardService:
             return prompts
 
         prompts = await asyncio.to_thread(tokenise)  # chat templates and tokenisers are CPU work
-        return await engine.score(prompts)
+        try:
+            return await engine.score(prompts)
+        except EngineDead as exc:
+            log.error("reward model %s: its engine died: %s", name, exc)
+            self.engine_died(engine, str(exc))
+            outage = self.supervisor.outage(self.registry.reward_models[name].model)
+            if outage is None:  # reported already, and restarted since
+                raise APIError(503, f"Reward model '{name}' is unavailable: its engine died; retry shortly.",
+                               type="service_unavailable", code="engine_restarting",
+                               headers={"Retry-After": "1"}) from None
+            raise unavailable(f"Reward model '{name}'", outage) from None
 
     async def score_answers(self, name: str, prompt: Prompt, answers: list[str]) -> list[Score]:
         """Scores of a generation's answers; one that does not fit gets a Score with the reason."""

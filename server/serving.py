@@ -4,7 +4,9 @@ It turns a validated OpenAI request into a prompt for the right engine (chat tem
 defaults, context-length checks), streams the engine's deltas back, keeps the figures (usage,
 timings, speculation), has a reward model score the answers when asked (`server.rewards`; the
 finishing deltas wait for the scores, so a stream's final chunk carries them), records every answer
-in the store, and updates metrics. It knows nothing
+in the store (a log that cannot be written is logged and counted, never fails the answer), and
+updates metrics. An engine failing mid-way finishes the unfinished answers with "error" before the
+error reaches the front door (a dead engine: reported to the pool, a 503). It knows nothing
 about SSE, WebSocket frames or Gradio: front doors render `Generation` deltas their own way.
 """
 
@@ -21,14 +23,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from server import metrics
-from server.engine import Delta, EngineRequestError, SamplingSettings, SpeculativeFigures, TokenLogprob
-from server.errors import bad_request, not_ready
+from server.engine import Delta, EngineDead, EngineRequestError, SamplingSettings, SpeculativeFigures, TokenLogprob
+from server.errors import APIError, bad_request, not_ready
 from server.generation_log import GenerationLog
 from server.limits import Lease, Limiter
 from server.pool import EnginePool, Route
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.rewards import RewardService, Score
 from server.store.records import GenerationRecord, prompt_hash
+from server.supervisor import unavailable
 from server.tools import template_tools
 
 log = logging.getLogger(__name__)
@@ -258,6 +261,7 @@ class StageService:
         metrics.RUNNING.labels(stage).inc()
         stream = gen.route.engine.generate(gen.prompt_token_ids, gen.settings, gen.id, gen.route.adapter)
         held: list[Delta] = []  # finishing deltas wait for the reward scores, which the final chunk carries
+        failed: Exception | None = None
         try:
             async for batch in stream:
                 now = time.perf_counter()
@@ -288,6 +292,8 @@ class StageService:
                         continue
                 yield batch
             outcome = "ok"
+        except Exception as exc:  # ended below, in-band: the front doors say so, never a bare reset
+            failed = exc
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
             # A stopped answer can still be rated: record it, without holding up the cancellation.
@@ -307,8 +313,32 @@ class StageService:
             if spec:
                 metrics.SPEC_DRAFT.labels(stage, spec.method).inc(spec.draft_tokens)
                 metrics.SPEC_ACCEPTED.labels(stage, spec.method).inc(spec.accepted_tokens)
+        if failed is not None:
+            async for batch in self._failed(gen, failed, held):
+                yield batch
         # Recorded before the caller sends its final frame, so a rating right after always finds it.
         await self._record(gen)
+
+    async def _failed(self, gen: Generation, exc: Exception, held: list[Delta]) -> AsyncIterator[list[Delta]]:
+        """The engine failed under `gen`: its unfinished answers finish with "error" (one last batch, which
+        the front doors render as usual), then the caller gets the error. An engine that died is a 503
+        while the pool restarts it; anything else goes on as it was (the front doors log it, with an id)."""
+        outage = None
+        if isinstance(exc, EngineDead):
+            log.error("generation %s (stage %s) broken: its engine died: %s", gen.id, gen.stage, exc)
+            outage = self.pool.engine_died(gen.route.engine, str(exc))
+        unfinished = [c for c in gen.choices if not c.finish_reason]
+        for choice in unfinished:
+            choice.finish_reason = "error"
+        await self._record(gen)  # what was served is kept, marked "error"
+        yield held + [Delta(c.index, "", [], finish_reason="error") for c in unfinished]
+        if not isinstance(exc, EngineDead):
+            raise exc
+        if outage is not None:
+            raise unavailable(f"Stage '{gen.stage}'", outage)
+        raise APIError(503, f"Stage '{gen.stage}' is unavailable: its engine died during the generation; "
+                            "retry shortly.", type="service_unavailable", code="engine_restarting",
+                       headers={"Retry-After": "1"})
 
     async def _score(self, gen: Generation) -> None:
         """Every answer's reward; a failure leaves the answers unscored (and says why), never fails them."""
@@ -348,10 +378,20 @@ class StageService:
                 reward_score=choice.reward.score if choice.reward else None,
             ))
         try:
-            await self._log.write(records)
-        except Exception:  # the answer was served; a failed log must not turn it into an error
-            log.exception("could not record generation %s", gen.id)
+            # Bounded: an unreachable database must not hold the answer's last frame. The write goes on
+            # in the background (shielded), so a store that is only slow still gets the row.
+            await asyncio.wait_for(asyncio.shield(self._log.write(records)), GENERATION_LOG_WAIT)
+        except Exception as exc:  # the answer was served; a failed log must not turn it into an error
+            metrics.GENERATION_LOG_FAILURES.inc()
+            if isinstance(exc, TimeoutError):
+                log.error("could not record generation %s within %.0f s (is the database down?); the answer "
+                          "is served unrecorded", gen.id, GENERATION_LOG_WAIT)
+            else:
+                log.exception("could not record generation %s; the answer is served unrecorded", gen.id)
 
+
+# Seconds an answer's last frame waits for its generation-log row before going out without it.
+GENERATION_LOG_WAIT = 10.0
 
 # Prompts longer than this (characters) are templated and tokenised in a worker thread: a big one
 # takes seconds of CPU (16 MB froze /health for 22 s), while a short one costs less than the hop.

@@ -3,7 +3,8 @@
 One instance serves one checkpoint with one speculative configuration; LoRA adapters ride on it
 per request. It turns `SamplingSettings` into vLLM's `SamplingParams`, streams output as deltas
 (vLLM's DELTA output kind: no re-sending of text already sent) and aborts requests whose consumer
-went away. It knows nothing about stages, chat templates or HTTP.
+went away. When vLLM reports its engine core dead (`AsyncLLM.errored`: the core or its worker process
+exited), streams raise `EngineDead` and `dead()` says so, for the pool to restart it. It knows nothing about stages, chat templates or HTTP.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from server.engine import (
     AdapterRef,
     Delta,
+    EngineDead,
     EngineRequestError,
     EngineStats,
     SamplingSettings,
@@ -152,6 +154,8 @@ class VllmEngine:
 
         params = _sampling_params(settings)
         lora = LoRARequest(adapter.name, adapter.int_id, adapter.path) if adapter else None
+        if (reason := self.dead()) is not None:
+            raise EngineDead(reason)
         stream = self._llm.generate(self._engine_input(prompt_token_ids), params, request_id, lora_request=lora)
         finished = False
         score_only = settings.max_tokens == 0  # vLLM generates at least one token: drop it
@@ -169,6 +173,11 @@ class VllmEngine:
                         prompt_token_ids, output.prompt_logprobs, settings.prompt_logprobs or 0)
                 yield batch
                 finished = output.finished
+        except Exception as exc:
+            if (reason := self.dead()) is not None:  # vLLM's EngineDeadError, or whatever the death broke
+                finished = True  # nothing left to abort
+                raise EngineDead(reason) from exc
+            raise
         finally:
             if placement is not None:
                 placement.finished()
@@ -229,6 +238,9 @@ class VllmEngine:
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)
 
+    def dead(self) -> str | None:
+        return _death_of(self._llm)
+
     def stats(self) -> EngineStats:
         if self._llm is None:
             return EngineStats()
@@ -242,6 +254,14 @@ class VllmEngine:
         if self._cpus is not None:
             _cpu_lists_in_use[self._cpus] -= 1
             self._cpus = None
+
+
+def _death_of(llm) -> str | None:
+    """Why a started `AsyncLLM` can serve no more (None while it can): its engine core died (vLLM's
+    `errored`: the core process exited or reported its worker's death) or its output loop ended."""
+    if llm is None or not llm.errored:
+        return None
+    return f"{type(llm.dead_error).__name__}: {llm.dead_error}"
 
 
 def _scheduler_placement(llm, bind: str | None) -> SchedulerPlacement | None:

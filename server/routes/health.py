@@ -1,6 +1,13 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+`/ready` is 200 only when every engine is warm and serving and the store's database answers; an
+engine that died (restarting, or left down after a crash loop), a remote engine that is unreachable
+or a database that does not answer within `STORE_PROBE_SECONDS` make it a 503 "degraded" naming them.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -9,6 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from server import metrics
 
 router = APIRouter()
+
+# The longest `/ready` waits for the database to answer `SELECT 1`.
+STORE_PROBE_SECONDS = 2.0
 
 
 @router.get("/health")
@@ -27,13 +37,45 @@ async def ready(request: Request):
     missing = [{"model": model, "speculative": method or "off", "error": problem}
                for (model, method), engine in pool.engines().items()
                if (problem := getattr(engine, "problem", lambda: None)()) is not None]
-    if pool.ready and missing:
-        return JSONResponse({"status": "degraded", "missing": missing, "engines": engines}, status_code=503)
+    # Engines that died: restarting (with backoff), or left down after a crash loop (server/supervisor.py).
+    rewards = getattr(request.app.state.service, "rewards", None)
+    down = pool.down() + (rewards.down() if rewards is not None else [])
+    store_error = await _store_problem(request.app)
+    if pool.ready and (missing or down or store_error):
+        body = {"status": "degraded", "missing": missing, "down": down, "engines": engines}
+        if store_error:
+            body["store"] = {"error": store_error}
+        return JSONResponse(body, status_code=503)
     if pool.ready:
         return {"status": "ready", "engines": engines}
     failure = getattr(request.app.state, "startup_error", None)
     return JSONResponse({"status": "failed" if failure else "warming_up", "error": failure, "engines": engines},
                         status_code=503)
+
+
+async def _store_problem(app) -> str | None:
+    """None when the store's database answers; else why not. One probe at a time: a database that
+    hangs gets no pile of waiting threads, however often `/ready` is asked."""
+    engine = getattr(getattr(app.state, "store", None), "engine", None)
+    if engine is None:
+        return None
+    probe = getattr(app.state, "store_probe", None)
+    if probe is None or probe.done():
+        probe = app.state.store_probe = asyncio.ensure_future(asyncio.to_thread(_ping, engine))
+    try:
+        await asyncio.wait_for(asyncio.shield(probe), STORE_PROBE_SECONDS)
+    except TimeoutError:
+        return f"the database did not answer within {STORE_PROBE_SECONDS:g} s"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+def _ping(engine) -> None:
+    import sqlalchemy as sa
+
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT 1"))
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -10,10 +11,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.auth import authenticate
 from server.errors import APIError
+from server.internal_errors import internal_error, request_id
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.responses import DONE, ChunkWriter, Rendering, chat_body, completion_body, sse_error
 from server.serving import Generation, StageService
 from server.tools import ToolCallReader
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1")
 
@@ -123,8 +127,12 @@ async def _sse(gens: list[Generation], how: Rendering) -> AsyncIterator[str]:
         async for p, batch in stream:
             if chunk := writer.chunk(batch, p):
                 yield chunk
-    except APIError as exc:  # headers are gone: report in-band, as OpenAI does
+    except APIError as exc:  # headers are gone: report in-band, as OpenAI does (an engine that died: 503)
         yield sse_error(exc.body())
+    except Exception as exc:  # never a bare reset: in-band too, with a request id the log line also has
+        rid = request_id()
+        log.error("request %s: stream of %s failed: %s: %s", rid, gens[0].id, type(exc).__name__, exc, exc_info=exc)
+        yield sse_error(internal_error(rid).body())
     finally:
         await stream.aclose()
     if how.include_usage:

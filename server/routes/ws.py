@@ -12,7 +12,8 @@ Frames are JSON text. The client sends:
 
 The server answers a chat with `delta` frames (`text`, plus `logprobs` in the chat-completion shape
 when asked, plus `index` when n > 1) and ends every request with exactly one `done` or one `error`.
-A cancelled request's `done` says `"finish_reason":"cancelled"`. Feedback gets one `ack` or `error`.
+A cancelled request's `done` says `"finish_reason":"cancelled"`; a generation whose engine died mid-way
+ends with an `error` frame carrying `"finish_reason":"error"`, its `response_id` and `usage`. Feedback gets one `ack` or `error`.
 Anything malformed gets an `error` frame (`id` null when it has none) and the socket stays open; a
 closed socket aborts all of its generations. This module renders frames; it knows nothing of
 engines or templates beyond what `StageService` and `Generation` expose.
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 from server.auth import authenticate
 from server import metrics
 from server.errors import APIError, bad_request, from_store_error, from_validation_errors, not_found, too_large
+from server.internal_errors import database_unavailable, internal_error, is_database_outage, request_id
 from server.limits import RateLimited, TokenBucket
 from server.protocol import ChatCompletionRequest, speculative_body
 from server.responses import reward_body
@@ -86,8 +88,11 @@ class Connection:
                 self.closed = True
                 raise _Gone() from exc
 
-    async def error(self, id: str | int | None, exc: APIError) -> None:
-        await self.send({"type": "error", "id": id, "error": exc.body()["error"]})
+    async def error(self, id: str | int | None, exc: APIError, gen: Generation | None = None) -> None:
+        frame: dict[str, Any] = {"type": "error", "id": id, "error": exc.body()["error"]}
+        if gen is not None:  # a generation that had started ends here (its engine died): say how it ended
+            frame.update(response_id=gen.id, finish_reason="error", usage=gen.usage())
+        await self.send(frame)
 
     # -- the receive loop ------------------------------------------------------------------------
 
@@ -203,10 +208,12 @@ class Connection:
         except _Gone:
             pass
         except APIError as exc:
-            await self.error(fid, exc)
-        except Exception:
-            log.exception("websocket generation %s failed", fid)
-            await self.error(fid, APIError(500, "The generation failed.", type="server_error", code="internal_error"))
+            await self.error(fid, exc, gen)
+        except Exception as exc:
+            rid = request_id()
+            log.error("request %s: websocket generation %s failed: %s: %s", rid, fid, type(exc).__name__, exc,
+                      exc_info=exc)
+            await self.error(fid, internal_error(rid), gen)
         finally:
             self.running.pop(fid, None)
 
@@ -264,6 +271,12 @@ class Connection:
                 obj = preference_object(result)
         except StoreError as exc:
             return await self.error(fid, from_store_error(exc))
+        except Exception as exc:  # an error frame, never a task that dies silently: nothing was stored
+            rid = request_id()
+            outage = is_database_outage(exc)
+            log.error("request %s: websocket %s %s failed%s: %s: %s", rid, kind, fid,
+                      " (database unreachable)" if outage else "", type(exc).__name__, exc, exc_info=exc)
+            return await self.error(fid, database_unavailable(rid) if outage else internal_error(rid))
         try:
             await self.send({"type": "ack", "id": fid, kind: obj})
         except _Gone:
