@@ -118,8 +118,10 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
 
 async def _start_engines(app: FastAPI, pool: EnginePool, rewards: RewardService, freeze: bool) -> None:
     try:
-        await rewards.start()  # first: the pool's readiness (/ready) then covers the reward engines too
+        # Chat engines first: chat is served as soon as they are warm, while the reward engines start
+        # (`/ready` waits for both and names what is still starting).
         await pool.start()
+        await rewards.start()
         if freeze:
             freeze_heap()
         log.info("all engines warm: ready")

@@ -238,6 +238,11 @@ class EnginePool:
             raise RuntimeError(f"no stage of the registry is served by engine {engine_label(key)} any more")
         return old
 
+    def starting(self) -> list[str]:
+        """The stages whose default engine is not up yet (all of them before `start`)."""
+        live = self.engines()
+        return [name for name in self.registry.stages if self.resolve(name, None)[0] not in live]
+
     def down(self) -> list[dict[str, Any]]:
         """The engines that are down (restarting, or stopped after a crash loop), with their stages."""
         registry = self.registry

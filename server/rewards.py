@@ -111,6 +111,12 @@ class RewardService:
             raise not_found(f"The reward model '{name}' does not exist. Reward models: {known}.",
                             param=param, code="model_not_found")
 
+    def starting(self) -> list[str]:
+        """The reward models not started yet (before `start` has reached them)."""
+        if self.ready:
+            return []
+        return [name for name, rm in self.registry.reward_models.items() if rm.model not in self._engines]
+
     # -- life cycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:

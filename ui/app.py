@@ -23,12 +23,13 @@ CSS = """
 
 
 def build_ui(service: StageService, login: Login | None = None) -> gr.Blocks:
-    from ui import chat, compare, controls, leaderboard, tokens
+    from ui import chat, compare, controls, leaderboard, status, tokens
 
     login = login or Login(Settings())
 
     with gr.Blocks(title="stagechat") as blocks:
         gr.Markdown("## stagechat — the training stages of one LLM, side by side")
+        status.build(service)
         history = gr.State([])  # every finished answer of this browser session, for the token view
         with gr.Accordion("Decoding", open=True):
             decoding = controls.build_decoding(service)

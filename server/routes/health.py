@@ -41,16 +41,18 @@ async def ready(request: Request):
     rewards = getattr(request.app.state.service, "rewards", None)
     down = pool.down() + (rewards.down() if rewards is not None else [])
     store_error = await _store_problem(request.app)
-    if pool.ready and (missing or down or store_error):
+    warm = pool.ready and (rewards is None or rewards.ready)
+    if warm and (missing or down or store_error):
         body = {"status": "degraded", "missing": missing, "down": down, "engines": engines}
         if store_error:
             body["store"] = {"error": store_error}
         return JSONResponse(body, status_code=503)
-    if pool.ready:
+    if warm:
         return {"status": "ready", "engines": engines}
     failure = getattr(request.app.state, "startup_error", None)
-    return JSONResponse({"status": "failed" if failure else "warming_up", "error": failure, "engines": engines},
-                        status_code=503)
+    starting = {"stages": pool.starting(), "reward_models": rewards.starting() if rewards is not None else []}
+    return JSONResponse({"status": "failed" if failure else "warming_up", "error": failure, "starting": starting,
+                         "engines": engines}, status_code=503)
 
 
 async def _store_problem(app) -> str | None:
