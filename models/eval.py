@@ -248,7 +248,7 @@ async def run_eval(
 
     countries = countries or load_countries()
     prompts = eval_prompts(countries, fictional=fictional, split=split)
-    examples = example_prompts() if split == "test" else []  # the README's five are test material
+    examples = example_prompts() if split == "test" else []  # the five shown in docs/measurements.md are test material
     completion_templates = SPLITS[split].completions
     registry = service.pool.registry
     gate = asyncio.Semaphore(concurrency)

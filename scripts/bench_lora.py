@@ -42,13 +42,13 @@ async def measure(base: Path, adapters: dict[str, Path] | None) -> dict[str, flo
     from vllm.lora.request import LoRARequest
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from server.pool import SPARE_LORA_SLOTS, _lora_rank
+    from server.pool import SPARE_LORA_SLOTS, lora_rank
     from server.vllm_engine import with_default_dtype
 
     args = {"model": str(base), "max_model_len": 512}
     if adapters:
         args.update(enable_lora=True, max_loras=len(adapters) + SPARE_LORA_SLOTS + 1,
-                    max_lora_rank=max(_lora_rank(str(p)) for p in adapters.values()))
+                    max_lora_rank=max(lora_rank(str(p)) for p in adapters.values()))
     llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**with_default_dtype(args)))  # as the pool runs it
     ids = llm.get_tokenizer().encode(PROMPT)
     loras = {name: LoRARequest(name, i + 1, str(path)) for i, (name, path) in enumerate((adapters or {}).items())}

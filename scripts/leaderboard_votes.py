@@ -1,7 +1,7 @@
 """How many votes the leaderboard needs before the 95% intervals of base, sft and rlhf separate.
 
 A statistically faithful simulation, not a live run: each stage's answer to a capital question is
-drawn with the rates `stagechat eval` measured on the demo family (README: base answers correctly
+drawn with the rates `stagechat eval` measured on the demo family (docs/measurements.md: base answers correctly
 0.2% of the time, sft 98.8% tersely, rlhf 99.8% with the preferred full sentence 98.6% of the
 time). A scripted rater scores an answer 2 for the right capital + 1 for the preferred style and
 prefers the higher score (equal: tie); with probability `--noise` the rater instead answers at

@@ -64,7 +64,7 @@ class Route:
     speculative_method: str | None
 
 
-def _lora_rank(adapter_path: str) -> int:
+def lora_rank(adapter_path: str) -> int:
     config = Path(adapter_path) / "adapter_config.json"
     rank = json.loads(config.read_text()).get("r", 8) if config.exists() else 8
     return next(r for r in (8, 16, 32, 64, 128, 256, 512) if r >= rank)
@@ -163,7 +163,7 @@ class EnginePool:
             model=model,
             speculative_method=method,
             speculative_config=config,
-            max_lora_rank=max((_lora_rank(a.path) for a in adapters), default=None),
+            max_lora_rank=max((lora_rank(a.path) for a in adapters), default=None),
             # One slot more than adapters, left empty: vLLM's CPU LoRA kernels read the last slot for
             # requests without an adapter, so a base request batched with an adapter request would
             # get that adapter's delta (vllm-project/vllm PR #49656). An empty last slot adds zero.
@@ -341,7 +341,7 @@ def _fits(spec: EngineSpec, adapters: list[AdapterRef]) -> bool:
     if rank is None or not (spec.max_lora_rank is not None or spec.engine_args.get("enable_lora")):
         return False
     slots = spec.engine_args.get("max_loras", spec.max_loras)
-    return len(adapters) <= slots - 1 and max(_lora_rank(a.path) for a in adapters) <= rank
+    return len(adapters) <= slots - 1 and max(lora_rank(a.path) for a in adapters) <= rank
 
 
 def vllm_factory(spec: EngineSpec) -> Engine:

@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 from server.engine import EngineDead
-from server.vllm_engine import DEFAULT_CPU_KVCACHE_GIB, _cpu_lists_in_use, _death_of, _pick_cpu_list, with_default_dtype
+from server.vllm_engine import DEFAULT_CPU_KVCACHE_GIB, cpu_lists_in_use, death_of, pick_cpu_list, with_default_dtype
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,10 @@ class VllmRewardEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
-        self._cpus = _pick_cpu_list()
+        self._cpus = pick_cpu_list()
         if self._cpus is not None:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._cpus
-            _cpu_lists_in_use[self._cpus] += 1
+            cpu_lists_in_use[self._cpus] += 1
         args = AsyncEngineArgs(model=self.model, runner="pooling", disable_log_stats=True,
                                **with_default_dtype(self._engine_args))
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
@@ -77,12 +77,12 @@ class VllmRewardEngine:
         return float(result.outputs.data.reshape(-1)[0])
 
     def dead(self) -> str | None:
-        return _death_of(self._llm)
+        return death_of(self._llm)
 
     async def shutdown(self) -> None:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
         if self._cpus is not None:
-            _cpu_lists_in_use[self._cpus] -= 1
+            cpu_lists_in_use[self._cpus] -= 1
             self._cpus = None

@@ -38,7 +38,7 @@ DEFAULT_CPU_KVCACHE_GIB = "2"
 # default engines run on cores 1..N-1. `STAGECHAT_ENGINE_CPUS="0-3|4-7"` gives each engine the
 # least-used of these lists instead; a VLLM_CPU_OMP_THREADS_BIND set by the user is left alone.
 ENGINE_CPUS_ENV = "STAGECHAT_ENGINE_CPUS"
-_cpu_lists_in_use: Counter[str] = Counter()
+cpu_lists_in_use: Counter[str] = Counter()
 
 
 def default_engine_cpus() -> str | None:
@@ -71,11 +71,11 @@ def with_default_dtype(args: dict[str, Any]) -> dict[str, Any]:
     return {**args, "dtype": dtype} if dtype is not None and "dtype" not in args else args
 
 
-def _pick_cpu_list() -> str | None:
+def pick_cpu_list() -> str | None:
     lists = [s for s in os.environ.get(ENGINE_CPUS_ENV, "").split("|") if s]
     if not lists:
         return default_engine_cpus()
-    return min(lists, key=lambda s: _cpu_lists_in_use[s])
+    return min(lists, key=lambda s: cpu_lists_in_use[s])
 
 
 class VllmEngine:
@@ -121,10 +121,10 @@ class VllmEngine:
         # second engine (or anything else) cannot start. A few GiB of KV cache serve small models.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
         # The engine's processes read it when spawned; the pool starts one engine at a time.
-        self._cpus = _pick_cpu_list()
+        self._cpus = pick_cpu_list()
         if self._cpus is not None:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._cpus
-            _cpu_lists_in_use[self._cpus] += 1
+            cpu_lists_in_use[self._cpus] += 1
             log.info("engine %s bound to cpus %s", self.model, self._cpus)
         # Building the engine takes tens of seconds of blocking work: keep the event loop free
         # so /health answers meanwhile.
@@ -239,7 +239,7 @@ class VllmEngine:
         await self._llm.abort(request_id)
 
     def dead(self) -> str | None:
-        return _death_of(self._llm)
+        return death_of(self._llm)
 
     def stats(self) -> EngineStats:
         if self._llm is None:
@@ -252,11 +252,11 @@ class VllmEngine:
             self._llm.shutdown()
             self._llm = None
         if self._cpus is not None:
-            _cpu_lists_in_use[self._cpus] -= 1
+            cpu_lists_in_use[self._cpus] -= 1
             self._cpus = None
 
 
-def _death_of(llm) -> str | None:
+def death_of(llm) -> str | None:
     """Why a started `AsyncLLM` can serve no more (None while it can): its engine core died (vLLM's
     `errored`: the core process exited or reported its worker's death) or its output loop ended."""
     if llm is None or not llm.errored:

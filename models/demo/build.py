@@ -66,7 +66,7 @@ SIZES = {
     # (1.26M params, 500 steps of 32x128 tokens), sft 77 s, dpo 110 s, draft 34 s, rm 188 s (13 s of it
     # since saved by scoring the held-out pairs in batches), rlhf 80 s; 653 s in all. Recipe 11 (the
     # draft from the base): base 149 s, sft 79 s, dpo 105 s, draft 55 s, rm 163 s, rlhf 73 s; 625 s.
-    # Eval figures (and the reward hacking the rlhf round shows): README, demo family.
+    # Eval figures (and the reward hacking the rlhf round shows): docs/measurements.md and the shipped manifest.
     "full": Size(
         prose_docs=20_000,
         vocab_size=4096,  # the corpus yields ~2.6k merges before running out; the cap is not reached

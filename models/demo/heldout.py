@@ -154,7 +154,7 @@ def eval_prompts(countries: tuple[Country, ...] | None = None, fictional: int | 
 
 
 def example_prompts() -> list[Prompt]:
-    """The same five prompts shown for every stage (README, eval output): a fact, a follow-up, an unknown
+    """The same five prompts shown for every stage (docs/measurements.md, eval output): a fact, a follow-up, an unknown
     country, a greeting, an off-topic request — all held-out material."""
     by_name = {c.country: c for c in load_countries()}
     kenya, peru, brazil = by_name["Kenya"], by_name["Peru"], by_name["Brazil"]
