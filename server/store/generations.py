@@ -52,3 +52,4 @@ class GenerationLog(StoreBase):
             for digest, messages in session.execute(query.execution_options(yield_per=500)):
                 if digest not in seen:
                     seen.add(digest)
+                    yield messages
