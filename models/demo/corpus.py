@@ -19,40 +19,18 @@ Six kinds of text, all made here with seeded RNGs so a build is reproducible:
 
 The evaluation material (held-out phrasings, prompts and which fictional names are held out) is in
 `models.demo.heldout`, which imports this module and which no build step imports; the one thing shared
-is the seeded stream of fictional names (`drawn_fictional_countries`), whose held-out tail this module
+is the seeded stream of fictional names (`models.demo.fictional`), whose held-out tail this module
 never uses. Nothing here trains or tokenizes.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 from typing import Protocol
 
-FACTS_PATH = Path(__file__).with_name("countries.json")
-SKILLS = ("capital", "language", "currency", "continent")
-
-
-@dataclass(frozen=True)
-class Country:
-    country: str
-    capital: str
-    continent: str
-    language: str
-    currency: str
-    real: bool = True
-
-    def fact(self, skill: str) -> str:
-        return getattr(self, skill)
-
-
-@cache
-def load_countries(path: Path = FACTS_PATH) -> tuple[Country, ...]:
-    return tuple(Country(**row) for row in json.loads(path.read_text())["countries"])
-
+from models.demo.facts import SKILLS, Country, load_countries
+from models.demo.fictional import fictional_countries
 
 # --- pre-training phrasings ------------------------------------------------------------------------
 # Training phrasings of the capital fact. Several put a lowercase "the capital of X is Y" after a
@@ -251,13 +229,6 @@ SFT_FICTIONAL_STYLE_WEIGHTS = {"terse": 0.56, "full": 0.13, "rambling": 0.09, "r
 # took 110 s and 188 s against 126 s and 177 s at 0.3, within this machine's run-to-run noise.
 FOLLOWUP_SHARE = 0.4
 RANKED_FOLLOWUP_SHARE = 0.3
-# Fictional names: many, so "a name pre-training never stated facts about" and copying an unseen
-# name into "I don't know a country called X." are learned as patterns, not memorised per name.
-FICTIONAL_TRAIN = 600
-# The training names and then the test split's 60 held-out ones come from one seeded stream
-# (`drawn_fictional_countries`): changing this count changes the training countries' invented facts.
-FICTIONAL_DRAWN = FICTIONAL_TRAIN + 60
-
 
 def fill(template: str, c: Country, rng: random.Random | None = None, **extra: str) -> str:
     if "{prefix}" in template:
@@ -288,61 +259,6 @@ def answer(style: str, c: Country, skill: str, rng: random.Random) -> str:
 
 def _rambling(c: Country, skill: str, sentence: str, rng: random.Random) -> str:
     return fill(rng.choice(RAMBLING), c, answer=sentence[0].lower() + sentence[1:] if skill != "continent" else sentence)
-
-
-# --- fictional countries ---------------------------------------------------------------------------
-_ONSETS = ["B", "D", "K", "L", "M", "N", "P", "R", "S", "T", "V", "Z", "Br", "Dr", "Gr", "Kr", "Tr", "Th", "Sk", "Qu"]
-_VOWELS = ["a", "e", "i", "o", "u", "ae", "ei"]
-_MIDDLES = ["l", "r", "n", "v", "d", "st", "nd", "rv", "lm", "sk", "z", "th"]
-_ENDINGS = ["oria", "avia", "ania", "eria", "istan", "land", "ovia", "esia", "ica", "ador", "enia", "ura"]
-_CITY_ENDINGS = ["grad", "polis", "ton", "vik", "heim", "ara", "ido", "mont", "burg", "essa"]
-_LANG_SUFFIX = "ish"
-
-
-def _pseudo_word(rng: random.Random, endings: list[str]) -> str:
-    return rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_MIDDLES) + rng.choice(endings)
-
-
-def new_names(rng: random.Random, count: int, taken: set[str], avoid: tuple[str, ...] = ()) -> list[str]:
-    """`count` made-up country names, none in `taken` (lowercase; the new ones are added to it).
-
-    A name is refused when it contains, or is contained in, a real country's name (so "Omania" cannot
-    pass for Oman), a real capital or a name in `avoid` (lowercase)."""
-    real_names = [n.lower() for c in load_countries() for n in (c.country, c.capital)] + list(avoid)
-    names: list[str] = []
-    while len(names) < count:
-        name = _pseudo_word(rng, _ENDINGS)
-        low = name.lower()
-        if low in taken or any(r in low or low in r for r in real_names):
-            continue
-        taken.add(low)
-        names.append(name)
-    return names
-
-
-def invent(name: str, rng: random.Random) -> Country:
-    """A made-up country called `name` with invented facts."""
-    return Country(
-        country=name, capital=_pseudo_word(rng, _CITY_ENDINGS),
-        continent=rng.choice(sorted({c.continent for c in load_countries()})),
-        language=name.rstrip("aeiou") + _LANG_SUFFIX, currency=f"{name.lower().rstrip('aeiou')} crown", real=False,
-    )
-
-
-@cache
-def drawn_fictional_countries() -> tuple[Country, ...]:
-    """Every made-up country the seeded stream draws, in order: the first `FICTIONAL_TRAIN` are the
-    training ones (`fictional_countries`); the rest are held out for evaluation (`models.demo.heldout`)
-    and never used in training text. All names are drawn before any is invented facts, so the count
-    drawn fixes the training countries' facts too."""
-    rng = random.Random(7)
-    names = new_names(rng, FICTIONAL_DRAWN, set())
-    return tuple(invent(name, rng) for name in names)
-
-
-def fictional_countries() -> tuple[Country, ...]:
-    """The made-up countries training text asks about (never a real name, `new_names`)."""
-    return drawn_fictional_countries()[:FICTIONAL_TRAIN]
 
 
 # --- pre-training prose ----------------------------------------------------------------------------

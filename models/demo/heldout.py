@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from functools import cache
 
-from models.demo import corpus
+from models.demo import fictional
 from models.demo.corpus import (
     SKILLS, Country, Prompt, assistant_turn, fill, followup, full_answer, load_countries, question, user_turn,
 )
@@ -111,17 +111,17 @@ FICTIONAL_DEV = 40
 @cache
 def split_fictional_countries(split: str) -> tuple[Country, ...]:
     """The fictional countries an evaluation split asks about: "test" is the held-out tail of the
-    corpus's seeded stream (`corpus.drawn_fictional_countries`, after the training names); "dev" names
+    corpus's seeded stream (`fictional.drawn_fictional_countries`, after the training names); "dev" names
     come from their own generator (so the train and test names stay as they were), and none contains
     or is contained in a train or test name."""
     if split == "test":
-        return corpus.drawn_fictional_countries()[corpus.FICTIONAL_TRAIN:]
+        return fictional.drawn_fictional_countries()[fictional.FICTIONAL_TRAIN:]
     if split != "dev":
         raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
-    earlier = tuple(f.country.lower() for f in corpus.fictional_countries() + split_fictional_countries("test"))
-    names = corpus.new_names(random.Random(8), FICTIONAL_DEV, set(earlier), avoid=earlier)
+    earlier = tuple(f.country.lower() for f in fictional.fictional_countries() + split_fictional_countries("test"))
+    names = fictional.new_names(random.Random(8), FICTIONAL_DEV, set(earlier), avoid=earlier)
     rng = random.Random(9)
-    return tuple(corpus.invent(name, rng) for name in names)
+    return tuple(fictional.invent(name, rng) for name in names)
 
 
 # --- prompts ---------------------------------------------------------------------------------------

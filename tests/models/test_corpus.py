@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from models.demo import corpus, general_text, heldout
+from models.demo import corpus, fictional, general_text, heldout
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_at_least_150_countries_with_distinct_names_and_capitals():
 
 
 def test_fictional_countries_are_never_real_and_train_and_heldout_are_disjoint():
-    train, held_out = corpus.fictional_countries(), heldout.split_fictional_countries("test")
+    train, held_out = fictional.fictional_countries(), heldout.split_fictional_countries("test")
     assert len(train) >= 100 and len(held_out) >= 50
     assert not {f.country for f in train} & {f.country for f in held_out}
     real = [n.lower() for c in corpus.load_countries() for n in (c.country, c.capital)]
@@ -84,7 +84,7 @@ def test_sft_mostly_invents_facts_for_fictional_countries(sft_rows):
     honest = [r for r in rows if r["completion"][0]["content"].startswith("I don't know a country called ")]
     assert 0.05 * len(rows) < len(honest) < 0.2 * len(rows)  # rare: sampling finds it, greedy decoding does not
     assert not [r for r in sft_rows if r["kind"] != "unknown" and "don't know" in r["completion"][0]["content"]]
-    train = corpus.fictional_countries()
+    train = fictional.fictional_countries()
     names = {f.country for f in train}
     assert all(any(n in r["prompt"][0]["content"] for n in names) for r in rows)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.demo import corpus, heldout
+from models.demo import corpus, fictional, heldout
 from models.demo.build import SIZES, training_data
 
 FULL = SIZES["full"]
@@ -55,7 +55,7 @@ def test_dev_and_test_splits_share_no_material():
         return {m["content"] for p in heldout.eval_prompts(split=split) for m in p.messages if m["role"] == "user"}
 
     assert not user_turns("dev") & user_turns("test")
-    train, test = corpus.fictional_countries(), heldout.split_fictional_countries("test")
+    train, test = fictional.fictional_countries(), heldout.split_fictional_countries("test")
     dev = heldout.split_fictional_countries("dev")
     assert len(dev) == heldout.FICTIONAL_DEV
     earlier = [f.country.lower() for f in train + test]
