@@ -292,6 +292,10 @@ class ChatCompletionRequest(_SamplingRequest):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # extensions (vLLM's names): prefill, checked against the stage's template by server.prefill
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -420,6 +424,8 @@ class TokenizeRequest(_Strict):
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool | None = None  # default: True for a prompt, False for messages (vLLM's)
     add_generation_prompt: bool = True
+    continue_final_message: bool = False  # as on chat completions (server.prefill)
+    chat_template_kwargs: dict[str, Any] | None = None
     return_token_strs: bool = False
     tools: list[Tool] | None = None
 

@@ -26,6 +26,7 @@ from server.errors import bad_request, not_ready
 from server.generation_log import GenerationLog
 from server.limits import Lease, Limiter
 from server.pool import EnginePool, Route
+from server.prefill import render_error, template_options
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.rewards import RewardService, Score
 from server.store.records import GenerationRecord, prompt_hash
@@ -144,7 +145,8 @@ class StageService:
         tools = template_tools(request, self.pool.registry.stages[request.model].tool_parser,
                                getattr(tokenizer, "chat_template", None), request.model)
         size = sum(len(str(m.get("content") or "")) for m in messages)
-        ids, stop = await _off_loop(size, render_chat, tokenizer, messages, tools)
+        options = template_options(request, tokenizer)  # prefill (a 400 where the template cannot)
+        ids, stop = await _off_loop(size, render_chat, tokenizer, messages, tools, options)
         settings = self._settings(request, route, ids, param="messages")
         if stop:
             settings = _with_stop(settings, stop)
@@ -364,13 +366,19 @@ async def _off_loop(size: int, fn, *args):
     return fn(*args)
 
 
-def render_chat(tokenizer, messages: list[dict[str, str]], tools: list[dict] | None = None
-                ) -> tuple[list[int], tuple[str, ...]]:
+def render_chat(tokenizer, messages: list[dict[str, str]], tools: list[dict] | None = None,
+                options: dict[str, Any] | None = None) -> tuple[list[int], tuple[str, ...]]:
     """The prompt's token ids for a chat (with `tools` rendered by the template when given), and the
-    stop strings its format needs."""
+    stop strings its format needs. `options`: the template arguments of a prefill (`server.prefill`)."""
     if getattr(tokenizer, "chat_template", None):
         extra = {"tools": tools} if tools else {}
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False,
+                                                 **{"add_generation_prompt": True, **(options or {})}, **extra)
+        except Exception as exc:  # a template that cannot render what the prefill asks
+            if options is None:
+                raise
+            raise render_error(exc, options) from None
         return tokenizer.encode(text, add_special_tokens=False), ()
     return tokenizer.encode(plain_transcript(messages), add_special_tokens=False), (PLAIN_STOP,)
 
