@@ -29,6 +29,7 @@ from server.pool import EnginePool, Route
 from server.prefill import render_error, template_options
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.rewards import RewardService, Score
+from server.spec_marks import SpecMarks, align
 from server.store.records import GenerationRecord, prompt_hash
 from server.tools import template_tools
 
@@ -54,6 +55,8 @@ class Choice:
     speculative: SpeculativeFigures | None = None
     tokens: int = 0
     reward: "Score | None" = None  # the reward model's score, when the request asked for one
+    groups: list[int] = field(default_factory=list)  # tokens per delta: where engine steps may end
+    marks: SpecMarks | None = None  # speculation token by token, when the engine reported its steps
 
 
 @dataclass
@@ -273,6 +276,8 @@ class StageService:
                     choice = gen.choices[delta.index]
                     choice.text += delta.text
                     choice.tokens += len(delta.token_ids)
+                    if delta.token_ids:
+                        choice.groups.append(len(delta.token_ids))
                     if delta.logprobs:
                         choice.logprobs.extend(delta.logprobs)
                     if delta.prompt_logprobs is not None:
@@ -280,6 +285,8 @@ class StageService:
                     if delta.finish_reason:
                         choice.finish_reason = delta.finish_reason
                         choice.speculative = delta.speculative
+                        if delta.speculative is not None and delta.speculative.steps:
+                            choice.marks = align(choice.groups, delta.speculative.steps)
                 if gen.reward_model is not None:
                     held += [d for d in batch if d.finish_reason]
                     batch = [d for d in batch if not d.finish_reason]
