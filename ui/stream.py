@@ -43,6 +43,7 @@ class Answer:
     speculative: dict[str, Any] | None = None
     reward: dict[str, Any] | None = None  # {"model", "score", "error"?} when a reward model scored the answer
     first_token_at: float | None = None  # wall clock (time.time()) when the first token reached the UI
+    marks: dict[str, Any] | None = None  # speculation token by token (`SpecMarks.body()`), when it ran
 
     @property
     def done(self) -> bool:
@@ -141,6 +142,8 @@ async def stream_answer(service: StageService, request: ChatCompletionRequest,
     if spec is not None:
         answer.speculative = {"method": spec.method, "draft_tokens": spec.draft_tokens,
                               "accepted_tokens": spec.accepted_tokens, "acceptance_rate": spec.acceptance_rate}
+    if choice.marks is not None:
+        answer.marks = choice.marks.body()
     if choice.reward is not None:  # the stage's default reward model scored it
         answer.reward = {"model": choice.reward.model, "score": choice.reward.score, "error": choice.reward.error}
     yield answer

@@ -40,3 +40,17 @@ def test_summary_and_html_name_every_stage():
     assert "| sft | -0.164 |" in summary and "#0 ␣Nai (p=0.100)" in summary and "engines busy" in summary
     page = comparison_html(SCORES)
     assert page.count('class="tok"') == 4 and 'data-stage="sft"' in page and "engines busy" in page
+
+
+def test_speculation_marks_underline_tokens_and_count_by_position():
+    from ui.tokens import acceptance_rows, token_html
+
+    tokens = [{"token": t, "logprob": math.log(0.5), "top": []} for t in ("a", "b", "c")]
+    marks = {"tokens": ["target", "accepted", "replaced"], "steps": [[3, 1]], "dropped": 0,
+             "by_position": [{"position": 1, "drafted": 1, "accepted": 1}, {"position": 2, "drafted": 1, "accepted": 0}]}
+    view = token_html(tokens, marks)
+    assert 'data-mark="accepted"' in view and 'data-mark="replaced"' in view and "accepted</span> 1" in view
+    assert 'data-mark' not in token_html(tokens)
+    assert acceptance_rows(marks) == [
+        {"position": "draft #1", "tokens": 1, "kind": "accepted"}, {"position": "draft #1", "tokens": 0, "kind": "rejected"},
+        {"position": "draft #2", "tokens": 0, "kind": "accepted"}, {"position": "draft #2", "tokens": 1, "kind": "rejected"}]
