@@ -211,7 +211,7 @@ class _SamplingRequest(_Strict):
     seed: int | None = None
     user: str | None = None  # accepted; stagechat identifies clients by their API key
     # extensions (vLLM's names)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=-1)  # 0 or -1 (vLLM's): off
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0, le=2)
     ignore_eos: bool = False
@@ -259,7 +259,7 @@ class _SamplingRequest(_Strict):
             max_tokens=max_tokens,
             temperature=pick("temperature", 1.0),
             top_p=pick("top_p", 1.0),
-            top_k=pick("top_k", 0),
+            top_k=max(pick("top_k", 0), 0),
             min_p=pick("min_p", 0.0),
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
