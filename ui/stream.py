@@ -22,7 +22,7 @@ from server.errors import APIError
 from server.protocol import ChatCompletionRequest
 from server.serving import StageService
 
-TOP_LOGPROBS = 5  # the UI always asks for them: the token view needs the alternatives
+TOP_LOGPROBS = 20  # the UI always asks for them: the token view and its sampler lab need the alternatives
 
 
 @dataclass
@@ -44,6 +44,10 @@ class Answer:
     reward: dict[str, Any] | None = None  # {"model", "score", "error"?} when a reward model scored the answer
     first_token_at: float | None = None  # wall clock (time.time()) when the first token reached the UI
     marks: dict[str, Any] | None = None  # speculation token by token (`SpecMarks.body()`), when it ran
+    # for the sampler lab: the settings the engine sampled with, the prompt's ids, the vocabulary size
+    sampling: dict[str, Any] | None = None
+    prompt_ids: list[int] = field(default_factory=list)
+    vocab_size: int = 0
 
     @property
     def done(self) -> bool:
@@ -83,11 +87,12 @@ class Answer:
 
 def chat_request(stage: str, messages: list[dict[str, str]], *, temperature: float | None = None,
                  top_p: float | None = None, max_tokens: int | None = None, seed: int | None = None,
-                 speculative: str | None = None) -> ChatCompletionRequest:
-    """The OpenAI request the UI's controls describe (raises `ValidationError` on bad values)."""
+                 speculative: str | None = None, **sampler: Any) -> ChatCompletionRequest:
+    """The OpenAI request the UI's controls describe (raises `ValidationError` on bad values);
+    `sampler`: more of its sampling fields (top_k, min_p, the penalties)."""
     return ChatCompletionRequest(model=stage, messages=messages, temperature=temperature, top_p=top_p,
                                  max_tokens=max_tokens, seed=seed, speculative=speculative, logprobs=True,
-                                 top_logprobs=TOP_LOGPROBS)
+                                 top_logprobs=TOP_LOGPROBS, **sampler)
 
 
 def _message(exc: Exception) -> str:
@@ -111,6 +116,13 @@ async def stream_answer(service: StageService, request: ChatCompletionRequest,
         yield answer
         return
     answer.response_id = gen.id
+    s = gen.settings
+    answer.sampling = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
+                       "repetition_penalty": s.repetition_penalty, "presence_penalty": s.presence_penalty,
+                       "frequency_penalty": s.frequency_penalty, "logit_bias": [list(b) for b in s.logit_bias]}
+    answer.prompt_ids = list(gen.prompt_token_ids)
+    tokenizer = gen.route.engine.tokenizer
+    answer.vocab_size = len(tokenizer) if hasattr(tokenizer, "__len__") else 0
     choice = gen.choices[0]
     began = time.perf_counter()
     try:
@@ -122,8 +134,9 @@ async def stream_answer(service: StageService, request: ChatCompletionRequest,
                     answer.first_token_at = time.time()
                 for delta in batch:
                     if delta.index == 0 and delta.logprobs:
-                        answer.tokens.extend({"token": lp.token, "logprob": lp.logprob,
-                                              "top": [list(t) for t in lp.top]} for lp in delta.logprobs)
+                        answer.tokens.extend({"token": lp.token, "logprob": lp.logprob, "id": lp.token_id,
+                                              "top": [list(t) for t in lp.top], "top_ids": list(lp.top_ids)}
+                                             for lp in delta.logprobs)
                 answer.text = choice.text
                 answer.completion_tokens = choice.tokens
                 answer.ttft_ms = gen.ttft_ms

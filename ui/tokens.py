@@ -1,6 +1,9 @@
 """The Token view: for one answer, every generated token with its probability and the top
 alternatives (from the logprobs the UI always asks for), and how another temperature would reshape
-the next-token distribution at a chosen position: softmax(logprob / T) over the alternatives.
+the next-token distribution at a chosen position: softmax(logprob / T) over the alternatives. With
+speculation, each token is underlined by what speculation did there (`server.spec_marks`) and a plot
+shows acceptance by draft position; the sampler lab (`ui.sampler_view`) walks the chosen position
+through vLLM's sampler steps.
 
 The logprobs are vLLM's raw ones (before temperature, top_p), so T = 1 is the model's own
 distribution, renormalised over the alternatives shown.
@@ -21,6 +24,7 @@ from typing import Any
 import gradio as gr
 
 from server.scoring import StageScore, score_everywhere
+from ui.sampler_view import lab_for, lab_markdown, lab_rows
 from ui.stream import Answer
 
 
@@ -203,6 +207,9 @@ def build(history: gr.State, service=None) -> None:
                             color_map={"accepted": "#2a9d8f", "rejected": "#e76f51"},
                             label="speculation: acceptance by draft position", elem_id="tokens-acceptance",
                             visible=False)
+    with gr.Accordion("Sampler lab: this position through vLLM's sampler, step by step", open=True):
+        lab_summary = gr.Markdown(elem_id="lab-summary")
+        lab_table = gr.Dataframe(interactive=False, elem_id="lab-table", wrap=True)
     table = gr.Dataframe(headers=["#", "token", "p", "top alternatives"], interactive=False,
                          elem_id="tokens-table", wrap=True)
 
@@ -228,6 +235,15 @@ def build(history: gr.State, service=None) -> None:
         entry = tokens[min(int(pos), len(tokens) - 1)]
         return _frame(distribution(entry, 1.0)), _frame(distribution(entry, t))
 
+    def lab(history_: list[Answer], n, pos):
+        if n is None or n >= len(history_) or not history_[n].tokens:
+            return "", gr.update(value=None)
+        answer = history_[n]
+        pos = min(int(pos), len(answer.tokens) - 1)
+        result = lab_for(answer, pos)
+        headers, rows = lab_rows(result)
+        return lab_markdown(result, answer.tokens[pos]["token"]), gr.update(value=rows, headers=headers)
+
     if service is not None:
         _build_same_text(history, pick, service)
 
@@ -235,6 +251,8 @@ def build(history: gr.State, service=None) -> None:
     pick.change(show_answer, [history, pick], [summary, view, position, table, acceptance]).then(
         plots, [history, pick, position, temperature], [model_plot, reshaped_plot])
     position.change(plots, [history, pick, position, temperature], [model_plot, reshaped_plot])
+    position.change(lab, [history, pick, position], [lab_summary, lab_table])
+    pick.change(lab, [history, pick, position], [lab_summary, lab_table])
     temperature.change(plots, [history, pick, position, temperature], [model_plot, reshaped_plot])
 
 

@@ -54,3 +54,23 @@ def test_speculation_marks_underline_tokens_and_count_by_position():
     assert acceptance_rows(marks) == [
         {"position": "draft #1", "tokens": 1, "kind": "accepted"}, {"position": "draft #1", "tokens": 0, "kind": "rejected"},
         {"position": "draft #2", "tokens": 0, "kind": "accepted"}, {"position": "draft #2", "tokens": 1, "kind": "rejected"}]
+
+
+def test_sampler_lab_view_walks_a_position_through_the_steps():
+    from ui.sampler_view import lab_for, lab_markdown, lab_rows
+    from ui.stream import Answer
+
+    top = [["a", math.log(0.5)], ["b", math.log(0.3)], ["c", math.log(0.15)]]
+    tokens = [{"token": "a", "logprob": math.log(0.5), "id": 1, "top": top, "top_ids": [1, 2, 3]},
+              {"token": "b", "logprob": math.log(0.3), "id": 2, "top": top, "top_ids": [1, 2, 3]}]
+    answer = Answer("base", [], tokens=tokens, vocab_size=10, prompt_ids=[7],
+                    sampling={"temperature": 1.0, "top_k": 2, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0,
+                              "presence_penalty": 0.0, "frequency_penalty": 0.0, "logit_bias": []})
+    lab = lab_for(answer, 1)
+    assert [s.name for s in lab.steps] == ["raw (the model)", "top-k 2"]
+    summary = lab_markdown(lab, "b")
+    assert "| top-k 2 | 2 | 80.0% |" in summary and "#2, p=0.375" in summary
+    headers, rows = lab_rows(lab)
+    assert headers == ["token", "raw (the model)", "top-k 2"]
+    assert rows[0] == ["a", 0.5, 0.625] and rows[2] == ["c", 0.15, None] and rows[-1][0] == "(7 other tokens)"
+    assert lab_for(Answer("base", [], tokens=[{**tokens[0], "id": None}]), 0) is None
