@@ -132,12 +132,19 @@ def sampler_fields(top_k=0, min_p=0.0, repetition_penalty=1.0, presence_penalty=
 def request_for(service: StageService, stage: str, conversation: list[dict[str, str]], temperature, top_p,
                 max_tokens, seed, speculative, system, *sampler) -> ChatCompletionRequest:
     """The request for `stage` from the control values; a method the stage lacks means its default."""
+    messages = ([{"role": "system", "content": system}] if system and system.strip() else []) + conversation
+    return chat_request(stage, messages, **decoding_fields(service, stage, temperature, top_p, max_tokens, seed,
+                                                           speculative, *sampler))
+
+
+def decoding_fields(service: StageService, stage: str, temperature, top_p, max_tokens, seed, speculative,
+                    *sampler) -> dict[str, Any]:
+    """The request fields the controls set (chat or completions alike); a speculative method the
+    stage lacks means its default."""
     info = stage_info(service, stage)
     method = None
     if speculative == "off" or (info and speculative in info["speculative"]):
         method = speculative
-    messages = ([{"role": "system", "content": system}] if system and system.strip() else []) + conversation
-    return chat_request(stage, messages, temperature=temperature, top_p=top_p,
-                        max_tokens=int(max_tokens) if max_tokens else None,
-                        seed=int(seed) if seed is not None and seed >= 0 else None, speculative=method,
-                        **sampler_fields(*sampler))
+    return {"temperature": temperature, "top_p": top_p, "max_tokens": int(max_tokens) if max_tokens else None,
+            "seed": int(seed) if seed is not None and seed >= 0 else None, "speculative": method,
+            **sampler_fields(*sampler)}

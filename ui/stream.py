@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from server.errors import APIError
-from server.protocol import ChatCompletionRequest
+from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.serving import StageService
 
 TOP_LOGPROBS = 20  # the UI always asks for them: the token view and its sampler lab need the alternatives
@@ -44,6 +44,7 @@ class Answer:
     reward: dict[str, Any] | None = None  # {"model", "score", "error"?} when a reward model scored the answer
     first_token_at: float | None = None  # wall clock (time.time()) when the first token reached the UI
     marks: dict[str, Any] | None = None  # speculation token by token (`SpecMarks.body()`), when it ran
+    kind: str = "chat"  # or "completion" (the notebook's raw text)
     # for the sampler lab: the settings the engine sampled with, the prompt's ids, the vocabulary size
     sampling: dict[str, Any] | None = None
     prompt_ids: list[int] = field(default_factory=list)
@@ -104,13 +105,17 @@ def _message(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def stream_answer(service: StageService, request: ChatCompletionRequest,
+async def stream_answer(service: StageService, request: ChatCompletionRequest | CompletionRequest,
                         client_id: str = "ui") -> AsyncIterator[Answer]:
-    """Yield the same `Answer`, updated, after every batch; the last one is done (or has an error)."""
-    answer = Answer(stage=request.model, messages=[m.plain() for m in request.messages],
-                    temperature=request.temperature)
+    """Yield the same `Answer`, updated, after every batch; the last one is done (or has an error).
+    A `CompletionRequest` (the notebook) continues raw text; its `messages` hold the text as a user turn."""
+    text_only = isinstance(request, CompletionRequest)
+    messages = [{"role": "user", "content": request.prompt_text()}] if text_only else \
+        [m.plain() for m in request.messages]
+    answer = Answer(stage=request.model, messages=messages, temperature=request.temperature,
+                    kind="completion" if text_only else "chat")
     try:
-        gen = await service.chat(request, client_id)
+        gen = await (service.complete(request, client_id) if text_only else service.chat(request, client_id))
     except APIError as exc:
         answer.error, answer.finish_reason = _message(exc), "error"
         yield answer
