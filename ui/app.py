@@ -40,7 +40,7 @@ def build_ui(service: StageService, login: Login | None = None) -> gr.Blocks:
             with gr.Tab("Notebook", id="notebook"):
                 notebook_stage = notebook.build(service, decoding, history, login)
             with gr.Tab("Token view", id="tokens"):
-                tokens.build(history, service)
+                tokens.build(history, service, decoding)
             with gr.Tab("Leaderboard", id="leaderboard") as board_tab:
                 _, refresh = leaderboard.build(service)
             board_tab.select(**refresh)

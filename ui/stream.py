@@ -167,13 +167,14 @@ async def stream_answer(service: StageService, request: ChatCompletionRequest | 
     yield answer
 
 
-async def stream_answers(service: StageService, requests: Sequence[ChatCompletionRequest],
+async def stream_answers(service: StageService, requests: Sequence[ChatCompletionRequest | CompletionRequest],
                          client_id: str = "ui") -> AsyncIterator[list[Answer]]:
     """Run several generations at once; yield every answer's latest snapshot after each update."""
-    latest: list[Answer] = [Answer(stage=r.model, messages=[m.plain() for m in r.messages]) for r in requests]
+    latest: list[Answer] = [Answer(stage=r.model, messages=[m.plain() for m in r.messages]
+                                   if isinstance(r, ChatCompletionRequest) else []) for r in requests]
     queue: asyncio.Queue[tuple[int, Answer | None]] = asyncio.Queue()
 
-    async def pump(i: int, request: ChatCompletionRequest) -> None:
+    async def pump(i: int, request: ChatCompletionRequest | CompletionRequest) -> None:
         try:
             async with aclosing(stream_answer(service, request, client_id)) as answers:
                 async for answer in answers:

@@ -190,7 +190,7 @@ def _frame(rows: list[dict[str, Any]], columns: list[str] | None = None):
     return pd.DataFrame(rows, columns=columns or ["token", "probability", "kind"])
 
 
-def build(history: gr.State, service=None) -> None:
+def build(history: gr.State, service=None, decoding=None) -> None:
     pick = gr.Dropdown(choices=[], label="answer", elem_id="tokens-answer")
     summary = gr.Markdown(elem_id="tokens-summary")
     view = gr.HTML(elem_id="tokens-html")
@@ -245,6 +245,9 @@ def build(history: gr.State, service=None) -> None:
         return lab_markdown(result, answer.tokens[pos]["token"]), gr.update(value=rows, headers=headers)
 
     if service is not None:
+        from ui import branch_view
+
+        branch_view.build(service, history, pick, position, decoding)
         _build_same_text(history, pick, service)
 
     history.change(refresh, [history, pick], pick)

@@ -61,3 +61,32 @@ def test_page_and_keep():
     assert kept(TEXT, "text", "", answer) == ("text more", "")
     assert kept(PREFILL, "q", "It is", answer) == ("q", "It is more")
     assert kept(TEXT, "text", "", None) == ("text", "")
+
+
+# -- branches from the token view (ui.branch_view) ----------------------------------------------------
+
+def test_a_branch_streams_each_stage_from_the_alternative_token(client):
+    from ui.branch_view import alternatives_at, branch_request, columns_html
+    from ui.stream import stream_answers
+
+    top = [["a", -0.5], ["b", -1.0]]
+    answer = Answer("base", [], prompt_ids=[5, 6], tokens=[
+        {"token": "a", "logprob": -0.5, "id": 1, "top": top, "top_ids": [1, 2]},
+        {"token": "c", "logprob": -2.0, "id": 3, "top": top, "top_ids": [1, 2]}])
+    assert alternatives_at(answer, 0) == [("a (sampled)", 1), ("b", 2)]
+    branch = branch_request(answer, 1, 2, ["base", "sft"], {"max_tokens": 2, "temperature": 0})
+    assert branch.prefix() == [5, 6, 1, 2]
+    requests = [branch.completion_for(s, branch.prefix()) for s in branch.stages()]
+
+    async def collect():
+        async for answers in stream_answers(client.app.state.service, requests):
+            pass
+        return answers
+
+    answers = client.portal.call(collect)
+    assert [a.stage for a in answers] == ["base", "sft"] and all(a.done for a in answers)
+    assert client.pool.built[("fake/base", None)].requests[-1][0] == [5, 6, 1, 2]
+    view = columns_html("a", "b", answers)
+    assert view.count('class="branch"') == 2 and "<mark>b</mark>" in view
+    with pytest.raises(Exception, match="position"):
+        branch_request(answer, 3, 2, ["base"], {}).prefix()
