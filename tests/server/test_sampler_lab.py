@@ -140,3 +140,14 @@ def test_out_of_range_sampler_fields_are_400s_naming_them(fake_app, field, value
                                                        "messages": [{"role": "user", "content": "x"}]})
         assert ok.status_code == 200  # -1 is vLLM's "off", as 0 is
         assert client.pool.built[("fake/base", None)].requests[-1][1].top_k == 0
+
+
+def test_from_a_top20_window_the_kept_set_is_vllms_across_many_distributions():
+    # the live check's situation (raw top-20 logprobs, top-k inside them), over flat and peaked logits
+    s = LabSettings(temperature=0.8, top_k=8, top_p=0.9, min_p=0.05)
+    for trial in range(200):
+        torch.manual_seed(trial)
+        logits = torch.randn(VOCAB) * (0.5 + trial % 5)
+        want = vllm_distribution(logits, s, [], [])
+        lab, got = lab_distribution(logits, s, [], [], window=20)
+        assert set(got) == {t for t in range(VOCAB) if want[t] > 0}, trial
