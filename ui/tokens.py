@@ -245,9 +245,10 @@ def build(history: gr.State, service=None, decoding=None) -> None:
         return lab_markdown(result, answer.tokens[pos]["token"]), gr.update(value=rows, headers=headers)
 
     if service is not None:
-        from ui import branch_view
+        from ui import branch_view, spec_view
 
         branch_view.build(service, history, pick, position, decoding)
+        spec_view.build(service, history, pick)
         _build_same_text(history, pick, service)
 
     history.change(refresh, [history, pick], pick)

@@ -116,3 +116,17 @@ def test_template_kwargs_reach_the_template(tokenizer):
     with pytest.raises(APIError) as caught:
         template_options(request(chat_template_kwargs={"nope": 1}), tokenizer)
     assert caught.value.param == "chat_template_kwargs.nope"
+
+
+def test_the_websocket_takes_prefill_and_refuses_it_the_same_way(client):
+    with client.websocket_connect("/v1/ws") as ws:
+        ws.send_json({"type": "chat", "id": "p", "model": "base", "messages": [USER, PREFIX],
+                      "continue_final_message": True, "max_tokens": 2})
+        while (frame := ws.receive_json())["type"] == "delta":
+            pass
+        assert frame["type"] == "done" and frame["usage"]["completion_tokens"] == 2
+        client.pool.built[("fake/base", None)].tokenizer.chat_template = None
+        ws.send_json({"type": "chat", "id": "q", "model": "base", "messages": [USER, PREFIX],
+                      "continue_final_message": True})
+        frame = ws.receive_json()
+        assert frame["type"] == "error" and frame["error"]["param"] == "continue_final_message"

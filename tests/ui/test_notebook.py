@@ -90,3 +90,18 @@ def test_a_branch_streams_each_stage_from_the_alternative_token(client):
     assert view.count('class="branch"') == 2 and "<mark>b</mark>" in view
     with pytest.raises(Exception, match="position"):
         branch_request(answer, 3, 2, ["base"], {}).prefix()
+
+
+# -- speculation on and off, timed (ui.spec_view) -------------------------------------------------------
+
+def test_replaying_an_answer_with_and_without_speculation(client):
+    from ui.spec_view import replay_request, timing_markdown
+
+    answer = Answer("base", [], prompt_ids=[5, 6], completion_tokens=4, speculative={"method": "ngram"},
+                    sampling={"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+                              "presence_penalty": 0.0, "frequency_penalty": 0.0, "logit_bias": []})
+    runs = [run(client, replay_request(answer, spec))[1] for spec in ("ngram", "off")]
+    assert [r.completion_tokens for r in runs] == [4, 4] and runs[0].speculative and not runs[1].speculative
+    assert {key[1] for key in client.pool.built} >= {"ngram", None}
+    summary = timing_markdown("ngram", *runs)
+    assert "| speculative ngram |" in summary and "same text: **yes**" in summary
