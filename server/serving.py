@@ -346,7 +346,8 @@ class StageService:
                 completion=choice.text if self.log_prompts else None,
                 sampling=asdict(gen.settings),
                 speculative_method=gen.route.speculative_method,
-                speculative=asdict(spec) if spec else None,
+                # the per-step pairs (marks) stay out of the log: the figures are what it has always kept
+                speculative={k: v for k, v in asdict(spec).items() if k != "steps"} if spec else None,
                 prompt_tokens=gen.prompt_tokens,
                 completion_tokens=choice.tokens,
                 finish_reason=choice.finish_reason,
