@@ -4,8 +4,8 @@ the target produced itself.
 Each engine step that verified drafts emits the `j` draft tokens the target accepted, then one
 token of the target's own: it replaces the first rejected draft token (`j` < drafted), or it is the
 bonus token after all of them were accepted (`j` = drafted). A step that proposed no draft (the first
-token, which the prompt's own step samples, or prompt lookup finding no match) emits one target token. vLLM 0.32 reports, when a sequence
-finishes, the ordered (drafted, accepted) pair of every verifying step (`per_request_spec_decode_metrics
+token, which the prompt's own step samples, or prompt lookup finding no match) emits one target
+token. vLLM 0.32 reports, when a sequence finishes, the ordered (drafted, accepted) pair of every verifying step (`per_request_spec_decode_metrics
 = "detailed"`), but not which emitted tokens each step produced, nor the steps that drafted nothing.
 The token counts of the deltas the engine streamed fill that in: a delta holds whole steps (one per
 step, or several when vLLM merged outputs a slow consumer had not taken yet), so `align` places the

@@ -33,8 +33,11 @@ def alternatives_at(answer: Answer, position: int) -> list[tuple[str, int]]:
     ids = entry.get("top_ids") or []
     if len(ids) != len(entry["top"]):
         return []
-    shown = lambda t: t.replace(" ", "␣").replace("\n", "⏎") or "∅"  # noqa: E731
-    return [(f"{shown(t)}{' (sampled)' if i == entry.get('id') else ''}", i) for i, (t, _) in zip(ids, entry["top"])]
+    return [(f"{_shown(t)}{' (sampled)' if i == entry.get('id') else ''}", i) for i, (t, _) in zip(ids, entry["top"])]
+
+
+def _shown(token: str) -> str:
+    return token.replace(" ", "␣").replace("\n", "⏎") or "∅"
 
 
 def branch_request(answer: Answer, position: int, token: int, stages: list[str], fields: dict[str, Any]
@@ -92,8 +95,8 @@ def build(service: StageService, history: gr.State, pick: gr.Dropdown, position:
         requests = [branch.completion_for(stage, prefix).model_copy(update={"echo": False})
                     for stage in branch.stages()]
         before = "".join(t["token"] for t in answer.tokens[:pos])
-        label = next((lbl for lbl, i in alternatives_at(answer, pos) if i == int(token)), str(token))
-        shown = label.removesuffix(" (sampled)").replace("␣", " ").replace("⏎", "\n")
+        entry = answer.tokens[pos]
+        shown = next((t for i, (t, _) in zip(entry["top_ids"], entry["top"]) if i == int(token)), str(token))
         async with aclosing(stream_answers(service, requests)) as snapshots:
             async for answers in snapshots:
                 yield columns_html(before, shown, answers)

@@ -224,9 +224,10 @@ def build(history: gr.State, service=None, decoding=None) -> None:
         answer = history_[n]
         head = f"**{answer.stage}** (sampled at T = {answer.temperature if answer.temperature is not None else 'stage default'}) · {answer.stats()}"
         rows = acceptance_rows(answer.marks)
-        return head, token_html(answer.tokens, answer.marks), gr.update(maximum=max(len(answer.tokens) - 1, 1), value=0), \
-            token_rows(answer.tokens), gr.update(value=_frame(rows, ["position", "tokens", "kind"]) if rows else None,
-                                                 visible=bool(rows))
+        acceptance_plot = gr.update(value=_frame(rows, ["position", "tokens", "kind"]) if rows else None,
+                                    visible=bool(rows))
+        return head, token_html(answer.tokens, answer.marks), \
+            gr.update(maximum=max(len(answer.tokens) - 1, 1), value=0), token_rows(answer.tokens), acceptance_plot
 
     def plots(history_: list[Answer], n, pos, t):
         if n is None or n >= len(history_) or not history_[n].tokens:

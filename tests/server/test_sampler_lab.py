@@ -24,7 +24,9 @@ def vllm_distribution(logits: torch.Tensor, s: LabSettings, prompt: list[int], o
     x = logits.clone().unsqueeze(0)
     for token, bias in s.logit_bias:
         x[0, token] += bias
-    pad = lambda ids: torch.tensor([ids + [VOCAB]], dtype=torch.long)  # noqa: E731 (vocab-size padding, vLLM's)
+    def pad(ids):  # padded with the vocabulary size, as vLLM pads
+        return torch.tensor([ids + [VOCAB]], dtype=torch.long)
+
     x = apply_penalties(x, pad(prompt), pad(output), torch.tensor([s.presence_penalty]),
                         torch.tensor([s.frequency_penalty]), torch.tensor([s.repetition_penalty]))
     x = Sampler.apply_temperature(x, torch.tensor([s.temperature]), all_random=True)
@@ -149,5 +151,5 @@ def test_from_a_top20_window_the_kept_set_is_vllms_across_many_distributions():
         torch.manual_seed(trial)
         logits = torch.randn(VOCAB) * (0.5 + trial % 5)
         want = vllm_distribution(logits, s, [], [])
-        lab, got = lab_distribution(logits, s, [], [], window=20)
+        _, got = lab_distribution(logits, s, [], [], window=20)
         assert set(got) == {t for t in range(VOCAB) if want[t] > 0}, trial
