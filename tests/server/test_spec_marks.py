@@ -133,3 +133,19 @@ def test_marks_on_the_websocket_done_frame(client):
 def test_no_marks_without_speculation(client):
     body = client.post("/v1/chat/completions", json={**REQUEST, "speculative": "off"}).json()
     assert "speculative_marks" not in body["choices"][0]
+
+
+def test_the_vllm_engine_reads_vllms_detailed_per_step_figures():
+    from types import SimpleNamespace
+
+    from vllm.v1.metrics.stats import RequestSpecDecodeMetrics
+
+    from server.vllm_engine import VllmEngine
+
+    metrics = RequestSpecDecodeMetrics.new(3)
+    for drafted, accepted in STEPS:  # what vLLM's scheduler records at "detailed"
+        metrics.observe(drafted, accepted, detailed=True)
+    output = SimpleNamespace(index=0, text="x", token_ids=[1, 2], logprobs=None, finish_reason="length",
+                             spec_decode_metrics=metrics)
+    figures = VllmEngine("m", speculative_method="ngram")._delta(output, 0).speculative
+    assert figures.steps == tuple(STEPS) and figures.accepted_tokens == 6 and figures.draft_tokens == 12
