@@ -78,6 +78,8 @@ class SpeculativeFigures:
     accepted_tokens: int
     acceptance_rate: float
     mean_acceptance_length: float
+    # (drafted, accepted) per verify step in order, when the engine reports them (`server.spec_marks`)
+    steps: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass

@@ -211,7 +211,7 @@ class _SamplingRequest(_Strict):
     seed: int | None = None
     user: str | None = None  # accepted; stagechat identifies clients by their API key
     # extensions (vLLM's names)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=-1)  # 0 or -1 (vLLM's): off
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0, le=2)
     ignore_eos: bool = False
@@ -259,7 +259,7 @@ class _SamplingRequest(_Strict):
             max_tokens=max_tokens,
             temperature=pick("temperature", 1.0),
             top_p=pick("top_p", 1.0),
-            top_k=pick("top_k", 0),
+            top_k=max(pick("top_k", 0), 0),
             min_p=pick("min_p", 0.0),
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
@@ -292,6 +292,10 @@ class ChatCompletionRequest(_SamplingRequest):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # extensions (vLLM's names): prefill, checked against the stage's template by server.prefill
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -420,6 +424,8 @@ class TokenizeRequest(_Strict):
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool | None = None  # default: True for a prompt, False for messages (vLLM's)
     add_generation_prompt: bool = True
+    continue_final_message: bool = False  # as on chat completions (server.prefill)
+    chat_template_kwargs: dict[str, Any] | None = None
     return_token_strs: bool = False
     tools: list[Tool] | None = None
 

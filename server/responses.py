@@ -136,6 +136,8 @@ def chat_body(gen: Generation, how: Rendering = Rendering()) -> dict[str, Any]:
         })
         if c.reward is not None:
             choices[-1]["reward"] = reward_body(c)
+        if c.marks is not None:  # extension: speculation token by token (server.spec_marks)
+            choices[-1]["speculative_marks"] = c.marks.body()
     body = {"id": gen.id, "object": "chat.completion", "created": gen.created, "model": gen.stage,
             "choices": choices, "usage": gen.usage()}
     if how.prompt_logprobs:
@@ -162,6 +164,8 @@ def completion_body(gens: list[Generation], how: Rendering = Rendering()) -> dic
                 choice["prompt_logprobs"] = vllm_prompt_logprobs(gen.prompt_logprobs)
             if c.reward is not None:
                 choice["reward"] = reward_body(c)
+            if c.marks is not None:
+                choice["speculative_marks"] = c.marks.body()
             choices.append(choice)
     first = gens[0]
     return _extensions({"id": first.id, "object": "text_completion", "created": first.created,
@@ -224,8 +228,7 @@ class ChunkWriter:
         extra = ""
         if first and self.how.prompt_logprobs and p == 0 and d.index == 0:
             extra = ',"prompt_logprobs":' + _dumps(vllm_prompt_logprobs(gen.prompt_logprobs))
-        if d.finish_reason and gen.choices[d.index].reward is not None:
-            extra += ',"reward":' + _dumps(reward_body(gen.choices[d.index]))
+        extra += _final_extras(gen, d)
         return '{"index":%d,"delta":%s,"logprobs":%s,"finish_reason":%s%s}' % (
             index, _dumps(delta), logprobs, _dumps(finish), extra)
 
@@ -243,13 +246,25 @@ class ChunkWriter:
         extra = ""
         if first and self.how.prompt_logprobs:
             extra = ',"prompt_logprobs":' + _dumps(vllm_prompt_logprobs(gen.prompt_logprobs))
-        if d.finish_reason and gen.choices[d.index].reward is not None:
-            extra += ',"reward":' + _dumps(reward_body(gen.choices[d.index]))
+        extra += _final_extras(gen, d)
         return '{"index":%d,"text":%s,"logprobs":%s,"finish_reason":%s%s}' % (
             index, _dumps(text), logprobs, _dumps(d.finish_reason), extra)
 
     def usage_chunk(self) -> str:
         return "data: " + self.head + '],"usage":' + _dumps(_usage(self.gens)) + "}\n\n"
+
+
+def _final_extras(gen: Generation, d: Delta) -> str:
+    """What a choice's finishing chunk carries beyond the delta: the reward, the speculation marks."""
+    if not d.finish_reason:
+        return ""
+    choice = gen.choices[d.index]
+    extra = ""
+    if choice.reward is not None:
+        extra += ',"reward":' + _dumps(reward_body(choice))
+    if choice.marks is not None:  # vLLM reports the steps when the sequence finishes: marks come last
+        extra += ',"speculative_marks":' + _dumps(choice.marks.body())
+    return extra
 
 
 def sse_error(body: dict[str, Any]) -> str:

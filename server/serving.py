@@ -28,8 +28,10 @@ from server.errors import APIError, bad_request, not_ready
 from server.generation_log import GenerationLog
 from server.limits import Lease, Limiter
 from server.pool import EnginePool, Route
+from server.prefill import render_error, template_options
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.rewards import RewardService, Score
+from server.spec_marks import SpecMarks, align
 from server.store.records import GenerationRecord, prompt_hash
 from server.supervisor import unavailable
 from server.tools import template_tools
@@ -56,6 +58,8 @@ class Choice:
     speculative: SpeculativeFigures | None = None
     tokens: int = 0
     reward: "Score | None" = None  # the reward model's score, when the request asked for one
+    groups: list[int] = field(default_factory=list)  # tokens per delta: where engine steps may end
+    marks: SpecMarks | None = None  # speculation token by token, when the engine reported its steps
 
 
 @dataclass
@@ -147,7 +151,8 @@ class StageService:
         tools = template_tools(request, self.pool.registry.stages[request.model].tool_parser,
                                getattr(tokenizer, "chat_template", None), request.model)
         size = sum(len(str(m.get("content") or "")) for m in messages)
-        ids, stop = await _off_loop(size, render_chat, tokenizer, messages, tools)
+        options = template_options(request, tokenizer)  # prefill (a 400 where the template cannot)
+        ids, stop = await _off_loop(size, render_chat, tokenizer, messages, tools, options)
         settings = self._settings(request, route, ids, param="messages")
         if stop:
             settings = _with_stop(settings, stop)
@@ -275,6 +280,8 @@ class StageService:
                     choice = gen.choices[delta.index]
                     choice.text += delta.text
                     choice.tokens += len(delta.token_ids)
+                    if delta.token_ids:
+                        choice.groups.append(len(delta.token_ids))
                     if delta.logprobs:
                         choice.logprobs.extend(delta.logprobs)
                     if delta.prompt_logprobs is not None:
@@ -282,6 +289,8 @@ class StageService:
                     if delta.finish_reason:
                         choice.finish_reason = delta.finish_reason
                         choice.speculative = delta.speculative
+                        if delta.speculative is not None and delta.speculative.steps:
+                            choice.marks = align(choice.groups, delta.speculative.steps)
                 if gen.reward_model is not None:
                     held += [d for d in batch if d.finish_reason]
                     batch = [d for d in batch if not d.finish_reason]
@@ -367,7 +376,8 @@ class StageService:
                 completion=choice.text if self.log_prompts else None,
                 sampling=asdict(gen.settings),
                 speculative_method=gen.route.speculative_method,
-                speculative=asdict(spec) if spec else None,
+                # the per-step pairs (marks) stay out of the log: the figures are what it has always kept
+                speculative={k: v for k, v in asdict(spec).items() if k != "steps"} if spec else None,
                 prompt_tokens=gen.prompt_tokens,
                 completion_tokens=choice.tokens,
                 finish_reason=choice.finish_reason,
@@ -404,13 +414,19 @@ async def _off_loop(size: int, fn, *args):
     return fn(*args)
 
 
-def render_chat(tokenizer, messages: list[dict[str, str]], tools: list[dict] | None = None
-                ) -> tuple[list[int], tuple[str, ...]]:
+def render_chat(tokenizer, messages: list[dict[str, str]], tools: list[dict] | None = None,
+                options: dict[str, Any] | None = None) -> tuple[list[int], tuple[str, ...]]:
     """The prompt's token ids for a chat (with `tools` rendered by the template when given), and the
-    stop strings its format needs."""
+    stop strings its format needs. `options`: the template arguments of a prefill (`server.prefill`)."""
     if getattr(tokenizer, "chat_template", None):
         extra = {"tools": tools} if tools else {}
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False,
+                                                 **{"add_generation_prompt": True, **(options or {})}, **extra)
+        except Exception as exc:  # a template that cannot render what the prefill asks
+            if options is None:
+                raise
+            raise render_error(exc, options) from None
         return tokenizer.encode(text, add_special_tokens=False), ()
     return tokenizer.encode(plain_transcript(messages), add_special_tokens=False), (PLAIN_STOP,)
 

@@ -108,8 +108,9 @@ class VllmEngine:
             args.update(enable_lora=True, max_lora_rank=self._max_lora_rank)
         if self._speculative_config is not None:
             args["speculative_config"] = dict(self._speculative_config)
-            # per-request acceptance figures (CompletionOutput.spec_decode_metrics)
-            args["per_request_spec_decode_metrics"] = "summary"
+            # per-request acceptance figures (CompletionOutput.spec_decode_metrics), with the ordered
+            # (drafted, accepted) pair of every verify step: the per-token marks (server.spec_marks)
+            args["per_request_spec_decode_metrics"] = "detailed"
         args = with_default_dtype({**args, **self._engine_args})
         args["structured_outputs_config"] = _structured_outputs_config(args.get("structured_outputs_config"))
         return AsyncEngineArgs(**args)
@@ -225,6 +226,7 @@ class VllmEngine:
                 accepted_tokens=m["num_accepted_draft_tokens"],
                 acceptance_rate=m["draft_acceptance_rate"],
                 mean_acceptance_length=m["mean_acceptance_length"],
+                steps=tuple(zip(m.get("per_step_drafted", ()), m.get("per_step_accepted", ()))),
             )
         return Delta(
             index=c.index,

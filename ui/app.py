@@ -1,4 +1,4 @@
-"""The browser UI: one Gradio Blocks (Chat, Compare, Token view, Leaderboard) mounted at `/` of the
+"""The browser UI: one Gradio Blocks (Chat, Compare, Notebook, Token view, Leaderboard) mounted at `/` of the
 FastAPI app; behind Gradio's login (an API key as the password, see `ui/login.py`) whenever the server
 has API keys.
 
@@ -23,7 +23,7 @@ CSS = """
 
 
 def build_ui(service: StageService, login: Login | None = None) -> gr.Blocks:
-    from ui import chat, compare, controls, leaderboard, status, tokens
+    from ui import chat, compare, controls, leaderboard, notebook, status, tokens
 
     login = login or Login(Settings())
 
@@ -38,14 +38,16 @@ def build_ui(service: StageService, login: Login | None = None) -> gr.Blocks:
                 chat_stage = chat.build(service, decoding, history, login)
             with gr.Tab("Compare", id="compare"):
                 compare_stages = compare.build(service, decoding, history, login)
+            with gr.Tab("Notebook", id="notebook"):
+                notebook_stage = notebook.build(service, decoding, history, login)
             with gr.Tab("Token view", id="tokens"):
-                tokens.build(history, service)
+                tokens.build(history, service, decoding)
             with gr.Tab("Leaderboard", id="leaderboard") as board_tab:
                 _, refresh = leaderboard.build(service)
             board_tab.select(**refresh)
         # Stages can be added while serving (`POST /v1/admin/reload`): every page load lists the current ones.
-        blocks.load(lambda: [gr.update(choices=controls.stage_choices(service))] * 2, None,
-                    [chat_stage, compare_stages], queue=False)
+        blocks.load(lambda: [gr.update(choices=controls.stage_choices(service))] * 3, None,
+                    [chat_stage, compare_stages, notebook_stage], queue=False)
     return blocks
 
 

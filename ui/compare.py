@@ -144,7 +144,7 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
         try:
             for i, column in enumerate(cols_):
                 settings = list(values)
-                seed_at = len(decoding.inputs) - 3  # (temperature, top_p, max_tokens, seed, speculative, system)
+                seed_at = decoding.inputs.index(decoding.seed)
                 if targets.count(column.stage) > 1 and settings[seed_at] is not None and settings[seed_at] >= 0:
                     settings[seed_at] = settings[seed_at] + i  # samples of one stage: different seeds
                 requests.append(controls.request_for(service, column.stage, [*column.history, user], *settings))

@@ -19,10 +19,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from server.errors import APIError
-from server.protocol import ChatCompletionRequest
+from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.serving import StageService
 
-TOP_LOGPROBS = 5  # the UI always asks for them: the token view needs the alternatives
+TOP_LOGPROBS = 20  # the UI always asks for them: the token view and its sampler lab need the alternatives
 
 
 @dataclass
@@ -43,6 +43,12 @@ class Answer:
     speculative: dict[str, Any] | None = None
     reward: dict[str, Any] | None = None  # {"model", "score", "error"?} when a reward model scored the answer
     first_token_at: float | None = None  # wall clock (time.time()) when the first token reached the UI
+    marks: dict[str, Any] | None = None  # speculation token by token (`SpecMarks.body()`), when it ran
+    kind: str = "chat"  # or "completion" (the notebook's raw text)
+    # for the sampler lab: the settings the engine sampled with, the prompt's ids, the vocabulary size
+    sampling: dict[str, Any] | None = None
+    prompt_ids: list[int] = field(default_factory=list)
+    vocab_size: int = 0
 
     @property
     def done(self) -> bool:
@@ -82,11 +88,12 @@ class Answer:
 
 def chat_request(stage: str, messages: list[dict[str, str]], *, temperature: float | None = None,
                  top_p: float | None = None, max_tokens: int | None = None, seed: int | None = None,
-                 speculative: str | None = None) -> ChatCompletionRequest:
-    """The OpenAI request the UI's controls describe (raises `ValidationError` on bad values)."""
+                 speculative: str | None = None, **sampler: Any) -> ChatCompletionRequest:
+    """The OpenAI request the UI's controls describe (raises `ValidationError` on bad values);
+    `sampler`: more of its sampling fields (top_k, min_p, the penalties)."""
     return ChatCompletionRequest(model=stage, messages=messages, temperature=temperature, top_p=top_p,
                                  max_tokens=max_tokens, seed=seed, speculative=speculative, logprobs=True,
-                                 top_logprobs=TOP_LOGPROBS)
+                                 top_logprobs=TOP_LOGPROBS, **sampler)
 
 
 def _message(exc: Exception) -> str:
@@ -98,18 +105,29 @@ def _message(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def stream_answer(service: StageService, request: ChatCompletionRequest,
+async def stream_answer(service: StageService, request: ChatCompletionRequest | CompletionRequest,
                         client_id: str = "ui") -> AsyncIterator[Answer]:
-    """Yield the same `Answer`, updated, after every batch; the last one is done (or has an error)."""
-    answer = Answer(stage=request.model, messages=[m.plain() for m in request.messages],
-                    temperature=request.temperature)
+    """Yield the same `Answer`, updated, after every batch; the last one is done (or has an error).
+    A `CompletionRequest` (the notebook) continues raw text; its `messages` hold the text as a user turn."""
+    text_only = isinstance(request, CompletionRequest)
+    messages = [{"role": "user", "content": request.prompt_text()}] if text_only else \
+        [m.plain() for m in request.messages]
+    answer = Answer(stage=request.model, messages=messages, temperature=request.temperature,
+                    kind="completion" if text_only else "chat")
     try:
-        gen = await service.chat(request, client_id)
+        gen = await (service.complete(request, client_id) if text_only else service.chat(request, client_id))
     except APIError as exc:
         answer.error, answer.finish_reason = _message(exc), "error"
         yield answer
         return
     answer.response_id = gen.id
+    s = gen.settings
+    answer.sampling = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
+                       "repetition_penalty": s.repetition_penalty, "presence_penalty": s.presence_penalty,
+                       "frequency_penalty": s.frequency_penalty, "logit_bias": [list(b) for b in s.logit_bias]}
+    answer.prompt_ids = list(gen.prompt_token_ids)
+    tokenizer = gen.route.engine.tokenizer
+    answer.vocab_size = len(tokenizer) if hasattr(tokenizer, "__len__") else 0
     choice = gen.choices[0]
     began = time.perf_counter()
     try:
@@ -121,8 +139,9 @@ async def stream_answer(service: StageService, request: ChatCompletionRequest,
                     answer.first_token_at = time.time()
                 for delta in batch:
                     if delta.index == 0 and delta.logprobs:
-                        answer.tokens.extend({"token": lp.token, "logprob": lp.logprob,
-                                              "top": [list(t) for t in lp.top]} for lp in delta.logprobs)
+                        answer.tokens.extend({"token": lp.token, "logprob": lp.logprob, "id": lp.token_id,
+                                              "top": [list(t) for t in lp.top], "top_ids": list(lp.top_ids)}
+                                             for lp in delta.logprobs)
                 answer.text = choice.text
                 answer.completion_tokens = choice.tokens
                 answer.ttft_ms = gen.ttft_ms
@@ -141,18 +160,21 @@ async def stream_answer(service: StageService, request: ChatCompletionRequest,
     if spec is not None:
         answer.speculative = {"method": spec.method, "draft_tokens": spec.draft_tokens,
                               "accepted_tokens": spec.accepted_tokens, "acceptance_rate": spec.acceptance_rate}
+    if choice.marks is not None:
+        answer.marks = choice.marks.body()
     if choice.reward is not None:  # the stage's default reward model scored it
         answer.reward = {"model": choice.reward.model, "score": choice.reward.score, "error": choice.reward.error}
     yield answer
 
 
-async def stream_answers(service: StageService, requests: Sequence[ChatCompletionRequest],
+async def stream_answers(service: StageService, requests: Sequence[ChatCompletionRequest | CompletionRequest],
                          client_id: str = "ui") -> AsyncIterator[list[Answer]]:
     """Run several generations at once; yield every answer's latest snapshot after each update."""
-    latest: list[Answer] = [Answer(stage=r.model, messages=[m.plain() for m in r.messages]) for r in requests]
+    latest: list[Answer] = [Answer(stage=r.model, messages=[m.plain() for m in r.messages]
+                                   if isinstance(r, ChatCompletionRequest) else []) for r in requests]
     queue: asyncio.Queue[tuple[int, Answer | None]] = asyncio.Queue()
 
-    async def pump(i: int, request: ChatCompletionRequest) -> None:
+    async def pump(i: int, request: ChatCompletionRequest | CompletionRequest) -> None:
         try:
             async with aclosing(stream_answer(service, request, client_id)) as answers:
                 async for answer in answers:

@@ -1,6 +1,9 @@
 """The Token view: for one answer, every generated token with its probability and the top
 alternatives (from the logprobs the UI always asks for), and how another temperature would reshape
-the next-token distribution at a chosen position: softmax(logprob / T) over the alternatives.
+the next-token distribution at a chosen position: softmax(logprob / T) over the alternatives. With
+speculation, each token is underlined by what speculation did there (`server.spec_marks`) and a plot
+shows acceptance by draft position; the sampler lab (`ui.sampler_view`) walks the chosen position
+through vLLM's sampler steps.
 
 The logprobs are vLLM's raw ones (before temperature, top_p), so T = 1 is the model's own
 distribution, renormalised over the alternatives shown.
@@ -21,6 +24,7 @@ from typing import Any
 import gradio as gr
 
 from server.scoring import StageScore, score_everywhere
+from ui.sampler_view import lab_for, lab_markdown, lab_rows
 from ui.stream import Answer
 
 
@@ -59,16 +63,48 @@ def _color(p: float) -> str:
     return f"hsl({int(120 * p)}, 75%, 82%)"
 
 
-def token_html(tokens: list[dict[str, Any]]) -> str:
-    """The answer, one span per token, shaded by probability; hover shows the alternatives."""
+# How each speculation mark underlines its token (`server.spec_marks`), and what it means.
+MARK_STYLES = {
+    "accepted": ("border-bottom:3px solid #2a9d8f", "a draft token the target accepted"),
+    "replaced": ("border-bottom:3px solid #e76f51", "the target's token in place of a rejected draft"),
+    "bonus": ("border-bottom:3px dotted #264653", "the target's bonus token after a fully accepted draft"),
+    "target": ("", "the target's token at a step without draft"),
+}
+
+
+def token_html(tokens: list[dict[str, Any]], marks: dict[str, Any] | None = None) -> str:
+    """The answer, one span per token, shaded by probability; hover shows the alternatives. With
+    speculation `marks`, each token is underlined by what speculation did there, and a legend says how."""
+    kinds = (marks or {}).get("tokens") or []
     spans = []
     for i, entry in enumerate(tokens):
         p = math.exp(entry["logprob"])
         alts = ", ".join(f"{shown(t)} {math.exp(lp):.2f}" for t, lp in alternatives(entry))
-        title = html.escape(f"#{i} p={p:.3f} | {alts}", quote=True)
-        spans.append(f'<span class="tok" data-pos="{i}" title="{title}" style="background:{_color(p)}">'
+        kind = kinds[i] if i < len(kinds) else None
+        title = html.escape(f"#{i} p={p:.3f}{f' [{kind}]' if kind else ''} | {alts}", quote=True)
+        style = f"background:{_color(p)}"
+        if kind and MARK_STYLES.get(kind, ("",))[0]:
+            style += ";" + MARK_STYLES[kind][0]
+        mark = f' data-mark="{kind}"' if kind else ""
+        spans.append(f'<span class="tok" data-pos="{i}"{mark} title="{title}" style="{style}">'
                      f"{html.escape(entry['token'])}</span>")
-    return f'<div class="token-view">{"".join(spans)}</div>'
+    legend = ""
+    if kinds:
+        counts = {k: kinds.count(k) for k in MARK_STYLES}
+        legend = '<div class="spec-legend">' + " · ".join(
+            f'<span style="{style}">{k}</span> {counts[k]} ({html.escape(why)})'
+            for k, (style, why) in MARK_STYLES.items()) + "</div>"
+    return f'<div class="token-view">{"".join(spans)}</div>{legend}'
+
+
+def acceptance_rows(marks: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Acceptance by draft position, for a stacked bar plot: accepted and rejected draft tokens."""
+    rows = []
+    for p in (marks or {}).get("by_position", []):
+        rows.append({"position": f"draft #{p['position']}", "tokens": p["accepted"], "kind": "accepted"})
+        rows.append({"position": f"draft #{p['position']}", "tokens": p["drafted"] - p["accepted"],
+                     "kind": "rejected"})
+    return rows
 
 
 def token_rows(tokens: list[dict[str, Any]]) -> list[list[Any]]:
@@ -148,13 +184,13 @@ def answer_label(n: int, answer: Answer) -> str:
     return f"{n + 1}. {answer.stage}: {preview[:50]}{'…' if len(preview) > 50 else ''}"
 
 
-def _frame(rows: list[dict[str, Any]]):
+def _frame(rows: list[dict[str, Any]], columns: list[str] | None = None):
     import pandas as pd  # gradio's plots take DataFrames; imported when a plot is drawn
 
-    return pd.DataFrame(rows, columns=["token", "probability", "kind"])
+    return pd.DataFrame(rows, columns=columns or ["token", "probability", "kind"])
 
 
-def build(history: gr.State, service=None) -> None:
+def build(history: gr.State, service=None, decoding=None) -> None:
     pick = gr.Dropdown(choices=[], label="answer", elem_id="tokens-answer")
     summary = gr.Markdown(elem_id="tokens-summary")
     view = gr.HTML(elem_id="tokens-html")
@@ -167,6 +203,13 @@ def build(history: gr.State, service=None) -> None:
     with gr.Row():
         model_plot = gr.BarPlot(label="as the model gives it (T = 1)", elem_id="tokens-plot-model", **plot_args)
         reshaped_plot = gr.BarPlot(label="at temperature T", elem_id="tokens-plot-reshaped", **plot_args)
+    acceptance = gr.BarPlot(x="position", y="tokens", color="kind", sort=None, height=220,
+                            color_map={"accepted": "#2a9d8f", "rejected": "#e76f51"},
+                            label="speculation: acceptance by draft position", elem_id="tokens-acceptance",
+                            visible=False)
+    with gr.Accordion("Sampler lab: this position through vLLM's sampler, step by step", open=True):
+        lab_summary = gr.Markdown(elem_id="lab-summary")
+        lab_table = gr.Dataframe(interactive=False, elem_id="lab-table", wrap=True)
     table = gr.Dataframe(headers=["#", "token", "p", "top alternatives"], interactive=False,
                          elem_id="tokens-table", wrap=True)
 
@@ -177,11 +220,14 @@ def build(history: gr.State, service=None) -> None:
 
     def show_answer(history_: list[Answer], n):
         if n is None or n >= len(history_):
-            return "", "", gr.update(maximum=1, value=0), []
+            return "", "", gr.update(maximum=1, value=0), [], gr.update(visible=False)
         answer = history_[n]
         head = f"**{answer.stage}** (sampled at T = {answer.temperature if answer.temperature is not None else 'stage default'}) · {answer.stats()}"
-        return head, token_html(answer.tokens), gr.update(maximum=max(len(answer.tokens) - 1, 1), value=0), \
-            token_rows(answer.tokens)
+        rows = acceptance_rows(answer.marks)
+        acceptance_plot = gr.update(value=_frame(rows, ["position", "tokens", "kind"]) if rows else None,
+                                    visible=bool(rows))
+        return head, token_html(answer.tokens, answer.marks), \
+            gr.update(maximum=max(len(answer.tokens) - 1, 1), value=0), token_rows(answer.tokens), acceptance_plot
 
     def plots(history_: list[Answer], n, pos, t):
         if n is None or n >= len(history_) or not history_[n].tokens:
@@ -190,13 +236,28 @@ def build(history: gr.State, service=None) -> None:
         entry = tokens[min(int(pos), len(tokens) - 1)]
         return _frame(distribution(entry, 1.0)), _frame(distribution(entry, t))
 
+    def lab(history_: list[Answer], n, pos):
+        if n is None or n >= len(history_) or not history_[n].tokens:
+            return "", gr.update(value=None)
+        answer = history_[n]
+        pos = min(int(pos), len(answer.tokens) - 1)
+        result = lab_for(answer, pos)
+        headers, rows = lab_rows(result)
+        return lab_markdown(result, answer.tokens[pos]["token"]), gr.update(value=rows, headers=headers)
+
     if service is not None:
+        from ui import branch_view, spec_view
+
+        branch_view.build(service, history, pick, position, decoding)
+        spec_view.build(service, history, pick)
         _build_same_text(history, pick, service)
 
     history.change(refresh, [history, pick], pick)
-    pick.change(show_answer, [history, pick], [summary, view, position, table]).then(
+    pick.change(show_answer, [history, pick], [summary, view, position, table, acceptance]).then(
         plots, [history, pick, position, temperature], [model_plot, reshaped_plot])
     position.change(plots, [history, pick, position, temperature], [model_plot, reshaped_plot])
+    position.change(lab, [history, pick, position], [lab_summary, lab_table])
+    pick.change(lab, [history, pick, position], [lab_summary, lab_table])
     temperature.change(plots, [history, pick, position, temperature], [model_plot, reshaped_plot])
 
 

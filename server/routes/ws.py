@@ -306,6 +306,8 @@ def done_frame(fid: str | int, gen: Generation | None, *, cancelled: bool = Fals
     }
     if gen.reward_model is not None:  # extension: the reward model's score of the (first) answer
         frame["reward"] = reward_body(gen.choices[0])
+    if gen.choices[0].marks is not None:  # extension: speculation token by token (server.spec_marks)
+        frame["speculative_marks"] = gen.choices[0].marks.body()
     if gen.settings.n > 1:
         frame["choices"] = [{"index": c.index, "finish_reason": "cancelled" if cancelled else c.finish_reason,
                              **({"reward": reward_body(c)} if gen.reward_model is not None else {})}

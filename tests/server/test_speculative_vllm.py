@@ -149,6 +149,22 @@ def test_figures_in_the_final_stream_chunk_of_an_adapter_stage(runs, method):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_marks_add_up_to_the_figures(runs, method):
+    # server.spec_marks: one mark per token, from vLLM's per-step figures and the streamed deltas
+    final = [c for c in runs[method]["chunks"] if c.choices][-1]
+    replies = [(r.choices[0], r.model_extra["speculative"], r.usage.completion_tokens)
+               for r in [*runs[method]["greedy"], runs[method]["sft"]]]
+    replies.append((final.choices[0], final.model_extra["speculative"], runs[method]["sft"].usage.completion_tokens))
+    for choice, spec, tokens in replies:
+        marks = choice.model_extra["speculative_marks"]
+        assert len(marks["tokens"]) == tokens and marks["tokens"][0] == "target"
+        assert marks["tokens"].count("accepted") + marks["dropped"] == spec["accepted_tokens"]
+        assert sum(d for d, _ in marks["steps"]) == spec["draft_tokens"]
+        assert sum(p["accepted"] for p in marks["by_position"]) == spec["accepted_tokens"]
+    assert all("speculative_marks" not in r.choices[0].model_extra for r in runs["off"]["greedy"])
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_each_variant_is_its_own_engine_and_evicts_the_idle_one(runs, method):
     assert runs[method]["engines"] == [{"model": runs[method]["engines"][0]["model"], "speculative": method}]
     assert runs["off"]["engines"][0]["speculative"] == "off"

@@ -97,3 +97,23 @@ def test_compare_streams_two_stages_and_stores_a_preference(vllm_ui_server, page
     open_tab(page, "Token view")
     wait_for(lambda: page.locator("#tokens-html span.tok").count() > 3)
     page.screenshot(path=str(artifacts / "tokens.png"), full_page=True)
+
+
+def test_sampler_lab_and_a_branch_from_an_alternative_token(vllm_ui_server, page, artifacts):
+    """docs/decoding.md: the token view walks a position through vLLM's sampler steps, and a branch
+    continues from an alternative token (token ids from real logprobs)."""
+    page.goto(vllm_ui_server.url)
+    set_slider(page, "decoding-max-tokens", 12)
+    ask(page, "What is the capital of Kenya?")
+    wait_for(lambda: bool(chat_answer_texts(page)) and any(
+        reason in page.locator("#chat-stats").inner_text() for reason in ("· stop", "· length")), timeout=60)
+    open_tab(page, "Token view")
+    wait_for(lambda: page.locator("#tokens-html span.tok").count() > 3)
+    wait_for(lambda: "raw (the model)" in page.locator("#lab-summary").inner_text())
+    assert "temperature" in page.locator("#lab-summary").inner_text()  # the UI's default T = 0.8 step
+    page.get_by_text("Branch: continue from an alternative token").click()
+    page.click("#branch-go")
+    wait_for(lambda: page.locator("#branch-view .branch").count() == 1
+             and "▍" not in page.locator("#branch-view").inner_text(), timeout=60)
+    assert page.locator("#branch-view mark").count() == 1
+    page.screenshot(path=str(artifacts / "lab-and-branch.png"), full_page=True)
