@@ -24,6 +24,7 @@ The modules, bottom up:
     generations.py  the generation log          } mixins of `Store`
     feedback.py     rate, prefer, rank, correct } (store.py joins them)
     reads.py        pages, export inputs, judgements
+    conversations.py  saved conversation trees, share links
 
 `from server.store import X` works for every public name of these modules. The plain records are
 imported here at once; everything that needs SQLAlchemy on first use (PEP 562), so importing
@@ -38,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 from server.store.records import (CHOICES, KINDS, MAX_RANKED, RATINGS, Choice, CorrectedAnswer, Correction, Feedback,
                                   GenerationRecord, InvalidFeedback, Judgement, Preference, PreferredPair, RatedAnswer,
                                   Ranking, Rating, StoreError, UnknownItem, UnknownResponse, prompt_hash, utcnow)
+from server.store.records import (MESSAGE_ROLES, Conversation, ConversationMessage, InvalidConversation, NewMessage,
+                                  Share, UnknownConversation)
 
 if TYPE_CHECKING:
     from server.store.engine import BUSY_SECONDS, create_store_engine
@@ -69,4 +72,6 @@ __all__ = [
     "CHOICES", "KINDS", "MAX_RANKED", "RATINGS", "Choice", "CorrectedAnswer", "Correction", "Feedback",
     "GenerationRecord", "InvalidFeedback", "Judgement", "Preference", "PreferredPair", "RatedAnswer", "Ranking",
     "Rating", "StoreError", "UnknownItem", "UnknownResponse", "prompt_hash", "utcnow", *_LAZY,
+    "MESSAGE_ROLES", "Conversation", "ConversationMessage", "InvalidConversation", "NewMessage", "Share",
+    "UnknownConversation",
 ]
