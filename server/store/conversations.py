@@ -129,9 +129,9 @@ class Conversations(StoreBase):
             row.updated_at = now
             return written
 
-    def get_message(self, message_id: str, *, viewer: str | None) -> ConversationMessage:
+    def get_message(self, message_id: str, *, viewer: str | None, param: str = "message_id") -> ConversationMessage:
         with self._read() as session:
-            return message_record(_message(session, message_id, viewer))
+            return message_record(_message(session, message_id, viewer, param))
 
     def message_path(self, message_id: str, *, viewer: str | None,
                      param: str = "message_id") -> list[ConversationMessage]:
