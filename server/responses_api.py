@@ -243,4 +243,7 @@ async def events(service: StageService, turn: Turn) -> AsyncIterator[str]:
     yield event("response.output_text.done", item_id=item, content_index=0, text=text, logprobs=[], **where)
     yield event("response.content_part.done", item_id=item, content_index=0, part=output_text(text), **where)
     yield event("response.output_item.done", item=final["output"][0], **where)
-    yield event("response.completed" if final["status"] == "completed" else "response.incomplete", response=final)
+    # Always `response.completed`, its response saying "incomplete" when max_output_tokens cut it short: what
+    # vLLM sends, and what the official client's `get_final_response()` waits for (it fails on
+    # `response.incomplete`).
+    yield event("response.completed", response=final)

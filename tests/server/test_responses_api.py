@@ -96,14 +96,14 @@ def test_stream_sends_the_spec_events_in_order(client: TestClient):
     assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
                          "response.content_part.added"]
     assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
-                          "response.incomplete"]
+                          "response.completed"]
     assert set(kinds[4:-4]) == {"response.output_text.delta"}
     assert [e["sequence_number"] for _, e in events] == list(range(len(events)))
     assert all(e["type"] == k for k, e in events)
     deltas = "".join(e["delta"] for k, e in events if k == "response.output_text.delta")
     final = events[-1][1]["response"]
     assert final["output"][0]["content"][0]["text"] == deltas == events[-4][1]["text"]
-    assert events[0][1]["response"]["status"] == "in_progress"
+    assert events[0][1]["response"]["status"] == "in_progress" and final["status"] == "incomplete"
     assert client.get(f"/v1/responses/{final['id']}").json()["output"] == final["output"]  # stored before the end
 
 
