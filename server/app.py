@@ -103,8 +103,9 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
     app.include_router(responses_routes.router)  # OpenAI Responses API (stored responses: server/responses_api.py)
     app.include_router(ws.router)  # before the UI: its mount at / would catch /v1/ws
     if store is not None:
-        from server.routes import feedback, leaderboard
+        from server.routes import conversations, feedback, leaderboard
 
+        app.include_router(conversations.router)  # saved conversations and share links (server/conversations.py)
         app.include_router(feedback.router)
         app.include_router(leaderboard.router)
     if with_ui:

@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session
 from server.store.base import StoreBase
 from server.store.records import (MESSAGE_ROLES, Conversation, ConversationMessage, InvalidConversation, NewMessage,
                                   Share, UnknownConversation, utcnow)
-from server.store.schema import (ConversationRow, MessageRow, ShareRow, conversation_record, message_record,
-                                 share_record)
+from server.store.schema import (ConversationRow, FeedbackRow, MessageRow, ShareRow, conversation_record,
+                                 message_record, share_record)
 
 MAX_TITLE = 255
 MAX_IMPORTED_MESSAGES = 10_000
@@ -156,6 +156,21 @@ class Conversations(StoreBase):
             if row.deleted:
                 raise UnknownConversation(f"Message {message_id!r} was deleted.", param)
             row.deleted, row.content, row.meta, row.sampling, row.speculative = True, "", None, None, None
+
+    def message_ratings(self, messages: Sequence[ConversationMessage]) -> dict[str, list[tuple[str, str]]]:
+        """The thumbs given to these messages' answers, by message id: (rater, "up"/"down") pairs. A rating
+        is of a logged answer (its generation id), so it points at its message in its conversation."""
+        by_generation = {m.generation_id: m.id for m in messages if m.generation_id}
+        if not by_generation:
+            return {}
+        ratings: dict[str, list[tuple[str, str]]] = {}
+        with self._read() as session:
+            rows = session.execute(sa.select(FeedbackRow.response_id, FeedbackRow.rater, FeedbackRow.rating)
+                                   .where(FeedbackRow.response_id.in_(list(by_generation)))
+                                   .order_by(FeedbackRow.seq))
+            for response_id, rater, rating in rows:
+                ratings.setdefault(by_generation[response_id], []).append((rater, rating))
+        return ratings
 
     # -- import ----------------------------------------------------------------------------------------
 

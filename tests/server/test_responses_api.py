@@ -63,7 +63,8 @@ def test_a_turn_is_answered_and_stored(client: TestClient, store: Store):
     assert store.get_generation(body["generation_id"]).completion == text  # rateable through /v1/feedback
 
     node = store.get_message(body["id"], viewer=None)
-    assert (node.role, node.content, node.stage, node.generation_id) == ("assistant", text, "sft", body["generation_id"])
+    assert (node.role, node.content, node.stage) == ("assistant", text, "sft")
+    assert node.generation_id == body["generation_id"]
     assert node.sampling["temperature"] == 0.0
     [q, a] = store.message_path(body["id"], viewer=None)
     assert (q.role, q.content) == ("user", "Capital of Kenya?")  # instructions are the turn's, not the tree's
