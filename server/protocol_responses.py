@@ -6,7 +6,7 @@ text, or messages with text parts), `instructions`, `previous_response_id`, `sto
 `temperature`, `top_p`, `max_output_tokens`, `metadata`, `user`; `text` only as plain text, `truncation`
 only as "disabled" and `tools` only empty (what this server does anyway). Extensions, as chat has them:
 `speculative`, `reward_model`, and vLLM's `top_k`, `min_p`, `presence_penalty`, `frequency_penalty`,
-`repetition_penalty`, `seed`. Every other field (say `tools` with a tool, `reasoning`, `include`,
+`repetition_penalty`, `seed`, `ignore_eos`. Every other field (say `tools` with a tool, `reasoning`, `include`,
 `background`, `conversation`, `prompt`) is refused with a 400 naming it, as `server/protocol.py` does for
 chat; so are input items other than text messages (images, files, function calls).
 """
@@ -76,6 +76,7 @@ class ResponsesRequest(_Strict):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0, le=2)
     seed: int | None = None
+    ignore_eos: bool | None = None
 
     @field_validator("input", mode="before")
     @classmethod
@@ -110,7 +111,7 @@ class ResponsesRequest(_Strict):
     def chat_fields(self) -> dict[str, Any]:
         """The chat request's fields this request sets (besides messages): sampling and the extensions."""
         names = ("model", "temperature", "top_p", "speculative", "reward_model", "top_k", "min_p",
-                 "presence_penalty", "frequency_penalty", "repetition_penalty", "seed", "stream")
+                 "presence_penalty", "frequency_penalty", "repetition_penalty", "seed", "ignore_eos", "stream")
         fields = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         if self.max_output_tokens is not None:
             fields["max_completion_tokens"] = self.max_output_tokens
