@@ -105,6 +105,32 @@ def test_nothing_is_kept_with_prompt_logging_off(store: Store):
     assert store.list_conversations(viewer=None)[0] == []
 
 
+def test_the_page_saves_after_answering_and_a_new_session_lists_and_resumes_it(fake_ui_server):
+    """The wiring, through Gradio's own API (what the page calls, step by step; no browser): answer, save,
+    then a second session (a reload) lists the conversation on load and opens it."""
+    from gradio_client import Client
+
+    server = fake_ui_server(script="Nairobi is the capital of Kenya.", max_model_len=256)
+    first = Client(server.url + "/", verbose=False)
+    respond = first.view_api(return_format="dict", print_info=False)["named_endpoints"]["/respond"]
+    first.predict("What is the capital of Kenya?", api_name="/add_user_message")
+    controls = {p["parameter_name"]: p.get("parameter_default") for p in respond["parameters"]}
+    first.predict(**{**controls, "stage_": "sft"}, api_name="/respond")
+    listed, _ = first.predict(api_name="/save")
+    [conversation] = server.store.list_conversations(viewer=None)[0]
+    assert listed["choices"] == [["What is the capital of Kenya?", conversation.id]]
+
+    again = Client(server.url + "/", verbose=False)  # a new session, as after a reload
+    listed, _ = again.predict("", api_name="/refresh")
+    assert listed["choices"] == [["What is the capital of Kenya?", conversation.id]]
+    chat, title, _ = again.predict(conversation.id, api_name="/open")
+    assert [m["content"][0]["text"] for m in chat] == ["What is the capital of Kenya?",
+                                                       "Nairobi is the capital of Kenya."]
+    assert title == "What is the capital of Kenya?"
+    first.close()
+    again.close()
+
+
 @pytest.mark.browser
 def test_a_reload_keeps_the_history_and_resumes_it(fake_ui_server, page):
     from browser_steps import ask, chat_answer_texts, click_thumb, wait_for
