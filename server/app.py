@@ -106,6 +106,7 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
         from server.routes import conversations, feedback, leaderboard
 
         app.include_router(conversations.router)  # saved conversations and share links (server/conversations.py)
+        app.include_router(conversations.pages)  # /shared/{id}: before the UI's mount at /
         app.include_router(feedback.router)
         app.include_router(leaderboard.router)
     if with_ui:

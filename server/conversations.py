@@ -13,6 +13,7 @@ What it does not know: SQL (`server/store/conversations.py`) or how answers are 
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -75,7 +76,8 @@ def message_object(m: ConversationMessage, *, shared: bool = False) -> dict[str,
 
 def share_object(s: Share) -> dict[str, Any]:
     return {"id": s.id, "object": "conversation.share", "conversation_id": s.conversation_id,
-            "message_id": s.message_id, "url": f"/v1/shared/{s.id}", "created_at": _unix(s.created_at)}
+            "message_id": s.message_id, "url": f"/v1/shared/{s.id}", "page": f"/shared/{s.id}",
+            "created_at": _unix(s.created_at)}
 
 
 def export_object(c: Conversation, messages: list[ConversationMessage]) -> dict[str, Any]:
@@ -115,3 +117,16 @@ def import_messages(tree: Any) -> tuple[str | None, list[NewMessage]]:
 def openai_messages(path: list[ConversationMessage]) -> list[dict[str, str]]:
     """A branch (root .. leaf) as OpenAI chat messages, ready for /v1/chat/completions or a fine-tune file."""
     return [{"role": m.role, "content": m.content} for m in path]
+
+
+def shared_page(title: str, messages: list[ConversationMessage]) -> str:
+    """What a share link shows in a browser: the messages as plain, escaped HTML (no script, no form)."""
+    rows = "".join(
+        f'<div class="m {html.escape(m.role)}"><b>{html.escape(m.role)}'
+        f'{" · " + html.escape(m.stage) if m.stage else ""}</b><p>{html.escape(m.content)}</p></div>'
+        for m in messages if not m.deleted)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;max-width:48em;margin:2em auto}.m{border-radius:6px;padding:.2em .8em;"
+            "margin:.6em 0;background:#f4f4f4}.assistant{background:#eef4ff}p{white-space:pre-wrap}</style></head>"
+            f"<body><h1>{html.escape(title)}</h1><p><i>A shared stagechat conversation (read only).</i></p>"
+            f"{rows}</body></html>")

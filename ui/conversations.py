@@ -46,6 +46,7 @@ class Sidebar:
     title: gr.Textbox
     rename: gr.Button
     delete: gr.Button
+    share: gr.Button
     new: gr.Button
     previous: gr.Button
     branch: gr.Markdown
@@ -67,8 +68,9 @@ def build() -> Sidebar:
     with gr.Row():
         rename = gr.Button("Rename", elem_id="history-rename", size="sm")
         delete = gr.Button("Delete", elem_id="history-delete", size="sm", variant="stop")
+        share = gr.Button("Share", elem_id="history-share", size="sm")
     note = gr.Markdown(elem_id="history-note")
-    return Sidebar(search, conversations, title, rename, delete, new, previous, branch, nxt, note)
+    return Sidebar(search, conversations, title, rename, delete, share, new, previous, branch, nxt, note)
 
 
 class History:
@@ -187,6 +189,18 @@ class History:
         await self._call(self.store.rename_conversation, saved["id"], title, viewer=viewer)
         return gr.update(choices=await self.choices(request, query), value=saved["id"])
 
+    async def share(self, request: gr.Request, saved: Saved) -> str:
+        """A read-only link to the branch shown (anyone with it may read it, without a key)."""
+        if not saved["id"] or not self.enabled:
+            return "Nothing saved to share yet."
+        _, viewer = self.scope(request)
+        link = await self._call(self.store.share_conversation, saved["id"], saved["ids"][-1], viewer=viewer)
+        if link is None:
+            return ""
+        base = str(request.base_url).rstrip("/") if request is not None else ""
+        return (f"Read-only link to this branch: [{base}/shared/{link.id}]({base}/shared/{link.id}) "
+                f"(revoke: `DELETE /v1/shared/{link.id}`)")
+
     async def delete(self, request: gr.Request, saved: Saved, query: str):
         if saved["id"] and self.enabled:
             _, viewer = self.scope(request)
@@ -265,6 +279,7 @@ def wire(sidebar: Sidebar, history: History, *, chatbot: gr.Chatbot, conversatio
     sidebar.new.click(lambda: ([], [], {}, empty(), "", "", gr.update(value=None)), None,
                       [*chat_out, sidebar.conversations], queue=False)
     sidebar.rename.click(history.rename, [saved, sidebar.title, sidebar.search], sidebar.conversations)
+    sidebar.share.click(history.share, saved, sidebar.note)
     sidebar.delete.click(history.delete, [saved, sidebar.search], [*chat_out, sidebar.conversations])
     for event in answered:
         event.then(history.save, [conversation, turns, saved], [saved, sidebar.conversations, sidebar.branch])

@@ -12,6 +12,7 @@
     POST   /v1/conversations/{id}/share               a share link (to the tree, or to a branch: `message_id`)
     GET    /v1/conversations/{id}/shares              its share links
     GET    /v1/shared/{share_id}                      what a link shows: no key needed, read only
+    GET    /shared/{share_id}                         the same as a page, for a browser
     DELETE /v1/shared/{share_id}                      revoke it (its owner or the admin)
 
 Thin: the owner scope and shapes are `server/conversations.py`'s, the rules the store's
@@ -24,14 +25,16 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Body, Query, Request
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.conversations import (Caller, caller, conversation_object, export_object, import_messages,
-                                  message_object, openai_messages, share_object)
+                                  message_object, openai_messages, share_object, shared_page)
 from server.errors import error_responses
 from server.store.records import NewMessage, UnknownConversation
 
 router = APIRouter(prefix="/v1", tags=["conversations"])
+pages = APIRouter(tags=["conversations"])  # outside /v1: what a share link opens in a browser
 
 
 class MessageIn(BaseModel):
@@ -195,3 +198,13 @@ def shared(share_id: str, request: Request) -> dict[str, Any]:
 def revoke(share_id: str, request: Request) -> dict[str, Any]:
     _store(request).revoke_share(share_id, viewer=_who(request).viewer)
     return {"id": share_id, "object": "conversation.share.deleted", "deleted": True}
+
+
+@pages.get("/shared/{share_id}", summary="A share link as a web page (no key needed)", response_class=HTMLResponse,
+           responses=error_responses(404))
+def shared_html(share_id: str, request: Request) -> HTMLResponse:
+    _, conversation, messages = _store(request).shared(share_id)
+    # No script may run on it, and it says so: a shared text is someone else's words.
+    return HTMLResponse(shared_page(conversation.title, messages),
+                        headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                                 "Referrer-Policy": "no-referrer"})

@@ -123,7 +123,12 @@ def test_share_links_read_without_a_key_show_no_raters_and_can_be_revoked(serve)
         error(client.delete(f"/v1/shared/{link['id']}", headers=other), 404)
         assert [s["id"] for s in client.get(f"/v1/conversations/{conv['id']}/shares", headers=user).json()["data"]] \
             == [link["id"]]
+        page = client.get(link["page"])  # the same, as a page for a browser: escaped, no script may run
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "Capital of Kenya?" in page.text and "default-src 'none'" in page.headers["content-security-policy"]
+        assert client_id_for(USER) not in page.text
         assert client.delete(f"/v1/shared/{link['id']}", headers=user).json()["deleted"] is True
+        error(client.get(link["page"]), 404)
         error(client.get(f"/v1/shared/{link['id']}"), 404)
 
 
@@ -150,3 +155,10 @@ def test_a_response_continues_a_saved_conversation(client: TestClient):
                                                 "previous_response_id": made["messages"][-1]["id"]}).json()
     tree = client.get(f"/v1/conversations/{made['id']}").json()["messages"]
     assert [m["role"] for m in tree] == ["user", "assistant", "user", "assistant"] and tree[-1]["id"] == answer["id"]
+
+
+def test_a_shared_page_escapes_what_it_shows(client: TestClient):
+    made = client.post("/v1/conversations", json={"messages": [{"role": "user", "content": "<script>x()</script>"}]})
+    link = client.post(f"/v1/conversations/{made.json()['id']}/share").json()
+    page = client.get(link["page"]).text
+    assert "<script>" not in page and "&lt;script&gt;x()&lt;/script&gt;" in page

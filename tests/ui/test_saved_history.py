@@ -92,6 +92,8 @@ def test_rename_delete_search_and_owners(store: Store):
     run(h.rename(alice, saved, "Camelids", ""))
     assert [t for t, _ in run(h.choices(alice, "camel"))] == ["Camelids"]
     assert run(h.choices(alice, "zebra")) == []
+    assert run(h.share(bob, saved)) == ""  # not theirs: refused
+    assert "/shared/shr_" in run(h.share(SimpleNamespace(username="alice", base_url="http://x/"), saved))
     run(h.delete(bob, saved, ""))  # not theirs: refused
     assert len(run(h.choices(alice, None))) == 1
     run(h.delete(alice, saved, ""))
