@@ -57,8 +57,8 @@ class ResponsesRequest(_Strict):
     input: str | list[InputMessage]
     instructions: str | None = None
     previous_response_id: str | None = None
-    store: bool = True
-    stream: bool = False
+    store: bool | None = True  # null: the default (true), as OpenAI's spec has it
+    stream: bool | None = False
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     max_output_tokens: int | None = Field(None, ge=1)

@@ -64,9 +64,9 @@ def _renamed(exc: APIError) -> APIError:
 async def start(service: StageService, request: ResponsesRequest, who: Caller) -> Turn:
     """Check the request, read the branch it continues, and start its generation (errors: 4xx, nothing run)."""
     store = service.store
-    wants_store = request.store
-    if not service.log_prompts and request.store:
-        if "store" in request.model_fields_set:
+    wants_store = request.store is not False
+    if not service.log_prompts and wants_store:
+        if request.store is True and "store" in request.model_fields_set:
             raise bad_request("This server does not keep prompts or answers (prompt logging is off): "
                               "send store false.", param="store")
         wants_store = False  # the default yields to the operator's choice

@@ -34,7 +34,7 @@ async def create_response(body: ResponsesRequest, request: Request):
     who = caller(request, request.app.state.settings)
     service = request.app.state.service
     turn = await responses_api.start(service, body, who)
-    if not body.stream:
+    if not body.stream:  # false or null
         return JSONResponse(await responses_api.run(service, turn))
     return StreamingResponse(responses_api.events(service, turn), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -129,6 +129,11 @@ def test_delete_then_retrieve_and_chains_through_it(client: TestClient):
     error(client.get("/v1/responses/resp_nope"), 404)
 
 
+def test_null_store_and_stream_are_their_defaults(client: TestClient, store: Store):
+    body = client.post("/v1/responses", json={"model": "sft", "input": "hi", "store": None, "stream": None}).json()
+    assert body["store"] is True and client.get(f"/v1/responses/{body['id']}").status_code == 200
+
+
 def test_store_false_answers_but_keeps_nothing(client: TestClient, store: Store):
     body = client.post("/v1/responses", json={"model": "sft", "input": "hi", "store": False}).json()
     assert body["store"] is False and body["output"]
