@@ -156,6 +156,16 @@ def stored_response(node: ConversationMessage) -> dict[str, Any]:
     return body
 
 
+def input_items(path: list[ConversationMessage]) -> list[dict[str, Any]]:
+    """The input items of the response ending `path`: the messages its turn added, after the previous
+    response (or from the root), oldest first."""
+    previous = ((path[-1].meta or {}).get("response") or {}).get("previous_response_id")
+    start = next((i + 1 for i in range(len(path) - 2, -1, -1) if path[i].id == previous), 0)
+    kind = {"assistant": "output_text"}
+    return [{"type": "message", "id": m.id, "role": m.role, "status": "completed",
+             "content": [{"type": kind.get(m.role, "input_text"), "text": m.content}]} for m in path[start:-1]]
+
+
 # -- saving a turn ------------------------------------------------------------------------------------------
 
 

@@ -197,3 +197,20 @@ def test_with_prompt_logging_off_nothing_is_stored(serve, store: Store):
         assert error(client.post("/v1/responses", json={"model": "sft", "input": "hi", "store": True}),
                      400)["param"] == "store"
     assert store.list_conversations(viewer=None)[0] == []
+
+
+def test_input_items_are_the_turns_own(client: TestClient):
+    first = client.post("/v1/responses", json={"model": "sft", "input": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "one"}]}).json()
+    second = client.post("/v1/responses", json={"model": "sft", "input": "two", "previous_response_id": first["id"]}
+                         ).json()
+    items = client.get(f"/v1/responses/{first['id']}/input_items", params={"order": "asc"}).json()
+    assert [(i["role"], i["content"][0]["text"]) for i in items["data"]] == [("system", "Be brief."), ("user", "one")]
+    assert items["object"] == "list" and not items["has_more"]
+    items = client.get(f"/v1/responses/{second['id']}/input_items").json()["data"]
+    assert [i["content"][0]["text"] for i in items] == ["two"] and items[0]["content"][0]["type"] == "input_text"
+    page = client.get(f"/v1/responses/{first['id']}/input_items", params={"limit": 1}).json()
+    assert [i["role"] for i in page["data"]] == ["user"] and page["has_more"]  # desc: newest first
+    rest = client.get(f"/v1/responses/{first['id']}/input_items", params={"after": page["last_id"]}).json()
+    assert [i["role"] for i in rest["data"]] == ["system"]
+    error(client.get("/v1/responses/resp_nope/input_items"), 404)

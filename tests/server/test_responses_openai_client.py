@@ -38,6 +38,8 @@ def test_create_and_retrieve(client):
     assert response.usage.output_tokens <= 4
     again = client.responses.retrieve(response.id)
     assert again.id == response.id and again.output_text == response.output_text
+    [item] = client.responses.input_items.list(response.id).data
+    assert item.role == "user" and item.content[0].text == "What is the capital of Kenya?"
 
 
 def test_stream(client):
