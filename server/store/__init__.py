@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from server.store.engine import BUSY_SECONDS, create_store_engine
     from server.store.schema import (MIGRATIONS_DIR, ROWS, Base, CorrectionRow, FeedbackRow, GenerationRow,
                                      PreferenceRow, RankingRow, UTCDateTime, upgrade_schema)
+    from server.store.schema import ConversationRow, MessageRow, ShareRow
     from server.store.store import Store
 
 # Public names that need SQLAlchemy -> the module holding them.
@@ -55,7 +56,7 @@ _LAZY = {
     "create_store_engine": "server.store.engine",
     **{name: "server.store.schema" for name in (
         "MIGRATIONS_DIR", "ROWS", "Base", "UTCDateTime", "GenerationRow", "FeedbackRow", "PreferenceRow",
-        "RankingRow", "CorrectionRow", "upgrade_schema")},
+        "RankingRow", "CorrectionRow", "upgrade_schema", "ConversationRow", "MessageRow", "ShareRow")},
 }
 
 
