@@ -57,7 +57,7 @@ def test_create_list_search_rename_delete(client: TestClient):
 
 def test_branches_and_a_branch_as_openai_messages(client: TestClient):
     made = client.post("/v1/conversations", json={"messages": KENYA}).json()
-    q, a = made["messages"]
+    q, _ = made["messages"]
     [b] = client.post(f"/v1/conversations/{made['id']}/messages",
                       json={"parent_id": q["id"], "messages": [{"role": "assistant", "content": "Nairobi!"}]}
                       ).json()["data"]

@@ -79,7 +79,7 @@ def test_search_rename_and_delete(store: Store):
 
 
 def test_a_deleted_message_breaks_the_chains_through_it(store: Store):
-    conv, [q, a, q2, a2] = store.create_conversation(owner=None, messages=chat("one", "two", "three", "four"))
+    conv, [q, a, _, a2] = store.create_conversation(owner=None, messages=chat("one", "two", "three", "four"))
     store.delete_message(a.id, viewer=None)
     assert store.get_message(a.id, viewer=None).deleted
     with pytest.raises(UnknownConversation):
@@ -96,7 +96,7 @@ def test_a_deleted_message_breaks_the_chains_through_it(store: Store):
 
 def test_bad_writes_change_nothing(store: Store):
     conv, [q] = store.create_conversation(owner=None, messages=chat("one"))
-    other, [o] = store.create_conversation(owner=None, messages=chat("other"))
+    _, [o] = store.create_conversation(owner=None, messages=chat("other"))
     with pytest.raises(InvalidConversation):  # a parent from another conversation
         store.add_messages(conv.id, o.id, chat("x"), viewer=None)
     with pytest.raises(InvalidConversation):  # the second message is bad: the first is not written either
@@ -133,13 +133,13 @@ def test_import_takes_a_tree_and_refuses_anything_else(store: Store):
 
 
 def test_share_links_show_a_tree_or_a_branch_until_revoked(store: Store):
-    conv, [q, a] = store.create_conversation(owner="alice", messages=chat("q", "a"))
+    conv, [q, _] = store.create_conversation(owner="alice", messages=chat("q", "a"))
     [b] = store.add_messages(conv.id, q.id, [NewMessage("assistant", "b")], viewer="alice")
     whole = store.share_conversation(conv.id, viewer="alice")
     branch = store.share_conversation(conv.id, b.id, viewer="alice")
     assert whole.id != branch.id and whole.id.startswith("shr_")
     assert [m.content for m in store.shared(whole.id)[2]] == ["q", "a", "b"]
-    share, shown, messages = store.shared(branch.id)
+    _, shown, messages = store.shared(branch.id)
     assert shown.id == conv.id and [m.content for m in messages] == ["q", "b"]
     assert [s.id for s in store.list_shares(conv.id, viewer="alice")] == [whole.id, branch.id]
     with pytest.raises(UnknownConversation):

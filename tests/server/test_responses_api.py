@@ -66,7 +66,7 @@ def test_a_turn_is_answered_and_stored(client: TestClient, store: Store):
     assert (node.role, node.content, node.stage) == ("assistant", text, "sft")
     assert node.generation_id == body["generation_id"]
     assert node.sampling["temperature"] == 0.0
-    [q, a] = store.message_path(body["id"], viewer=None)
+    [q, _] = store.message_path(body["id"], viewer=None)
     assert (q.role, q.content) == ("user", "Capital of Kenya?")  # instructions are the turn's, not the tree's
     got = client.get(f"/v1/responses/{body['id']}").json()
     assert got == body

@@ -70,7 +70,7 @@ def test_resume_opens_the_newest_branch_and_steps_between_branches(store: Store)
     conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     saved, _, _ = run(h.save(None, conv, {1: answer("a", "g1")}, empty()))
     saved, _, _ = run(h.save(None, conv[:1] + [{"role": "assistant", "content": "b"}], {1: answer("b", "g2")}, saved))
-    chat, conv2, turns, opened, title, label = run(h.open(None, saved["id"]))
+    chat, _, turns, opened, title, label = run(h.open(None, saved["id"]))
     assert [m["content"] for m in chat] == ["q", "b"] and title == "q" and label == "branch 2/2"
     assert turns[1].response_id == "g2" and turns[1].done  # rateable after a reload
     chat, *_, label = run(h.step(None, opened, -1))
