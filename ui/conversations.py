@@ -88,11 +88,12 @@ class History:
         return self.store is not None and self.service.log_prompts  # prompt logging off: nothing is kept
 
     def scope(self, request: gr.Request | None) -> tuple[str | None, str | None]:
-        """(owner, viewer), as the API's `server.conversations.scope` has them: with keys, the login's key."""
+        """(owner, viewer), as the API's `server.conversations.scope` has them: with keys, the login's key
+        (the admin's sees every conversation)."""
         if not self.login.enabled:
             return None, None
         rater = self.login.rater(request)
-        return rater, rater
+        return rater, (None if rater == getattr(self.login, "admin", None) else rater)
 
     async def _call(self, fn, *args, **kwargs):
         try:

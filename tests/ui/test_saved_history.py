@@ -80,14 +80,15 @@ def test_resume_opens_the_newest_branch_and_steps_between_branches(store: Store)
 
 
 def test_rename_delete_search_and_owners(store: Store):
-    login = Login(Settings(api_keys=frozenset({"alice-key", "bob-key"})))
-    assert login("alice", "alice-key") and login("bob", "bob-key")
+    login = Login(Settings(api_keys=frozenset({"alice-key", "bob-key"}), admin_key="admin-key"))
+    assert login("alice", "alice-key") and login("bob", "bob-key") and login("root", "admin-key")
     h = history(store, login=login)
     alice, bob = SimpleNamespace(username="alice"), SimpleNamespace(username="bob")
     conv = [{"role": "user", "content": "Llamas?"}, {"role": "assistant", "content": "Yes."}]
     saved, _, _ = run(h.save(alice, conv, {1: answer("Yes.", "g1")}, empty()))
     assert [t for t, _ in run(h.choices(alice, None))] == ["Llamas?"]
     assert run(h.choices(bob, None)) == []
+    assert [t for t, _ in run(h.choices(SimpleNamespace(username="root"), None))] == ["Llamas?"]  # the admin
     assert run(h.open(bob, saved["id"]))[0] == []  # not theirs: nothing
     run(h.rename(alice, saved, "Camelids", ""))
     assert [t for t, _ in run(h.choices(alice, "camel"))] == ["Camelids"]
