@@ -55,7 +55,9 @@ class Turn:
 
 def _renamed(exc: APIError) -> APIError:
     """A chat-path error with the Responses API's name for the field it blames."""
-    exc.param = CHAT_TO_RESPONSES_PARAM.get(exc.param, exc.param)
+    head, dot, rest = (exc.param or "").partition(".")
+    if head in CHAT_TO_RESPONSES_PARAM:  # "messages.2.content" is about the input (or the stored branch)
+        exc.param = CHAT_TO_RESPONSES_PARAM[head] + (dot + rest if head != "messages" else "")
     if exc.param == "max_output_tokens":
         exc.message = exc.message.replace("max_tokens", "max_output_tokens")
     return exc

@@ -214,3 +214,12 @@ def test_input_items_are_the_turns_own(client: TestClient):
     rest = client.get(f"/v1/responses/{first['id']}/input_items", params={"after": page["last_id"]}).json()
     assert [i["role"] for i in rest["data"]] == ["system"]
     error(client.get("/v1/responses/resp_nope/input_items"), 404)
+
+
+def test_a_stored_branch_chat_cannot_take_is_a_400(client: TestClient, store: Store):
+    from server.store import NewMessage
+
+    _, [tool] = store.create_conversation(owner=None, messages=[NewMessage("tool", "42")])  # no tool_call_id
+    e = error(client.post("/v1/responses", json={"model": "sft", "input": "and?", "previous_response_id": tool.id}),
+              400)
+    assert e["param"] == "input"
