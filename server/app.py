@@ -27,6 +27,7 @@ from server.limits import Limiter
 from server.pool import SPARE_LORA_SLOTS, EnginePool, engine_factory
 from server.registry import load_registry
 from server.routes import admin, branches, health, openai, tokenize, ws
+from server.routes import responses as responses_routes
 from server.routes import rewards as rewards_routes
 from server.rewards import RewardService
 from server.serving import StageService
@@ -104,10 +105,13 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
     app.include_router(branches.router)
     app.include_router(admin.router)
     app.include_router(rewards_routes.router)
+    app.include_router(responses_routes.router)  # OpenAI Responses API (stored responses: server/responses_api.py)
     app.include_router(ws.router)  # before the UI: its mount at / would catch /v1/ws
     if store is not None:
-        from server.routes import feedback, leaderboard
+        from server.routes import conversations, feedback, leaderboard
 
+        app.include_router(conversations.router)  # saved conversations and share links (server/conversations.py)
+        app.include_router(conversations.pages)  # /shared/{id}: before the UI's mount at /
         app.include_router(feedback.router)
         app.include_router(leaderboard.router)
     if with_ui:

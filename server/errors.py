@@ -50,7 +50,7 @@ def too_large(message: str, param: str | None = None, code: str = "request_too_l
 
 def from_store_error(error: StoreError) -> APIError:
     """A refusal of the store as the API answers it: an unknown response or item is a 404, the rest 400."""
-    if isinstance(error, (UnknownResponse, UnknownItem)):
+    if isinstance(error, (UnknownResponse, UnknownItem, LookupError)):  # LookupError: unknown conversations too
         return not_found(error.message, param=error.param)
     return bad_request(error.message, param=error.param)
 

@@ -23,7 +23,7 @@ CSS = """
 
 
 def build_ui(service: StageService, login: Login | None = None) -> gr.Blocks:
-    from ui import chat, compare, controls, leaderboard, notebook, status, tokens
+    from ui import chat, compare, controls, conversations, leaderboard, notebook, status, tokens
 
     login = login or Login(Settings())
 
@@ -34,8 +34,11 @@ def build_ui(service: StageService, login: Login | None = None) -> gr.Blocks:
         with gr.Accordion("Decoding", open=True):
             decoding = controls.build_decoding(service)
         with gr.Tabs():
-            with gr.Tab("Chat", id="chat"):
-                chat_stage = chat.build(service, decoding, history, login)
+            with gr.Tab("Chat", id="chat"), gr.Row():
+                with gr.Column(scale=1, min_width=240):  # saved conversations (ui/conversations.py)
+                    sidebar = conversations.build()
+                with gr.Column(scale=4):
+                    chat_stage = chat.build(service, decoding, history, login, sidebar)
             with gr.Tab("Compare", id="compare"):
                 compare_stages = compare.build(service, decoding, history, login)
             with gr.Tab("Notebook", id="notebook"):

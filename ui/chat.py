@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from server.serving import StageService
 from ui import controls, rating
+from ui import conversations as saved_conversations
 from ui.controls import Decoding
 from ui.login import Login
 from ui.stream import Answer, stream_answer
@@ -58,17 +59,28 @@ def mark_stopped(turns: Turns):
     return turns, render_stats(turns)
 
 
-def build(service: StageService, decoding: Decoding, history: gr.State, login: Login) -> gr.Dropdown:
-    """Lay out the tab and wire its events. `history` collects every finished answer (token view).
+def edit_message(edit: gr.EditData, conversation: Conversation, turns: Turns):
+    """An edited question: the chat goes on from it (the answering that follows saves it as a branch)."""
+    index = edit.index[0] if isinstance(edit.index, (list, tuple)) else edit.index
+    text = edit.value if isinstance(edit.value, str) else str((edit.value or {}).get("content", edit.value))
+    conversation = conversation[:index] + [{"role": "user", "content": text}]
+    return conversation, {i: a for i, a in turns.items() if i < index}, conversation
+
+
+def build(service: StageService, decoding: Decoding, history: gr.State, login: Login,
+          sidebar: saved_conversations.Sidebar | None = None) -> gr.Dropdown:
+    """Lay out the tab and wire its events. `history` collects every finished answer (token view);
+    `sidebar` (ui/conversations.py) saves the chat after each answer and resumes saved ones.
     Returns the stage picker, whose choices the page refreshes on load (stages can be added live)."""
     choices = controls.stage_choices(service)
     first = choices[0][1] if choices else None
     with gr.Row():
         stage = gr.Dropdown(choices, value=first, label="stage", elem_id="chat-stage", scale=1)
         about = gr.Markdown(controls.describe_stage(service, first), elem_id="chat-stage-about")
-    chatbot = gr.Chatbot(label="conversation", elem_id="chat-log", height=420)
+    chatbot = gr.Chatbot(label="conversation", elem_id="chat-log", height=420, editable="user")
     conversation = gr.State([])
     turns = gr.State({})
+    saved = gr.State(saved_conversations.empty())  # where this chat is saved (ui/conversations.py)
     with gr.Row():
         message = gr.Textbox(placeholder="Message (Enter sends)", show_label=False, scale=6,
                              elem_id="chat-input")
@@ -140,8 +152,14 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
                                    queue=False).then(**respond_io)
     retried = chatbot.retry(drop_last_answer, [conversation, turns], [conversation, turns, chatbot],
                             queue=False).then(**respond_io)
-    stop.click(mark_stopped, turns, [turns, stats], cancels=[submitted, clicked, regenerated, retried])
-    clear.click(lambda: ([], {}, [], "", ""), None, [conversation, turns, chatbot, stats, rated], queue=False,
-                cancels=[submitted, clicked, regenerated, retried])
+    edited = chatbot.edit(edit_message, [conversation, turns], [conversation, turns, chatbot],
+                          queue=False).then(**respond_io)
+    answering = [submitted, clicked, regenerated, retried, edited]
+    stop.click(mark_stopped, turns, [turns, stats], cancels=answering)
+    clear.click(lambda: ([], {}, [], "", "", saved_conversations.empty()), None,
+                [conversation, turns, chatbot, stats, rated, saved], queue=False, cancels=answering)
+    if sidebar is not None:
+        saved_conversations.wire(sidebar, saved_conversations.History(service, login), chatbot=chatbot,
+                                 conversation=conversation, turns=turns, saved=saved, answered=answering)
     chatbot.like(rate, [turns, reasons.tags, reasons.comment], rated)
     return stage

@@ -28,8 +28,8 @@ def build(service: StageService) -> None:
     banner = gr.Markdown(visible=False, elem_id="startup-status")
     timer = gr.Timer(POLL_SECONDS)
 
-    def refresh():
+    def show_what_is_starting():
         message = startup_message(service)
         return gr.update(value=message or "", visible=message is not None), gr.Timer(active=message is not None)
 
-    timer.tick(refresh, None, [banner, timer], queue=False)
+    timer.tick(show_what_is_starting, None, [banner, timer], queue=False, api_visibility="private")

@@ -24,6 +24,7 @@ The modules, bottom up:
     generations.py  the generation log          } mixins of `Store`
     feedback.py     rate, prefer, rank, correct } (store.py joins them)
     reads.py        pages, export inputs, judgements
+    conversations.py  saved conversation trees, share links
 
 `from server.store import X` works for every public name of these modules. The plain records are
 imported here at once; everything that needs SQLAlchemy on first use (PEP 562), so importing
@@ -38,11 +39,14 @@ from typing import TYPE_CHECKING, Any
 from server.store.records import (CHOICES, KINDS, MAX_RANKED, RATINGS, Choice, CorrectedAnswer, Correction, Feedback,
                                   GenerationRecord, InvalidFeedback, Judgement, Preference, PreferredPair, RatedAnswer,
                                   Ranking, Rating, StoreError, UnknownItem, UnknownResponse, prompt_hash, utcnow)
+from server.store.records import (MESSAGE_ROLES, Conversation, ConversationMessage, InvalidConversation, NewMessage,
+                                  Share, UnknownConversation)
 
 if TYPE_CHECKING:
     from server.store.engine import BUSY_SECONDS, create_store_engine
     from server.store.schema import (MIGRATIONS_DIR, ROWS, Base, CorrectionRow, FeedbackRow, GenerationRow,
                                      PreferenceRow, RankingRow, UTCDateTime, upgrade_schema)
+    from server.store.schema import ConversationRow, MessageRow, ShareRow
     from server.store.store import Store
 
 # Public names that need SQLAlchemy -> the module holding them.
@@ -52,7 +56,7 @@ _LAZY = {
     "create_store_engine": "server.store.engine",
     **{name: "server.store.schema" for name in (
         "MIGRATIONS_DIR", "ROWS", "Base", "UTCDateTime", "GenerationRow", "FeedbackRow", "PreferenceRow",
-        "RankingRow", "CorrectionRow", "upgrade_schema")},
+        "RankingRow", "CorrectionRow", "upgrade_schema", "ConversationRow", "MessageRow", "ShareRow")},
 }
 
 
@@ -69,7 +73,10 @@ __all__ = [
     "CHOICES", "KINDS", "MAX_RANKED", "RATINGS", "Choice", "CorrectedAnswer", "Correction", "Feedback",
     "GenerationRecord", "InvalidFeedback", "Judgement", "Preference", "PreferredPair", "RatedAnswer", "Ranking",
     "Rating", "StoreError", "UnknownItem", "UnknownResponse", "prompt_hash", "utcnow",
+    "MESSAGE_ROLES", "Conversation", "ConversationMessage", "InvalidConversation", "NewMessage", "Share",
+    "UnknownConversation",
     # loaded on first use (`_LAZY`)
     "BUSY_SECONDS", "MIGRATIONS_DIR", "ROWS", "Base", "CorrectionRow", "FeedbackRow", "GenerationRow", "PreferenceRow",
-    "RankingRow", "Store", "UTCDateTime", "create_store_engine", "upgrade_schema",
+    "RankingRow", "Store", "UTCDateTime", "create_store_engine", "upgrade_schema", "ConversationRow", "MessageRow",
+    "ShareRow",
 ]

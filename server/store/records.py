@@ -199,3 +199,79 @@ class Judgement:
     stages: list[str]
     groups: list[list[int]]
     at: datetime
+
+
+# -- conversations (server/store/conversations.py) ----------------------------------------------
+
+MESSAGE_ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool")
+
+
+class UnknownConversation(StoreError, LookupError):
+    """A conversation, message or share id that does not exist, or is not the caller's (nothing said which)."""
+
+
+class InvalidConversation(StoreError, ValueError):
+    """A conversation write the store refuses (a malformed tree, a parent in another conversation, a chain
+    through a deleted message); nothing was written."""
+
+
+@dataclass
+class Conversation:
+    """A saved conversation: a tree of messages. `owner` is the API key's client id (None without keys)."""
+
+    id: str
+    owner: str | None
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class ConversationMessage:
+    """One node of a conversation's tree. A parent with two children is a branch (an edit or a regeneration).
+
+    `generation_id` links an answer to the generation log (and so to its ratings); `meta` holds what a front
+    door needs to answer for it again (the Responses API: instructions, usage, status). A deleted node keeps
+    its place in the tree, without content, so a chain through it fails clearly instead of silently skipping it.
+    """
+
+    id: str
+    conversation_id: str
+    parent_id: str | None
+    role: str
+    content: str
+    stage: str | None
+    sampling: dict[str, Any] | None
+    speculative: dict[str, Any] | None
+    reward_score: float | None
+    generation_id: str | None
+    meta: dict[str, Any] | None
+    deleted: bool
+    created_at: datetime
+
+
+@dataclass
+class NewMessage:
+    """A message to write. `id` may be chosen by the caller (the Responses API names its answers `resp_…`);
+    on import, `id` and `parent_id` are the tree's own, replaced by fresh ids when written."""
+
+    role: str
+    content: str
+    stage: str | None = None
+    sampling: dict[str, Any] | None = None
+    speculative: dict[str, Any] | None = None
+    reward_score: float | None = None
+    generation_id: str | None = None
+    meta: dict[str, Any] | None = None
+    id: str | None = None
+    parent_id: str | None = None
+
+
+@dataclass
+class Share:
+    """A read-only link to a conversation, or to one branch of it (the path to `message_id`)."""
+
+    id: str
+    conversation_id: str
+    message_id: str | None
+    created_at: datetime

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from server.store.records import Correction, Feedback, GenerationRecord, Preference, Ranking
+from server.store.records import (Conversation, ConversationMessage, Correction, Feedback, GenerationRecord, Preference,
+                                  Ranking, Share)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _SCHEMA_LOCK = 0x5354_4147  # PostgreSQL advisory-lock key held while upgrading the schema
@@ -206,3 +207,60 @@ def upgrade_schema(engine: Engine) -> None:
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+# -- conversations (migration 0004; server/store/conversations.py) ------------------------------
+
+
+class ConversationRow(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # unguessable: it is the only key
+    owner: Mapped[str | None] = mapped_column(sa.String(64), index=True)  # client id; None without API keys
+    title: Mapped[str] = mapped_column(sa.String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class MessageRow(Base):
+    __tablename__ = "conversation_messages"
+
+    # `seq` orders siblings (branches) as they were made; `id` is what clients see.
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    conversation_id: Mapped[str] = mapped_column(sa.ForeignKey("conversations.id"), index=True)
+    parent_id: Mapped[str | None] = mapped_column(sa.ForeignKey("conversation_messages.id"), index=True)
+    role: Mapped[str] = mapped_column(sa.String(16))
+    content: Mapped[str] = mapped_column(sa.Text)
+    stage: Mapped[str | None] = mapped_column(sa.String(255))
+    sampling: Mapped[dict | None] = mapped_column(sa.JSON)
+    speculative: Mapped[dict | None] = mapped_column(sa.JSON)
+    reward_score: Mapped[float | None] = mapped_column(sa.Float)
+    # No foreign key: an answer is saved even when its log entry failed to be written (the log never fails one).
+    generation_id: Mapped[str | None] = mapped_column(sa.String(255), index=True)
+    meta: Mapped[dict | None] = mapped_column(sa.JSON)
+    deleted: Mapped[bool] = mapped_column(sa.Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ShareRow(Base):
+    __tablename__ = "conversation_shares"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # unguessable: it is the link
+    conversation_id: Mapped[str] = mapped_column(sa.ForeignKey("conversations.id"), index=True)
+    message_id: Mapped[str | None] = mapped_column(sa.ForeignKey("conversation_messages.id"))  # a branch's leaf
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+def conversation_record(row: ConversationRow) -> Conversation:
+    return Conversation(id=row.id, owner=row.owner, title=row.title, created_at=row.created_at,
+                        updated_at=row.updated_at)
+
+
+def message_record(row: MessageRow) -> ConversationMessage:
+    return ConversationMessage(**{f: getattr(row, f) for f in ConversationMessage.__dataclass_fields__})
+
+
+def share_record(row: ShareRow) -> Share:
+    return Share(id=row.id, conversation_id=row.conversation_id, message_id=row.message_id,
+                 created_at=row.created_at)
