@@ -13,6 +13,7 @@ exports.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from datetime import datetime
@@ -263,9 +264,12 @@ def export_feedback(request: Request, format: ExportFormat = "kto", stage: str |
     if format not in FORMATS:
         raise bad_request(f"'format' must be one of {', '.join(FORMATS)}; got {format!r}.", "format")
     rows = examples(_store(request), format, stage=stage)
+    # The first row is read before the answer starts: a store that cannot be read (down, a data dir
+    # gone read-only) is still a 503 with a JSON body, not a 200 cut short.
+    first = next(rows, None)
 
     def lines() -> Iterator[bytes]:
-        for row in rows:
+        for row in itertools.chain([first] if first is not None else [], rows):
             yield (json.dumps(row, ensure_ascii=False) + "\n").encode()
 
     filename = f"stagechat-{format}.jsonl"
