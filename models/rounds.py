@@ -114,7 +114,7 @@ class Round:
         try:
             result, seconds = stage_folder(self.out_dir, work, with_time, meta_file)
             self.register(description(result) if callable(description) else description)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised: as a RoundError when storage refused the write
             raise storage_round_error(exc, self.name, self.out_dir) or exc
         log.info("registered %s %s (%.1f s)", self.kind.replace("_", " "), self.name, seconds)
         return Trained(result, seconds, reload_server(server, admin_key) if server else None)

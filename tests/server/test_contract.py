@@ -18,8 +18,8 @@ from starlette.testclient import TestClient
 
 from server.contract import MethodNotAllowedMiddleware
 from server.errors import APIError
-from server.routes.params import parse_time
 from server.launcher import free_port
+from server.routes.params import parse_time
 from server.settings import Settings
 from server.store import Store
 from tests.conftest import FAKE_REGISTRY, ready_client

@@ -36,9 +36,9 @@ def read_only(folder: Path):
     """`folder` read-only for everyone, root included, for the block's duration."""
     folder = folder.resolve()
     mounted = subprocess.run(f"mount --bind '{folder}' '{folder}' && mount -o remount,bind,ro '{folder}'",
-                             shell=True, capture_output=True).returncode == 0
+                             shell=True, capture_output=True, check=False).returncode == 0
     if not mounted:
-        subprocess.run(["umount", str(folder)], capture_output=True)  # a bind that did not remount
+        subprocess.run(["umount", str(folder)], capture_output=True, check=False)  # a bind that did not remount
         if os.geteuid() == 0:
             pytest.skip("cannot mount here, and chmod does not stop root")
         folder.chmod(0o555)
@@ -159,7 +159,7 @@ def test_an_export_whose_store_cannot_be_opened_is_a_json_error_not_a_cut_stream
 
 def _export(database: Path, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cli", "feedback", "export", "--format", "kto", "--out", str(out),
-                           "--database-url", f"sqlite:///{database}"], capture_output=True, text=True, timeout=120)
+                           "--database-url", f"sqlite:///{database}"], capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_the_export_command_into_a_read_only_folder_exits_2_naming_the_path(tmp_path):
@@ -247,9 +247,8 @@ def test_a_round_in_a_read_only_data_dir_is_a_round_error_and_leaves_nothing(reg
     before = registry_file.read_text()
     round_ = Round.open(registry_file, data_dir, "sft", "sft-2")
     trained = []
-    with read_only(data_dir):
-        with pytest.raises(RoundError, match=r"read-only .*" + str(data_dir)):
-            round_.run(lambda folder: trained.append(folder), _meta, description="x")
+    with read_only(data_dir), pytest.raises(RoundError, match=r"read-only .*" + str(data_dir)):
+        round_.run(lambda folder: trained.append(folder), _meta, description="x")
     assert trained == []  # refused before any training ran
     assert registry_file.read_text() == before and list(data_dir.iterdir()) == []
 
@@ -262,9 +261,8 @@ def test_a_round_whose_registry_cannot_be_written_removes_its_folder(registry_fi
     config = config_dir / "stages.yaml"
     config.write_text(registry_file.read_text())
     round_ = Round.open(config, data_dir, "sft", "sft-2")
-    with read_only(config_dir):
-        with pytest.raises(RoundError, match="read-only"):
-            round_.run(lambda folder: (folder / "adapter_config.json").write_text("{}") and None, _meta,
-                       description="x")
+    with read_only(config_dir), pytest.raises(RoundError, match="read-only"):
+        round_.run(lambda folder: (folder / "adapter_config.json").write_text("{}") and None, _meta,
+                   description="x")
     assert config.read_text() == registry_file.read_text()
     assert not round_.out_dir.exists() and list((data_dir / "rounds").iterdir()) == []
