@@ -266,3 +266,16 @@ def test_a_round_whose_registry_cannot_be_written_removes_its_folder(registry_fi
                    description="x")
     assert config.read_text() == registry_file.read_text()
     assert not round_.out_dir.exists() and list((data_dir / "rounds").iterdir()) == []
+
+
+def test_serve_on_a_read_only_data_dir_exits_2_naming_the_database(registry_file, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with read_only(data_dir):
+        done = subprocess.run([sys.executable, "-m", "cli", "serve", "--config", str(registry_file), "--no-ui"],
+                              env={**os.environ, "STAGECHAT_DATA_DIR": str(data_dir)}, capture_output=True, text=True,
+                              timeout=120, check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"stagechat serve: cannot start: storage is read-only (or not writable) ({data_dir / 'stagechat.db'})")
