@@ -26,11 +26,22 @@ def add_parser(sub) -> None:
 def export_feedback(args: argparse.Namespace) -> int:
     from server.export import export_to_file, export_to_hf_dataset
     from server.settings import Settings
+    from server.storage_errors import sqlite_file, storage_fault
     from server.store import Store
 
     if not (args.out or args.hf_dataset or args.push_to_hub):
         return fail(None, "give --out FILE, --hf-dataset DIR and/or --push-to-hub REPO")
-    store = Store(Settings.from_env(database_url=args.database_url).resolved_database_url)
+    url = Settings.from_env(database_url=args.database_url).resolved_database_url
+    try:
+        return _export(args, Store(url), export_to_file, export_to_hf_dataset)
+    except Exception as exc:  # a full disk or read-only storage: one line naming the path, exit 2
+        fault = storage_fault(exc, args.out, database=sqlite_file(url))
+        if fault is None:
+            raise
+        return fail("feedback export", f"cannot export: {fault.describe()}; nothing was written")
+
+
+def _export(args: argparse.Namespace, store, export_to_file, export_to_hf_dataset) -> int:
     try:
         if args.out:
             count = export_to_file(store, args.format, Path(args.out))

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from server.app import build_app
     from server.registry import RegistryError
+    from server.storage_errors import sqlite_file, storage_fault
 
     if args.demo_family:  # read wherever a registry is loaded: this server, its rounds, their reloads
         os.environ["STAGECHAT_DEMO_FAMILY"] = str(Path(args.demo_family).resolve())
@@ -47,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
         app = build_app(settings, max_live_engines=args.max_engines, with_ui=not args.no_ui)
     except RegistryError as exc:
         return fail(None, exc)
+    except Exception as exc:  # a data dir on a full or read-only disk: one line naming it, exit 2
+        fault = storage_fault(exc, str(settings.data_dir), database=sqlite_file(settings.resolved_database_url))
+        if fault is None:
+            raise
+        return fail("serve", f"cannot start: {fault.describe()}")
     # uvicorn closes a socket on a frame over ws_max_size; keep that above our own frame limit, which
     # answers with an error frame and keeps the socket.
     ws_max = max(16 * 1024 * 1024, settings.ws_max_frame_bytes + 1024 * 1024)

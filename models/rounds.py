@@ -4,8 +4,9 @@ A round: check the name → train into a staged `.<name>.partial` folder → wri
 the folder into place → register it in the registry file (a stage, or a reward model) → optionally ask a
 running server to reload. Anything that fails before the registry write leaves the registry and the
 data folder as they were: the partial folder is removed, and a folder whose registration fails is
-removed too, so no half-registered round stays behind. A failed reload leaves the round registered
-(the next reload or restart serves it) and says so.
+removed too, so no half-registered round stays behind. A full disk or read-only storage on the way is
+a `RoundError` naming the cause and the path (`server.storage_errors`). A failed reload leaves the
+round registered (the next reload or restart serves it) and says so.
 
 `stage_folder` is the staged-folder step alone, which the demo build uses for its steps (which are not
 registered: the shipped registry names them). This module knows folders, the registry file's writer
@@ -110,8 +111,11 @@ class Round:
         def with_time(result: T, seconds: float) -> dict[str, Any]:
             return {**meta(result, seconds), "created_at": now()}
 
-        result, seconds = stage_folder(self.out_dir, work, with_time, meta_file)
-        self.register(description(result) if callable(description) else description)
+        try:
+            result, seconds = stage_folder(self.out_dir, work, with_time, meta_file)
+            self.register(description(result) if callable(description) else description)
+        except Exception as exc:  # noqa: BLE001 - re-raised: as a RoundError when storage refused the write
+            raise storage_round_error(exc, self.name, self.out_dir) or exc
         log.info("registered %s %s (%.1f s)", self.kind.replace("_", " "), self.name, seconds)
         return Trained(result, seconds, reload_server(server, admin_key) if server else None)
 
@@ -141,6 +145,19 @@ class Round:
             if raw.get(key):
                 entry[key] = raw[key]
         return entry
+
+
+def storage_round_error(exc: BaseException, name: str, folder: Path) -> RoundError | None:
+    """A full disk or read-only storage behind `exc` as a one-line `RoundError` naming the path, else None.
+    By then `stage_folder` and `register` have removed what they wrote: nothing is half-registered."""
+    from server.storage_errors import storage_fault
+
+    fault = storage_fault(exc, str(folder))  # a failed write() names no file: the round's folder
+    if fault is None:
+        return None
+    error = RoundError(f"round '{name}' could not be written: {fault.describe()}; nothing was registered")
+    error.__cause__ = exc
+    return error
 
 
 def check_name(registry, config: Path, from_stage: str, name: str, data_dir: Path, folder: str = "rounds") -> Path:

@@ -6,7 +6,9 @@
   apply, 404 for what a `/v1` request names, 413 where it takes a body, 401/404/429/503 where the
   body names a `model`, 500) and `text/event-stream` where the body has `stream`, plus what the route
   declares itself via `responses=` (`server.errors.error_responses`). Routes added later get the
-  same without doing anything.
+  same without doing anything. OpenAPI links (`LINKS`) say which response's `id` another operation
+  takes — an answer's id is what one rates, a rating's id what one deletes — so a stateful client
+  (schemathesis's stateful phase) can follow them.
 - `MethodNotAllowedMiddleware`: a known path with a method it does not serve gets 405 with an
   `Allow` header and the OpenAI error body. Without it the UI mounted at `/` swallows such
   requests and answers 404.
@@ -44,6 +46,22 @@ GENERATION_BODY: dict[str, Any] = {
     },
 }
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+# (source path, method) -> [(link name, target path, method, parameters, requestBody)]: what a 200
+# answer's `id` is the input of. Link bodies are merged into a body generated from the target's schema.
+_ANSWER_ID = "$response.body#/id"
+_FEEDBACK_LINKS = [
+    ("RateTheAnswer", "/v1/feedback", "post", None, {"response_id": _ANSWER_ID, "rating": "up"}),
+    ("CorrectTheAnswer", "/v1/corrections", "post", None, {"response_id": _ANSWER_ID}),
+]
+LINKS: dict[tuple[str, str], list[tuple[str, str, str, dict[str, str] | None, dict[str, Any] | None]]] = {
+    ("/v1/chat/completions", "post"): _FEEDBACK_LINKS,
+    ("/v1/completions", "post"): _FEEDBACK_LINKS,
+    **{(f"/v1/{kind}", "post"): [(f"Delete{name}", f"/v1/{kind}/{{item_id}}", "delete",
+                                 {"path.item_id": _ANSWER_ID}, None)]
+       for kind, name in [("feedback", "Rating"), ("preferences", "Preference"), ("rankings", "Ranking"),
+                          ("corrections", "Correction")]},
+}
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
@@ -85,8 +103,28 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
                 content = responses["200"].setdefault("content", {})
                 content.setdefault("text/event-stream", {"schema": {
                     "type": "string", "description": "`data: {chunk}` events, then `data: [DONE]`"}})
+    _add_links(spec)
     app.openapi_schema = spec
     return spec
+
+
+def _add_links(spec: dict[str, Any]) -> None:
+    """`LINKS` on the 200 answers of operations both ends of which this app serves."""
+    paths = spec.get("paths", {})
+    for (path, method), links in LINKS.items():
+        ok = paths.get(path, {}).get(method, {}).get("responses", {}).get("200")
+        if ok is None:
+            continue
+        for name, target_path, target_method, parameters, body in links:
+            target = paths.get(target_path, {}).get(target_method)
+            if target is None or "operationId" not in target:
+                continue  # e.g. the feedback routes are off (no store)
+            link: dict[str, Any] = {"operationId": target["operationId"]}
+            if parameters:
+                link["parameters"] = parameters
+            if body:
+                link["requestBody"] = body
+            ok.setdefault("links", {})[name] = link
 
 
 def _body_schema(op: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:

@@ -206,11 +206,15 @@ def export_to_file(store: Store, format: str, out_path: str | os.PathLike[str], 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     count = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for example in examples(store, format, stage=stage):
-            f.write(json.dumps(example, ensure_ascii=False) + "\n")
-            count += 1
-    tmp.replace(out)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for example in examples(store, format, stage=stage):
+                f.write(json.dumps(example, ensure_ascii=False) + "\n")
+                count += 1
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: no half-written file left behind
+        raise
     return count
 
 

@@ -4,7 +4,8 @@ What it knows: a request id for each failure (the client's `x-request-id` when i
 else a fresh one), which goes in the body's message, the `x-request-id` response header and the log
 line that carries the traceback, so an operator finds the one from the other; and how a database that
 cannot be reached becomes a 503 with `Retry-After` (SQLAlchemy's connection errors: the store said
-nothing more specific).
+nothing more specific); a full disk or read-only storage is a 507 / 503 naming the cause
+(`server.storage_errors`).
 
 `InternalErrorMiddleware` sits inside Starlette's `ServerErrorMiddleware` (which answers in plain
 text, and which a handler for `Exception` would only feed: it re-raises), around everything else
@@ -22,6 +23,7 @@ import uuid
 from typing import Any
 
 from server.errors import APIError
+from server.storage_errors import database_path, storage_error, storage_fault
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +87,15 @@ class InternalErrorMiddleware:
             await self.app(scope, receive, tracking)
         except Exception as exc:
             rid = request_id(_headers_of(scope))
-            outage = is_database_outage(exc)
+            fault = storage_fault(exc, database=database_path(scope.get("app")))  # a full disk, read-only storage
+            outage = fault is None and is_database_outage(exc)
             log.error("request %s: %s %s failed%s: %s: %s", rid, scope.get("method"), scope.get("path"),
-                      " (database unreachable)" if outage else "", type(exc).__name__, exc, exc_info=exc)
+                      f" ({fault.describe()})" if fault else " (database unreachable)" if outage else "",
+                      type(exc).__name__, exc, exc_info=exc)
             if started:  # the status went out already: nothing to do but let the server close it
                 raise
-            error = database_unavailable(rid) if outage else internal_error(rid)
+            error = (storage_error(fault, rid) if fault else database_unavailable(rid) if outage
+                     else internal_error(rid))
             body = json.dumps(error.body()).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (error.headers or {}).items()]

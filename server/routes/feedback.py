@@ -13,35 +13,44 @@ exports.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from server.auth import authenticate, require_admin
 from server.errors import APIError, bad_request
 from server.export import FORMATS, examples
-from server.routes.params import parse_time
+from server.routes.params import CURSOR, TIME, parse_time
 from server.settings import Settings
-from server.store.records import Correction, Feedback, Preference, Ranking
+from server.store.records import CHOICES, MAX_RANKED, RATINGS, Correction, Feedback, Preference, Ranking
 
 if TYPE_CHECKING:
     from server.store import Store
 
 router = APIRouter()
+# The schema names the formats; the route still refuses others itself, with a message naming them.
+ExportFormat = Annotated[str, WithJsonSchema({"type": "string", "enum": list(FORMATS), "default": "kto"})]
 
 Messages = list[dict[str, Any]]
+
+
+# The request models state in the schema (`json_schema_extra`) what the store checks, so a client
+# generating requests from the spec sends what is accepted; the store still refuses the rest itself,
+# with its own messages.
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    response_id: str = Field(description="The `id` of a response this server gave (choice i > 0: `id:i`).")
-    rating: str = Field(description='"up" or "down".')
+    response_id: str = Field(description="The `id` of a response this server gave (choice i > 0: `id:i`).",
+                             json_schema_extra={"minLength": 1})
+    rating: str = Field(description='"up" or "down".', json_schema_extra={"enum": list(RATINGS)})
     comment: str | None = None
     tags: list[str] = Field(default_factory=list)
     # Needed only when the server does not log prompts: the text being rated.
@@ -52,8 +61,10 @@ class FeedbackRequest(BaseModel):
 class PreferenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    response_ids: list[str] = Field(description="Two responses to the same prompt: [A, B].")
-    choice: str = Field(description='"a", "b", "tie" or "both_bad".')
+    response_ids: list[str] = Field(description="Two responses to the same prompt: [A, B].",
+                                    json_schema_extra={"minItems": 2, "maxItems": 2, "uniqueItems": True})
+    choice: str = Field(description='"a", "b", "tie" or "both_bad".',
+                        json_schema_extra={"enum": list(CHOICES)})
     comment: str | None = None
     # Needed only when the server does not log prompts.
     prompt: Messages | str | None = None
@@ -63,8 +74,11 @@ class PreferenceRequest(BaseModel):
 class RankingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    response_ids: list[str] = Field(description="2 to 4 responses to the same conversation, each once.")
-    ranking: list[list[str]] = Field(description="Groups of those ids, best first; ids in one group tie.")
+    response_ids: list[str] = Field(description="2 to 4 responses to the same conversation, each once.",
+                                    json_schema_extra={"minItems": 2, "maxItems": MAX_RANKED, "uniqueItems": True})
+    ranking: list[list[str]] = Field(description="Groups of those ids, best first; ids in one group tie.",
+                                     json_schema_extra={"minItems": 1, "items": {"type": "array", "minItems": 1,
+                                                                                 "items": {"type": "string"}}})
     comment: str | None = None
     # Needed only when the server does not log prompts.
     prompt: Messages | str | None = None
@@ -74,8 +88,9 @@ class RankingRequest(BaseModel):
 class CorrectionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    response_id: str = Field(description="The `id` of a response this server gave.")
-    completion: str = Field(description="What the answer should have been.")
+    response_id: str = Field(description="The `id` of a response this server gave.", json_schema_extra={"minLength": 1})
+    completion: str = Field(description="What the answer should have been.",
+                            json_schema_extra={"minLength": 1, "pattern": r"\S"})  # not blank
     comment: str | None = None
     # Needed only when the server does not log prompts: the prompt and the answer as given.
     prompt: Messages | str | None = None
@@ -191,10 +206,10 @@ def _own_items(request: Request, kind: str, since: str | None, until: str | None
 def _list_route(path: str, kind: str) -> None:
     def list_items(
         request: Request,
-        since: str | None = Query(None, description="Stated at or after: Unix seconds or ISO 8601."),
-        until: str | None = Query(None, description="Stated before: Unix seconds or ISO 8601."),
+        since: Annotated[str | None, Query(description="Stated at or after: Unix seconds or ISO 8601."), TIME] = None,
+        until: Annotated[str | None, Query(description="Stated before: Unix seconds or ISO 8601."), TIME] = None,
         limit: int = Query(20, ge=1, le=1000),
-        after: str | None = Query(None, description="The `last_id` of the previous page."),
+        after: Annotated[str | None, Query(description="The `last_id` of the previous page."), CURSOR] = None,
     ) -> dict[str, Any]:
         return _own_items(request, kind, since, until, limit, after)
 
@@ -227,10 +242,10 @@ def list_feedback(
     request: Request,
     stage: str | None = None,
     rating: Literal["up", "down"] | None = None,
-    since: str | None = Query(None, description="Rated at or after: Unix seconds or ISO 8601."),
-    until: str | None = Query(None, description="Rated before: Unix seconds or ISO 8601."),
+    since: Annotated[str | None, Query(description="Rated at or after: Unix seconds or ISO 8601."), TIME] = None,
+    until: Annotated[str | None, Query(description="Rated before: Unix seconds or ISO 8601."), TIME] = None,
     limit: int = Query(20, ge=1, le=1000),
-    after: str | None = Query(None, description="The `last_id` of the previous page."),
+    after: Annotated[str | None, Query(description="The `last_id` of the previous page."), CURSOR] = None,
 ) -> dict[str, Any]:
     settings = _settings(request)
     client_id = authenticate(request, settings)
@@ -244,14 +259,17 @@ def list_feedback(
 @router.get("/v1/feedback/export", response_class=StreamingResponse, responses={
     200: {"description": "One JSON example per line (TRL dataset rows)",
           "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}})
-def export_feedback(request: Request, format: str = "kto", stage: str | None = None) -> StreamingResponse:
+def export_feedback(request: Request, format: ExportFormat = "kto", stage: str | None = None) -> StreamingResponse:
     require_admin(request, _settings(request))
     if format not in FORMATS:
         raise bad_request(f"'format' must be one of {', '.join(FORMATS)}; got {format!r}.", "format")
     rows = examples(_store(request), format, stage=stage)
+    # The first row is read before the answer starts: a store that cannot be read (down, a data dir
+    # gone read-only) is still a 503 with a JSON body, not a 200 cut short.
+    first = next(rows, None)
 
     def lines() -> Iterator[bytes]:
-        for row in rows:
+        for row in itertools.chain([first] if first is not None else [], rows):
             yield (json.dumps(row, ensure_ascii=False) + "\n").encode()
 
     filename = f"stagechat-{format}.jsonl"

@@ -7,13 +7,13 @@ FastAPI runs the store read and the statistics in its thread pool, off the event
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
 from server.auth import authenticate
 from server.leaderboard import BOOTSTRAP, leaderboard
-from server.routes.params import parse_time
+from server.routes.params import TIME, parse_time
 
 router = APIRouter()
 
@@ -21,8 +21,8 @@ router = APIRouter()
 @router.get("/v1/leaderboard")
 def get_leaderboard(
     request: Request,
-    since: str | None = Query(None, description="Judged at or after: Unix seconds or ISO 8601."),
-    until: str | None = Query(None, description="Judged before: Unix seconds or ISO 8601."),
+    since: Annotated[str | None, Query(description="Judged at or after: Unix seconds or ISO 8601."), TIME] = None,
+    until: Annotated[str | None, Query(description="Judged before: Unix seconds or ISO 8601."), TIME] = None,
     rater: str | None = Query(None, description="Only this rater's judgements (a client id)."),
     bootstrap: int = Query(BOOTSTRAP, ge=0, le=2000, description="Bootstrap resamples for the intervals."),
     seed: int = Query(0, ge=0, le=2**32 - 1, description="Seed of the bootstrap."),

@@ -33,6 +33,7 @@ from server.auth import authenticate
 from server import metrics
 from server.errors import APIError, bad_request, from_store_error, from_validation_errors, not_found, too_large
 from server.internal_errors import database_unavailable, internal_error, is_database_outage, request_id
+from server.storage_errors import database_path, storage_error, storage_fault
 from server.limits import RateLimited, TokenBucket
 from server.protocol import ChatCompletionRequest, speculative_body
 from server.responses import reward_body
@@ -273,10 +274,13 @@ class Connection:
             return await self.error(fid, from_store_error(exc))
         except Exception as exc:  # an error frame, never a task that dies silently: nothing was stored
             rid = request_id()
-            outage = is_database_outage(exc)
+            fault = storage_fault(exc, database=database_path(self.ws.app))  # a full disk, read-only storage
+            outage = fault is None and is_database_outage(exc)
             log.error("request %s: websocket %s %s failed%s: %s: %s", rid, kind, fid,
-                      " (database unreachable)" if outage else "", type(exc).__name__, exc, exc_info=exc)
-            return await self.error(fid, database_unavailable(rid) if outage else internal_error(rid))
+                      f" ({fault.describe()})" if fault else " (database unreachable)" if outage else "",
+                      type(exc).__name__, exc, exc_info=exc)
+            return await self.error(fid, storage_error(fault, rid) if fault else database_unavailable(rid)
+                                    if outage else internal_error(rid))
         try:
             await self.send({"type": "ack", "id": fid, kind: obj})
         except _Gone:

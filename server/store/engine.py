@@ -2,7 +2,8 @@
 an acknowledged rating durable and let readers run beside the writer.
 
 What it knows: SQLite's pragmas (WAL, synchronous=FULL, foreign keys, busy timeout), that writers
-begin with `BEGIN IMMEDIATE` (the execution option `sqlite_begin`), and PostgreSQL's pre-ping pool.
+begin with `BEGIN IMMEDIATE` (the execution option `sqlite_begin`), and PostgreSQL's pre-ping pool
+with a bounded connect (a database that does not answer is an error in seconds, not a hang).
 
 What it does not know: tables or the schema's migrations (`server/store/schema.py`), or queries.
 """
@@ -20,6 +21,9 @@ from sqlalchemy.engine import Engine
 
 # How long a SQLite connection waits for another's write lock (or for its turn to switch to WAL).
 BUSY_SECONDS = 30
+# How long a new PostgreSQL connection may take (libpq's connect_timeout): a host that drops packets
+# (a database behind a dead network) fails the request with a 503 after this, instead of hanging it.
+PG_CONNECT_SECONDS = 5
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -71,4 +75,8 @@ def _set_wal(cursor: Any, wait_seconds: float) -> None:
 def create_store_engine(url: str) -> Engine:
     if sa.make_url(url).get_backend_name() == "sqlite":
         return _sqlite_engine(url)
-    return sa.create_engine(url, pool_pre_ping=True)
+    parsed = sa.make_url(url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = PG_CONNECT_SECONDS  # the URL's own setting wins
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
