@@ -101,10 +101,13 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
     app.include_router(rewards_routes.router)
     app.include_router(ws.router)  # before the UI: its mount at / would catch /v1/ws
     if store is not None:
-        from server.routes import feedback, leaderboard
+        from server.arena import ArenaService
+        from server.routes import arena, feedback, leaderboard
 
         app.include_router(feedback.router)
         app.include_router(leaderboard.router)
+        app.state.arena = ArenaService(service, store)  # the blind arena (server/arena.py)
+        app.include_router(arena.router)
     if with_ui:
         from ui.app import mount_ui
 

@@ -24,6 +24,7 @@ The modules, bottom up:
     generations.py  the generation log          } mixins of `Store`
     feedback.py     rate, prefer, rank, correct } (store.py joins them)
     reads.py        pages, export inputs, judgements
+    arena.py        blind battles and their votes
 
 `from server.store import X` works for every public name of these modules. The plain records are
 imported here at once; everything that needs SQLAlchemy on first use (PEP 562), so importing
@@ -35,7 +36,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from server.store.records import (CHOICES, KINDS, MAX_RANKED, RATINGS, Choice, CorrectedAnswer, Correction, Feedback,
+from server.store.records import (WINNERS, ArenaVote, Battle, BattleConflict, BattleSide,  # the arena
+                                  CHOICES, KINDS, MAX_RANKED, RATINGS, Choice, CorrectedAnswer, Correction, Feedback,
                                   GenerationRecord, InvalidFeedback, Judgement, Preference, PreferredPair, RatedAnswer,
                                   Ranking, Rating, StoreError, UnknownItem, UnknownResponse, prompt_hash, utcnow)
 
@@ -66,6 +68,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "WINNERS", "ArenaVote", "Battle", "BattleConflict", "BattleSide",
     "CHOICES", "KINDS", "MAX_RANKED", "RATINGS", "Choice", "CorrectedAnswer", "Correction", "Feedback",
     "GenerationRecord", "InvalidFeedback", "Judgement", "Preference", "PreferredPair", "RatedAnswer", "Ranking",
     "Rating", "StoreError", "UnknownItem", "UnknownResponse", "prompt_hash", "utcnow", *_LAZY,

@@ -199,3 +199,59 @@ class Judgement:
     stages: list[str]
     groups: list[list[int]]
     at: datetime
+    blind: bool = False  # an arena vote: the rater saw no stage names, and index 0 was side a
+
+
+# -- the blind arena (server/store/arena.py) ----------------------------------------------------
+
+WINNERS: tuple[str, ...] = CHOICES  # an arena vote: side a, side b, tie, both bad
+BATTLE_STATES: tuple[str, ...] = ("generating", "ready", "voted", "failed")
+
+
+class BattleConflict(StoreError):
+    """A battle not in the state the action needs (still generating, already voted): a 409."""
+
+
+@dataclass
+class BattleSide:
+    """One side's answer in one turn: the logged response and its text."""
+
+    response_id: str
+    content: str
+    finish_reason: str | None
+
+
+@dataclass
+class Battle:
+    """A blind battle: two stages answer the same conversation; the rater sees only sides a and b.
+
+    `turns[i]` holds the user's message of turn i and each side's answer to it; side a's conversation
+    is the messages, then for each turn its answer and the next user message."""
+
+    id: str
+    rater: str
+    stage_a: str
+    stage_b: str
+    status: str  # one of BATTLE_STATES
+    messages: list[dict[str, Any]]  # the opening conversation
+    settings: dict[str, Any]  # the decoding settings every turn uses
+    turns: list[dict[str, Any]]  # {"user": message | None, "a": BattleSide-dict, "b": BattleSide-dict}
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class ArenaVote:
+    """A rater's verdict on a battle, with the side each stage was on: one per battle."""
+
+    id: str
+    battle_id: str
+    rater: str
+    winner: str  # one of WINNERS
+    stage_a: str
+    stage_b: str
+    response_a: str  # the last turn's answers
+    response_b: str
+    reasons: list[str]
+    comment: str | None
+    created_at: datetime
