@@ -1,8 +1,9 @@
 """Which two stages meet next in the arena, and on which sides.
 
 How: the leaderboard's Bradley–Terry fit on the blind votes so far gives each stage a 95% interval;
-here its width comes from the fit's curvature (the Fisher information of the same penalised
-likelihood: cheap enough to redo after every few votes, where the leaderboard bootstraps). A stage
+here its width comes from the fit's curvature along that stage's own axis (the diagonal of the
+Fisher information of the same penalised likelihood, 2·1.96/√(Σⱼ nᵢⱼ pᵢⱼ(1−pᵢⱼ) + 2λ): cheap enough to
+redo after every few votes, where the leaderboard bootstraps). A stage
 nobody has judged yet has the widest interval the prior allows. Each pair (i, j) is drawn with
 probability ½ · 1/P + ½ · (wᵢ + wⱼ) / Σ(w + w) over the P pairs: half the draws go to the pairs whose
 intervals are widest together, so the leaderboard's widest interval narrows first, and half are
@@ -43,12 +44,10 @@ def interval_widths(judgements: Iterable[Judgement], stages: Sequence[str], prio
                 met[jj, i] += 1
     theta = fit_bradley_terry(wins, prior) if k else np.zeros(0)
     p = 1 / (1 + np.exp(-(theta[:, None] - theta[None, :])))
-    w = met * p * (1 - p)
-    information = np.diag(w.sum(axis=1)) - w + 2 * prior * np.eye(k)
-    centring = np.eye(k) - 1 / k  # the leaderboard reports θ with mean 0
-    cov = centring @ np.linalg.inv(information) @ centring
-    return {s: float(2 * Z95 * np.sqrt(max(cov[i, i], 0.0))) for s, i in index.items()}
-
+    # The curvature along each stage's own axis (the others held at their fit): Σⱼ nᵢⱼ pᵢⱼ (1 − pᵢⱼ) + 2λ.
+    # The full inverse would smear one unjudged stage's uncertainty over every stage once θ is centred.
+    information = (met * p * (1 - p)).sum(axis=1) + 2 * prior
+    return {s: float(2 * Z95 / np.sqrt(information[i])) for s, i in index.items()}
 
 def pair_probabilities(stages: Sequence[str], widths: dict[str, float]) -> dict[tuple[str, str], float]:
     """The chance of each unordered pair (sorted names) being drawn next."""
