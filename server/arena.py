@@ -15,6 +15,7 @@ What it does not know: HTTP or WebSocket frames (`server/routes/arena.py`), SQL 
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import time
 from collections.abc import AsyncIterator
@@ -113,6 +114,7 @@ class ArenaService:
         self._widths_at = float("-inf")
         self._stale = True
         self._refreshing: asyncio.Lock | None = None
+        self.rng = random.SystemRandom()  # the pair and the sides: unpredictable (tests may seed their own)
 
     # -- the draw -------------------------------------------------------------------------------
 
@@ -146,7 +148,7 @@ class ArenaService:
             candidates = sorted(set(allowed))
         if len(candidates) < 2:
             raise bad_request("A battle needs two different stages to draw from.", param="stages")
-        return draw_pair(candidates, await self.widths())
+        return draw_pair(candidates, await self.widths(), self.rng)
 
     # -- battles --------------------------------------------------------------------------------
 

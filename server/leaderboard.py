@@ -10,7 +10,9 @@ Gaussian prior (λ = 0.01) that keeps a stage that never lost finite; θ is cent
 shown on the Elo scale (1000 + 400·θ/ln 10). Intervals are percentile bootstraps that resample whole
 judgements (a ranking's pairs are not independent). Agreement is Krippendorff's alpha (the
 `krippendorff` package, ordinal: b better < tie < a better) over the answer pairs two or more raters
-judged.
+judged. Per rater: how many judgements each gave (`raters`). Arena votes come in as blind judgements
+(`Judgement.blind`); the style-controlled fit and the position-bias figure live in
+`server/style_control.py`.
 
 What it does not know: SQL or HTTP (it takes `Judgement`s from `Store.iter_judgements`). It is
 CPU work: callers run it off the event loop.
@@ -190,4 +192,9 @@ def leaderboard(judgements: Iterable[Judgement], *, bootstrap: int = BOOTSTRAP, 
     rows.sort(key=lambda r: -r.strength)
     win_rates = {a: {b: (None if met[i, j] == 0 else round(float(wins[i, j] / met[i, j]), 4)) for b, j in index.items()
                      if b != a} for a, i in index.items()}
-    return Leaderboard(rows, win_rates, len(used), bootstrap if used else 0, agreement(judgements))
+    raters: dict[str, int] = {}
+    for j, _ in used:
+        raters[j.rater] = raters.get(j.rater, 0) + 1
+    extra = {"raters": dict(sorted(raters.items(), key=lambda kv: (-kv[1], kv[0]))),
+             "blind_judgements": sum(j.blind for j, _ in used)}
+    return Leaderboard(rows, win_rates, len(used), bootstrap if used else 0, agreement(judgements), extra)

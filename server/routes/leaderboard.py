@@ -1,21 +1,43 @@
 """`GET /v1/leaderboard`: Bradley–Terry strengths per stage with bootstrap 95% intervals, votes,
-win rates and rater agreement, from the store's preferences and rankings (`server/leaderboard.py`).
+win rates, rater agreement and per-rater counts (`server/leaderboard.py`); beside them the
+style-controlled strengths and the arena's position bias (`server/style_control.py`).
 
-Thin: parses the filters (time window, rater), reads the judgements and fits — a plain `def`, so
-FastAPI runs the store read and the statistics in its thread pool, off the event loop.
+`votes=blind` reads only the arena's blind votes, `votes=all` adds the named preferences and
+rankings (Compare, `POST /v1/preferences`, `/v1/rankings`); the default is blind as soon as one
+blind vote exists. Thin: parses the filters, reads the judgements and fits — a plain `def`, so
+FastAPI runs the store reads and the statistics in its thread pool, off the event loop.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 
 from server.auth import authenticate
 from server.leaderboard import BOOTSTRAP, leaderboard
 from server.routes.params import parse_time
+from server.style_control import position_bias, style_controlled
 
 router = APIRouter()
+
+
+def read_judgements(store, votes: str | None, **filters) -> tuple[str, list]:
+    """(the votes read, the judgements): blind = arena votes only; all = arena + named."""
+    if votes is None:
+        votes = "blind" if store.count_arena_votes() else "all"
+    judgements = list(store.iter_arena_judgements(**filters))
+    if votes == "all":
+        judgements = list(store.iter_judgements(**filters)) + judgements
+    return votes, judgements
+
+
+def board_body(store, judgements: list, *, bootstrap: int, seed: int) -> dict[str, Any]:
+    body = leaderboard(judgements, bootstrap=bootstrap, seed=seed).to_dict()
+    texts = store.completions_of(rid for j in judgements for rid in j.response_ids)
+    body["style_controlled"] = style_controlled(judgements, texts, bootstrap=bootstrap, seed=seed).to_dict()
+    body["position_bias"] = position_bias(judgements)
+    return body
 
 
 @router.get("/v1/leaderboard")
@@ -24,14 +46,17 @@ def get_leaderboard(
     since: str | None = Query(None, description="Judged at or after: Unix seconds or ISO 8601."),
     until: str | None = Query(None, description="Judged before: Unix seconds or ISO 8601."),
     rater: str | None = Query(None, description="Only this rater's judgements (a client id)."),
+    votes: Literal["blind", "all"] | None = Query(
+        None, description="blind: arena votes only; all: with named preferences and rankings. "
+                          "Default: blind when any blind vote exists, else all."),
     bootstrap: int = Query(BOOTSTRAP, ge=0, le=2000, description="Bootstrap resamples for the intervals."),
     seed: int = Query(0, ge=0, le=2**32 - 1, description="Seed of the bootstrap."),
 ) -> dict[str, Any]:
     authenticate(request, request.app.state.settings)
     store = request.app.state.store
-    judgements = store.iter_judgements(since=parse_time(since, "since"), until=parse_time(until, "until"),
-                                       rater=rater)
-    board = leaderboard(judgements, bootstrap=bootstrap, seed=seed)
-    body = board.to_dict()
-    body["filters"] = {"since": since, "until": until, "rater": rater}
+    chosen, judgements = read_judgements(store, votes, since=parse_time(since, "since"),
+                                         until=parse_time(until, "until"), rater=rater)
+    body = board_body(store, judgements, bootstrap=bootstrap, seed=seed)
+    body["votes"] = chosen
+    body["filters"] = {"since": since, "until": until, "rater": rater, "votes": votes}
     return body
