@@ -101,12 +101,12 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
     app.include_router(rewards_routes.router)
     app.include_router(ws.router)  # before the UI: its mount at / would catch /v1/ws
     if store is not None:
-        from server.arena import ArenaService
+        from server.arena import arena_for
         from server.routes import arena, feedback, leaderboard
 
         app.include_router(feedback.router)
         app.include_router(leaderboard.router)
-        app.state.arena = ArenaService(service, store)  # the blind arena (server/arena.py)
+        app.state.arena = arena_for(service)  # the blind arena (server/arena.py), shared with the UI
         app.include_router(arena.router)
     if with_ui:
         from ui.app import mount_ui

@@ -258,6 +258,17 @@ class ArenaService:
         return reveal(battle, vote)
 
 
+def arena_for(service: StageService) -> ArenaService | None:
+    """The one `ArenaService` of this `StageService` (the API and the UI share its draw), or None
+    without a store."""
+    if service.store is None:
+        return None
+    arena = getattr(service, "arena", None)
+    if arena is None:
+        arena = service.arena = ArenaService(service, service.store)
+    return arena
+
+
 def _anonymous(exc: APIError, stages: tuple[str, str]) -> APIError:
     """The same error without the stage's name in it: a side's refusal must not reveal the pair."""
     message = exc.message

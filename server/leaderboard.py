@@ -14,7 +14,9 @@ judged. Per rater: how many judgements each gave (`raters`). Arena votes come in
 (`Judgement.blind`); the style-controlled fit and the position-bias figure live in
 `server/style_control.py`.
 
-What it does not know: SQL or HTTP (it takes `Judgement`s from `Store.iter_judgements`). It is
+What it does not know: SQL or HTTP (it takes `Judgement`s from `Store.iter_judgements` and
+`Store.iter_arena_judgements`; `read_judgements` and `board_body` at the end call those for the route
+and the UI). It is
 CPU work: callers run it off the event loop.
 """
 
@@ -30,6 +32,7 @@ from scipy.optimize import minimize
 from scipy.special import log_expit
 
 from server.store.records import Judgement
+from server.style_control import position_bias, style_controlled
 
 PRIOR = 0.01  # L2 weight on θ: a weak prior, so a stage with only wins still has a finite strength
 BOOTSTRAP = 200
@@ -198,3 +201,27 @@ def leaderboard(judgements: Iterable[Judgement], *, bootstrap: int = BOOTSTRAP, 
     extra = {"raters": dict(sorted(raters.items(), key=lambda kv: (-kv[1], kv[0]))),
              "blind_judgements": sum(j.blind for j, _ in used)}
     return Leaderboard(rows, win_rates, len(used), bootstrap if used else 0, agreement(judgements), extra)
+
+
+# -- what the route and the UI show (reads a `Store`; the statistics above know none) -------------
+
+
+def read_judgements(store, votes: str | None, **filters) -> tuple[str, list[Judgement]]:
+    """(the votes read, the judgements) from a `Store`: blind = arena votes only; all = arena + named.
+    No `votes`: blind as soon as one blind vote exists, else all."""
+    if votes is None:
+        votes = "blind" if store.count_arena_votes() else "all"
+    judgements = list(store.iter_arena_judgements(**filters))
+    if votes == "all":
+        judgements = list(store.iter_judgements(**filters)) + judgements
+    return votes, judgements
+
+
+def board_body(store, judgements: list[Judgement], *, bootstrap: int, seed: int) -> dict[str, Any]:
+    """`GET /v1/leaderboard`'s body: the raw fit, the style-controlled fit (answer texts from the store's
+    log) and the position bias. CPU work and SQL: callers run it off the event loop."""
+    body = leaderboard(judgements, bootstrap=bootstrap, seed=seed).to_dict()
+    texts = store.completions_of(rid for j in judgements for rid in j.response_ids)
+    body["style_controlled"] = style_controlled(judgements, texts, bootstrap=bootstrap, seed=seed).to_dict()
+    body["position_bias"] = position_bias(judgements)
+    return body

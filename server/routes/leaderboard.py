@@ -15,29 +15,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 
 from server.auth import authenticate
-from server.leaderboard import BOOTSTRAP, leaderboard
+from server.leaderboard import BOOTSTRAP, board_body, read_judgements
 from server.routes.params import parse_time
-from server.style_control import position_bias, style_controlled
 
 router = APIRouter()
-
-
-def read_judgements(store, votes: str | None, **filters) -> tuple[str, list]:
-    """(the votes read, the judgements): blind = arena votes only; all = arena + named."""
-    if votes is None:
-        votes = "blind" if store.count_arena_votes() else "all"
-    judgements = list(store.iter_arena_judgements(**filters))
-    if votes == "all":
-        judgements = list(store.iter_judgements(**filters)) + judgements
-    return votes, judgements
-
-
-def board_body(store, judgements: list, *, bootstrap: int, seed: int) -> dict[str, Any]:
-    body = leaderboard(judgements, bootstrap=bootstrap, seed=seed).to_dict()
-    texts = store.completions_of(rid for j in judgements for rid in j.response_ids)
-    body["style_controlled"] = style_controlled(judgements, texts, bootstrap=bootstrap, seed=seed).to_dict()
-    body["position_bias"] = position_bias(judgements)
-    return body
 
 
 @router.get("/v1/leaderboard")
