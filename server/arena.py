@@ -19,6 +19,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -244,11 +245,26 @@ class ArenaService:
             if not finished:
                 await asyncio.shield(asyncio.to_thread(self.store.abandon_turn, battle.id))
 
+    @asynccontextmanager
+    async def running(self, started: tuple[Battle, AsyncIterator[SideDelta]]):
+        """Around consuming a started turn's deltas: closes them, and gives the turn up if they were never
+        run to the end (a generator closed before its first step runs none of its own clean-up)."""
+        battle, deltas = started
+        done = False
+        try:
+            yield deltas
+            done = True
+        finally:
+            await deltas.aclose()
+            if not done:
+                await asyncio.shield(asyncio.to_thread(self.store.abandon_turn, battle.id))
+
     async def complete(self, started: tuple[Battle, AsyncIterator[SideDelta]]) -> Battle:
         """Run a started turn to its end (the non-streaming API); the battle as stored after it."""
         battle, deltas = started
-        async for _ in deltas:
-            pass
+        async with self.running(started):
+            async for _ in deltas:
+                pass
         return await asyncio.to_thread(self.store.get_battle, battle.id, rater=battle.rater)
 
     async def vote(self, battle_id: str, body: VoteRequest, rater: str) -> dict[str, Any]:

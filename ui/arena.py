@@ -11,7 +11,6 @@ Knows Gradio and the arena service; nothing about HTTP.
 
 from __future__ import annotations
 
-from contextlib import aclosing
 from typing import Any
 
 import gradio as gr
@@ -74,9 +73,9 @@ def build(service: StageService, login: Login) -> None:
         opened, deltas = started
         battle = {**battle, "id": opened.id, "turns": [*battle["turns"], {"user": user, "a": "", "b": ""}]}
         turn = battle["turns"][-1]
-        yield ("", *views(battle), battle, "", *locked)
         try:
-            async with aclosing(deltas) as stream:
+            async with arena.running(started) as stream:
+                yield ("", *views(battle), battle, "", *locked)
                 async for delta in stream:
                     turn[delta.side] += delta.text
                     yield (gr.skip(), *views(battle), battle, gr.skip(), *[gr.skip()] * len(buttons))

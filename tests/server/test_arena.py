@@ -300,3 +300,48 @@ def test_the_arena_draws_every_pair(client):
     assert len(seen) == 3
     only = open_battle(client, stages=["sft", "rlhf"])
     assert {only["a"]["content"], only["b"]["content"]} == {SCRIPTS["fake/sft"], SCRIPTS["fake/rlhf"]}
+
+
+# -- over the WebSocket ---------------------------------------------------------------------------
+
+
+def frames_until(ws, fid, last_types=("done", "error", "ack")) -> list[dict]:
+    frames = []
+    while True:
+        frame = ws.receive_json()
+        frames.append(frame)
+        if frame.get("id") == fid and frame["type"] in last_types:
+            return frames
+
+
+def test_a_battle_streams_over_the_websocket(store: Store, tmp_path):
+    app, pool = arena_app(store, tmp_path, delay=0.005)
+    with ready_client(app, pool) as client, client.websocket_connect(f"/v1/ws?api_key={KEYS[0]}") as ws:
+        ws.send_json({"type": "arena", "id": 1, **ASK, "temperature": 0})
+        frames = frames_until(ws, 1)
+        assert frames[0]["type"] == "battle"
+        bid = frames[0]["battle_id"]
+        deltas = [f for f in frames if f["type"] == "delta"]
+        texts = {side: "".join(f["text"] for f in deltas if f["side"] == side) for side in ("a", "b")}
+        assert all(t.strip() in QUALITY for t in texts.values()) and len(deltas) > 2
+        assert frames[-1] == {"type": "done", "id": 1, "battle_id": bid, "finish_reason": {"a": "stop", "b": "stop"}}
+        raw = json.dumps(frames)
+        assert not any(word in raw for word in ("base", "sft", "rlhf", "chatcmpl", "usage"))
+
+        ws.send_json({"type": "arena_turn", "id": 2, "battle_id": bid, "content": "Sure?"})
+        assert frames_until(ws, 2)[-1]["type"] == "done"
+        ws.send_json({"type": "arena_vote", "id": 3, "battle_id": bid, "winner": "a"})
+        ack = frames_until(ws, 3)[-1]
+        assert ack["type"] == "ack" and ack["arena_vote"]["a"]["stage"] in ("base", "sft", "rlhf")
+        ws.send_json({"type": "arena_vote", "id": 4, "battle_id": bid, "winner": "a"})
+        assert frames_until(ws, 4)[-1]["error"]["code"] == "battle_conflict"
+        ws.send_json({"type": "arena_vote", "id": 5, "battle_id": "nope", "winner": "a"})
+        assert frames_until(ws, 5)[-1]["error"]["type"] == "not_found_error"
+
+        # a cancelled battle: both sides stop, and the battle is given up (no vote possible)
+        ws.send_json({"type": "arena", "id": 6, **ASK})
+        opened = ws.receive_json()
+        ws.send_json({"type": "cancel", "id": 6})
+        assert frames_until(ws, 6)[-1]["finish_reason"] == "cancelled"
+        assert store.get_battle(opened["battle_id"], rater=_rater(store, opened["battle_id"])).status == "failed"
+    assert len(list(store.iter_arena_judgements())) == 1
