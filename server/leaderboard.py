@@ -206,15 +206,26 @@ def leaderboard(judgements: Iterable[Judgement], *, bootstrap: int = BOOTSTRAP, 
 # -- what the route and the UI show (reads a `Store`; the statistics above know none) -------------
 
 
-def read_judgements(store, votes: str | None, **filters) -> tuple[str, list[Judgement]]:
+def read_judgements(store, votes: str | None, *, min_gold_accuracy: float | None = None,
+                    **filters) -> tuple[str, list[Judgement]]:
     """(the votes read, the judgements) from a `Store`: blind = arena votes only; all = arena + named.
-    No `votes`: blind as soon as one blind vote exists, else all."""
+    No `votes`: blind as soon as one blind vote exists, else all. With `min_gold_accuracy`, every
+    judgement of a rater whose accuracy on gold questions is below it is left out (raters who
+    answered no gold question stay in)."""
     if votes is None:
         votes = "blind" if store.count_arena_votes() else "all"
-    judgements = list(store.iter_arena_judgements(**filters))
+    excluded = set(gold_excluded(store, min_gold_accuracy))
+    judgements = list(store.iter_arena_judgements(**filters, exclude_raters=excluded))
     if votes == "all":
-        judgements = list(store.iter_judgements(**filters)) + judgements
+        judgements = [j for j in store.iter_judgements(**filters) if j.rater not in excluded] + judgements
     return votes, judgements
+
+
+def gold_excluded(store, threshold: float | None) -> list[str]:
+    """Raters whose accuracy on gold questions is below `threshold`."""
+    if threshold is None:
+        return []
+    return sorted(r for r, (right, voted) in store.gold_accuracy().items() if voted and right / voted < threshold)
 
 
 def board_body(store, judgements: list[Judgement], *, bootstrap: int, seed: int) -> dict[str, Any]:

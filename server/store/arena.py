@@ -39,7 +39,8 @@ def new_battle_id() -> str:
 def _battle(row: BattleRow) -> Battle:
     return Battle(id=row.id, rater=row.rater, stage_a=row.stage_a, stage_b=row.stage_b, status=row.status,
                   messages=list(row.messages), settings=dict(row.settings), turns=list(row.turns),
-                  created_at=row.created_at, updated_at=row.updated_at)
+                  created_at=row.created_at, updated_at=row.updated_at, campaign_id=row.campaign_id,
+                  item_id=row.item_id, gold=row.gold)
 
 
 def _vote(row: ArenaVoteRow) -> ArenaVote:
@@ -82,6 +83,8 @@ class ArenaStore(StoreBase):
         with self._writing() as session:
             row = self._own(session, battle_id, rater, lock=True)
             _need_ready(row, "go on")
+            if row.campaign_id is not None:  # raters of an item must judge the same answers
+                raise BattleConflict("A campaign's battle is one turn: vote on it.", "id")
             row.status, row.updated_at = "generating", utcnow()
             return _battle(row)
 
@@ -140,9 +143,16 @@ class ArenaStore(StoreBase):
             return session.scalar(sa.select(sa.func.count()).select_from(ArenaVoteRow)) or 0
 
     def iter_arena_judgements(self, *, since: datetime | None = None, until: datetime | None = None,
-                              rater: str | None = None) -> Iterator[Judgement]:
-        """Every arena vote as a blind judgement: index 0 is side a, index 1 side b."""
-        query = sa.select(ArenaVoteRow).order_by(ArenaVoteRow.seq)
+                              rater: str | None = None, campaign_id: str | None = None,
+                              exclude_raters: Iterable[str] = ()) -> Iterator[Judgement]:
+        """Every arena vote between stages as a blind judgement: index 0 is side a, index 1 side b.
+        Votes on gold questions are no judgements of stages and are left out."""
+        query = (sa.select(ArenaVoteRow).join(BattleRow, BattleRow.id == ArenaVoteRow.battle_id)
+                 .where(BattleRow.gold.is_(None)).order_by(ArenaVoteRow.seq))
+        if campaign_id is not None:
+            query = query.where(BattleRow.campaign_id == campaign_id)
+        if exclude_raters:
+            query = query.where(ArenaVoteRow.rater.not_in(list(exclude_raters)))
         if since is not None:
             query = query.where(ArenaVoteRow.created_at >= since)
         if until is not None:

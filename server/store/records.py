@@ -238,6 +238,9 @@ class Battle:
     turns: list[dict[str, Any]]  # {"user": message | None, "a": BattleSide-dict, "b": BattleSide-dict}
     created_at: datetime
     updated_at: datetime
+    campaign_id: str | None = None  # a campaign's battle: one of its items, for one rater
+    item_id: str | None = None
+    gold: str | None = None  # a gold question: the side whose answer is right ("a" | "b")
 
 
 @dataclass
@@ -255,3 +258,40 @@ class ArenaVote:
     reasons: list[str]
     comment: str | None
     created_at: datetime
+
+
+@dataclass
+class Campaign:
+    """A set of prompts for the arena, each judged by `overlap` raters, with gold questions mixed in."""
+
+    id: str
+    name: str
+    guidelines: str
+    overlap: int
+    stages: list[str] | None  # draw from these (None: every stage)
+    settings: dict[str, Any]  # decoding for every item
+    items: int  # prompts (gold questions not counted)
+    gold: int  # gold questions
+    created_at: datetime
+
+
+@dataclass
+class CampaignItem:
+    """One prompt of a campaign: its answers are generated once (first rater) and shown to every rater of
+    it, sides at random; a gold item has a right and a wrong answer written in advance."""
+
+    id: str
+    campaign_id: str
+    position: int
+    messages: list[dict[str, Any]]
+    gold_right: str | None = None
+    gold_wrong: str | None = None
+    stage_x: str | None = None
+    stage_y: str | None = None
+    answer_x: dict[str, Any] | None = None  # BattleSide as a dict
+    answer_y: dict[str, Any] | None = None
+
+    @property
+    def is_gold(self) -> bool:
+        return self.gold_right is not None
+

@@ -166,6 +166,42 @@ class BattleRow(Base):
     turns: Mapped[list] = mapped_column(sa.JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    campaign_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    # one battle per (campaign item, rater); NULLs (battles outside campaigns) never collide
+    item_id: Mapped[str | None] = mapped_column(sa.String(64))
+    gold: Mapped[str | None] = mapped_column(sa.String(1))  # a gold question's right side
+
+    __table_args__ = (sa.UniqueConstraint("item_id", "rater", name="uq_arena_battle_item_rater"),)
+
+
+class CampaignRow(Base):
+    __tablename__ = "arena_campaigns"
+
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(255))
+    guidelines: Mapped[str] = mapped_column(sa.Text)
+    overlap: Mapped[int] = mapped_column(sa.Integer)
+    stages: Mapped[list | None] = mapped_column(sa.JSON, nullable=True)
+    settings: Mapped[dict] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CampaignItemRow(Base):
+    __tablename__ = "arena_campaign_items"
+    __table_args__ = (sa.UniqueConstraint("campaign_id", "position", name="uq_campaign_item_position"),)
+
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    campaign_id: Mapped[str] = mapped_column(sa.ForeignKey("arena_campaigns.id"))
+    position: Mapped[int] = mapped_column(sa.Integer)
+    messages: Mapped[list] = mapped_column(sa.JSON)
+    gold_right: Mapped[str | None] = mapped_column(sa.Text)
+    gold_wrong: Mapped[str | None] = mapped_column(sa.Text)
+    stage_x: Mapped[str | None] = mapped_column(sa.String(255))
+    stage_y: Mapped[str | None] = mapped_column(sa.String(255))
+    answer_x: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
+    answer_y: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
 
 
 class ArenaVoteRow(Base):

@@ -1,4 +1,5 @@
-"""The blind arena: battles (two stages, sides a and b, the turns) and one vote per battle.
+"""The blind arena: battles (two stages, sides a and b, the turns), one vote per battle, and campaigns
+(prompt sets with overlap and gold questions).
 
 Revision ID: 0005
 Revises: 0003 (the merge may chain it after another 0004: nothing here depends on what came between)
@@ -30,8 +31,40 @@ def upgrade() -> None:
         sa.Column("turns", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("campaign_id", sa.String(64), nullable=True),
+        sa.Column("item_id", sa.String(64), nullable=True),
+        sa.Column("gold", sa.String(1), nullable=True),
+        sa.UniqueConstraint("item_id", "rater", name="uq_arena_battle_item_rater"),
     )
     op.create_index("ix_arena_battles_rater", "arena_battles", ["rater"])
+    op.create_index("ix_arena_battles_campaign_id", "arena_battles", ["campaign_id"])
+
+    op.create_table(
+        "arena_campaigns",
+        sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("id", sa.String(64), nullable=False, unique=True),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("guidelines", sa.Text(), nullable=False),
+        sa.Column("overlap", sa.Integer(), nullable=False),
+        sa.Column("stages", sa.JSON(), nullable=True),
+        sa.Column("settings", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_table(
+        "arena_campaign_items",
+        sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("id", sa.String(64), nullable=False, unique=True),
+        sa.Column("campaign_id", sa.String(64), sa.ForeignKey("arena_campaigns.id"), nullable=False),
+        sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column("messages", sa.JSON(), nullable=False),
+        sa.Column("gold_right", sa.Text(), nullable=True),
+        sa.Column("gold_wrong", sa.Text(), nullable=True),
+        sa.Column("stage_x", sa.String(255), nullable=True),
+        sa.Column("stage_y", sa.String(255), nullable=True),
+        sa.Column("answer_x", sa.JSON(), nullable=True),
+        sa.Column("answer_y", sa.JSON(), nullable=True),
+        sa.UniqueConstraint("campaign_id", "position", name="uq_campaign_item_position"),
+    )
 
     op.create_table(
         "arena_votes",
@@ -54,4 +87,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("arena_votes")
+    op.drop_table("arena_campaign_items")
+    op.drop_table("arena_campaigns")
     op.drop_table("arena_battles")
