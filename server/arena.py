@@ -163,7 +163,7 @@ class ArenaService:
         stage_a, stage_b = await self.draw(body.stages)
         messages = [m.plain() for m in body.messages]
         settings = body.model_dump(exclude_none=True, exclude={"messages", "stages"})
-        gens = await self._start(stage_a, stage_b, messages, messages, settings, rater)
+        gens = await self.start_pair(stage_a, stage_b, messages, messages, settings, rater)
         battle = await asyncio.to_thread(self.store.open_battle, rater=rater, stage_a=stage_a, stage_b=stage_b,
                                          messages=messages, settings=settings)
         return battle, self._run(battle, gens, None)
@@ -176,7 +176,7 @@ class ArenaService:
         user = {"role": "user", "content": body.content}
         try:
             conv = {side: self._conversation(battle, side) + [user] for side in SIDES}
-            gens = await self._start(battle.stage_a, battle.stage_b, conv["a"], conv["b"], battle.settings, rater)
+            gens = await self.start_pair(battle.stage_a, battle.stage_b, conv["a"], conv["b"], battle.settings, rater)
         except BaseException:
             await asyncio.to_thread(self.store.abandon_turn, battle.id)
             raise
@@ -191,8 +191,9 @@ class ArenaService:
             messages.append({"role": "assistant", "content": t[side]["content"]})
         return messages
 
-    async def _start(self, stage_a: str, stage_b: str, messages_a: list, messages_b: list,
+    async def start_pair(self, stage_a: str, stage_b: str, messages_a: list, messages_b: list,
                      settings: dict[str, Any], rater: str) -> tuple[Generation, Generation]:
+        """Both sides' generations, checked and admitted but not yet run; an error names neither stage."""
         gens = []
         for stage, messages in ((stage_a, messages_a), (stage_b, messages_b)):
             try:

@@ -129,7 +129,7 @@ class CampaignService:
         """Generate the item's two answers (both sides at once) and store them, unless another rater's
         request stored its own first: then everyone gets those."""
         stage_x, stage_y = await self.arena.draw(campaign.stages)
-        gens = await self.arena._start(stage_x, stage_y, item.messages, item.messages, campaign.settings, rater)
+        gens = await self.arena.start_pair(stage_x, stage_y, item.messages, item.messages, campaign.settings, rater)
 
         async def drain(gen) -> None:
             async for _ in gen:
