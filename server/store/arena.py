@@ -139,8 +139,11 @@ class ArenaStore(StoreBase):
             return _vote(row) if row else None
 
     def count_arena_votes(self) -> int:
+        """Arena votes between stages (votes on gold questions not counted)."""
         with self._read() as session:
-            return session.scalar(sa.select(sa.func.count()).select_from(ArenaVoteRow)) or 0
+            return session.scalar(sa.select(sa.func.count()).select_from(ArenaVoteRow)
+                                  .join(BattleRow, BattleRow.id == ArenaVoteRow.battle_id)
+                                  .where(BattleRow.gold.is_(None))) or 0
 
     def iter_arena_judgements(self, *, since: datetime | None = None, until: datetime | None = None,
                               rater: str | None = None, campaign_id: str | None = None,

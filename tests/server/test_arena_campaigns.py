@@ -122,6 +122,11 @@ def test_bad_campaigns_are_refused_and_campaign_battles_take_no_second_turn(stor
             r = client.post("/v1/arena/campaigns", json=bad, headers=auth(ADMIN))
             assert 400 <= r.status_code < 500, (bad, r.text)
         assert client.post("/v1/arena/campaigns/nope/next", headers=auth(RATERS[0])).status_code == 404
+        gold_only = client.post("/v1/arena/campaigns", json={"name": "g", "prompts": [{"prompt": "Q?"}], "gold": 2,
+                                                             "overlap": 1}, headers=auth(ADMIN)).json()["id"]
+        play_queue(client, gold_only, RATERS[1], lambda battle: "a")  # takes the prompt and both gold questions
+        play_queue(client, gold_only, RATERS[2], lambda battle: "a")  # only the gold questions: overlap 1
+        assert store.count_arena_votes() == 1  # votes on gold are no votes between stages
         cid = client.post("/v1/arena/campaigns", json={"name": "c", "prompts": [{"prompt": "Q?"}]},
                           headers=auth(ADMIN)).json()["id"]
         battle = client.post(f"/v1/arena/campaigns/{cid}/next", headers=auth(RATERS[0])).json()["battle"]
