@@ -47,7 +47,8 @@ def _normalised_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a - b, total, out=np.zeros_like(total), where=total > 0)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, prior: float = PRIOR) -> np.ndarray:
+def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, prior: float = PRIOR,
+                 start: np.ndarray | None = None) -> np.ndarray:
     """β maximising Σ w·[y log σ(xβ) + (1−y) log σ(−xβ)] − prior·‖β‖²."""
 
     def loss(beta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -56,7 +57,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, prior: float = PRI
         grad = -x.T @ (w * (y - expit(z))) + 2 * prior * beta
         return value, grad
 
-    return minimize(loss, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B").x
+    x0 = np.zeros(x.shape[1]) if start is None else start
+    return minimize(loss, x0, jac=True, method="L-BFGS-B").x
 
 
 @dataclass
@@ -109,8 +111,8 @@ def style_controlled(judgements: Iterable[Judgement], texts: dict[str, str], *, 
     xx, yy = np.vstack([x, x]), np.concatenate([np.ones(len(rows)), np.zeros(len(rows))])
     base_w, own = np.concatenate([score, 1 - score]), np.concatenate([owner, owner])
 
-    def fit(weights: np.ndarray) -> np.ndarray:
-        beta = fit_logistic(xx, yy, weights)
+    def fit(weights: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+        beta = fit_logistic(xx, yy, weights, start=start)
         beta[:k] -= beta[:k].mean()
         return beta
 
@@ -120,7 +122,7 @@ def style_controlled(judgements: Iterable[Judgement], texts: dict[str, str], *, 
         samples = np.empty((bootstrap, k + f))
         for b in range(bootstrap):
             counts = rng.multinomial(used, np.full(used, 1 / used))
-            samples[b] = fit(base_w * counts[own])
+            samples[b] = fit(base_w * counts[own], start=beta)  # a resample's optimum lies near the full one
         lo, hi = np.percentile(samples, [2.5, 97.5], axis=0)
     else:
         lo = hi = beta
