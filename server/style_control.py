@@ -32,8 +32,8 @@ FEATURES = ("length", "headers", "list_items", "bold")
 PRIOR = 0.01
 Z95 = 1.959964
 
-_HEADER = re.compile(r"^#{1,6}\s", re.M)
-_LIST = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s", re.M)
+_HEADER = re.compile(r"^#{1,6}\s", re.MULTILINE)
+_LIST = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s", re.MULTILINE)
 _BOLD = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
 
 

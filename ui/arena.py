@@ -70,7 +70,7 @@ def build(service: StageService, login: Login) -> None:
             gr.Warning(getattr(exc, "message", None) or str(exc))
             yield (gr.skip(), gr.skip(), gr.skip(), battle, gr.skip(), *[gr.skip()] * len(buttons))
             return
-        opened, deltas = started
+        opened = started[0]
         battle = {**battle, "id": opened.id, "turns": [*battle["turns"], {"user": user, "a": "", "b": ""}]}
         turn = battle["turns"][-1]
         try:
@@ -95,7 +95,7 @@ def build(service: StageService, login: Login) -> None:
         except StoreError as exc:
             gr.Warning(exc.message)
             return battle, gr.skip(), *[gr.skip()] * len(buttons)
-        said = dict((w, label) for label, w in VOTES)[winner]
+        said = {w: label for label, w in VOTES}[winner]
         text = (f"You voted **{said}**. A was **{revealed['a']['stage']}**, B was **{revealed['b']['stage']}**. "
                 "Start a new battle to vote again.")
         return {**battle, "voted": True}, text, *[gr.update(interactive=False)] * len(buttons)

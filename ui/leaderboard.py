@@ -17,8 +17,8 @@ from typing import Any
 import gradio as gr
 
 from server.leaderboard import Leaderboard, leaderboard, read_judgements
-from server.style_control import position_bias, style_controlled
 from server.serving import StageService
+from server.style_control import position_bias, style_controlled
 
 COLUMNS = ["rank", "stage", "strength", "95% interval", "Elo", "Elo 95% interval", "votes", "win rate"]
 

@@ -95,7 +95,7 @@ async def _run(conn, arena, fid, kind: str, battle_id: str | None, body) -> None
         await conn.error(fid, _error(exc))
     except APIError as exc:
         await conn.error(fid, exc)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - reported in-band, as ws.py reports a failed chat
         if type(exc).__name__ == "_Gone":  # the socket closed under a send
             return
         await conn.error(fid, APIError(500, "The battle failed.", type="server_error", code="internal_error"))

@@ -5,10 +5,9 @@ length lifts the longer-writing stage in the raw fit but not in the style-contro
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable
-
-import pytest
 
 from server.app import create_app
 from server.fake_engine import ScriptedEngine
@@ -56,7 +55,7 @@ def overlapping(rows: list[dict]) -> bool:
 
 def separated(rows: list[dict]) -> bool:
     ordered = sorted(rows, key=lambda r: r["strength"])
-    return all(lo["ci95"][1] < hi["ci95"][0] for lo, hi in zip(ordered, ordered[1:]))
+    return all(lo["ci95"][1] < hi["ci95"][0] for lo, hi in itertools.pairwise(ordered))
 
 
 def test_a_rater_who_always_clicks_a_separates_nothing(store: Store, tmp_path):
