@@ -108,12 +108,15 @@ def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: boo
     app.include_router(responses_routes.router)  # OpenAI Responses API (stored responses: server/responses_api.py)
     app.include_router(ws.router)  # before the UI: its mount at / would catch /v1/ws
     if store is not None:
-        from server.routes import conversations, feedback, leaderboard
+        from server.arena import arena_for
+        from server.routes import arena, conversations, feedback, leaderboard
 
         app.include_router(conversations.router)  # saved conversations and share links (server/conversations.py)
         app.include_router(conversations.pages)  # /shared/{id}: before the UI's mount at /
         app.include_router(feedback.router)
         app.include_router(leaderboard.router)
+        app.state.arena = arena_for(service)  # the blind arena (server/arena.py), shared with the UI
+        app.include_router(arena.router)
     if with_ui:
         from ui.app import mount_ui
 

@@ -10,9 +10,13 @@ Gaussian prior (λ = 0.01) that keeps a stage that never lost finite; θ is cent
 shown on the Elo scale (1000 + 400·θ/ln 10). Intervals are percentile bootstraps that resample whole
 judgements (a ranking's pairs are not independent). Agreement is Krippendorff's alpha (the
 `krippendorff` package, ordinal: b better < tie < a better) over the answer pairs two or more raters
-judged.
+judged. Per rater: how many judgements each gave (`raters`). Arena votes come in as blind judgements
+(`Judgement.blind`); the style-controlled fit and the position-bias figure live in
+`server/style_control.py`.
 
-What it does not know: SQL or HTTP (it takes `Judgement`s from `Store.iter_judgements`). It is
+What it does not know: SQL or HTTP (it takes `Judgement`s from `Store.iter_judgements` and
+`Store.iter_arena_judgements`; `read_judgements` and `board_body` at the end call those for the route
+and the UI). It is
 CPU work: callers run it off the event loop.
 """
 
@@ -28,6 +32,7 @@ from scipy.optimize import minimize
 from scipy.special import log_expit
 
 from server.store.records import Judgement
+from server.style_control import position_bias, style_controlled
 
 PRIOR = 0.01  # L2 weight on θ: a weak prior, so a stage with only wins still has a finite strength
 BOOTSTRAP = 200
@@ -190,4 +195,44 @@ def leaderboard(judgements: Iterable[Judgement], *, bootstrap: int = BOOTSTRAP, 
     rows.sort(key=lambda r: -r.strength)
     win_rates = {a: {b: (None if met[i, j] == 0 else round(float(wins[i, j] / met[i, j]), 4)) for b, j in index.items()
                      if b != a} for a, i in index.items()}
-    return Leaderboard(rows, win_rates, len(used), bootstrap if used else 0, agreement(judgements))
+    raters: dict[str, int] = {}
+    for j, _ in used:
+        raters[j.rater] = raters.get(j.rater, 0) + 1
+    extra = {"raters": dict(sorted(raters.items(), key=lambda kv: (-kv[1], kv[0]))),
+             "blind_judgements": sum(j.blind for j, _ in used)}
+    return Leaderboard(rows, win_rates, len(used), bootstrap if used else 0, agreement(judgements), extra)
+
+
+# -- what the route and the UI show (reads a `Store`; the statistics above know none) -------------
+
+
+def read_judgements(store, votes: str | None, *, min_gold_accuracy: float | None = None,
+                    **filters) -> tuple[str, list[Judgement]]:
+    """(the votes read, the judgements) from a `Store`: blind = arena votes only; all = arena + named.
+    No `votes`: blind as soon as one blind vote exists, else all. With `min_gold_accuracy`, every
+    judgement of a rater whose accuracy on gold questions is below it is left out (raters who
+    answered no gold question stay in)."""
+    if votes is None:
+        votes = "blind" if store.count_arena_votes() else "all"
+    excluded = set(gold_excluded(store, min_gold_accuracy))
+    judgements = list(store.iter_arena_judgements(**filters, exclude_raters=excluded))
+    if votes == "all":
+        judgements = [j for j in store.iter_judgements(**filters) if j.rater not in excluded] + judgements
+    return votes, judgements
+
+
+def gold_excluded(store, threshold: float | None) -> list[str]:
+    """Raters whose accuracy on gold questions is below `threshold`."""
+    if threshold is None:
+        return []
+    return sorted(r for r, (right, voted) in store.gold_accuracy().items() if voted and right / voted < threshold)
+
+
+def board_body(store, judgements: list[Judgement], *, bootstrap: int, seed: int) -> dict[str, Any]:
+    """`GET /v1/leaderboard`'s body: the raw fit, the style-controlled fit (answer texts from the store's
+    log) and the position bias. CPU work and SQL: callers run it off the event loop."""
+    body = leaderboard(judgements, bootstrap=bootstrap, seed=seed).to_dict()
+    texts = store.completions_of(rid for j in judgements for rid in j.response_ids)
+    body["style_controlled"] = style_controlled(judgements, texts, bootstrap=bootstrap, seed=seed).to_dict()
+    body["position_bias"] = position_bias(judgements)
+    return body

@@ -1,4 +1,4 @@
-"""The browser UI: one Gradio Blocks (Chat, Compare, Notebook, Token view, Leaderboard) mounted at `/` of the
+"""The browser UI: one Gradio Blocks (Chat, Compare, Notebook, Arena, Token view, Leaderboard) mounted at `/` of the
 FastAPI app; behind Gradio's login (an API key as the password, see `ui/login.py`) whenever the server
 has API keys.
 
@@ -23,7 +23,7 @@ CSS = """
 
 
 def build_ui(service: StageService, login: Login | None = None) -> gr.Blocks:
-    from ui import chat, compare, controls, conversations, leaderboard, notebook, status, tokens
+    from ui import arena, chat, compare, controls, conversations, leaderboard, notebook, status, tokens
 
     login = login or Login(Settings())
 
@@ -43,6 +43,8 @@ def build_ui(service: StageService, login: Login | None = None) -> gr.Blocks:
                 compare_stages = compare.build(service, decoding, history, login)
             with gr.Tab("Notebook", id="notebook"):
                 notebook_stage = notebook.build(service, decoding, history, login)
+            with gr.Tab("Arena", id="arena"):
+                arena.build(service, login)
             with gr.Tab("Token view", id="tokens"):
                 tokens.build(history, service, decoding)
             with gr.Tab("Leaderboard", id="leaderboard") as board_tab:

@@ -1,7 +1,9 @@
 """The Leaderboard tab: Bradley–Terry strengths per stage with 95% intervals, votes, a win-rate
-matrix plot and rater agreement, filtered by time and rater — what `GET /v1/leaderboard` returns.
+matrix plot and rater agreement, filtered by time, rater and kind of vote (blind arena votes, or all),
+beside the style-controlled strengths and the arena's position bias — what `GET /v1/leaderboard`
+returns.
 
-Reads `Store.iter_judgements` and `server.leaderboard.leaderboard`, the code behind the route, in a
+Reads through `server.leaderboard.read_judgements` and `board_body`, the code behind the route, in a
 worker thread (the statistics are CPU work and must not block the event loop). Knows Gradio and
 matplotlib; nothing about HTTP.
 """
@@ -14,8 +16,9 @@ from typing import Any
 
 import gradio as gr
 
-from server.leaderboard import Leaderboard, leaderboard
+from server.leaderboard import Leaderboard, leaderboard, read_judgements
 from server.serving import StageService
+from server.style_control import position_bias, style_controlled
 
 COLUMNS = ["rank", "stage", "strength", "95% interval", "Elo", "Elo 95% interval", "votes", "win rate"]
 
@@ -83,8 +86,25 @@ def summary(board: Leaderboard) -> str:
     else:
         agreement = "No answer pair was judged by two raters yet, so there is no agreement figure."
     separated = "do not overlap" if board.separated() else "overlap — more votes needed"
-    return (f"**{board.judgements}** judgements (A/B preferences and rankings), Bradley–Terry with "
+    return (f"**{board.judgements}** judgements (arena votes, A/B preferences, rankings), Bradley–Terry with "
             f"{board.bootstrap} bootstrap resamples: the 95% intervals {separated}.\n\n{agreement}")
+
+
+STYLE_COLUMNS = ["stage", "strength at equal style", "95% interval"]
+
+
+def style_summary(styled: dict[str, Any], bias: dict[str, Any]) -> str:
+    """The style-controlled fit's coefficients and the position bias, in a sentence each."""
+    lines = []
+    if styled["judgements"]:
+        coefs = ", ".join(f"{name} {c['coef']:+.2f}" for name, c in styled["coefficients"].items())
+        lines.append(f"**Style-controlled** (LMSYS: length and markdown as covariates), {styled['judgements']} "
+                     f"judgements: style coefficients {coefs} (per standard deviation of the normalised difference).")
+    if bias["decisive_votes"]:
+        lo, hi = bias["ci95"]
+        lines.append(f"**Position bias**: side A won {bias['side_a_wins']:.0%} of {bias['decisive_votes']} decisive "
+                     f"blind votes (95% interval {lo:.0%}–{hi:.0%}; 50% is none).")
+    return "\n\n".join(lines)
 
 
 def build(service: StageService) -> tuple[gr.Button, Any]:
@@ -94,25 +114,36 @@ def build(service: StageService) -> tuple[gr.Button, Any]:
                            elem_id="leaderboard-since", scale=2)
         until = gr.Textbox(label="until", placeholder="(now)", elem_id="leaderboard-until", scale=2)
         rater = gr.Textbox(label="rater (client id)", placeholder="(everyone)", elem_id="leaderboard-rater", scale=2)
+        votes = gr.Radio([("default", ""), ("blind (arena)", "blind"), ("all", "all")], value="", label="votes",
+                         elem_id="leaderboard-votes", scale=2)
         refresh = gr.Button("Refresh", variant="primary", elem_id="leaderboard-refresh", scale=1)
     summary_md = gr.Markdown(elem_id="leaderboard-summary")
     board_table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, elem_id="leaderboard-table")
+    styled_md = gr.Markdown(elem_id="leaderboard-style")
+    styled_table = gr.Dataframe(headers=STYLE_COLUMNS, value=[], interactive=False, elem_id="leaderboard-style-table")
     plot = gr.Plot(label="win-rate matrix", elem_id="leaderboard-plot")
 
-    async def compute(since_: str, until_: str, rater_: str):
+    async def compute(since_: str, until_: str, rater_: str, votes_: str):
         store = service.store
         if store is None:
-            return "This server keeps no feedback store.", [], None
+            return "This server keeps no feedback store.", [], "", [], None
         low, high = parse_time(since_, "since"), parse_time(until_, "until")
         who = rater_.strip() or None
 
-        def work() -> Leaderboard:
-            return leaderboard(store.iter_judgements(since=low, until=high, rater=who))
+        def work():
+            chosen, judgements = read_judgements(store, votes_ or None, since=low, until=high, rater=who)
+            texts = store.completions_of(rid for j in judgements for rid in j.response_ids)
+            return (chosen, leaderboard(judgements), style_controlled(judgements, texts),
+                    position_bias(judgements))
 
-        board = await asyncio.to_thread(work)
+        chosen, board, styled, bias = await asyncio.to_thread(work)
         figure = await asyncio.to_thread(win_rate_figure, board) if board.stages else None
-        return summary(board), table(board), figure
+        head = f"Votes: **{chosen}**" + (" (arena only)" if chosen == "blind" else " (arena + named)") + ". "
+        return (head + summary(board), table(board), style_summary(styled.to_dict(), bias),
+                [[r["stage"], r["strength"], f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"] for r in styled.stages],
+                figure)
 
-    event = dict(fn=compute, inputs=[since, until, rater], outputs=[summary_md, board_table, plot])
+    event = dict(fn=compute, inputs=[since, until, rater, votes],
+                 outputs=[summary_md, board_table, styled_md, styled_table, plot])
     refresh.click(**event)
     return refresh, event

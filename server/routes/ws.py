@@ -152,6 +152,10 @@ class Connection:
             await self.start_chat(fid, frame)
         elif kind == "cancel":
             await self.cancel(fid)
+        elif kind in ("arena", "arena_turn", "arena_vote"):  # the blind arena: server/routes/arena_ws.py
+            from server.routes import arena_ws
+
+            await arena_ws.dispatch(self, fid, kind, frame)
         elif kind in ("feedback", "preference", "ranking", "correction"):
             task = asyncio.create_task(self.feedback(fid, kind, frame))
             self.chores.add(task)

@@ -25,6 +25,8 @@ The modules, bottom up:
     feedback.py     rate, prefer, rank, correct } (store.py joins them)
     reads.py        pages, export inputs, judgements
     conversations.py  saved conversation trees, share links
+    arena.py        blind battles and their votes
+    arena_campaigns.py  arena campaigns: queues, overlap, gold questions
 
 `from server.store import X` works for every public name of these modules. The plain records are
 imported here at once; everything that needs SQLAlchemy on first use (PEP 562), so importing
@@ -36,7 +38,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from server.store.records import (CHOICES, KINDS, MAX_RANKED, RATINGS, Choice, CorrectedAnswer, Correction, Feedback,
+from server.store.records import (WINNERS, ArenaVote, Battle, BattleConflict, BattleSide, Campaign,  # the arena
+                                  CampaignItem,
+                                  CHOICES, KINDS, MAX_RANKED, RATINGS, Choice, CorrectedAnswer, Correction, Feedback,
                                   GenerationRecord, InvalidFeedback, Judgement, Preference, PreferredPair, RatedAnswer,
                                   Ranking, Rating, StoreError, UnknownItem, UnknownResponse, prompt_hash, utcnow)
 from server.store.records import (MESSAGE_ROLES, Conversation, ConversationMessage, InvalidConversation, NewMessage,
@@ -70,6 +74,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "WINNERS", "ArenaVote", "Battle", "BattleConflict", "BattleSide", "Campaign", "CampaignItem",
     "CHOICES", "KINDS", "MAX_RANKED", "RATINGS", "Choice", "CorrectedAnswer", "Correction", "Feedback",
     "GenerationRecord", "InvalidFeedback", "Judgement", "Preference", "PreferredPair", "RatedAnswer", "Ranking",
     "Rating", "StoreError", "UnknownItem", "UnknownResponse", "prompt_hash", "utcnow",

@@ -199,6 +199,65 @@ class Judgement:
     stages: list[str]
     groups: list[list[int]]
     at: datetime
+    blind: bool = False  # an arena vote: the rater saw no stage names, and index 0 was side a
+
+
+# -- the blind arena (server/store/arena.py) ----------------------------------------------------
+
+WINNERS: tuple[str, ...] = CHOICES  # an arena vote: side a, side b, tie, both bad
+BATTLE_STATES: tuple[str, ...] = ("generating", "ready", "voted", "failed")
+
+
+class BattleConflict(StoreError):
+    """A battle not in the state the action needs (still generating, already voted): a 409."""
+
+
+@dataclass
+class BattleSide:
+    """One side's answer in one turn: the logged response and its text."""
+
+    response_id: str
+    content: str
+    finish_reason: str | None
+
+
+@dataclass
+class Battle:
+    """A blind battle: two stages answer the same conversation; the rater sees only sides a and b.
+
+    `turns[i]` holds the user's message of turn i and each side's answer to it; side a's conversation
+    is the messages, then for each turn its answer and the next user message."""
+
+    id: str
+    rater: str
+    stage_a: str
+    stage_b: str
+    status: str  # one of BATTLE_STATES
+    messages: list[dict[str, Any]]  # the opening conversation
+    settings: dict[str, Any]  # the decoding settings every turn uses
+    turns: list[dict[str, Any]]  # {"user": message | None, "a": BattleSide-dict, "b": BattleSide-dict}
+    created_at: datetime
+    updated_at: datetime
+    campaign_id: str | None = None  # a campaign's battle: one of its items, for one rater
+    item_id: str | None = None
+    gold: str | None = None  # a gold question: the side whose answer is right ("a" | "b")
+
+
+@dataclass
+class ArenaVote:
+    """A rater's verdict on a battle, with the side each stage was on: one per battle."""
+
+    id: str
+    battle_id: str
+    rater: str
+    winner: str  # one of WINNERS
+    stage_a: str
+    stage_b: str
+    response_a: str  # the last turn's answers
+    response_b: str
+    reasons: list[str]
+    comment: str | None
+    created_at: datetime
 
 
 # -- conversations (server/store/conversations.py) ----------------------------------------------
@@ -275,3 +334,40 @@ class Share:
     conversation_id: str
     message_id: str | None
     created_at: datetime
+
+
+@dataclass
+class Campaign:
+    """A set of prompts for the arena, each judged by `overlap` raters, with gold questions mixed in."""
+
+    id: str
+    name: str
+    guidelines: str
+    overlap: int
+    stages: list[str] | None  # draw from these (None: every stage)
+    settings: dict[str, Any]  # decoding for every item
+    items: int  # prompts (gold questions not counted)
+    gold: int  # gold questions
+    created_at: datetime
+
+
+@dataclass
+class CampaignItem:
+    """One prompt of a campaign: its answers are generated once (first rater) and shown to every rater of
+    it, sides at random; a gold item has a right and a wrong answer written in advance."""
+
+    id: str
+    campaign_id: str
+    position: int
+    messages: list[dict[str, Any]]
+    gold_right: str | None = None
+    gold_wrong: str | None = None
+    stage_x: str | None = None
+    stage_y: str | None = None
+    answer_x: dict[str, Any] | None = None  # BattleSide as a dict
+    answer_y: dict[str, Any] | None = None
+
+    @property
+    def is_gold(self) -> bool:
+        return self.gold_right is not None
+

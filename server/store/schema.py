@@ -150,6 +150,79 @@ class CorrectionRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
+# -- the blind arena (migration 0005; server/store/arena.py) -----------------------------------
+
+
+class BattleRow(Base):
+    __tablename__ = "arena_battles"
+
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(sa.String(64), unique=True)  # secrets.token_urlsafe: unguessable
+    rater: Mapped[str] = mapped_column(sa.String(64), index=True)
+    stage_a: Mapped[str] = mapped_column(sa.String(255))
+    stage_b: Mapped[str] = mapped_column(sa.String(255))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    messages: Mapped[list] = mapped_column(sa.JSON)
+    settings: Mapped[dict] = mapped_column(sa.JSON)
+    turns: Mapped[list] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    campaign_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    # one battle per (campaign item, rater); NULLs (battles outside campaigns) never collide
+    item_id: Mapped[str | None] = mapped_column(sa.String(64))
+    gold: Mapped[str | None] = mapped_column(sa.String(1))  # a gold question's right side
+
+    __table_args__ = (sa.UniqueConstraint("item_id", "rater", name="uq_arena_battle_item_rater"),)
+
+
+class CampaignRow(Base):
+    __tablename__ = "arena_campaigns"
+
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(255))
+    guidelines: Mapped[str] = mapped_column(sa.Text)
+    overlap: Mapped[int] = mapped_column(sa.Integer)
+    stages: Mapped[list | None] = mapped_column(sa.JSON, nullable=True)
+    settings: Mapped[dict] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CampaignItemRow(Base):
+    __tablename__ = "arena_campaign_items"
+    __table_args__ = (sa.UniqueConstraint("campaign_id", "position", name="uq_campaign_item_position"),)
+
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    campaign_id: Mapped[str] = mapped_column(sa.ForeignKey("arena_campaigns.id"))
+    position: Mapped[int] = mapped_column(sa.Integer)
+    messages: Mapped[list] = mapped_column(sa.JSON)
+    gold_right: Mapped[str | None] = mapped_column(sa.Text)
+    gold_wrong: Mapped[str | None] = mapped_column(sa.Text)
+    stage_x: Mapped[str | None] = mapped_column(sa.String(255))
+    stage_y: Mapped[str | None] = mapped_column(sa.String(255))
+    answer_x: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
+    answer_y: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
+
+
+class ArenaVoteRow(Base):
+    __tablename__ = "arena_votes"
+
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    # unique: one vote per battle, even when two arrive at once
+    battle_id: Mapped[str] = mapped_column(sa.ForeignKey("arena_battles.id"), unique=True)
+    rater: Mapped[str] = mapped_column(sa.String(64), index=True)
+    winner: Mapped[str] = mapped_column(sa.String(16))
+    stage_a: Mapped[str] = mapped_column(sa.String(255))  # the side each stage was on
+    stage_b: Mapped[str] = mapped_column(sa.String(255))
+    response_a: Mapped[str] = mapped_column(sa.String(255))
+    response_b: Mapped[str] = mapped_column(sa.String(255))
+    reasons: Mapped[list] = mapped_column(sa.JSON)
+    comment: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 ROWS: dict[str, type[Base]] = {"feedback": FeedbackRow, "preference": PreferenceRow, "ranking": RankingRow,
                                "correction": CorrectionRow}
 

@@ -325,7 +325,7 @@ def test_every_script_parses_help_offers_json_and_loads_nothing_heavy():
     runs = {script.name: subprocess.Popen([sys.executable, "-X", "importtime", str(script), "--help"], cwd=REPO,
                                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for script in SCRIPTS}
-    assert len(runs) == 12
+    assert len(runs) == 13
     for name, process in runs.items():
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0, f"{name}: {err[-2000:]}"
