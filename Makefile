@@ -62,7 +62,10 @@ system-deps:
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql podman runc debootstrap >/dev/null; fi; \
 	fi
 
+# Lint and format first (seconds): a style slip fails before the slow suite starts.
 test: setup system-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
 # Unit tests only: no vLLM engine, no browser, no database server.

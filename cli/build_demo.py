@@ -17,11 +17,17 @@ def add_parser(sub) -> None:
     build = sub.add_parser("build-demo", help="train the demo family (base, sft, dpo, draft, rm, rlhf)")
     build.add_argument("--size", choices=SIZES, default="full")
     build.add_argument("--out", default=None, help="output folder (default: DATA_DIR/demo)")
-    build.add_argument("--rebuild", action="store_true",
-                       help="train every step from scratch (default: resume, keeping the steps already built)")
-    build.add_argument("--ship", action="store_true",
-                       help="then evaluate the full build (test split and the quick check) and copy it, with its "
-                            "manifest, into models/demo/family/: do this only when the recipe changed")
+    build.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="train every step from scratch (default: resume, keeping the steps already built)",
+    )
+    build.add_argument(
+        "--ship",
+        action="store_true",
+        help="then evaluate the full build (test split and the quick check) and copy it, with its "
+        "manifest, into models/demo/family/: do this only when the recipe changed",
+    )
     build.set_defaults(func=run)
 
 
@@ -50,6 +56,8 @@ def ship(built: Path) -> int:
     evaluation = as_payload(evaluate(DEFAULT_CONFIG, split="test"), "test")
     quick = manifest.evaluate_quick(DEFAULT_CONFIG)
     shipped = manifest.ship(built, SHIPPED_DEMO_FAMILY, evaluation=evaluation, quick=quick)
-    print(f"[build-demo] shipped {built} to {SHIPPED_DEMO_FAMILY} (recipe {shipped['recipe_hash'][:12]}); "
-          f"targets missed on test: {len(evaluation['targets_missed'])}")
+    print(
+        f"[build-demo] shipped {built} to {SHIPPED_DEMO_FAMILY} (recipe {shipped['recipe_hash'][:12]}); "
+        f"targets missed on test: {len(evaluation['targets_missed'])}"
+    )
     return 0

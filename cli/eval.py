@@ -3,7 +3,6 @@ when the test split misses a demo target (`models.eval.TARGETS`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict
@@ -18,14 +17,29 @@ def add_parser(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate the stages through the serving path")
     ev.add_argument("--config", default=str(DEFAULT_CONFIG))
     ev.add_argument("--json", action="store_true", help="print JSON only")
-    ev.add_argument("--kl-samples", type=int, default=2,
-                    help="answers sampled per prompt for KL(stage || sft); 0 skips it (~1 min of transformers)")
-    ev.add_argument("--split", choices=sorted(SPLITS), default="test",
-                    help="test: the held-out material the targets are measured on; dev: another held-out set, "
-                         "for choosing a recipe without tuning on test")
+    ev.add_argument(
+        "--kl-samples",
+        type=int,
+        default=2,
+        help="answers sampled per prompt for KL(stage || sft); 0 skips it (~1 min of transformers)",
+    )
+    ev.add_argument(
+        "--split",
+        choices=sorted(SPLITS),
+        default="test",
+        help="test: the held-out material the targets are measured on; dev: another held-out set, "
+        "for choosing a recipe without tuning on test",
+    )
     ev.add_argument("--stages", nargs="+", default=None, help="evaluate only these stages (default: all)")
-    ev.set_defaults(func=lambda args: report(config=Path(args.config), as_json=args.json, kl_samples=args.kl_samples,
-                                             split=args.split, stages=args.stages))
+    ev.set_defaults(
+        func=lambda args: report(
+            config=Path(args.config),
+            as_json=args.json,
+            kl_samples=args.kl_samples,
+            split=args.split,
+            stages=args.stages,
+        )
+    )
 
 
 def as_payload(reports: dict, split: str) -> dict:
@@ -36,8 +50,9 @@ def as_payload(reports: dict, split: str) -> dict:
     return {"split": split, "stages": {name: asdict(r) for name, r in reports.items()}, "targets_missed": missed}
 
 
-def report(config: Path, as_json: bool = False, kl_samples: int = 2, split: str = "test",
-           stages: list[str] | None = None) -> int:
+def report(
+    config: Path, as_json: bool = False, kl_samples: int = 2, split: str = "test", stages: list[str] | None = None
+) -> int:
     """Evaluate and print; the exit code is 1 when the test split misses a target (issue 10). The dev
     split is for choosing a recipe: its figures are printed, not held to the targets."""
     from models.eval import EvalError, evaluate, format_table

@@ -14,11 +14,18 @@ def add_parser(sub) -> None:
     export = fb_sub.add_parser("export", help="export ratings as a TRL dataset")
     export.add_argument("--format", choices=["kto", "dpo", "sft"], required=True)
     export.add_argument("--out", default=None, help="JSON-lines file")
-    export.add_argument("--hf-dataset", default=None,
-                        help="folder for a `datasets` DatasetDict (train/test by prompt) + dataset card README.md")
+    export.add_argument(
+        "--hf-dataset",
+        default=None,
+        help="folder for a `datasets` DatasetDict (train/test by prompt) + dataset card README.md",
+    )
     export.add_argument("--test-fraction", type=float, default=0.1, help="share of prompts in the test split")
-    export.add_argument("--push-to-hub", default=None, metavar="REPO",
-                        help="also push the DatasetDict and its card to this Hugging Face Hub repo (private)")
+    export.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO",
+        help="also push the DatasetDict and its card to this Hugging Face Hub repo (private)",
+    )
     export.add_argument("--database-url", default=None)
     export.set_defaults(func=export_feedback)
 
@@ -47,8 +54,13 @@ def _export(args: argparse.Namespace, store, export_to_file, export_to_hf_datase
             count = export_to_file(store, args.format, Path(args.out))
             print(f"wrote {count} {args.format} rows to {args.out}")
         if args.hf_dataset or args.push_to_hub:
-            count = export_to_hf_dataset(store, args.format, Path(args.hf_dataset) if args.hf_dataset else None,
-                                         test_fraction=args.test_fraction, push_to_hub=args.push_to_hub)
+            count = export_to_hf_dataset(
+                store,
+                args.format,
+                Path(args.hf_dataset) if args.hf_dataset else None,
+                test_fraction=args.test_fraction,
+                push_to_hub=args.push_to_hub,
+            )
             where = " and ".join(x for x in (args.hf_dataset, args.push_to_hub and f"hub:{args.push_to_hub}") if x)
             print(f"saved a {count}-row dataset (train/test, with README.md) to {where}")
     finally:

@@ -31,15 +31,23 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env(database_url=args.database_url)
     try:
         result = build_reward_model(
-            config=Path(args.config), from_stage=args.from_stage, name=args.name,
-            database_url=settings.resolved_database_url, data_dir=settings.data_dir, min_pairs=args.min_pairs,
-            plan=RewardPlan(steps=args.steps, lr=args.lr), server=args.server, admin_key=settings.admin_key,
+            config=Path(args.config),
+            from_stage=args.from_stage,
+            name=args.name,
+            database_url=settings.resolved_database_url,
+            data_dir=settings.data_dir,
+            min_pairs=args.min_pairs,
+            plan=RewardPlan(steps=args.steps, lr=args.lr),
+            server=args.server,
+            admin_key=settings.admin_key,
         )
     except (RoundError, RegistryError) as exc:
         return fail("reward-model", exc)
     used = ", ".join(f"{n} from {s}" for s, n in result.sources.items() if n)
-    print(f"reward model '{result.name}': {result.train_pairs} training pairs, {result.held_out_pairs} held out "
-          f"({used}); {result.steps} steps in {result.train_seconds:.1f} s → {result.model_dir}")
+    print(
+        f"reward model '{result.name}': {result.train_pairs} training pairs, {result.held_out_pairs} held out "
+        f"({used}); {result.steps} steps in {result.train_seconds:.1f} s → {result.model_dir}"
+    )
     print(f"held-out pairwise accuracy: {result.held_out_accuracy:.3f}")
     print_reload(args.server, result.reloaded, added=False)
     return 0

@@ -16,8 +16,12 @@ def add_parser(sub) -> None:
     rr = sub.add_parser("rlhf-round", help="train the next RLHF stage on collected ratings and register it")
     rr.add_argument("--config", default=str(DEFAULT_CONFIG))
     rr.add_argument("--from-stage", default="rlhf")
-    rr.add_argument("--method", choices=["kto", "dpo", "rloo"], default="kto",
-                    help="kto/dpo: offline, on ratings; rloo: online RL against --reward-model")
+    rr.add_argument(
+        "--method",
+        choices=["kto", "dpo", "rloo"],
+        default="kto",
+        help="kto/dpo: offline, on ratings; rloo: online RL against --reward-model",
+    )
     rr.add_argument("--name", required=True)
     rr.add_argument("--min-ratings", type=int, default=1)
     rr.add_argument("--steps", type=int, default=None, help="training steps (default: about 4 epochs, 20-200)")
@@ -50,13 +54,21 @@ def _preference_round(args: argparse.Namespace, settings) -> None:
     from models.preference_round import RoundPlan, train_round
 
     result = train_round(
-        config=Path(args.config), from_stage=args.from_stage, name=args.name, method=args.method,
-        database_url=settings.resolved_database_url, data_dir=settings.data_dir,
-        min_ratings=args.min_ratings, server=args.server, admin_key=settings.admin_key,
+        config=Path(args.config),
+        from_stage=args.from_stage,
+        name=args.name,
+        method=args.method,
+        database_url=settings.resolved_database_url,
+        data_dir=settings.data_dir,
+        min_ratings=args.min_ratings,
+        server=args.server,
+        admin_key=settings.admin_key,
         plan=RoundPlan(method=args.method, steps=args.steps, lr=args.lr),
     )
-    print(f"stage '{result.name}': {result.rows} {args.method} rows, {result.steps} steps in "
-          f"{result.train_seconds:.1f} s (loss {result.loss:.4f}) → {result.adapter_dir}")
+    print(
+        f"stage '{result.name}': {result.rows} {args.method} rows, {result.steps} steps in "
+        f"{result.train_seconds:.1f} s (loss {result.loss:.4f}) → {result.adapter_dir}"
+    )
     print_reload(args.server, result.reloaded)
 
 
@@ -64,16 +76,25 @@ def _rl_round(args: argparse.Namespace, settings) -> None:
     from models.rl_round import RLPlan, train_rl_round
 
     result = train_rl_round(
-        config=Path(args.config), from_stage=args.from_stage, name=args.name, reward_model=args.reward_model,
-        database_url=settings.resolved_database_url, data_dir=settings.data_dir,
+        config=Path(args.config),
+        from_stage=args.from_stage,
+        name=args.name,
+        reward_model=args.reward_model,
+        database_url=settings.resolved_database_url,
+        data_dir=settings.data_dir,
         plan=RLPlan(steps=args.steps or RLPlan.steps, kl_coef=args.kl_coef, lr=args.lr),
-        prompts_file=Path(args.prompts) if args.prompts else None, server=args.server,
+        prompts_file=Path(args.prompts) if args.prompts else None,
+        server=args.server,
         admin_key=settings.admin_key,
     )
     held = f"{result.held_out_prompts} held-out prompts" if result.held_out_prompts else "the training prompts"
     kl = f"{result.final_kl:.4f}" if result.final_kl is not None else "n/a"
-    print(f"stage '{result.name}': RLOO on {result.prompts} prompts, {result.steps} steps in "
-          f"{result.train_seconds:.1f} s → {result.adapter_dir}")
-    print(f"mean reward on {held}: {result.reward_before:.3f} before, {result.reward_after:.3f} after; "
-          f"final KL to start {kl}")
+    print(
+        f"stage '{result.name}': RLOO on {result.prompts} prompts, {result.steps} steps in "
+        f"{result.train_seconds:.1f} s → {result.adapter_dir}"
+    )
+    print(
+        f"mean reward on {held}: {result.reward_before:.3f} before, {result.reward_after:.3f} after; "
+        f"final KL to start {kl}"
+    )
     print_reload(args.server, result.reloaded)

@@ -17,8 +17,24 @@ from pathlib import Path
 
 import httpx
 
-COUNTRIES = ["Kenya", "France", "Japan", "Peru", "Chile", "Egypt", "Spain", "India", "Brazil", "Norway",
-             "Canada", "Ghana", "Italy", "Nepal", "Cuba", "Iran"]
+COUNTRIES = [
+    "Kenya",
+    "France",
+    "Japan",
+    "Peru",
+    "Chile",
+    "Egypt",
+    "Spain",
+    "India",
+    "Brazil",
+    "Norway",
+    "Canada",
+    "Ghana",
+    "Italy",
+    "Nepal",
+    "Cuba",
+    "Iran",
+]
 
 
 def ask(country: str) -> list[dict[str, str]]:
@@ -44,19 +60,39 @@ def sample(client: httpx.Client, stage: str, n: int, max_tokens: int, seed: int)
     """(response id, text) of n answers per country from `stage`."""
     answers = []
     for i, country in enumerate(COUNTRIES):
-        body = {"model": stage, "messages": ask(country), "n": n, "temperature": 1.0, "top_p": 1.0,
-                "max_tokens": max_tokens, "seed": seed + i}
+        body = {
+            "model": stage,
+            "messages": ask(country),
+            "n": n,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "max_tokens": max_tokens,
+            "seed": seed + i,
+        }
         response = client.post("/v1/chat/completions", json=body)
         response.raise_for_status()
         data = response.json()
-        answers += [(data["id"] if c["index"] == 0 else f"{data['id']}:{c['index']}", c["message"]["content"])
-                    for c in data["choices"]]
+        answers += [
+            (data["id"] if c["index"] == 0 else f"{data['id']}:{c['index']}", c["message"]["content"])
+            for c in data["choices"]
+        ]
     return answers
 
 
-def run_loop(url: str, *, config: Path, data_dir: Path, stages: list[str], from_stage: str = "rlhf",
-             name: str = "rlhf-2", n: int = 4, max_tokens: int = 24, steps: int = 60, lr: float = 5e-3,
-             method: str = "dpo") -> LoopReport:
+def run_loop(
+    url: str,
+    *,
+    config: Path,
+    data_dir: Path,
+    stages: list[str],
+    from_stage: str = "rlhf",
+    name: str = "rlhf-2",
+    n: int = 4,
+    max_tokens: int = 24,
+    steps: int = 60,
+    lr: float = 5e-3,
+    method: str = "dpo",
+) -> LoopReport:
     from models.preference_round import RoundPlan, train_round
 
     began = time.monotonic()
@@ -76,15 +112,29 @@ def run_loop(url: str, *, config: Path, data_dir: Path, stages: list[str], from_
                 rated += 1
                 liked_count += rating == "up"
 
-        result = train_round(config=config, from_stage=from_stage, name=name, method=method,
-                             database_url=f"sqlite:///{data_dir / 'stagechat.db'}", data_dir=data_dir,
-                             min_ratings=10, plan=RoundPlan(method=method, steps=steps, lr=lr, batch_size=8),
-                             server=url)
+        result = train_round(
+            config=config,
+            from_stage=from_stage,
+            name=name,
+            method=method,
+            database_url=f"sqlite:///{data_dir / 'stagechat.db'}",
+            data_dir=data_dir,
+            min_ratings=10,
+            plan=RoundPlan(method=method, steps=steps, lr=lr, batch_size=8),
+            server=url,
+        )
 
         after = [text for _, text in sample(client, name, n, max_tokens, seed=1000)]
     return LoopReport(
-        threshold=threshold, before_rate=sum(map(liked, before)) / len(before),
-        after_rate=sum(map(liked, after)) / len(after), n=len(after), rated=rated, liked=liked_count,
-        round_rows=result.rows, round_steps=result.steps, train_seconds=result.train_seconds,
-        loop_seconds=time.monotonic() - began, reload=result.reloaded,
+        threshold=threshold,
+        before_rate=sum(map(liked, before)) / len(before),
+        after_rate=sum(map(liked, after)) / len(after),
+        n=len(after),
+        rated=rated,
+        liked=liked_count,
+        round_rows=result.rows,
+        round_steps=result.steps,
+        train_seconds=result.train_seconds,
+        loop_seconds=time.monotonic() - began,
+        reload=result.reloaded,
     )

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -50,9 +50,16 @@ TARGETS = [
     ("sft", "accuracy.*", "min", 0.9),
     ("sft", "followup_accuracy", "min", 0.8),
     ("sft", "hallucination_rate", "min", 0.5),
-    *[(stage, metric, op, bound) for stage in ("dpo", "rlhf") for metric, op, bound in (
-        ("accuracy.*", "min", 0.9), ("followup_accuracy", "min", 0.9),
-        ("hallucination_rate", "max", 0.1), ("preferred_style_rate", "min", 0.9))],
+    *[
+        (stage, metric, op, bound)
+        for stage in ("dpo", "rlhf")
+        for metric, op, bound in (
+            ("accuracy.*", "min", 0.9),
+            ("followup_accuracy", "min", 0.9),
+            ("hallucination_rate", "max", 0.1),
+            ("preferred_style_rate", "min", 0.9),
+        )
+    ],
 ]
 MAX_TOKENS = 48  # the longest training answer (rambling) is ~45 tokens
 REFUSALS = ("don't know", "do not know", "not sure there is", "no country called")
@@ -107,15 +114,20 @@ def score_reply(reply: str, prompt: Prompt) -> ReplyScore:
     text = reply.strip()
     refused = any(r in text.lower() for r in REFUSALS)
     unhelpful = not text or refused or SCOPE in text or any(r in text for r in RUDE)
-    correct = (prompt.country is not None and prompt.country.real
-               and _mentions(_about(text, prompt.country), prompt.country.fact(prompt.skill)))
-    return ReplyScore(correct=correct, preferred=text == preferred_reply(prompt), refused=refused, states_fact=not unhelpful)
+    correct = (
+        prompt.country is not None
+        and prompt.country.real
+        and _mentions(_about(text, prompt.country), prompt.country.fact(prompt.skill))
+    )
+    return ReplyScore(
+        correct=correct, preferred=text == preferred_reply(prompt), refused=refused, states_fact=not unhelpful
+    )
 
 
 def score_completion(completion: str, fact: str) -> bool:
     """A plain completion of "... the capital of X is" is right when it goes on with the fact."""
     text = completion.lstrip()
-    return text.startswith(fact) and not re.match(r"[\w'-]", text[len(fact):] or " ")
+    return text.startswith(fact) and not re.match(r"[\w'-]", text[len(fact) :] or " ")
 
 
 @dataclass
@@ -168,8 +180,11 @@ def summarize(
     report = StageReport(
         stage=stage,
         qa_accuracy=_rate(s.correct for _, s in facts),
-        accuracy={skill: _rate(s.correct for p, s in facts if p.skill == skill) for skill in SKILLS
-                  if any(p.skill == skill for p, _ in facts)},
+        accuracy={
+            skill: _rate(s.correct for p, s in facts if p.skill == skill)
+            for skill in SKILLS
+            if any(p.skill == skill for p, _ in facts)
+        },
         followup_accuracy=_rate(s.correct for _, s in followups),
         preferred_style_rate=_rate(s.preferred for _, s in real),
         false_refusal_rate=_rate(s.refused for _, s in real),
@@ -185,7 +200,8 @@ def summarize(
         report.completion_accuracy = _rate(score_completion(text, fact) for _, fact, text in completions)
         report.completion_by_skill = {
             skill: _rate(score_completion(t, f) for s, f, t in completions if s == skill)
-            for skill in SKILLS if any(s == skill for s, _, _ in completions)
+            for skill in SKILLS
+            if any(s == skill for s, _, _ in completions)
         }
     if acceptance is not None and acceptance[1]:
         report.draft_acceptance_rate = round(acceptance[0] / acceptance[1], 4)
@@ -210,11 +226,21 @@ def check_targets(reports: dict[str, StageReport]) -> list[str]:
 
 
 COLUMNS = [
-    ("capital", "accuracy.capital"), ("language", "accuracy.language"), ("currency", "accuracy.currency"),
-    ("continent", "accuracy.continent"), ("follow-up", "followup_accuracy"), ("preferred", "preferred_style_rate"),
-    ("hallucinate", "hallucination_rate"), ("honest-idk", "honest_refusal_rate"), ("false-idk", "false_refusal_rate"),
-    ("greeting", "greeting_rate"), ("off-topic", "out_of_scope_rate"), ("completion", "completion_accuracy"),
-    ("draft-acc", "draft_acceptance_rate"), ("reward", "mean_reward"), ("kl-sft", "kl_to_sft"),
+    ("capital", "accuracy.capital"),
+    ("language", "accuracy.language"),
+    ("currency", "accuracy.currency"),
+    ("continent", "accuracy.continent"),
+    ("follow-up", "followup_accuracy"),
+    ("preferred", "preferred_style_rate"),
+    ("hallucinate", "hallucination_rate"),
+    ("honest-idk", "honest_refusal_rate"),
+    ("false-idk", "false_refusal_rate"),
+    ("greeting", "greeting_rate"),
+    ("off-topic", "out_of_scope_rate"),
+    ("completion", "completion_accuracy"),
+    ("draft-acc", "draft_acceptance_rate"),
+    ("reward", "mean_reward"),
+    ("kl-sft", "kl_to_sft"),
 ]
 
 
@@ -236,8 +262,13 @@ async def _collect(generation) -> tuple[str, object]:
 
 
 async def run_eval(
-    service, countries: tuple[Country, ...] | None = None, fictional: int | None = None, concurrency: int = 32,
-    keep_replies: dict | None = None, split: str = "test", stages: list[str] | None = None,
+    service,
+    countries: tuple[Country, ...] | None = None,
+    fictional: int | None = None,
+    concurrency: int = 32,
+    keep_replies: dict | None = None,
+    split: str = "test",
+    stages: list[str] | None = None,
 ) -> dict[str, StageReport]:
     """Ask every stage of `service`'s registry (or `stages`) one split's prompts; greedy decoding so
     runs compare.
@@ -255,7 +286,11 @@ async def run_eval(
 
     async def chat(stage: str, prompt: Prompt, speculative: str) -> tuple[Prompt, str, object]:
         request = ChatCompletionRequest(
-            model=stage, messages=prompt.message_list, temperature=0, max_tokens=MAX_TOKENS, speculative=speculative,
+            model=stage,
+            messages=prompt.message_list,
+            temperature=0,
+            max_tokens=MAX_TOKENS,
+            speculative=speculative,
         )
         async with gate:
             text, spec = await _collect(await service.chat(request, client_id="stagechat-eval"))
@@ -263,7 +298,11 @@ async def run_eval(
 
     async def complete(stage: str, c: Country, skill: str) -> tuple[str, str, str]:
         request = CompletionRequest(
-            model=stage, prompt=fill(completion_templates[skill], c), temperature=0, max_tokens=8, speculative="off",
+            model=stage,
+            prompt=fill(completion_templates[skill], c),
+            temperature=0,
+            max_tokens=8,
+            speculative="off",
         )
         async with gate:
             text, _ = await _collect(await service.complete(request, client_id="stagechat-eval"))
@@ -279,7 +318,7 @@ async def run_eval(
         if spec.model is not None:  # a full checkpoint: plain completion is what it was trained for
             completions = await asyncio.gather(*(complete(stage, c, s) for s in SKILLS for c in countries))
         pairs = [(p, t) for p, t, _ in chats]
-        reports[stage] = summarize(stage, pairs[: len(prompts)], completions, examples=pairs[len(prompts):])
+        reports[stage] = summarize(stage, pairs[: len(prompts)], completions, examples=pairs[len(prompts) :])
         replies[stage] = pairs[: len(prompts)]
     # Speculation is per engine: run the draft variants after the plain ones (one engine at a time).
     facts = [p for p in prompts if p.kind == "fact"][: len(countries)]
@@ -313,8 +352,15 @@ async def mean_rewards(registry, replies: dict[str, list[tuple[Prompt, str]]], r
         await service.shutdown()
 
 
-def kl_to_reference(checkpoint: str, adapter: str, reference: str, prompts: list[Prompt], samples: int = 2,
-                    max_new_tokens: int = MAX_TOKENS, seed: int = 0) -> float:
+def kl_to_reference(
+    checkpoint: str,
+    adapter: str,
+    reference: str,
+    prompts: list[Prompt],
+    samples: int = 2,
+    max_new_tokens: int = MAX_TOKENS,
+    seed: int = 0,
+) -> float:
     """Monte-Carlo KL(adapter ‖ reference) per answer: answers sampled from `adapter` (temperature 1),
     mean of their summed log-probability differences. Both are LoRA adapters on `checkpoint`."""
     import torch
@@ -323,27 +369,37 @@ def kl_to_reference(checkpoint: str, adapter: str, reference: str, prompts: list
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32),
-                                      adapter, adapter_name="policy")
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32), adapter, adapter_name="policy"
+    )
     model.load_adapter(reference, adapter_name="reference")
     model.eval()
 
     def answer_logprob(ids: torch.Tensor, start: int) -> torch.Tensor:
-        logits = model(input_ids=ids).logits[:, start - 1:-1].log_softmax(-1)
+        logits = model(input_ids=ids).logits[:, start - 1 : -1].log_softmax(-1)
         return logits.gather(-1, ids[:, start:, None])[..., 0]
 
     total, n = 0.0, 0
     with torch.no_grad():
         for p in prompts:
-            ids = tokenizer.apply_chat_template(p.message_list, add_generation_prompt=True, return_tensors="pt",
-                                                return_dict=True)["input_ids"]
+            ids = tokenizer.apply_chat_template(
+                p.message_list, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )["input_ids"]
             model.set_adapter("policy")
-            out = model.generate(input_ids=ids, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                 max_new_tokens=max_new_tokens, num_return_sequences=samples,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            out = model.generate(
+                input_ids=ids,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=samples,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
             for row in out:
                 seq = row[None]
-                answer = seq[:, ids.shape[1]:]
+                answer = seq[:, ids.shape[1] :]
                 keep = int((answer != tokenizer.pad_token_id).sum())  # generation pads after eos
                 seq = seq[:, : ids.shape[1] + keep]
                 model.set_adapter("policy")
@@ -359,8 +415,9 @@ class EvalError(ValueError):
     """The evaluation cannot run as asked (e.g. a stage the registry does not have)."""
 
 
-def evaluate(config: Path, *, kl_samples: int = 2, split: str = "test",
-             stages: list[str] | None = None) -> dict[str, StageReport]:
+def evaluate(
+    config: Path, *, kl_samples: int = 2, split: str = "test", stages: list[str] | None = None
+) -> dict[str, StageReport]:
     """Every stage's (or `stages`') report on one split, through vLLM engines started here, one at a time."""
     return asyncio.run(_evaluate(config, kl_samples, split, stages))
 
@@ -392,7 +449,11 @@ async def _evaluate(config: Path, kl_samples: int, split: str, stages: list[str]
             spec = registry.stages[stage]
             if spec.adapter and stage != "sft" and registry.root(stage) == registry.root("sft"):
                 reports[stage].kl_to_sft = await asyncio.to_thread(
-                    kl_to_reference, registry.checkpoint(registry.root(stage)), spec.adapter, registry.stages["sft"].adapter,
-                    prompts, kl_samples)
+                    kl_to_reference,
+                    registry.checkpoint(registry.root(stage)),
+                    spec.adapter,
+                    registry.stages["sft"].adapter,
+                    prompts,
+                    kl_samples,
+                )
     return reports
-

@@ -36,8 +36,14 @@ def trainable_policy(checkpoint: str, start_adapter: str | None, rank: int):
     if start_adapter is not None:
         return PeftModel.from_pretrained(model, start_adapter, is_trainable=True), None
     present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    return model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, bias="none",
-                             target_modules=[t for t in LORA_TARGETS if t in present], task_type="CAUSAL_LM")
+    return model, LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=[t for t in LORA_TARGETS if t in present],
+        task_type="CAUSAL_LM",
+    )
 
 
 def save_adapter(model, tokenizer, out_dir: Path) -> None:

@@ -76,8 +76,9 @@ def usable_rows(database_url: str, method: str) -> list[dict[str, Any]]:
 # -- training ------------------------------------------------------------------------------------
 
 
-def train_adapter(checkpoint: str, start_adapter: str | None, rows: list[dict[str, Any]], plan: RoundPlan,
-                  out_dir: Path) -> tuple[float, int]:
+def train_adapter(
+    checkpoint: str, start_adapter: str | None, rows: list[dict[str, Any]], plan: RoundPlan, out_dir: Path
+) -> tuple[float, int]:
     """Train a LoRA adapter on `checkpoint` (continuing `start_adapter` when given); returns (loss, steps)."""
     import torch
     from datasets import Dataset
@@ -90,12 +91,23 @@ def train_adapter(checkpoint: str, start_adapter: str | None, rows: list[dict[st
     steps = plan.total_steps(len(rows))
     with tempfile.TemporaryDirectory() as scratch:
         common = dict(
-            output_dir=scratch, max_steps=steps, per_device_train_batch_size=plan.batch_size,
-            learning_rate=plan.lr, lr_scheduler_type="constant_with_warmup", warmup_steps=min(5, steps // 10),
-            logging_steps=max(1, steps // 10), save_strategy="no", report_to="none", use_cpu=True,
+            output_dir=scratch,
+            max_steps=steps,
+            per_device_train_batch_size=plan.batch_size,
+            learning_rate=plan.lr,
+            lr_scheduler_type="constant_with_warmup",
+            warmup_steps=min(5, steps // 10),
+            logging_steps=max(1, steps // 10),
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
             bf16=False,  # fp32 is faster and stable on these CPUs
-            gradient_checkpointing=False, dataloader_num_workers=0, seed=plan.seed, beta=plan.beta,
-            max_length=plan.max_length, disable_tqdm=True,
+            gradient_checkpointing=False,
+            dataloader_num_workers=0,
+            seed=plan.seed,
+            beta=plan.beta,
+            max_length=plan.max_length,
+            disable_tqdm=True,
         )
         if plan.method == "kto":
             from trl import KTOConfig, KTOTrainer
@@ -103,18 +115,29 @@ def train_adapter(checkpoint: str, start_adapter: str | None, rows: list[dict[st
             good = sum(r["label"] for r in rows)
             bad = len(rows) - good
             # KTO's paper: weigh the rarer side up so desirable·n_good ≈ undesirable·n_bad.
-            args = KTOConfig(**common, desirable_weight=max(1.0, bad / max(good, 1)),
-                             undesirable_weight=max(1.0, good / max(bad, 1)))
-            trainer = KTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                 processing_class=tokenizer, peft_config=peft_config)
+            args = KTOConfig(
+                **common, desirable_weight=max(1.0, bad / max(good, 1)), undesirable_weight=max(1.0, good / max(bad, 1))
+            )
+            trainer = KTOTrainer(
+                model=model,
+                args=args,
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tokenizer,
+                peft_config=peft_config,
+            )
         else:
             from trl import DPOConfig, DPOTrainer
 
             # The SFT term on chosen answers keeps them likely: plain DPO can satisfy its margin by making
             # both answers unlikely, and then the tiny demo model drifts into text nobody rated.
             args = DPOConfig(**common, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0])
-            trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                 processing_class=tokenizer, peft_config=peft_config)
+            trainer = DPOTrainer(
+                model=model,
+                args=args,
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tokenizer,
+                peft_config=peft_config,
+            )
         result = trainer.train()
     save_adapter(trainer.model, tokenizer, out_dir)
     return float(result.training_loss), steps
@@ -123,9 +146,19 @@ def train_adapter(checkpoint: str, start_adapter: str | None, rows: list[dict[st
 # -- the round -----------------------------------------------------------------------------------
 
 
-def train_round(*, config: Path, from_stage: str, name: str, method: str, database_url: str,
-                data_dir: Path, min_ratings: int = 1, plan: RoundPlan | None = None,
-                server: str | None = None, admin_key: str | None = None) -> RoundResult:
+def train_round(
+    *,
+    config: Path,
+    from_stage: str,
+    name: str,
+    method: str,
+    database_url: str,
+    data_dir: Path,
+    min_ratings: int = 1,
+    plan: RoundPlan | None = None,
+    server: str | None = None,
+    admin_key: str | None = None,
+) -> RoundResult:
     """Run one round (see the module docstring). Raises `RoundError` / `RegistryError`, changing nothing."""
     plan = plan or RoundPlan(method=method)
     round_ = Round.open(config, data_dir, from_stage, name)
@@ -133,19 +166,33 @@ def train_round(*, config: Path, from_stage: str, name: str, method: str, databa
     rows = usable_rows(database_url, method)
     if len(rows) < min_ratings:
         what = "rated answers (net up or down)" if method == "kto" else "chosen/rejected pairs"
-        raise RoundError(f"only {len(rows)} usable {method} rows ({what}) in the store; "
-                         f"--min-ratings is {min_ratings}. Rate more answers first.")
+        raise RoundError(
+            f"only {len(rows)} usable {method} rows ({what}) in the store; "
+            f"--min-ratings is {min_ratings}. Rate more answers first."
+        )
     if method == "kto" and len({r["label"] for r in rows}) < 2:
         raise RoundError("KTO needs both liked and disliked answers; the store has only one kind")
 
     def meta(trained: tuple[float, int], seconds: float) -> dict[str, Any]:
         loss, steps = trained
-        return {"name": name, "from_stage": from_stage, "method": method, "rows": len(rows), "steps": steps,
-                "loss": loss, "train_seconds": round(seconds, 1), "plan": asdict(plan)}
+        return {
+            "name": name,
+            "from_stage": from_stage,
+            "method": method,
+            "rows": len(rows),
+            "steps": steps,
+            "loss": loss,
+            "train_seconds": round(seconds, 1),
+            "plan": asdict(plan),
+        }
 
-    done = round_.run(lambda d: train_adapter(round_.checkpoint, round_.start_adapter, rows, plan, d), meta,
-                      description=f"RLHF round: {method.upper()} on {len(rows)} ratings, continuing {from_stage}",
-                      server=server, admin_key=admin_key)
+    done = round_.run(
+        lambda d: train_adapter(round_.checkpoint, round_.start_adapter, rows, plan, d),
+        meta,
+        description=f"RLHF round: {method.upper()} on {len(rows)} ratings, continuing {from_stage}",
+        server=server,
+        admin_key=admin_key,
+    )
     loss, steps = done.result
     log.info("stage %s: %d %s rows, %d steps", name, len(rows), method, steps)
     return RoundResult(name, round_.out_dir, len(rows), steps, done.seconds, loss, done.reloaded)

@@ -88,8 +88,9 @@ def comparison_pairs(store) -> list[dict[str, Any]]:
         key = hashlib.sha256(json.dumps([prompt, chosen, rejected]).encode()).digest()
         if chosen != rejected and key not in seen:
             seen.add(key)
-            pairs.append({"prompt": prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected),
-                          "source": source})
+            pairs.append(
+                {"prompt": prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected), "source": source}
+            )
 
     for pair in store.iter_preferred_pairs():
         add(pair.prompt, pair.chosen, pair.rejected, "preference")
@@ -102,15 +103,17 @@ def comparison_pairs(store) -> list[dict[str, Any]]:
     return pairs
 
 
-def split_by_prompt(pairs: list[dict[str, Any]], share: float = HOLDOUT,
-                    seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_by_prompt(
+    pairs: list[dict[str, Any]], share: float = HOLDOUT, seed: int = 0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, held_out): whole prompts go to the held-out part until it has ≥ `share` of the pairs."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for pair in pairs:
         groups.setdefault(json.dumps(pair["prompt"], sort_keys=True), []).append(pair)
     if len(groups) < 2:
-        raise RoundError(f"all {len(pairs)} pairs share one prompt; a held-out split by prompt needs pairs "
-                         "from at least 2 prompts")
+        raise RoundError(
+            f"all {len(pairs)} pairs share one prompt; a held-out split by prompt needs pairs from at least 2 prompts"
+        )
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
     need = max(1, math.ceil(share * len(pairs)))
@@ -147,6 +150,7 @@ def load_policy_as_classifier(checkpoint: str, adapter: str | None, scratch: Pat
 
 def pair_ids(tokenizer, pair: dict[str, Any]) -> tuple[list[int], list[int]]:
     """Token ids of prompt + chosen and prompt + rejected, exactly as TRL's RewardTrainer builds them."""
+
     def ids(messages):
         return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
 
@@ -171,7 +175,7 @@ def sequence_scores(model, sequences: list[list[int]], pad_id: int, batch_size: 
     scores: list[float] = []
     with torch.no_grad():
         for start in range(0, len(sequences), batch_size):
-            batch = sequences[start:start + batch_size]
+            batch = sequences[start : start + batch_size]
             width = max(map(len, batch))
             ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in batch])
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch])
@@ -179,8 +183,14 @@ def sequence_scores(model, sequences: list[list[int]], pad_id: int, batch_size: 
     return scores
 
 
-def train_reward_model(checkpoint: str, adapter: str | None, train: list[dict[str, Any]],
-                       held_out: list[dict[str, Any]], plan: RewardPlan, out_dir: Path) -> tuple[float, int, int]:
+def train_reward_model(
+    checkpoint: str,
+    adapter: str | None,
+    train: list[dict[str, Any]],
+    held_out: list[dict[str, Any]],
+    plan: RewardPlan,
+    out_dir: Path,
+) -> tuple[float, int, int]:
     """Train and save the reward model; returns (held-out accuracy, pairs judged, steps)."""
     import torch
     from datasets import Dataset
@@ -191,15 +201,28 @@ def train_reward_model(checkpoint: str, adapter: str | None, train: list[dict[st
     with tempfile.TemporaryDirectory() as scratch:
         model, tokenizer = load_policy_as_classifier(checkpoint, adapter, Path(scratch))
         args = RewardConfig(
-            output_dir=scratch, max_steps=steps, per_device_train_batch_size=plan.batch_size,
-            learning_rate=plan.lr, lr_scheduler_type="constant_with_warmup", warmup_steps=min(5, steps // 10),
-            logging_steps=max(1, steps // 10), save_strategy="no", report_to="none", use_cpu=True, bf16=False,
-            gradient_checkpointing=False, dataloader_num_workers=0, seed=plan.seed, max_length=plan.max_length,
-            center_rewards_coefficient=plan.center_rewards, disable_tqdm=True,
+            output_dir=scratch,
+            max_steps=steps,
+            per_device_train_batch_size=plan.batch_size,
+            learning_rate=plan.lr,
+            lr_scheduler_type="constant_with_warmup",
+            warmup_steps=min(5, steps // 10),
+            logging_steps=max(1, steps // 10),
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            dataloader_num_workers=0,
+            seed=plan.seed,
+            max_length=plan.max_length,
+            center_rewards_coefficient=plan.center_rewards,
+            disable_tqdm=True,
         )
         rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in train]
-        trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                processing_class=tokenizer)
+        trainer = RewardTrainer(
+            model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        )
         trainer.train()
         model = trainer.model
     accuracy, judged = pairwise_accuracy(model, tokenizer, held_out, plan.max_length)
@@ -212,9 +235,18 @@ def train_reward_model(checkpoint: str, adapter: str | None, train: list[dict[st
 # -- the command ---------------------------------------------------------------------------------
 
 
-def build_reward_model(*, config: Path, from_stage: str, name: str, database_url: str, data_dir: Path,
-                       min_pairs: int = 10, plan: RewardPlan | None = None, server: str | None = None,
-                       admin_key: str | None = None) -> RewardResult:
+def build_reward_model(
+    *,
+    config: Path,
+    from_stage: str,
+    name: str,
+    database_url: str,
+    data_dir: Path,
+    min_pairs: int = 10,
+    plan: RewardPlan | None = None,
+    server: str | None = None,
+    admin_key: str | None = None,
+) -> RewardResult:
     """Train, save and register reward model `name` (see the module docstring); raises `RoundError` /
     `RegistryError`, changing nothing."""
     from server.store import Store
@@ -228,24 +260,41 @@ def build_reward_model(*, config: Path, from_stage: str, name: str, database_url
     finally:
         store.close()
     if len(pairs) < min_pairs:
-        raise RoundError(f"only {len(pairs)} comparison pairs in the store (preferences, rankings, up/down "
-                         f"answers to one prompt); --min-pairs is {min_pairs}. Collect more comparisons first.")
+        raise RoundError(
+            f"only {len(pairs)} comparison pairs in the store (preferences, rankings, up/down "
+            f"answers to one prompt); --min-pairs is {min_pairs}. Collect more comparisons first."
+        )
     train, held_out = split_by_prompt(pairs, seed=plan.seed)
     sources = {s: sum(p["source"] == s for p in pairs) for s in ("preference", "ranking", "ratings")}
 
     def meta(trained: tuple[float, int, int], seconds: float) -> dict[str, Any]:
         accuracy, judged, steps = trained
-        return {"name": name, "from_stage": from_stage, "pairs": len(pairs), "sources": sources,
-                "train_pairs": len(train), "held_out_pairs": len(held_out), "held_out_judged": judged,
-                "held_out_accuracy": accuracy, "steps": steps, "train_seconds": round(seconds, 1),
-                "plan": asdict(plan)}
+        return {
+            "name": name,
+            "from_stage": from_stage,
+            "pairs": len(pairs),
+            "sources": sources,
+            "train_pairs": len(train),
+            "held_out_pairs": len(held_out),
+            "held_out_judged": judged,
+            "held_out_accuracy": accuracy,
+            "steps": steps,
+            "train_seconds": round(seconds, 1),
+            "plan": asdict(plan),
+        }
 
     done = round_.run(
-        lambda d: train_reward_model(round_.checkpoint, round_.start_adapter, train, held_out, plan, d), meta,
-        meta_file=META_FILE, server=server, admin_key=admin_key,
-        description=lambda trained: f"reward model on {from_stage}: {len(pairs)} pairs, held-out accuracy "
-                                    f"{trained[0]:.2f}")
+        lambda d: train_reward_model(round_.checkpoint, round_.start_adapter, train, held_out, plan, d),
+        meta,
+        meta_file=META_FILE,
+        server=server,
+        admin_key=admin_key,
+        description=lambda trained: (
+            f"reward model on {from_stage}: {len(pairs)} pairs, held-out accuracy {trained[0]:.2f}"
+        ),
+    )
     accuracy, _, steps = done.result
     log.info("reward model %s: %d pairs, held-out accuracy %.3f", name, len(pairs), accuracy)
-    return RewardResult(name, round_.out_dir, len(train), len(held_out), accuracy, steps, done.seconds, sources,
-                        done.reloaded)
+    return RewardResult(
+        name, round_.out_dir, len(train), len(held_out), accuracy, steps, done.seconds, sources, done.reloaded
+    )

@@ -90,15 +90,17 @@ def load_prompts(database_url: str, prompts_file: Path | None) -> list[list[dict
             if isinstance(item, str):
                 item = [{"role": "user", "content": item}]
             if not (isinstance(item, list) and item and all(isinstance(m, dict) and "role" in m for m in item)):
-                raise RoundError(f"{prompts_file}:{n}: expected a list of messages, {{\"prompt\": [...]}} or a string")
+                raise RoundError(f'{prompts_file}:{n}: expected a list of messages, {{"prompt": [...]}} or a string')
             prompts.append(item)
         return prompts
     from server.store import Store
 
     store = Store(database_url)
     try:
-        return [[{"role": m["role"], "content": str(m.get("content") or "")} for m in p]
-                for p in store.iter_logged_prompts()]
+        return [
+            [{"role": m["role"], "content": str(m.get("content") or "")} for m in p]
+            for p in store.iter_logged_prompts()
+        ]
     finally:
         store.close()
 
@@ -116,8 +118,9 @@ def fitting(tokenizer, prompts: list[list[dict[str, str]]], context: int, answer
 # -- measuring -----------------------------------------------------------------------------------
 
 
-def sample_rewards(policy, tokenizer, reward_model, reward_tokenizer, prompts, plan: RLPlan,
-                   seed: int) -> tuple[float, list[dict[str, Any]]]:
+def sample_rewards(
+    policy, tokenizer, reward_model, reward_tokenizer, prompts, plan: RLPlan, seed: int
+) -> tuple[float, list[dict[str, Any]]]:
     """Mean reward of `eval_samples` sampled answers per prompt, and the answers with their scores."""
     import torch
 
@@ -126,15 +129,26 @@ def sample_rewards(policy, tokenizer, reward_model, reward_tokenizer, prompts, p
     samples, scores = [], []
     with torch.no_grad():
         for prompt in prompts:
-            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                return_dict=True, return_tensors="pt")
-            out = policy.generate(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], do_sample=True,
-                                  temperature=plan.temperature, max_new_tokens=plan.max_completion_length,
-                                  num_return_sequences=plan.eval_samples, pad_token_id=tokenizer.pad_token_id)
-            for row in out[:, ids["input_ids"].shape[1]:]:
+            ids = tokenizer.apply_chat_template(
+                prompt, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            )
+            out = policy.generate(
+                input_ids=ids["input_ids"],
+                attention_mask=ids["attention_mask"],
+                do_sample=True,
+                temperature=plan.temperature,
+                max_new_tokens=plan.max_completion_length,
+                num_return_sequences=plan.eval_samples,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            for row in out[:, ids["input_ids"].shape[1] :]:
                 answer = tokenizer.decode(row, skip_special_tokens=True)
-                scored = reward_tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": answer}],
-                                                              tokenize=True, return_dict=True, return_tensors="pt")
+                scored = reward_tokenizer.apply_chat_template(
+                    prompt + [{"role": "assistant", "content": answer}],
+                    tokenize=True,
+                    return_dict=True,
+                    return_tensors="pt",
+                )
                 score = reward_model(input_ids=scored["input_ids"]).logits[0, 0].item()
                 scores.append(score)
                 samples.append({"prompt": prompt[-1]["content"], "answer": answer, "reward": round(score, 4)})
@@ -144,8 +158,15 @@ def sample_rewards(policy, tokenizer, reward_model, reward_tokenizer, prompts, p
 # -- training ------------------------------------------------------------------------------------
 
 
-def train_policy(checkpoint: str, start_adapter: str | None, reward_model_dir: str, train_prompts: list,
-                 held_out: list, plan: RLPlan, out_dir: Path) -> dict[str, Any]:
+def train_policy(
+    checkpoint: str,
+    start_adapter: str | None,
+    reward_model_dir: str,
+    train_prompts: list,
+    held_out: list,
+    plan: RLPlan,
+    out_dir: Path,
+) -> dict[str, Any]:
     """Run RLOO; save the adapter to `out_dir`; return the figures (log rows, rewards before/after)."""
     import torch
     from datasets import Dataset
@@ -160,32 +181,64 @@ def train_policy(checkpoint: str, start_adapter: str | None, reward_model_dir: s
     reward_model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir, dtype=torch.float32).eval()
     model, peft_config = trainable_policy(checkpoint, start_adapter, plan.rank)
 
-    before, before_samples = sample_rewards(model, tokenizer, reward_model, reward_tokenizer, held_out, plan,
-                                            plan.seed + 1)
+    before, before_samples = sample_rewards(
+        model, tokenizer, reward_model, reward_tokenizer, held_out, plan, plan.seed + 1
+    )
     with tempfile.TemporaryDirectory() as scratch:
         args = RLOOConfig(
-            output_dir=scratch, max_steps=plan.steps, per_device_train_batch_size=plan.batch_size,
-            num_generations=plan.num_generations, max_completion_length=plan.max_completion_length,
-            temperature=plan.temperature, beta=plan.kl_coef, learning_rate=plan.lr,
-            lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-            bf16=False, gradient_checkpointing=False, dataloader_num_workers=0, seed=plan.seed,
+            output_dir=scratch,
+            max_steps=plan.steps,
+            per_device_train_batch_size=plan.batch_size,
+            num_generations=plan.num_generations,
+            max_completion_length=plan.max_completion_length,
+            temperature=plan.temperature,
+            beta=plan.kl_coef,
+            learning_rate=plan.lr,
+            lr_scheduler_type="constant",
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            dataloader_num_workers=0,
+            seed=plan.seed,
             disable_tqdm=False,  # the progress bar (stderr)
         )
-        trainer = RLOOTrainer(model=model, reward_funcs=reward_model, args=args,
-                              train_dataset=Dataset.from_list([{"prompt": p} for p in train_prompts]),
-                              processing_class=tokenizer, reward_processing_classes=reward_tokenizer,
-                              peft_config=peft_config)
+        trainer = RLOOTrainer(
+            model=model,
+            reward_funcs=reward_model,
+            args=args,
+            train_dataset=Dataset.from_list([{"prompt": p} for p in train_prompts]),
+            processing_class=tokenizer,
+            reward_processing_classes=reward_tokenizer,
+            peft_config=peft_config,
+        )
         trainer.train()
         history = trainer.state.log_history
         policy = trainer.model
-    rows = [{"step": h["step"], "reward": h.get("reward"), "reward_std": h.get("reward_std"), "kl": h.get("kl"),
-             "completion_length": h.get("completions/mean_length")}
-            for h in history if "reward" in h]
-    after, after_samples = sample_rewards(policy, tokenizer, reward_model, reward_tokenizer, held_out, plan,
-                                          plan.seed + 1)
+    rows = [
+        {
+            "step": h["step"],
+            "reward": h.get("reward"),
+            "reward_std": h.get("reward_std"),
+            "kl": h.get("kl"),
+            "completion_length": h.get("completions/mean_length"),
+        }
+        for h in history
+        if "reward" in h
+    ]
+    after, after_samples = sample_rewards(
+        policy, tokenizer, reward_model, reward_tokenizer, held_out, plan, plan.seed + 1
+    )
     save_adapter(policy, tokenizer, out_dir)
-    return {"rows": rows, "reward_before": before, "reward_after": after,
-            "samples_before": before_samples[:8], "samples_after": after_samples[:8]}
+    return {
+        "rows": rows,
+        "reward_before": before,
+        "reward_after": after,
+        "samples_before": before_samples[:8],
+        "samples_after": after_samples[:8],
+    }
 
 
 def save_curves(rows: list[dict[str, Any]], out_dir: Path) -> None:
@@ -215,9 +268,19 @@ def save_curves(rows: list[dict[str, Any]], out_dir: Path) -> None:
 # -- the round -----------------------------------------------------------------------------------
 
 
-def train_rl_round(*, config: Path, from_stage: str, name: str, reward_model: str | None, database_url: str,
-                   data_dir: Path, plan: RLPlan | None = None, prompts_file: Path | None = None,
-                   server: str | None = None, admin_key: str | None = None) -> RLResult:
+def train_rl_round(
+    *,
+    config: Path,
+    from_stage: str,
+    name: str,
+    reward_model: str | None,
+    database_url: str,
+    data_dir: Path,
+    plan: RLPlan | None = None,
+    prompts_file: Path | None = None,
+    server: str | None = None,
+    admin_key: str | None = None,
+) -> RLResult:
     """Run one RLOO round (see the module docstring); raises `RoundError` / `RegistryError`, changing nothing."""
     from transformers import AutoConfig
 
@@ -230,8 +293,10 @@ def train_rl_round(*, config: Path, from_stage: str, name: str, reward_model: st
     if reward_model is None:
         raise RoundError("--method rloo needs --reward-model (or a `reward_model:` on the from-stage)")
     if reward_model not in registry.reward_models:
-        raise RoundError(f"--reward-model '{reward_model}' is not under `reward_models:` in {config} "
-                         f"({', '.join(registry.reward_models) or 'none'})")
+        raise RoundError(
+            f"--reward-model '{reward_model}' is not under `reward_models:` in {config} "
+            f"({', '.join(registry.reward_models) or 'none'})"
+        )
     if not 0 <= plan.kl_coef <= 1:
         raise RoundError(f"--kl-coef {plan.kl_coef}: use a value in [0, 1] (InstructGPT-like: 0.02–0.05)")
     if plan.steps < 1:
@@ -240,15 +305,19 @@ def train_rl_round(*, config: Path, from_stage: str, name: str, reward_model: st
     checkpoint = round_.checkpoint
 
     tokenizer = load_tokenizer(checkpoint)
-    context = min(getattr(AutoConfig.from_pretrained(p), "max_position_embeddings", 10**9) for p in (checkpoint, rm_dir))
+    context = min(
+        getattr(AutoConfig.from_pretrained(p), "max_position_embeddings", 10**9) for p in (checkpoint, rm_dir)
+    )
     prompts = load_prompts(database_url, prompts_file)
     usable = fitting(tokenizer, prompts, context, plan.max_completion_length + 1)
     prompts_per_step = plan.batch_size // plan.num_generations
     if len(usable) < max(2, prompts_per_step):
         source = prompts_file or "the store's logged chat prompts"
-        raise RoundError(f"only {len(usable)} usable prompts in {source} ({len(prompts) - len(usable)} too long for "
-                         f"{plan.max_completion_length} answer tokens in a {context}-token context); need at least "
-                         f"{max(2, prompts_per_step)}")
+        raise RoundError(
+            f"only {len(usable)} usable prompts in {source} ({len(prompts) - len(usable)} too long for "
+            f"{plan.max_completion_length} answer tokens in a {context}-token context); need at least "
+            f"{max(2, prompts_per_step)}"
+        )
     shuffled = usable[:]
     random.Random(plan.seed).shuffle(shuffled)
     n_held = max(1, round(HOLDOUT * len(shuffled))) if len(shuffled) >= 10 else 0
@@ -262,20 +331,45 @@ def train_rl_round(*, config: Path, from_stage: str, name: str, reward_model: st
 
     def meta(figures: dict[str, Any], seconds: float) -> dict[str, Any]:
         return {
-            "name": name, "from_stage": from_stage, "method": "rloo", "reward_model": reward_model,
-            "prompts": len(train), "held_out_prompts": n_held, "steps": plan.steps,
-            "train_seconds": round(seconds, 1), "reward_before": figures["reward_before"],
-            "reward_after": figures["reward_after"], "final_kl": final_kl(figures["rows"]), "plan": asdict(plan),
-            "samples_before": figures["samples_before"], "samples_after": figures["samples_after"],
+            "name": name,
+            "from_stage": from_stage,
+            "method": "rloo",
+            "reward_model": reward_model,
+            "prompts": len(train),
+            "held_out_prompts": n_held,
+            "steps": plan.steps,
+            "train_seconds": round(seconds, 1),
+            "reward_before": figures["reward_before"],
+            "reward_after": figures["reward_after"],
+            "final_kl": final_kl(figures["rows"]),
+            "plan": asdict(plan),
+            "samples_before": figures["samples_before"],
+            "samples_after": figures["samples_after"],
         }
 
-    done = round_.run(work, meta, server=server, admin_key=admin_key,
-                      description=f"RLHF round: RLOO against reward model {reward_model} (KL {plan.kl_coef}), "
-                                  f"continuing {from_stage}")
+    done = round_.run(
+        work,
+        meta,
+        server=server,
+        admin_key=admin_key,
+        description=f"RLHF round: RLOO against reward model {reward_model} (KL {plan.kl_coef}), "
+        f"continuing {from_stage}",
+    )
     figures = done.result
     log.info("stage %s: RLOO, %d steps", name, plan.steps)
-    return RLResult(name, round_.out_dir, len(train), n_held, plan.steps, done.seconds, figures["reward_before"],
-                    figures["reward_after"], final_kl(figures["rows"]), figures["rows"], done.reloaded)
+    return RLResult(
+        name,
+        round_.out_dir,
+        len(train),
+        n_held,
+        plan.steps,
+        done.seconds,
+        figures["reward_before"],
+        figures["reward_after"],
+        final_kl(figures["rows"]),
+        figures["rows"],
+        done.reloaded,
+    )
 
 
 def final_kl(rows: list[dict[str, Any]]) -> float | None:

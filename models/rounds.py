@@ -19,10 +19,11 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,15 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def stage_folder(final: Path, work: Callable[[Path], T], meta: Callable[[T, float], dict[str, Any]], meta_file: str,
-                 *, partial: Path | None = None, replace: bool = False) -> tuple[T, float]:
+def stage_folder(
+    final: Path,
+    work: Callable[[Path], T],
+    meta: Callable[[T, float], dict[str, Any]],
+    meta_file: str,
+    *,
+    partial: Path | None = None,
+    replace: bool = False,
+) -> tuple[T, float]:
     """Run `work` on an empty staged folder, write `meta(result, seconds)` into it as `meta_file`, then
     rename it to `final`; returns (result, seconds). On any failure the staged folder is removed and
     `final` is untouched. `replace`: an existing `final` is removed just before the rename."""
@@ -51,8 +59,9 @@ def stage_folder(final: Path, work: Callable[[Path], T], meta: Callable[[T, floa
         partial.mkdir(parents=True)
         result = work(partial)
         seconds = time.perf_counter() - began
-        (partial / meta_file).write_text(json.dumps(meta(result, seconds), indent=2, ensure_ascii=False,
-                                                    default=str) + "\n")
+        (partial / meta_file).write_text(
+            json.dumps(meta(result, seconds), indent=2, ensure_ascii=False, default=str) + "\n"
+        )
         if replace:
             shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
@@ -88,8 +97,15 @@ class Round:
         from server.registry import load_registry
 
         registry = load_registry(config, data_dir=data_dir)
-        return cls(config, data_dir, registry, from_stage, name, kind,
-                   check_name(registry, config, from_stage, name, data_dir, FOLDERS[kind]))
+        return cls(
+            config,
+            data_dir,
+            registry,
+            from_stage,
+            name,
+            kind,
+            check_name(registry, config, from_stage, name, data_dir, FOLDERS[kind]),
+        )
 
     @property
     def checkpoint(self) -> str:
@@ -101,13 +117,21 @@ class Round:
         """The from-stage's adapter (continued), or None for a full checkpoint."""
         return self.registry.stages[self.from_stage].adapter
 
-    def run(self, work: Callable[[Path], T], meta: Callable[[T, float], dict[str, Any]], *,
-            description: str | Callable[[T], str], meta_file: str = ROUND_META, server: str | None = None,
-            admin_key: str | None = None) -> Trained[T]:
+    def run(
+        self,
+        work: Callable[[Path], T],
+        meta: Callable[[T, float], dict[str, Any]],
+        *,
+        description: str | Callable[[T], str],
+        meta_file: str = ROUND_META,
+        server: str | None = None,
+        admin_key: str | None = None,
+    ) -> Trained[T]:
         """Train into the staged folder (`work(folder)`), write `meta(result, seconds)` and a time stamp,
         move it into place, register it (`description`, or `description(result)`, in the registry), reload
         `server` when given. Raises `RoundError` / `RegistryError`; only a failed reload leaves the round
         registered."""
+
         def with_time(result: T, seconds: float) -> dict[str, Any]:
             return {**meta(result, seconds), "created_at": now()}
 
@@ -115,7 +139,7 @@ class Round:
             result, seconds = stage_folder(self.out_dir, work, with_time, meta_file)
             self.register(description(result) if callable(description) else description)
         except Exception as exc:  # noqa: BLE001 - re-raised: as a RoundError when storage refused the write
-            raise storage_round_error(exc, self.name, self.out_dir) or exc
+            raise storage_round_error(exc, self.name, self.out_dir) or exc  # noqa: B904 - exc itself, or its explanation
         log.info("registered %s %s (%.1f s)", self.kind.replace("_", " "), self.name, seconds)
         return Trained(result, seconds, reload_server(server, admin_key) if server else None)
 
@@ -126,8 +150,12 @@ class Round:
 
         try:
             if self.kind == "reward_model":
-                add_reward_model(self.config, self.name, {"model": str(self.out_dir), "description": description},
-                                 data_dir=self.data_dir)
+                add_reward_model(
+                    self.config,
+                    self.name,
+                    {"model": str(self.out_dir), "description": description},
+                    data_dir=self.data_dir,
+                )
             else:
                 add_stage(self.config, self.name, self.stage_entry(description), data_dir=self.data_dir)
         except Exception:
@@ -167,8 +195,9 @@ def check_name(registry, config: Path, from_stage: str, name: str, data_dir: Pat
     if from_stage not in registry.stages:
         raise RoundError(f"--from-stage '{from_stage}' is not a stage of {config} ({', '.join(registry.stages)})")
     if name in registry.stages or name in registry.reward_models:
-        raise RoundError(f"'{name}' already exists in {config}: it already names a stage or reward model; "
-                         "pick another --name")
+        raise RoundError(
+            f"'{name}' already exists in {config}: it already names a stage or reward model; pick another --name"
+        )
     if not STAGE_NAME.match(name):
         raise RoundError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
     out_dir = data_dir / folder / name
@@ -185,6 +214,7 @@ def reload_server(url: str, admin_key: str | None = None) -> dict[str, Any]:
     # A reload may restart an engine (≈ 30 s) when the new adapter does not fit its LoRA slots.
     response = httpx.post(f"{url.rstrip('/')}/v1/admin/reload", headers=headers, timeout=300)
     if response.status_code != 200:
-        raise RoundError(f"the stage is registered, but {url} did not reload: "
-                         f"{response.status_code} {response.text[:500]}")
+        raise RoundError(
+            f"the stage is registered, but {url} did not reload: {response.status_code} {response.text[:500]}"
+        )
     return response.json()

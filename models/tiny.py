@@ -12,7 +12,7 @@ from pathlib import Path
 # Tools render in the Hermes format (vLLM's "hermes" tool parser reads the calls back); without tools
 # the prompt is the plain turn list.
 CHAT_TEMPLATE = (
-    "{% if tools %}<|system|>Call a tool as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>. "
+    '{% if tools %}<|system|>Call a tool as <tool_call>{"name": ..., "arguments": {...}}</tool_call>. '
     "Tools: {{ tools | tojson }}<|end|>{% endif %}"
     "{% for m in messages %}<|{{ m['role'] }}|>"
     "{% if m.get('tool_calls') %}{% for c in m['tool_calls'] %}<tool_call>"
@@ -34,19 +34,27 @@ def make_tokenizer(out: Path, *, vocab_size: int = 512, chat_template: str | Non
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator([TEXT], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|end|>",
-                                   pad_token="<|pad|>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|end|>", pad_token="<|pad|>")
     if chat_template:
         fast.chat_template = chat_template
     fast.save_pretrained(out)
     return fast
 
 
-def make_tiny_checkpoint(out: Path, *, layers: int = 2, hidden: int = 64, heads: int = 2, seed: int = 0,
-                         chat_template: str | None = CHAT_TEMPLATE, max_positions: int = 512) -> Path:
+def make_tiny_checkpoint(
+    out: Path,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 2,
+    seed: int = 0,
+    chat_template: str | None = CHAT_TEMPLATE,
+    max_positions: int = 512,
+) -> Path:
     """A random Llama with head_dim = hidden / heads (vLLM's CPU attention wants 32 or 64)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -56,10 +64,17 @@ def make_tiny_checkpoint(out: Path, *, layers: int = 2, hidden: int = 64, heads:
     tokenizer = make_tokenizer(out, chat_template=chat_template)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # larger logits than the default init, so samples differ visibly by seed
@@ -76,7 +91,12 @@ def make_tiny_adapter(base: Path, out: Path, *, rank: int = 8, seed: int = 1) ->
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(r=rank, lora_alpha=rank * 4, target_modules=["q_proj", "v_proj", "o_proj"],
-                        init_lora_weights=False, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank * 4,
+        target_modules=["q_proj", "v_proj", "o_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     get_peft_model(model, config).save_pretrained(out)
     return Path(out)

@@ -91,16 +91,23 @@ def votes_to_separate(mode: str, careless: float, step: int, limit: int, seed: i
                 if mode == "blind":
                     battle = client.post("/v1/arena/battles", json={"messages": ASK}).json()
                     winner = verdict(battle["a"]["content"], battle["b"]["content"], careless, rng)
-                    assert client.post(f"/v1/arena/battles/{battle['id']}/vote",
-                                       json={"winner": winner}).status_code == 200
+                    assert (
+                        client.post(f"/v1/arena/battles/{battle['id']}/vote", json={"winner": winner}).status_code
+                        == 200
+                    )
                 else:  # Compare as it was: a uniform pair, in registry order, names shown
                     pair = sorted(rng.sample(STAGES, 2), key=STAGES.index)
-                    answers = [client.post("/v1/chat/completions", json={"model": s, "messages": ASK}).json()
-                               for s in pair]
+                    answers = [
+                        client.post("/v1/chat/completions", json={"model": s, "messages": ASK}).json() for s in pair
+                    ]
                     texts = [a["choices"][0]["message"]["content"] for a in answers]
                     winner = verdict(texts[0], texts[1], careless, rng)
-                    assert client.post("/v1/preferences", json={"response_ids": [a["id"] for a in answers],
-                                                                "choice": winner}).status_code == 200
+                    assert (
+                        client.post(
+                            "/v1/preferences", json={"response_ids": [a["id"] for a in answers], "choice": winner}
+                        ).status_code
+                        == 200
+                    )
                 if n % step == 0:
                     judgements = list(store.iter_arena_judgements() if mode == "blind" else store.iter_judgements())
                     if separated_in_order(judgements):
@@ -138,13 +145,18 @@ def style_campaign(votes: int, seed: int) -> dict:
                 battle = client.post("/v1/arena/battles", json={"messages": ASK, "max_tokens": 40}).json()
                 la, lb = (len(battle[s]["content"].split()) for s in ("a", "b"))
                 p_a = 1 / (1 + math.exp(-3 * (la - lb) / (la + lb)))
-                client.post(f"/v1/arena/battles/{battle['id']}/vote", json={"winner": "a" if rng.random() < p_a else "b"})
+                client.post(
+                    f"/v1/arena/battles/{battle['id']}/vote", json={"winner": "a" if rng.random() < p_a else "b"}
+                )
             body = client.get("/v1/leaderboard", params={"bootstrap": 200}).json()
-        return {"votes": votes,
-                "raw": {r["stage"]: {"strength": r["strength"], "ci95": r["ci95"]} for r in body["data"]},
-                "style_controlled": {r["stage"]: {"strength": r["strength"], "ci95": r["ci95"]}
-                                     for r in body["style_controlled"]["data"]},
-                "length_coefficient": body["style_controlled"]["coefficients"]["length"]}
+        return {
+            "votes": votes,
+            "raw": {r["stage"]: {"strength": r["strength"], "ci95": r["ci95"]} for r in body["data"]},
+            "style_controlled": {
+                r["stage"]: {"strength": r["strength"], "ci95": r["ci95"]} for r in body["style_controlled"]["data"]
+            },
+            "length_coefficient": body["style_controlled"]["coefficients"]["length"],
+        }
     finally:
         store.close()
         shutil.rmtree(folder, ignore_errors=True)
@@ -164,12 +176,20 @@ def main() -> None:
         for mode in ("blind", "named"):
             found = [votes_to_separate(mode, args.careless, args.step, args.limit, seed) for seed in range(args.runs)]
             done = [f for f in found if f is not None]
-            result[mode] = {"votes_to_separate": found, "median": statistics.median(done) if done else None,
-                            "never_within_limit": len(found) - len(done), "limit": args.limit}
-            print(f"{mode}: votes before base, sft and rlhf separate: {found} (median "
-                  f"{result[mode]['median']}, limit {args.limit})", flush=True)
+            result[mode] = {
+                "votes_to_separate": found,
+                "median": statistics.median(done) if done else None,
+                "never_within_limit": len(found) - len(done),
+                "limit": args.limit,
+            }
+            print(
+                f"{mode}: votes before base, sft and rlhf separate: {found} (median "
+                f"{result[mode]['median']}, limit {args.limit})",
+                flush=True,
+            )
         result["style"] = style_campaign(args.style_votes, seed=0)
         print("style:", result["style"], flush=True)
+
 
 if __name__ == "__main__":
     main()

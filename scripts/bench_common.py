@@ -89,9 +89,13 @@ def http_client(base_url: str = "", *, connections: int = 100, timeout: float = 
     """The one HTTP client: `connections` kept open at once (every stream of a load gets one)."""
     import httpx
 
-    return httpx.AsyncClient(base_url=base_url, timeout=timeout,
-                             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections,
-                                                 keepalive_expiry=KEEPALIVE_SECONDS))
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=timeout,
+        limits=httpx.Limits(
+            max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=KEEPALIVE_SECONDS
+        ),
+    )
 
 
 async def stream(client: httpx.AsyncClient, path: str, body: dict, *, headers: dict | None = None) -> Streamed:
@@ -136,6 +140,7 @@ async def timed_post(client: httpx.AsyncClient, path: str, body: dict) -> tuple[
 
 
 # The serving benchmarks' load: a fixed prompt, a fixed number of tokens (ignore_eos), many at once.
+
 
 def completion_body(model: str, tokens: int, prompt: str = PROMPT) -> dict:
     return {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
@@ -188,6 +193,7 @@ async def bench_http(url: str, model: str, tokens: int, levels: list[int], repea
 
 # Summaries
 
+
 def percentile(values: Iterable[float], q: float) -> float:
     """The observation nearest the `q` quantile (0..1): a value that was measured, never an
     interpolation (numpy's "nearest": index round(q × (n - 1)), ties to even)."""
@@ -218,10 +224,17 @@ def nan_if_empty(f: Callable[[list[float]], float], values: list[float]) -> floa
 
 # Output
 
+
 def add_json_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
-                        help="print the figures as one JSON object on stdout (the text goes to stderr); "
-                             "with FILE, print the text as usual and write the object to FILE")
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="print the figures as one JSON object on stdout (the text goes to stderr); "
+        "with FILE, print the text as usual and write the object to FILE",
+    )
 
 
 def plain(value: Any) -> Any:
@@ -269,6 +282,7 @@ def output(args: argparse.Namespace) -> Iterator[dict]:
 
 
 # Servers and engines
+
 
 @contextmanager
 def running(server):

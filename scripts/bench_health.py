@@ -56,8 +56,13 @@ def poll_health(url: str, stop, out) -> None:
 
 async def streams(client, url: str, count: int, tokens: int) -> int:
     """`count` concurrent completions streams; returns how many failed."""
-    body = {"model": "bench", "prompt": "The capital of Kenya is", "max_tokens": tokens, "temperature": 0,
-            "ignore_eos": True}
+    body = {
+        "model": "bench",
+        "prompt": "The capital of Kenya is",
+        "max_tokens": tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     results = await asyncio.gather(*(stream(client, f"{url}/v1/completions", body) for _ in range(count)))
     return sum(not r.ok for r in results)
 
@@ -85,13 +90,25 @@ async def run_phases(url: str, n_streams: int, megabytes: float) -> list[tuple[s
         load = asyncio.create_task(streams(client, url, n_streams, 128))
         status, seconds, answer = await big_request(client, url, megabytes)
         failed = await load
-        phases.append((f"{n_streams} streams + {megabytes:g} MB chat", began, time.time(),
-                       f"big request: {status} in {seconds:.1f} s ({answer!r}); streams: {failed} failed"))
+        phases.append(
+            (
+                f"{n_streams} streams + {megabytes:g} MB chat",
+                began,
+                time.time(),
+                f"big request: {status} in {seconds:.1f} s ({answer!r}); streams: {failed} failed",
+            )
+        )
 
         began = time.time()
         status, seconds, answer = await big_request(client, url, 40)
-        phases.append(("40 MB request (over the limit)", began, time.time(),
-                       f"{status} in {seconds * 1000:.0f} ms ({answer[:80]!r})"))
+        phases.append(
+            (
+                "40 MB request (over the limit)",
+                began,
+                time.time(),
+                f"{status} in {seconds * 1000:.0f} ms ({answer[:80]!r})",
+            )
+        )
     return phases
 
 
@@ -110,9 +127,14 @@ def main() -> None:
             work = Path(tmp)
             model = make_tiny_checkpoint(work / "tiny", layers=2, hidden=128, heads=2)
             config = one_stage_registry(work / "stages.yaml", model, max_model_len=512)
-            with running(stagechat_server(config, work / "stagechat", ("--no-ui", "--max-body-bytes", str(LIMIT)),
-                                          env={"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]})) \
-                    as server:
+            with running(
+                stagechat_server(
+                    config,
+                    work / "stagechat",
+                    ("--no-ui", "--max-body-bytes", str(LIMIT)),
+                    env={"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]},
+                )
+            ) as server:
                 ctx = mp.get_context("spawn")
                 stop, out = ctx.Event(), ctx.Queue()
                 poller = ctx.Process(target=poll_health, args=(server.url, stop, out))
@@ -135,8 +157,10 @@ def main() -> None:
                 print(f"{name:<36} {0:>6}  (no poll finished inside the phase)  {outcome}")
                 continue
             row.update(p50_ms=statistics.median(window), p99_ms=percentile(window, 0.99), max_ms=max(window))
-            print(f"{name:<36} {len(window):>6} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['max_ms']:>8.1f}  "
-                  f"{outcome}")
+            print(
+                f"{name:<36} {len(window):>6} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['max_ms']:>8.1f}  "
+                f"{outcome}"
+            )
 
 
 if __name__ == "__main__":

@@ -40,13 +40,19 @@ def app_on_scripted_engines(settings_kwargs: dict) -> tuple[object, list]:
 
     registry = Registry.model_validate({"stages": {"base": {"model": "fake/base"}}})
     keys = frozenset({*(f"key{i}" for i in range(4)), "fresh"})
-    app = create_app(Settings(data_dir=Path(tempfile.mkdtemp()), api_keys=keys, **settings_kwargs),
-                     EnginePool(registry, factory), with_ui=False)
+    app = create_app(
+        Settings(data_dir=Path(tempfile.mkdtemp()), api_keys=keys, **settings_kwargs),
+        EnginePool(registry, factory),
+        with_ui=False,
+    )
     return app, engines
 
 
-REASONS = {"This key already has": "concurrent per key", "tokens per minute": "tokens per minute",
-           "The server is at its limit": "in flight server-wide"}
+REASONS = {
+    "This key already has": "concurrent per key",
+    "tokens per minute": "tokens per minute",
+    "The server is at its limit": "in flight server-wide",
+}
 
 
 async def burst(url: str, keys: list[str]) -> list[tuple[int, float, str | None]]:
@@ -67,12 +73,20 @@ def report(name: str, results, engine_requests: int) -> dict:
     codes = Counter(code for code, _, _ in results)
     refused = [s * 1000 for code, s, _ in results if code == 429]
     served = [s * 1000 for code, s, _ in results if code == 200]
-    row = {"burst": name, "served": codes[200], "refused": codes[429], "engine_requests": engine_requests,
-           "refused_p50_ms": nan_if_empty(statistics.median, refused), "refused_max_ms": nan_if_empty(max, refused),
-           "served_p50_ms": nan_if_empty(statistics.median, served),
-           "refused_by": dict(Counter(limit for code, _, limit in results if code == 429))}
-    print(f"{name:<44} {codes[200]:>6} {codes[429]:>6} {engine_requests:>7} {row['refused_p50_ms']:>9.1f} "
-          f"{row['refused_max_ms']:>9.1f} {row['served_p50_ms']:>9.0f}  {row['refused_by']}")
+    row = {
+        "burst": name,
+        "served": codes[200],
+        "refused": codes[429],
+        "engine_requests": engine_requests,
+        "refused_p50_ms": nan_if_empty(statistics.median, refused),
+        "refused_max_ms": nan_if_empty(max, refused),
+        "served_p50_ms": nan_if_empty(statistics.median, served),
+        "refused_by": dict(Counter(limit for code, _, limit in results if code == 429)),
+    }
+    print(
+        f"{name:<44} {codes[200]:>6} {codes[429]:>6} {engine_requests:>7} {row['refused_p50_ms']:>9.1f} "
+        f"{row['refused_max_ms']:>9.1f} {row['served_p50_ms']:>9.0f}  {row['refused_by']}"
+    )
     return row
 
 
@@ -83,22 +97,31 @@ def main() -> None:
     with output(args) as figures:
         app, engines = app_on_scripted_engines(LIMITS)
         with serving_in_thread(app) as url:
-            print("\nscripted engine: 20 tokens at 30 ms each; limits: 8 concurrent per key, 600 tokens/min per key "
-                  "(a request reserves its 2 prompt tokens + 20), 32 in flight server-wide")
-            print(f"{'burst':<44} {'served':>6} {'429':>6} {'engine':>7} {'429 p50':>9} {'429 max':>9} "
-                  f"{'200 p50':>9}  refused by")
+            print(
+                "\nscripted engine: 20 tokens at 30 ms each; limits: 8 concurrent per key, 600 tokens/min per key "
+                "(a request reserves its 2 prompt tokens + 20), 32 in flight server-wide"
+            )
+            print(
+                f"{'burst':<44} {'served':>6} {'429':>6} {'engine':>7} {'429 p50':>9} {'429 max':>9} "
+                f"{'200 p50':>9}  refused by"
+            )
             figures.update(limits=LIMITS, bursts=[])
             engine = engines[0]
-            for name, keys in [("64 at once from one key", ["key0"] * 64),
-                               ("4 keys × 16 at once", [f"key{i % 4}" for i in range(64)])]:
+            for name, keys in [
+                ("64 at once from one key", ["key0"] * 64),
+                ("4 keys × 16 at once", [f"key{i % 4}" for i in range(64)]),
+            ]:
                 before = len(engine.requests)
                 figures["bursts"].append(report(name, asyncio.run(burst(url, keys)), len(engine.requests) - before))
             # A fresh key in waves of 8 (its concurrency) until its minute runs out.
             before, results = len(engine.requests), []
             while not any(code == 429 for code, _, _ in results[-8:]):
                 results += asyncio.run(burst(url, ["fresh"] * 8))
-            figures["bursts"].append(report(f"waves of 8 from a fresh key, {len(results) // 8} waves", results,
-                                            len(engine.requests) - before))
+            figures["bursts"].append(
+                report(
+                    f"waves of 8 from a fresh key, {len(results) // 8} waves", results, len(engine.requests) - before
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,11 @@ def family(root: Path | None, work: Path) -> tuple[Path, Path, Path]:
     from models.tiny import make_tiny_adapter, make_tiny_checkpoint
 
     base = make_tiny_checkpoint(work / "base", layers=4, hidden=256, heads=4)
-    return base, make_tiny_adapter(base, work / "sft", rank=16, seed=1), make_tiny_adapter(base, work / "rlhf",
-                                                                                            rank=16, seed=2)
+    return (
+        base,
+        make_tiny_adapter(base, work / "sft", rank=16, seed=1),
+        make_tiny_adapter(base, work / "rlhf", rank=16, seed=2),
+    )
 
 
 async def measure(base: Path, adapters: dict[str, Path] | None) -> dict[str, float]:
@@ -47,8 +50,11 @@ async def measure(base: Path, adapters: dict[str, Path] | None) -> dict[str, flo
 
     args = {"model": str(base), "max_model_len": 512}
     if adapters:
-        args.update(enable_lora=True, max_loras=len(adapters) + SPARE_LORA_SLOTS + 1,
-                    max_lora_rank=max(lora_rank(str(p)) for p in adapters.values()))
+        args.update(
+            enable_lora=True,
+            max_loras=len(adapters) + SPARE_LORA_SLOTS + 1,
+            max_lora_rank=max(lora_rank(str(p)) for p in adapters.values()),
+        )
     llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**with_default_dtype(args)))  # as the pool runs it
     ids = llm.get_tokenizer().encode(PROMPT)
     loras = {name: LoRARequest(name, i + 1, str(path)) for i, (name, path) in enumerate((adapters or {}).items())}
@@ -70,8 +76,11 @@ async def measure(base: Path, adapters: dict[str, Path] | None) -> dict[str, flo
             await one(stage)
         if not adapters:
             return {"base": await load(["base"])}
-        return {"base": await load(["base"]), "rlhf": await load(["rlhf"]),
-                "mixed": await load(["base", "sft", "rlhf"])}
+        return {
+            "base": await load(["base"]),
+            "rlhf": await load(["rlhf"]),
+            "mixed": await load(["base", "sft", "rlhf"]),
+        }
     finally:
         llm.shutdown()
 
@@ -94,15 +103,25 @@ def main() -> None:
                 rows[label] = asyncio.run(measure(base, adapters))
 
         before, after = rows["vLLM's LoRA ops"], rows["stagechat grouped LoRA ops"]
-        figures.update(streams=STREAMS, tokens=TOKENS, repeats=REPEATS, checkpoint=str(base),
-                       engine_cores=os.environ["VLLM_CPU_OMP_THREADS_BIND"], tok_s=rows,
-                       grouped_over_vllm_ops={k: after[k] / before[k] for k in before})
-        print(f"\n{STREAMS} streams × {TOKENS} tokens, {base}, engine cores {figures['engine_cores']}, "
-              f"tok/s (median of {REPEATS})")
+        figures.update(
+            streams=STREAMS,
+            tokens=TOKENS,
+            repeats=REPEATS,
+            checkpoint=str(base),
+            engine_cores=os.environ["VLLM_CPU_OMP_THREADS_BIND"],
+            tok_s=rows,
+            grouped_over_vllm_ops={k: after[k] / before[k] for k in before},
+        )
+        print(
+            f"\n{STREAMS} streams × {TOKENS} tokens, {base}, engine cores {figures['engine_cores']}, "
+            f"tok/s (median of {REPEATS})"
+        )
         print(f"{'engine':<30} {'base':>8} {'rlhf':>8} {'mixed':>8}")
         for label, r in rows.items():
-            print(f"{label:<30} {r['base']:>8.0f} {r.get('rlhf', float('nan')):>8.0f} "
-                  f"{r.get('mixed', float('nan')):>8.0f}")
+            print(
+                f"{label:<30} {r['base']:>8.0f} {r.get('rlhf', float('nan')):>8.0f} "
+                f"{r.get('mixed', float('nan')):>8.0f}"
+            )
         print("grouped / vLLM's ops: " + ", ".join(f"{k} {after[k] / before[k]:.2f}x" for k in before))
 
 

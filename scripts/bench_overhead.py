@@ -74,8 +74,21 @@ def vllm_bench_client(servers: dict[str, str], model: Path, tokens: int, levels:
     """vLLM's benchmark client against each server (name -> URL): {name: {level: figures}}."""
     import subprocess
 
-    out = subprocess.run([sys.executable, "-c", VLLM_BENCH, json.dumps(list(servers.items())), "bench",
-                          str(model), str(tokens), *map(str, levels)], capture_output=True, text=True, timeout=3600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            VLLM_BENCH,
+            json.dumps(list(servers.items())),
+            "bench",
+            str(model),
+            str(tokens),
+            *map(str, levels),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     rows = [json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or len(rows) != len(levels) * len(servers):
         raise RuntimeError(f"vllm.benchmarks.serve failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -96,8 +109,9 @@ def start_stagechat(model: Path, work: Path, max_model_len: int):
     from server.launcher import stagechat_server
 
     config = one_stage_registry(work / "stages.yaml", model, max_model_len=max_model_len, dtype=dtype())
-    return stagechat_server(config, work / "stagechat", ("--no-ui",),
-                            env={"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]})
+    return stagechat_server(
+        config, work / "stagechat", ("--no-ui",), env={"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]}
+    )
 
 
 def start_vllm_server(model: Path, work: Path, max_model_len: int):
@@ -106,11 +120,26 @@ def start_vllm_server(model: Path, work: Path, max_model_len: int):
     # `python -m vllm.entrypoints.openai.api_server`: the `vllm` command of vllm-cpu fails on a
     # package-metadata lookup.
     return ChildServer(
-        lambda port: [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                      "--served-model-name", "bench", "--port", str(port), "--max-model-len", str(max_model_len),
-                      "--dtype", dtype(), "--no-enable-log-requests"],
-        log=work / "vllm.log", env={"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]},
-        ready_path="/health")
+        lambda port: [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--served-model-name",
+            "bench",
+            "--port",
+            str(port),
+            "--max-model-len",
+            str(max_model_len),
+            "--dtype",
+            dtype(),
+            "--no-enable-log-requests",
+        ],
+        log=work / "vllm.log",
+        env={"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]},
+        ready_path="/health",
+    )
 
 
 async def bench_interleaved(servers: dict, model: Path, tokens: int, levels: list[int], max_model_len: int) -> dict:
@@ -130,6 +159,7 @@ async def bench_interleaved(servers: dict, model: Path, tokens: int, levels: lis
         return await direct_stream(llm, ids, n, f"r{next(counter)}")
 
     async with http_client(connections=max(levels) + 4) as client:
+
         async def load(path: str, c: int) -> dict:
             if path == "direct AsyncLLM":
                 return await load_once(direct, c)
@@ -152,7 +182,7 @@ async def bench_interleaved(servers: dict, model: Path, tokens: int, levels: lis
             runs: dict[str, dict[int, list]] = {p: {c: [] for c in levels} for p in paths}
             for c in levels:
                 for r in range(REPEATS):
-                    for path in paths[r % len(paths):] + paths[:r % len(paths)]:
+                    for path in paths[r % len(paths) :] + paths[: r % len(paths)]:
                         # An engine's worker spins for 1 s after its last step (vLLM's shm
                         # SpinCondition) on the core every engine here shares: let it go idle first.
                         await asyncio.sleep(IDLE_SECONDS)
@@ -183,40 +213,56 @@ def main() -> None:
             model = make_tiny_checkpoint(work / "tiny", layers=2, hidden=128, heads=2)
         # Both servers stay up all along (an idle engine takes no CPU), so every cell is measured
         # beside its counterparts rather than minutes apart.
-        with running(start_vllm_server(model, work, args.max_model_len)) as vllm_server, \
-                running(start_stagechat(model, work, args.max_model_len)) as stagechat:
+        with (
+            running(start_vllm_server(model, work, args.max_model_len)) as vllm_server,
+            running(start_stagechat(model, work, args.max_model_len)) as stagechat,
+        ):
             servers = {"vLLM OpenAI server": vllm_server, "stagechat SSE": stagechat}
             results = asyncio.run(bench_interleaved(servers, model, args.tokens, args.concurrency, args.max_model_len))
-            foreign = vllm_bench_client({name: s.url for name, s in servers.items()}, model, args.tokens,
-                                        args.concurrency)
+            foreign = vllm_bench_client(
+                {name: s.url for name, s in servers.items()}, model, args.tokens, args.concurrency
+            )
         figures.update(own_client=results, vllm_bench_client=foreign)
 
-        print(f"\n{args.tokens} tokens per stream, prompt {PROMPT!r}, checkpoint {model}, engine cores "
-              f"{os.environ['VLLM_CPU_OMP_THREADS_BIND']}, median of {REPEATS} runs per cell")
-        print(f"{'path':<20} {'streams':>7} {'tok/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'x direct':>9} "
-              f"{'server CPU us/token':>20}")
+        print(
+            f"\n{args.tokens} tokens per stream, prompt {PROMPT!r}, checkpoint {model}, engine cores "
+            f"{os.environ['VLLM_CPU_OMP_THREADS_BIND']}, median of {REPEATS} runs per cell"
+        )
+        print(
+            f"{'path':<20} {'streams':>7} {'tok/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'x direct':>9} "
+            f"{'server CPU us/token':>20}"
+        )
         direct = results["direct AsyncLLM"]
         for path, by_level in results.items():
             for c, f in by_level.items():
                 cpu = f"{f['cpu_us_per_token']:>20.1f}" if "cpu_us_per_token" in f else f"{'':>20}"
-                print(f"{path:<20} {c:>7} {f['tok_s']:>9.0f} {f['ttft_p50']:>12.1f} {f['ttft_p99']:>12.1f} "
-                      f"{f['tok_s'] / direct[c]['tok_s']:>9.2f} {cpu}")
+                print(
+                    f"{path:<20} {c:>7} {f['tok_s']:>9.0f} {f['ttft_p50']:>12.1f} {f['ttft_p99']:>12.1f} "
+                    f"{f['tok_s'] / direct[c]['tok_s']:>9.2f} {cpu}"
+                )
         _ratios("this client", results, args.concurrency)
         print("\nvLLM's serving benchmark (vllm.benchmarks.serve) as the client, one run per cell:")
         print(f"{'server':<20} {'streams':>7} {'tok/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'failed':>7}")
         for path, by_level in foreign.items():
             for c, f in by_level.items():
-                print(f"{path:<20} {c:>7} {f['tok_s']:>9.0f} {f['ttft_p50']:>12.1f} {f['ttft_p99']:>12.1f} "
-                      f"{f['failed']:>7}")
+                print(
+                    f"{path:<20} {c:>7} {f['tok_s']:>9.0f} {f['ttft_p50']:>12.1f} {f['ttft_p99']:>12.1f} "
+                    f"{f['failed']:>7}"
+                )
         _ratios("vLLM's client", foreign, args.concurrency)
 
 
 def _ratios(client: str, results: dict, levels: list[int]) -> None:
     ours, theirs = results["stagechat SSE"], results["vLLM OpenAI server"]
-    print(f"stagechat / vLLM server ({client}): " + ", ".join(
-        f"{c} streams tok/s {ours[c]['tok_s'] / theirs[c]['tok_s']:.2f}x, "
-        f"TTFT p50 {ratio(theirs[c]['ttft_p50'], ours[c]['ttft_p50']):.2f}x" for c in levels)
-        + "  (TTFT: vLLM's / ours, > 1 means ours is faster)")
+    print(
+        f"stagechat / vLLM server ({client}): "
+        + ", ".join(
+            f"{c} streams tok/s {ours[c]['tok_s'] / theirs[c]['tok_s']:.2f}x, "
+            f"TTFT p50 {ratio(theirs[c]['ttft_p50'], ours[c]['ttft_p50']):.2f}x"
+            for c in levels
+        )
+        + "  (TTFT: vLLM's / ours, > 1 means ours is faster)"
+    )
 
 
 if __name__ == "__main__":

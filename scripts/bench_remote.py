@@ -34,11 +34,13 @@ def run_remote(model: Path, work: Path, tokens: int, levels: list[int]) -> tuple
     from server.launcher import stagechat_server, vllm_openai_server
 
     # The remote engine keeps to the core the in-process engine uses (stagechat's default, core 1).
-    with running(vllm_openai_server(model, work / "vllm.log", served_model_name="bench",
-                                    env={"VLLM_CPU_OMP_THREADS_BIND": "1"})) as remote:
+    with running(
+        vllm_openai_server(model, work / "vllm.log", served_model_name="bench", env={"VLLM_CPU_OMP_THREADS_BIND": "1"})
+    ) as remote:
         config = work / "remote.yaml"
-        config.write_text("stages:\n  bench:\n"
-                          f"    remote: {{url: '{remote.url}/v1', model: bench, tokenizer: '{model}'}}\n")
+        config.write_text(
+            f"stages:\n  bench:\n    remote: {{url: '{remote.url}/v1', model: bench, tokenizer: '{model}'}}\n"
+        )
         with running(stagechat_server(config, work / "remote", ("--no-ui",))) as server:
             through = asyncio.run(bench_http(server.url, "bench", tokens, levels))
         direct = asyncio.run(bench_http(remote.url, "bench", tokens, levels))
@@ -65,16 +67,21 @@ def main() -> None:
             remote, direct = run_remote(model, work, args.tokens, args.concurrency)
         results.update(local=local, remote=remote, vllm_direct=direct)
         print(f"{'path':<28}{'streams':>8}{'tok/s':>10}{'TTFT p50 ms':>13}{'TTFT p99 ms':>13}")
-        for name, rows in [("stagechat, in process", local), ("stagechat → remote vLLM", remote),
-                           ("vLLM server directly", direct)]:
+        for name, rows in [
+            ("stagechat, in process", local),
+            ("stagechat → remote vLLM", remote),
+            ("vLLM server directly", direct),
+        ]:
             for c in args.concurrency:
                 r = rows[c]
                 print(f"{name:<28}{c:>8}{r['tok_s']:>10.0f}{r['ttft_p50']:>13.1f}{r['ttft_p99']:>13.1f}")
         print("\nremote / in process:")
         for c in args.concurrency:
-            print(f"  {c} streams: tok/s ×{remote[c]['tok_s'] / local[c]['tok_s']:.2f}, "
-                  f"TTFT p50 ×{remote[c]['ttft_p50'] / local[c]['ttft_p50']:.2f} "
-                  f"({remote[c]['ttft_p50'] - local[c]['ttft_p50']:+.1f} ms)")
+            print(
+                f"  {c} streams: tok/s ×{remote[c]['tok_s'] / local[c]['tok_s']:.2f}, "
+                f"TTFT p50 ×{remote[c]['ttft_p50'] / local[c]['ttft_p50']:.2f} "
+                f"({remote[c]['ttft_p50'] - local[c]['ttft_p50']:+.1f} ms)"
+            )
 
 
 if __name__ == "__main__":

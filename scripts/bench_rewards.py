@@ -37,16 +37,23 @@ def tiny_registry(root: Path) -> tuple[Path, str]:
     model.save_pretrained(root / "rm")
     tokenizer.save_pretrained(root / "rm")
     path = root / "stages.yaml"
-    path.write_text("engine: {max_model_len: 512, dtype: float32}\nstages:\n"
-                    f"  base:\n    model: {root / 'base'}\n  sft:\n    adapter: {root / 'lora'}\n    base: base\n"
-                    f"reward_models:\n  rm:\n    model: {root / 'rm'}\n")
+    path.write_text(
+        "engine: {max_model_len: 512, dtype: float32}\nstages:\n"
+        f"  base:\n    model: {root / 'base'}\n  sft:\n    adapter: {root / 'lora'}\n    base: base\n"
+        f"reward_models:\n  rm:\n    model: {root / 'rm'}\n"
+    )
     return path, "rm"
 
 
 async def chat(client, stage, tokens, reward_model=None) -> tuple[float, int]:
     """(TTFT in s, completion tokens) of one streamed answer."""
-    body = {"model": stage, "messages": QUESTION, "max_tokens": tokens, "ignore_eos": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": stage,
+        "messages": QUESTION,
+        "max_tokens": tokens,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
     if reward_model:
         body["reward_model"] = reward_model
     r = await stream(client, "/v1/chat/completions", body)
@@ -57,10 +64,10 @@ async def measure(url, stage, args, reward_model=None) -> dict[str, float]:
     async with http_client(url, timeout=300) as client:
         await chat(client, stage, 4, reward_model)  # warm
         ttfts = [(await chat(client, stage, 8, reward_model))[0] for _ in range(args.requests)]
-        results, seconds = await concurrently(chat(client, stage, args.tokens, reward_model)
-                                              for _ in range(args.concurrency))
-    return {"ttft_p50_ms": 1000 * statistics.median(ttfts),
-            "tok_s": sum(n for _, n in results) / seconds}
+        results, seconds = await concurrently(
+            chat(client, stage, args.tokens, reward_model) for _ in range(args.concurrency)
+        )
+    return {"ttft_p50_ms": 1000 * statistics.median(ttfts), "tok_s": sum(n for _, n in results) / seconds}
 
 
 async def score_figures(url, rm, args) -> dict[str, float]:
@@ -100,9 +107,12 @@ def main() -> int:
             config, rm = tiny_registry(work)
         raw = yaml.safe_load(config.read_text())
         without = work / "without.yaml"
-        without.write_text(yaml.safe_dump({k: v for k, v in raw.items() if k != "reward_models"}
-                                          | {"stages": {n: {k: v for k, v in s.items() if k != "reward_model"}
-                                                        for n, s in raw["stages"].items()}}))
+        without.write_text(
+            yaml.safe_dump(
+                {k: v for k, v in raw.items() if k != "reward_models"}
+                | {"stages": {n: {k: v for k, v in s.items() if k != "reward_model"} for n, s in raw["stages"].items()}}
+            )
+        )
 
         figures: dict[str, dict[str, float]] = {}
         with running(stagechat_server(without, work / "data-a", ("--no-ui",), env=env)) as server:
@@ -115,11 +125,14 @@ def main() -> int:
         base = figures["one engine"]
         for name in ("one engine", "+ idle reward engine", "+ scoring every answer"):
             f = figures[name]
-            print(f"{name:24s} TTFT p50 {f['ttft_p50_ms']:7.1f} ms ({f['ttft_p50_ms'] / base['ttft_p50_ms']:.2f}×)  "
-                  f"{args.concurrency} streams {f['tok_s']:7.0f} tok/s ({f['tok_s'] / base['tok_s']:.2f}×)")
+            print(
+                f"{name:24s} TTFT p50 {f['ttft_p50_ms']:7.1f} ms ({f['ttft_p50_ms'] / base['ttft_p50_ms']:.2f}×)  "
+                f"{args.concurrency} streams {f['tok_s']:7.0f} tok/s ({f['tok_s'] / base['tok_s']:.2f}×)"
+            )
         s = figures["scoring"]
-        print(f"/v1/rewards: one input p50 {s['score_p50_ms']:.1f} ms; 64 inputs {s['scores_per_s_batch64']:.0f} "
-              "scores/s")
+        print(
+            f"/v1/rewards: one input p50 {s['score_p50_ms']:.1f} ms; 64 inputs {s['scores_per_s_batch64']:.0f} scores/s"
+        )
     return 0
 
 

@@ -39,9 +39,17 @@ from typing import Any
 
 from bench_common import add_json_argument, engine_env_defaults, output, percentile, running
 
-MESSAGES = [[{"role": "user", "content": text}] for text in (
-    "Capital of Kenya?", "Tell me a short story about a fox.", "What is 2 + 2?", "Name three colours.",
-    "Write a haiku about rain.", "Why is the sky blue?")]
+MESSAGES = [
+    [{"role": "user", "content": text}]
+    for text in (
+        "Capital of Kenya?",
+        "Tell me a short story about a fox.",
+        "What is 2 + 2?",
+        "Name three colours.",
+        "Write a haiku about rain.",
+        "Why is the sky blue?",
+    )
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,9 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=30, help="how long the traffic runs")
     p.add_argument("--config", default=None, help="the registry to serve (default: a random tiny family)")
     p.add_argument("--database-url", default=None, help="the store (default: SQLite in the data dir)")
-    p.add_argument("--restart-database", default=None, metavar="PGDATA",
-                   help="restart this PostgreSQL data dir once (pg_ctl restart -m fast); only with a "
-                        "postgresql --database-url the script may restart")
+    p.add_argument(
+        "--restart-database",
+        default=None,
+        metavar="PGDATA",
+        help="restart this PostgreSQL data dir once (pg_ctl restart -m fast); only with a "
+        "postgresql --database-url the script may restart",
+    )
     p.add_argument("--streams", type=int, default=4, help="SSE streams kept in flight")
     p.add_argument("--websockets", type=int, default=1, help="WebSocket sessions kept open")
     p.add_argument("--max-tokens", type=int, default=48)
@@ -114,8 +126,16 @@ def ttft_windows(ttfts: list[tuple[float, float]], window_s: float) -> list[dict
     by_window: dict[int, list[float]] = {}
     for t, seconds in ttfts:
         by_window.setdefault(int(t // window_s), []).append(seconds * 1000)
-    return [{"from_s": i * window_s, "to_s": (i + 1) * window_s, "n": len(ms), "p50_ms": statistics.median(ms),
-             "p99_ms": percentile(ms, 0.99)} for i, ms in sorted(by_window.items())]
+    return [
+        {
+            "from_s": i * window_s,
+            "to_s": (i + 1) * window_s,
+            "n": len(ms),
+            "p50_ms": statistics.median(ms),
+            "p99_ms": percentile(ms, 0.99),
+        }
+        for i, ms in sorted(by_window.items())
+    ]
 
 
 def rss_summary(samples: list[tuple[float, float, float]]) -> dict[str, float]:
@@ -123,16 +143,28 @@ def rss_summary(samples: list[tuple[float, float, float]]) -> dict[str, float]:
     if not samples:
         return {}
     first, last = samples[0], samples[-1]
-    return {"server_start_mib": first[1], "server_end_mib": last[1], "server_max_mib": max(s[1] for s in samples),
-            "server_growth_mib": last[1] - first[1], "engines_start_mib": first[2], "engines_end_mib": last[2]}
+    return {
+        "server_start_mib": first[1],
+        "server_end_mib": last[1],
+        "server_max_mib": max(s[1] for s in samples),
+        "server_growth_mib": last[1] - first[1],
+        "engines_start_mib": first[2],
+        "engines_end_mib": last[2],
+    }
 
 
 def write_ledger(acked: dict[str, set[str]], stored: dict[str, set[str]]) -> dict[str, dict[str, int]]:
     """Per kind: acknowledged, stored, acknowledged but not stored (lost), stored but never acknowledged
     (a write whose answer the client did not get: a timeout or a reset)."""
-    return {kind: {"acknowledged": len(acked[kind]), "stored": len(stored.get(kind, set())),
-                   "lost": len(acked[kind] - stored.get(kind, set())),
-                   "unacknowledged_stored": len(stored.get(kind, set()) - acked[kind])} for kind in acked}
+    return {
+        kind: {
+            "acknowledged": len(acked[kind]),
+            "stored": len(stored.get(kind, set())),
+            "lost": len(acked[kind] - stored.get(kind, set())),
+            "unacknowledged_stored": len(stored.get(kind, set()) - acked[kind]),
+        }
+        for kind in acked
+    }
 
 
 def recovery_seconds(killed_at: float, served_at: list[float]) -> float | None:
@@ -208,13 +240,18 @@ async def streams_worker(client, soak: Soak, stages: list[str], args, stop: asyn
         i += 1
         stage = random.choice(stages)
         if i % 5 == 0:  # two answers to one prompt, ranked
-            answer = await post_json(client, soak, "/v1/chat/completions",
-                                     {"model": stage, "messages": random.choice(MESSAGES), "n": 2,
-                                      "max_tokens": args.max_tokens // 2}, "chat (n=2)")
+            answer = await post_json(
+                client,
+                soak,
+                "/v1/chat/completions",
+                {"model": stage, "messages": random.choice(MESSAGES), "n": 2, "max_tokens": args.max_tokens // 2},
+                "chat (n=2)",
+            )
             if answer:
                 ids = [answer["id"], f"{answer['id']}:1"]
-                ranked = await post_json(client, soak, "/v1/rankings",
-                                         {"response_ids": ids, "ranking": [[ids[1]], [ids[0]]]}, "ranking")
+                ranked = await post_json(
+                    client, soak, "/v1/rankings", {"response_ids": ids, "ranking": [[ids[1]], [ids[0]]]}, "ranking"
+                )
                 if ranked:
                     soak.acked["ranking"].add(ranked["id"])
             continue
@@ -222,8 +259,13 @@ async def streams_worker(client, soak: Soak, stages: list[str], args, stop: asyn
         failures = sum(soak.errors.values())
         response_id = await sse_chat(client, soak, stage, args.max_tokens, drop=drop)
         if response_id:
-            rated = await post_json(client, soak, "/v1/feedback",
-                                    {"response_id": response_id, "rating": random.choice(["up", "down"])}, "rating")
+            rated = await post_json(
+                client,
+                soak,
+                "/v1/feedback",
+                {"response_id": response_id, "rating": random.choice(["up", "down"])},
+                "rating",
+            )
             if rated:
                 soak.acked["feedback"].add(rated["id"])
         if sum(soak.errors.values()) > failures:  # refused (an engine restarting): back off, do not spin
@@ -242,8 +284,17 @@ async def websocket_worker(url: str, soak: Soak, stages: list[str], args, stop: 
                 soak.ok["websocket session"] += 1
                 while not stop.is_set():
                     n += 1
-                    await ws.send(json.dumps({"type": "chat", "id": f"c{n}", "model": random.choice(stages),
-                                              "messages": random.choice(MESSAGES), "max_tokens": args.max_tokens}))
+                    await ws.send(
+                        json.dumps(
+                            {
+                                "type": "chat",
+                                "id": f"c{n}",
+                                "model": random.choice(stages),
+                                "messages": random.choice(MESSAGES),
+                                "max_tokens": args.max_tokens,
+                            }
+                        )
+                    )
                     began, first, done = time.perf_counter(), None, None
                     t0 = soak.now()
                     while done is None:
@@ -261,8 +312,16 @@ async def websocket_worker(url: str, soak: Soak, stages: list[str], args, stop: 
                     soak.ok["websocket chat"] += 1
                     if first is not None:
                         soak.ttfts.append((t0, first))
-                    await ws.send(json.dumps({"type": "feedback", "id": f"f{n}", "response_id": done["response_id"],
-                                              "rating": random.choice(["up", "down"])}))
+                    await ws.send(
+                        json.dumps(
+                            {
+                                "type": "feedback",
+                                "id": f"f{n}",
+                                "response_id": done["response_id"],
+                                "rating": random.choice(["up", "down"]),
+                            }
+                        )
+                    )
                     ack = None
                     while ack is None:
                         frame = json.loads(await asyncio.wait_for(ws.recv(), 60))
@@ -311,8 +370,9 @@ def engine_worker(server_pid: int):
     cores = [p for p in psutil.Process(server_pid).children() if "EngineCore" in title(p)]
     if not cores:
         return None
-    workers = [p for p in cores[0].children() if "Worker" in title(p)] or \
-              [p for p in cores[0].children() if "resource_tracker" not in title(p)]
+    workers = [p for p in cores[0].children() if "Worker" in title(p)] or [
+        p for p in cores[0].children() if "resource_tracker" not in title(p)
+    ]
     return workers[0] if workers else cores[0]
 
 
@@ -326,30 +386,63 @@ async def kill_engine(server_pid: int, soak: Soak) -> None:
     print(f"[{soak.now():6.0f} s] killed the engine worker (pid {worker.pid})", file=sys.stderr)
 
 
-async def train_round(args, config: Path, data_dir: Path, url: str, database_url: str, soak: Soak,
-                      stages: list[str]) -> None:
+async def train_round(
+    args, config: Path, data_dir: Path, url: str, database_url: str, soak: Soak, stages: list[str]
+) -> None:
     """One KTO round from `sft` on the ratings so far, reloading the server; its stage joins the traffic."""
     began = soak.now()
-    command = [sys.executable, "-m", "cli", "rlhf-round", "--method", "kto", "--config", str(config),
-               "--from-stage", "sft", "--name", "soak-round", "--steps", str(args.round_steps), "--min-ratings", "4",
-               "--server", url, "--database-url", database_url]
+    command = [
+        sys.executable,
+        "-m",
+        "cli",
+        "rlhf-round",
+        "--method",
+        "kto",
+        "--config",
+        str(config),
+        "--from-stage",
+        "sft",
+        "--name",
+        "soak-round",
+        "--steps",
+        str(args.round_steps),
+        "--min-ratings",
+        "4",
+        "--server",
+        url,
+        "--database-url",
+        database_url,
+    ]
     env = {**os.environ, "STAGECHAT_DATA_DIR": str(data_dir)}
     done = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=1800)
-    event = {"event": "training round", "at_s": began, "seconds": soak.now() - began, "exit_code": done.returncode,
-             "said": (done.stdout.strip() or done.stderr.strip()).splitlines()[-1:] or [""]}
+    event = {
+        "event": "training round",
+        "at_s": began,
+        "seconds": soak.now() - began,
+        "exit_code": done.returncode,
+        "said": (done.stdout.strip() or done.stderr.strip()).splitlines()[-1:] or [""],
+    }
     soak.events.append(event)
-    print(f"[{soak.now():6.0f} s] round: exit {done.returncode} in {event['seconds']:.0f} s: {event['said'][0]}",
-          file=sys.stderr)
+    print(
+        f"[{soak.now():6.0f} s] round: exit {done.returncode} in {event['seconds']:.0f} s: {event['said'][0]}",
+        file=sys.stderr,
+    )
     if done.returncode == 0:
         stages.append("soak-round")
 
 
 async def restart_database(pgdata: str, soak: Soak) -> None:
     began = soak.now()
-    done = await asyncio.to_thread(subprocess.run, ["pg_ctl", "-D", pgdata, "restart", "-m", "fast", "-w"],
-                                   capture_output=True, text=True, timeout=300)
-    soak.events.append({"event": "database restart", "at_s": began, "seconds": soak.now() - began,
-                        "exit_code": done.returncode})
+    done = await asyncio.to_thread(
+        subprocess.run,
+        ["pg_ctl", "-D", pgdata, "restart", "-m", "fast", "-w"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    soak.events.append(
+        {"event": "database restart", "at_s": began, "seconds": soak.now() - began, "exit_code": done.returncode}
+    )
 
 
 async def stored_ids(url: str) -> dict[str, set[str]]:
@@ -380,15 +473,19 @@ async def soak_traffic(args, server, config: Path, data_dir: Path, database_url:
     sampler = asyncio.create_task(sample_rss(server.process.pid, soak, args.sample_seconds, sampler_stop))
     limits = httpx.Limits(max_connections=args.streams + 4, keepalive_expiry=4)
     async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
-        workers = [asyncio.create_task(streams_worker(client, soak, stages, args, stop, i)) for i in range(args.streams)]
-        workers += [asyncio.create_task(websocket_worker(server.url, soak, stages, args, stop))
-                    for _ in range(args.websockets)]
+        workers = [
+            asyncio.create_task(streams_worker(client, soak, stages, args, stop, i)) for i in range(args.streams)
+        ]
+        workers += [
+            asyncio.create_task(websocket_worker(server.url, soak, stages, args, stop)) for _ in range(args.websockets)
+        ]
         plan = []  # (at seconds, what)
         if not args.no_kill:
             plan.append((0.25 * total, lambda: kill_engine(server.process.pid, soak)))
         if not args.no_round:
-            plan.append((0.40 * total, lambda: train_round(args, config, data_dir, server.url, database_url, soak,
-                                                           stages)))
+            plan.append(
+                (0.40 * total, lambda: train_round(args, config, data_dir, server.url, database_url, soak, stages))
+            )
         if args.restart_database:
             plan.append((0.60 * total, lambda: restart_database(args.restart_database, soak)))
         side = []
@@ -414,26 +511,40 @@ def report(soak: Soak, stored: dict[str, set[str]], args, figures: dict) -> None
     ledger = write_ledger(soak.acked, stored)
     kill = next((e for e in soak.events if e["event"] == "engine kill" and "pid" in e), None)
     recovery = recovery_seconds(kill["at_s"], soak.served_at) if kill else None
-    figures.update(minutes=args.minutes, ok=dict(soak.ok), errors=dict(soak.errors), ttft_windows=windows,
-                   rss=rss, rss_samples=[list(s) for s in soak.rss], ledger=ledger, events=soak.events,
-                   engine_recovery_s=recovery,
-                   ttft_p99_drift_ms=(windows[-1]["p99_ms"] - windows[0]["p99_ms"]) if len(windows) > 1 else None)
+    figures.update(
+        minutes=args.minutes,
+        ok=dict(soak.ok),
+        errors=dict(soak.errors),
+        ttft_windows=windows,
+        rss=rss,
+        rss_samples=[list(s) for s in soak.rss],
+        ledger=ledger,
+        events=soak.events,
+        engine_recovery_s=recovery,
+        ttft_p99_drift_ms=(windows[-1]["p99_ms"] - windows[0]["p99_ms"]) if len(windows) > 1 else None,
+    )
     print(f"\n{args.minutes:g} minutes; succeeded: {dict(soak.ok)}")
     print(f"errors by kind: {dict(soak.errors) or 'none'}")
     print(f"\n{'window':<14} {'n':>6} {'TTFT p50 ms':>12} {'p99 ms':>9}")
     for w in windows:
-        print(f"{w['from_s'] / 60:5.1f}-{w['to_s'] / 60:<5.1f} min {w['n']:>6} {w['p50_ms']:>12.1f} {w['p99_ms']:>9.1f}")
+        print(
+            f"{w['from_s'] / 60:5.1f}-{w['to_s'] / 60:<5.1f} min {w['n']:>6} {w['p50_ms']:>12.1f} {w['p99_ms']:>9.1f}"
+        )
     if rss:
-        print(f"\nserver RSS: {rss['server_start_mib']:.0f} → {rss['server_end_mib']:.0f} MiB "
-              f"(peak {rss['server_max_mib']:.0f}, growth {rss['server_growth_mib']:+.0f}); engines "
-              f"{rss['engines_start_mib']:.0f} → {rss['engines_end_mib']:.0f} MiB; {len(soak.rss)} samples")
+        print(
+            f"\nserver RSS: {rss['server_start_mib']:.0f} → {rss['server_end_mib']:.0f} MiB "
+            f"(peak {rss['server_max_mib']:.0f}, growth {rss['server_growth_mib']:+.0f}); engines "
+            f"{rss['engines_start_mib']:.0f} → {rss['engines_end_mib']:.0f} MiB; {len(soak.rss)} samples"
+        )
     for e in soak.events:
         print(f"event: {e}")
     if kill:
         print("engine kill → serving again: " + (f"{recovery:.1f} s" if recovery is not None else "never"))
     for kind, row in ledger.items():
-        print(f"ledger {kind}: {row['acknowledged']} acknowledged, {row['stored']} stored, {row['lost']} lost, "
-              f"{row['unacknowledged_stored']} stored without an acknowledgement")
+        print(
+            f"ledger {kind}: {row['acknowledged']} acknowledged, {row['stored']} stored, {row['lost']} lost, "
+            f"{row['unacknowledged_stored']} stored without an acknowledgement"
+        )
 
 
 def main() -> None:
@@ -453,18 +564,34 @@ def main() -> None:
             make_tiny_checkpoint(work / "base")
             make_tiny_adapter(work / "base", work / "lora")
             config = work / "stages.yaml"
-            config.write_text("engine: {max_model_len: 512, dtype: float32}\nstages:\n"
-                              "  base: {model: ./base, description: random tiny base}\n"
-                              "  sft: {adapter: ./lora, base: base, description: random LoRA on base}\n")
+            config.write_text(
+                "engine: {max_model_len: 512, dtype: float32}\nstages:\n"
+                "  base: {model: ./base, description: random tiny base}\n"
+                "  sft: {adapter: ./lora, base: base, description: random LoRA on base}\n"
+            )
         database_url = args.database_url or f"sqlite:///{data_dir / 'stagechat.db'}"
         env = {"STAGECHAT_DATABASE_URL": database_url, "VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]}
         data_dir.mkdir(parents=True)
         # `server.launcher.stagechat_server`'s command, with more time to come up: a busy machine can
         # take over its 300 s to start an engine.
-        server = ChildServer(lambda port: [sys.executable, "-m", "cli", "serve", "--config", str(config), "--port",
-                                           str(port), "--log-level", "warning", "--no-ui"],
-                             log=data_dir / "server.log", env={"STAGECHAT_DATA_DIR": str(data_dir), **env},
-                             timeout=args.start_timeout)
+        server = ChildServer(
+            lambda port: [
+                sys.executable,
+                "-m",
+                "cli",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-ui",
+            ],
+            log=data_dir / "server.log",
+            env={"STAGECHAT_DATA_DIR": str(data_dir), **env},
+            timeout=args.start_timeout,
+        )
         with running(server):
             import yaml
 

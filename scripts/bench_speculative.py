@@ -38,8 +38,13 @@ from pathlib import Path
 from bench_common import add_json_argument, http_client, output, stream
 
 REPO = Path(__file__).resolve().parent.parent
-QUESTIONS = ["What is the capital of Kenya?", "What is the capital of France?", "Tell me about Japan.",
-             "What is the capital of Peru?", "Which city is the capital of Norway?"]
+QUESTIONS = [
+    "What is the capital of Kenya?",
+    "What is the capital of France?",
+    "Tell me about Japan.",
+    "What is the capital of Peru?",
+    "Which city is the capital of Norway?",
+]
 
 
 def start_server(config: Path, log: Path, max_engines: int, env: dict[str, str] | None = None):
@@ -48,30 +53,63 @@ def start_server(config: Path, log: Path, max_engines: int, env: dict[str, str] 
     from server.launcher import ChildServer
 
     return ChildServer(
-        lambda port: [sys.executable, "-m", "cli", "serve", "--config", str(config), "--port", str(port),
-                      "--no-ui", "--log-level", "warning", "--max-engines", str(max_engines)],
-        log=log, env=env, timeout=600)
+        lambda port: [
+            sys.executable,
+            "-m",
+            "cli",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--no-ui",
+            "--log-level",
+            "warning",
+            "--max-engines",
+            str(max_engines),
+        ],
+        log=log,
+        env=env,
+        timeout=600,
+    )
 
 
-async def stream_one(client, url: str, stage: str, method: str, tokens: int, question: str,
-                     ignore_eos: bool = True) -> dict:
-    body = {"model": stage, "messages": [{"role": "user", "content": question}], "max_tokens": tokens,
-            "temperature": 0, "ignore_eos": ignore_eos, "stream_options": {"include_usage": True},
-            "speculative": method}
+async def stream_one(
+    client, url: str, stage: str, method: str, tokens: int, question: str, ignore_eos: bool = True
+) -> dict:
+    body = {
+        "model": stage,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "ignore_eos": ignore_eos,
+        "stream_options": {"include_usage": True},
+        "speculative": method,
+    }
     r = (await stream(client, f"{url}/v1/chat/completions", body)).raise_for_status()
     return {"ttft": r.first_chunk, "spec": r.speculative, "tokens": r.usage["completion_tokens"], "total": r.seconds}
 
 
-async def load(url: str, stage: str, method: str, tokens: int, concurrency: int, requests: int,
-               questions: list[str] = QUESTIONS, ignore_eos: bool = True) -> dict:
+async def load(
+    url: str,
+    stage: str,
+    method: str,
+    tokens: int,
+    concurrency: int,
+    requests: int,
+    questions: list[str] = QUESTIONS,
+    ignore_eos: bool = True,
+) -> dict:
     queue = list(range(requests))
     results = []
     async with http_client(connections=concurrency + 4) as client:
+
         async def worker():
             while queue:
                 i = queue.pop()
-                results.append(await stream_one(client, url, stage, method, tokens, questions[i % len(questions)],
-                                                ignore_eos))
+                results.append(
+                    await stream_one(client, url, stage, method, tokens, questions[i % len(questions)], ignore_eos)
+                )
 
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -79,10 +117,12 @@ async def load(url: str, stage: str, method: str, tokens: int, concurrency: int,
     drafted = sum(r["spec"]["draft_tokens"] for r in results if r["spec"])
     accepted = sum(r["spec"]["accepted_tokens"] for r in results if r["spec"])
     lengths = [r["spec"]["mean_acceptance_length"] for r in results if r["spec"]]
-    return {"tok_s": sum(r["tokens"] for r in results) / elapsed,
-            "ttft_ms": statistics.median(r["ttft"] * 1000 for r in results),
-            "acceptance": accepted / drafted if drafted else None,
-            "mean_len": statistics.mean(lengths) if lengths else None}
+    return {
+        "tok_s": sum(r["tokens"] for r in results) / elapsed,
+        "ttft_ms": statistics.median(r["ttft"] * 1000 for r in results),
+        "acceptance": accepted / drafted if drafted else None,
+        "mean_len": statistics.mean(lengths) if lengths else None,
+    }
 
 
 async def first_request(url: str, stage: str, method: str) -> float:
@@ -92,8 +132,16 @@ async def first_request(url: str, stage: str, method: str) -> float:
         return time.perf_counter() - began
 
 
-def bench_speed(config: Path, logs: Path, stages: list[str], methods: list[str], levels: list[int],
-                tokens: int, answers: bool = False, split: str = "test") -> dict:
+def bench_speed(
+    config: Path,
+    logs: Path,
+    stages: list[str],
+    methods: list[str],
+    levels: list[int],
+    tokens: int,
+    answers: bool = False,
+    split: str = "test",
+) -> dict:
     # Natural answers are ~10 tokens: many distinct questions per cell, so one is not the whole figure.
     questions, requests = (answer_questions(split), 48) if answers else (QUESTIONS, 4)
     server = start_server(config, logs / "speed.log", max_engines=1)
@@ -105,9 +153,23 @@ def bench_speed(config: Path, logs: Path, stages: list[str], methods: list[str],
             for stage in stages:
                 asyncio.run(load(server.url, stage, method, 8, 1, 1))  # warm this stage's path
                 for c in levels:
-                    row = {"stage": stage, "method": method, "concurrency": c,
-                           **asyncio.run(load(server.url, stage, method, tokens, c, max(requests, c), questions,
-                                              ignore_eos=not answers))}
+                    row = {
+                        "stage": stage,
+                        "method": method,
+                        "concurrency": c,
+                        **asyncio.run(
+                            load(
+                                server.url,
+                                stage,
+                                method,
+                                tokens,
+                                c,
+                                max(requests, c),
+                                questions,
+                                ignore_eos=not answers,
+                            )
+                        ),
+                    }
                     out["rows"].append(row)
                     print(row, flush=True)
     finally:
@@ -168,22 +230,29 @@ def tiny_family(root: Path) -> Path:
         "    speculative:\n"
         "      draft_model: {method: draft_model, model: ./draft, num_speculative_tokens: 4}\n"
         "      ngram: {method: ngram, num_speculative_tokens: 4, prompt_lookup_max: 4, prompt_lookup_min: 2}\n"
-        "  sft: {adapter: ./lora, base: base}\n")
+        "  sft: {adapter: ./lora, base: base}\n"
+    )
     return root / "stages.yaml"
 
 
 def print_table(speed: dict) -> None:
     rows = speed["rows"]
     off = {(r["stage"], r["concurrency"]): r for r in rows if r["method"] == "off"}
-    print(f"\n{'stage':<8} {'method':<12} {'conc':>4} {'tok/s':>8} {'TTFT ms':>8} {'accept':>7} "
-          f"{'mean len':>8} {'speedup':>8}")
+    print(
+        f"\n{'stage':<8} {'method':<12} {'conc':>4} {'tok/s':>8} {'TTFT ms':>8} {'accept':>7} "
+        f"{'mean len':>8} {'speedup':>8}"
+    )
     for r in rows:
         base = off[(r["stage"], r["concurrency"])]
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        print(f"{r['stage']:<8} {r['method']:<12} {r['concurrency']:>4} {r['tok_s']:>8.1f} {r['ttft_ms']:>8.1f} "
-              f"{fmt(r['acceptance'], '.2f'):>7} {fmt(r['mean_len'], '.2f'):>8} {r['tok_s'] / base['tok_s']:>7.2f}x")
-    print("cold start (first request of a variant, incl. evicting the previous engine): "
-          + ", ".join(f"{m} {s:.1f} s" for m, s in speed["cold_start_s"].items()))
+        print(
+            f"{r['stage']:<8} {r['method']:<12} {r['concurrency']:>4} {r['tok_s']:>8.1f} {r['ttft_ms']:>8.1f} "
+            f"{fmt(r['acceptance'], '.2f'):>7} {fmt(r['mean_len'], '.2f'):>8} {r['tok_s'] / base['tok_s']:>7.2f}x"
+        )
+    print(
+        "cold start (first request of a variant, incl. evicting the previous engine): "
+        + ", ".join(f"{m} {s:.1f} s" for m, s in speed["cold_start_s"].items())
+    )
 
 
 def main() -> None:
@@ -219,8 +288,9 @@ def main() -> None:
         print(f"registry {config}: stages {stages}, methods {methods}", flush=True)
         results["config"] = str(config)
         if not args.skip_speed:
-            results["speed"] = bench_speed(config, args.logs, stages, methods, args.concurrency, args.tokens,
-                                           args.answers, args.split)
+            results["speed"] = bench_speed(
+                config, args.logs, stages, methods, args.concurrency, args.tokens, args.answers, args.split
+            )
         if args.policy:
             results["policy"] = bench_policy(config, args.logs, stages[0], methods[0])
         if "speed" in results:

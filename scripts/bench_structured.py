@@ -24,17 +24,29 @@ from pathlib import Path
 
 from bench_common import add_json_argument, http_client, output, ratio, running
 
-SCHEMA = {"type": "object", "properties": {
-    "city": {"type": "string"}, "country": {"type": "string"}, "population": {"type": "integer"},
-    "facts": {"type": "array", "items": {"type": "string"}}}, "required": ["city", "country", "population", "facts"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "country": {"type": "string"},
+        "population": {"type": "integer"},
+        "facts": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["city", "country", "population", "facts"],
+}
 MESSAGES = [{"role": "user", "content": "Tell me about Nairobi."}]
 
 
 async def _one(client, stage: str, tokens: int, schema: bool, seed: int) -> int:
-    extra = ({"response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}}}
-             if schema else {"ignore_eos": True})
-    r = await client.post("/v1/chat/completions", json={"model": stage, "messages": MESSAGES, "max_tokens": tokens,
-                                                        "temperature": 0.8, "seed": seed, **extra})
+    extra = (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}}}
+        if schema
+        else {"ignore_eos": True}
+    )
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"model": stage, "messages": MESSAGES, "max_tokens": tokens, "temperature": 0.8, "seed": seed, **extra},
+    )
     r.raise_for_status()
     answer = r.json()
     if schema and answer["choices"][0]["finish_reason"] == "stop":
@@ -48,8 +60,9 @@ async def _load(url: str, stage: str, tokens: int, concurrency: int, schema: boo
         began = time.perf_counter()
         done = 0
         for r in range(rounds):
-            done += sum(await asyncio.gather(*(_one(client, stage, tokens, schema, r * 1000 + i)
-                                               for i in range(concurrency))))
+            done += sum(
+                await asyncio.gather(*(_one(client, stage, tokens, schema, r * 1000 + i) for i in range(concurrency)))
+            )
         seconds = time.perf_counter() - began
     return {"tokens": done, "seconds": round(seconds, 2), "tok_s": round(done / seconds, 1)}
 
@@ -58,8 +71,9 @@ def _tiny_family(folder: Path) -> Path:
     from models.tiny import make_tiny_checkpoint
 
     make_tiny_checkpoint(folder / "base")
-    (folder / "stages.yaml").write_text("engine: {max_model_len: 512, dtype: float32}\n"
-                                        "stages:\n  base: {model: ./base}\n")
+    (folder / "stages.yaml").write_text(
+        "engine: {max_model_len: 512, dtype: float32}\nstages:\n  base: {model: ./base}\n"
+    )
     return folder / "stages.yaml"
 
 
@@ -71,25 +85,46 @@ def _lm_eval(url: str, stages: list[str], tokenizer: str, folder: Path) -> dict[
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    pairs = [("Kenya", "Nairobi"), ("France", "Paris"), ("Japan", "Tokyo"), ("Peru", "Lima"),
-             ("Egypt", "Cairo"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Canada", "Ottawa"),
-             ("Norway", "Oslo"), ("Chile", "Santiago"), ("Germany", "Berlin"), ("India", "New Delhi")]
+    pairs = [
+        ("Kenya", "Nairobi"),
+        ("France", "Paris"),
+        ("Japan", "Tokyo"),
+        ("Peru", "Lima"),
+        ("Egypt", "Cairo"),
+        ("Spain", "Madrid"),
+        ("Italy", "Rome"),
+        ("Canada", "Ottawa"),
+        ("Norway", "Oslo"),
+        ("Chile", "Santiago"),
+        ("Germany", "Berlin"),
+        ("India", "New Delhi"),
+    ]
     names = sorted({c for _, c in pairs})
     data = folder / "capitals.jsonl"
-    data.write_text("".join(json.dumps({"country": k, "choices": names, "answer": names.index(c)}) + "\n"
-                            for k, c in pairs))
+    data.write_text(
+        "".join(json.dumps({"country": k, "choices": names, "answer": names.index(c)}) + "\n" for k, c in pairs)
+    )
     (folder / "mc.yaml").write_text(
         f"task: capitals_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
-        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"The capital of {{country}} is\"\n"
-        "doc_to_choice: \"{{choices}}\"\ntarget_delimiter: \" \"\ndoc_to_target: answer\n"
-        "metric_list:\n  - metric: acc\n")
+        'test_split: test\noutput_type: multiple_choice\ndoc_to_text: "The capital of {{country}} is"\n'
+        'doc_to_choice: "{{choices}}"\ntarget_delimiter: " "\ndoc_to_target: answer\n'
+        "metric_list:\n  - metric: acc\n"
+    )
     scores = {}
     for stage in stages:
-        result = simple_evaluate(model="local-completions", tasks=["capitals_mc"],
-                                 task_manager=TaskManager(include_path=str(folder)),
-                                 model_args={"model": stage, "base_url": f"{url}/v1/completions",
-                                             "tokenizer": tokenizer, "tokenizer_backend": "huggingface",
-                                             "num_concurrent": 4, "max_retries": 1})
+        result = simple_evaluate(
+            model="local-completions",
+            tasks=["capitals_mc"],
+            task_manager=TaskManager(include_path=str(folder)),
+            model_args={
+                "model": stage,
+                "base_url": f"{url}/v1/completions",
+                "tokenizer": tokenizer,
+                "tokenizer_backend": "huggingface",
+                "num_concurrent": 4,
+                "max_retries": 1,
+            },
+        )
         scores[stage] = result["results"]["capitals_mc"]["acc,none"]
     return scores
 
@@ -113,8 +148,14 @@ def main() -> None:
             for c in args.concurrency:
                 free = asyncio.run(_load(server.url, args.stage, args.tokens, c, schema=False))
                 schema = asyncio.run(_load(server.url, args.stage, args.tokens, c, schema=True))
-                figures["levels"].append({"concurrency": c, "free_text": free, "json_schema": schema,
-                                          "schema_over_free": round(ratio(schema["tok_s"], free["tok_s"]), 3)})
+                figures["levels"].append(
+                    {
+                        "concurrency": c,
+                        "free_text": free,
+                        "json_schema": schema,
+                        "schema_over_free": round(ratio(schema["tok_s"], free["tok_s"]), 3),
+                    }
+                )
                 print(json.dumps(figures["levels"][-1]), flush=True)
             if args.lm_eval:
                 import httpx

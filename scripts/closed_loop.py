@@ -44,12 +44,21 @@ def main() -> int:
         data_dir.mkdir()
         began = time.monotonic()
         with running(stagechat_server(config, data_dir, ("--no-ui",))) as server:
-            report = run_loop(server.url, config=config, data_dir=data_dir, stages=args.stages.split(","),
-                              steps=args.steps, lr=args.lr, method=args.method)
+            report = run_loop(
+                server.url,
+                config=config,
+                data_dir=data_dir,
+                stages=args.stages.split(","),
+                steps=args.steps,
+                lr=args.lr,
+                method=args.method,
+            )
             figures.update({k: v for k, v in vars(report).items() if k != "reload"})
-            figures.update(server_ready_seconds=round(server.ready_seconds, 1),
-                           total_seconds=round(time.monotonic() - began, 1),
-                           restarted_engines=report.reload["restarted_engines"])
+            figures.update(
+                server_ready_seconds=round(server.ready_seconds, 1),
+                total_seconds=round(time.monotonic() - began, 1),
+                restarted_engines=report.reload["restarted_engines"],
+            )
             print(json.dumps(figures, indent=2))
     return 0
 

@@ -43,8 +43,14 @@ def vote(n: int, k: int, noise: float, rng: random.Random):
     groups: dict[int, list[int]] = {}
     for i, score in enumerate(scores):
         groups.setdefault(score, []).append(i)
-    return Judgement(f"v{n}", f"rater{n % 7}", [f"r{n}-{i}" for i in range(len(stages))], stages,
-                     [groups[s] for s in sorted(groups, reverse=True)], datetime.now(timezone.utc))
+    return Judgement(
+        f"v{n}",
+        f"rater{n % 7}",
+        [f"r{n}-{i}" for i in range(len(stages))],
+        stages,
+        [groups[s] for s in sorted(groups, reverse=True)],
+        datetime.now(timezone.utc),
+    )
 
 
 def votes_to_separate(k: int, noise: float, step: int, limit: int, bootstrap: int, seed: int) -> int | None:
@@ -70,18 +76,30 @@ def main() -> None:
     add_json_argument(p)
     args = p.parse_args()
     with output(args) as figures:
-        needed = [votes_to_separate(args.k, args.noise, args.step, args.limit, args.bootstrap, seed)
-                  for seed in range(args.runs)]
+        needed = [
+            votes_to_separate(args.k, args.noise, args.step, args.limit, args.bootstrap, seed)
+            for seed in range(args.runs)
+        ]
         found = sorted(n for n in needed if n is not None)
         kind = "A/B preferences" if args.k == 2 else "rankings of all three"
-        figures.update(votes=kind, noise=args.noise, runs=args.runs, bootstrap=args.bootstrap, limit=args.limit,
-                       votes_to_separate=needed, median=statistics.median(found) if found else None,
-                       min=found[0] if found else None, max=found[-1] if found else None,
-                       not_separated_runs=len(needed) - len(found))
-        print(f"{kind}, rater noise {args.noise:.0%}, {args.runs} runs, bootstrap {args.bootstrap}: votes until the "
-              f"95% intervals of base, sft and rlhf separate: median {statistics.median(found) if found else '-'}, "
-              f"min {found[0] if found else '-'}, max {found[-1] if found else '-'}"
-              f"{f', not within {args.limit} in {len(needed) - len(found)} runs' if len(found) < len(needed) else ''}")
+        figures.update(
+            votes=kind,
+            noise=args.noise,
+            runs=args.runs,
+            bootstrap=args.bootstrap,
+            limit=args.limit,
+            votes_to_separate=needed,
+            median=statistics.median(found) if found else None,
+            min=found[0] if found else None,
+            max=found[-1] if found else None,
+            not_separated_runs=len(needed) - len(found),
+        )
+        print(
+            f"{kind}, rater noise {args.noise:.0%}, {args.runs} runs, bootstrap {args.bootstrap}: votes until the "
+            f"95% intervals of base, sft and rlhf separate: median {statistics.median(found) if found else '-'}, "
+            f"min {found[0] if found else '-'}, max {found[-1] if found else '-'}"
+            f"{f', not within {args.limit} in {len(needed) - len(found)} runs' if len(found) < len(needed) else ''}"
+        )
 
 
 if __name__ == "__main__":

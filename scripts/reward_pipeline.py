@@ -35,14 +35,31 @@ def fill_store(url: str, countries: list[dict]) -> None:
             messages = [{"role": "user", "content": f"What is the capital of {c['country']}?"}]
             wrong = countries[(i + 1) % len(countries)]["capital"]
             ids = []
-            for text in (f"The capital of {c['country']} is {c['capital']}.", c["capital"],
-                         f"The capital of {c['country']} is {wrong}.", "Hello there, how are you today?"):
+            for text in (
+                f"The capital of {c['country']} is {c['capital']}.",
+                c["capital"],
+                f"The capital of {c['country']} is {wrong}.",
+                "Hello there, how are you today?",
+            ):
                 n += 1
                 record = GenerationRecord(
-                    id=f"chatcmpl-p{n}", stage="sft", client_id="script", kind="chat",
-                    prompt_hash=prompt_hash(messages), messages=messages, prompt=None, completion=text,
-                    sampling={}, speculative_method=None, speculative=None, prompt_tokens=1, completion_tokens=1,
-                    finish_reason="stop", ttft_ms=1.0, duration_ms=1.0)
+                    id=f"chatcmpl-p{n}",
+                    stage="sft",
+                    client_id="script",
+                    kind="chat",
+                    prompt_hash=prompt_hash(messages),
+                    messages=messages,
+                    prompt=None,
+                    completion=text,
+                    sampling={},
+                    speculative_method=None,
+                    speculative=None,
+                    prompt_tokens=1,
+                    completion_tokens=1,
+                    finish_reason="stop",
+                    ttft_ms=1.0,
+                    duration_ms=1.0,
+                )
                 store.record_generation(record)
                 ids.append(record.id)
             store.rank(ids, [[i] for i in ids], rater="script")
@@ -68,28 +85,48 @@ def main() -> int:
         make_tiny_checkpoint(root / "base")
         make_tiny_adapter(root / "base", root / "lora")
         config = root / "stages.yaml"
-        config.write_text("engine: {max_model_len: 512, dtype: float32}\nstages:\n"
-                          f"  base:\n    model: {root / 'base'}\n"
-                          f"  sft:\n    adapter: {root / 'lora'}\n    base: base\n")
-        countries = json.loads((REPO / "models" / "demo" / "countries.json").read_text())["countries"][:args.countries]
+        config.write_text(
+            "engine: {max_model_len: 512, dtype: float32}\nstages:\n"
+            f"  base:\n    model: {root / 'base'}\n"
+            f"  sft:\n    adapter: {root / 'lora'}\n    base: base\n"
+        )
+        countries = json.loads((REPO / "models" / "demo" / "countries.json").read_text())["countries"][: args.countries]
         url = f"sqlite:///{root / 'stagechat.db'}"
         fill_store(url, countries)
 
-        rm = build_reward_model(config=config, from_stage="sft", name="rm", database_url=url, data_dir=root,
-                                plan=RewardPlan(steps=args.rm_steps, lr=args.rm_lr))
-        print(f"reward model: {rm.train_pairs} training pairs, {rm.held_out_pairs} held out, {rm.steps} steps in "
-              f"{rm.train_seconds:.1f} s; held-out pairwise accuracy {rm.held_out_accuracy:.3f}")
+        rm = build_reward_model(
+            config=config,
+            from_stage="sft",
+            name="rm",
+            database_url=url,
+            data_dir=root,
+            plan=RewardPlan(steps=args.rm_steps, lr=args.rm_lr),
+        )
+        print(
+            f"reward model: {rm.train_pairs} training pairs, {rm.held_out_pairs} held out, {rm.steps} steps in "
+            f"{rm.train_seconds:.1f} s; held-out pairwise accuracy {rm.held_out_accuracy:.3f}"
+        )
 
         prompts = root / "prompts.jsonl"
         prompts.write_text("".join(json.dumps(f"What is the capital of {c['country']}?") + "\n" for c in countries))
         began = time.monotonic()
-        rl = train_rl_round(config=config, from_stage="sft", name="rl", reward_model="rm", database_url=url,
-                            data_dir=root, prompts_file=prompts, plan=RLPlan(steps=args.rl_steps, kl_coef=args.kl_coef))
+        rl = train_rl_round(
+            config=config,
+            from_stage="sft",
+            name="rl",
+            reward_model="rm",
+            database_url=url,
+            data_dir=root,
+            prompts_file=prompts,
+            plan=RLPlan(steps=args.rl_steps, kl_coef=args.kl_coef),
+        )
         wall = time.monotonic() - began
         meta = json.loads((rl.adapter_dir / "stagechat_round.json").read_text())
-        print(f"RLOO: {rl.steps} steps on {rl.prompts} prompts in {rl.train_seconds:.1f} s ({wall:.1f} s with set-up); "
-              f"mean reward on {rl.held_out_prompts} held-out prompts {rl.reward_before:.3f} → "
-              f"{rl.reward_after:.3f}; final KL {rl.final_kl}")
+        print(
+            f"RLOO: {rl.steps} steps on {rl.prompts} prompts in {rl.train_seconds:.1f} s ({wall:.1f} s with set-up); "
+            f"mean reward on {rl.held_out_prompts} held-out prompts {rl.reward_before:.3f} → "
+            f"{rl.reward_after:.3f}; final KL {rl.final_kl}"
+        )
         first, last = rl.log_rows[:5], rl.log_rows[-5:]
         print("first steps (reward, kl):", [(round(r["reward"], 3), r["kl"] and round(r["kl"], 4)) for r in first])
         print("last steps  (reward, kl):", [(round(r["reward"], 3), r["kl"] and round(r["kl"], 4)) for r in last])
@@ -97,11 +134,25 @@ def main() -> int:
             print(label)
             for s in meta[label][:4]:
                 print(f"  {s['reward']:+.3f}  {s['prompt']!r} → {s['answer']!r}")
-        figures.update({
-            "rm": {"accuracy": rm.held_out_accuracy, "train_pairs": rm.train_pairs, "held_out": rm.held_out_pairs,
-                   "seconds": rm.train_seconds},
-            "rl": {"seconds": rl.train_seconds, "before": rl.reward_before, "after": rl.reward_after,
-                   "final_kl": rl.final_kl, "rows": rl.log_rows}, "samples": meta, "files": str(root)})
+        figures.update(
+            {
+                "rm": {
+                    "accuracy": rm.held_out_accuracy,
+                    "train_pairs": rm.train_pairs,
+                    "held_out": rm.held_out_pairs,
+                    "seconds": rm.train_seconds,
+                },
+                "rl": {
+                    "seconds": rl.train_seconds,
+                    "before": rl.reward_before,
+                    "after": rl.reward_after,
+                    "final_kl": rl.final_kl,
+                    "rows": rl.log_rows,
+                },
+                "samples": meta,
+                "files": str(root),
+            }
+        )
         print(f"files: {root}")
     return 0
 

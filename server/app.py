@@ -26,10 +26,10 @@ from server.internal_errors import InternalErrorMiddleware
 from server.limits import Limiter
 from server.pool import SPARE_LORA_SLOTS, EnginePool, engine_factory
 from server.registry import load_registry
+from server.rewards import RewardService
 from server.routes import admin, branches, health, openai, tokenize, ws
 from server.routes import responses as responses_routes
 from server.routes import rewards as rewards_routes
-from server.rewards import RewardService
 from server.serving import StageService
 from server.settings import Settings
 from server.store import Store, StoreError
@@ -62,16 +62,31 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: HTTPException):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(APIError(exc.status_code, str(exc.detail), type=kind, code=code).body(),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            APIError(exc.status_code, str(exc.detail), type=kind, code=code).body(),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
 
-def create_app(settings: Settings, pool: EnginePool, *, store=None, with_ui: bool = True,
-               rewards: RewardService | None = None, freeze_when_ready: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings,
+    pool: EnginePool,
+    *,
+    store=None,
+    with_ui: bool = True,
+    rewards: RewardService | None = None,
+    freeze_when_ready: bool = False,
+) -> FastAPI:
     rewards = rewards or RewardService(pool.registry)  # the registry's reward models, each on its own engine
-    service = StageService(pool=pool, store=store, log_prompts=settings.log_prompts,
-                           allow_lossy_speculation=settings.allow_lossy_speculation,
-                           limiter=Limiter(settings.limits), rewards=rewards)
+    service = StageService(
+        pool=pool,
+        store=store,
+        log_prompts=settings.log_prompts,
+        allow_lossy_speculation=settings.allow_lossy_speculation,
+        limiter=Limiter(settings.limits),
+        rewards=rewards,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -89,8 +89,12 @@ def blind_battle(battle: Battle) -> dict[str, Any]:
     """A battle as its rater sees it; stages only once voted (`reveal`)."""
     last = battle.turns[-1] if battle.turns else None
     body: dict[str, Any] = {
-        "id": battle.id, "object": "arena.battle", "status": battle.status, "turns": len(battle.turns),
-        "a": blind_side(last["a"]) if last else None, "b": blind_side(last["b"]) if last else None,
+        "id": battle.id,
+        "object": "arena.battle",
+        "status": battle.status,
+        "turns": len(battle.turns),
+        "a": blind_side(last["a"]) if last else None,
+        "b": blind_side(last["b"]) if last else None,
         "history": [{"user": t["user"], "a": blind_side(t["a"]), "b": blind_side(t["b"])} for t in battle.turns],
     }
     return body
@@ -99,10 +103,16 @@ def blind_battle(battle: Battle) -> dict[str, Any]:
 def reveal(battle: Battle, vote: ArenaVote) -> dict[str, Any]:
     """The answer to a vote: both stages named, with the answers they gave."""
     last = battle.turns[-1]
-    return {"id": battle.id, "object": "arena.vote", "vote_id": vote.id, "winner": vote.winner,
-            "reasons": vote.reasons, "comment": vote.comment,
-            "a": {"stage": battle.stage_a, "response_id": last["a"]["response_id"], **blind_side(last["a"])},
-            "b": {"stage": battle.stage_b, "response_id": last["b"]["response_id"], **blind_side(last["b"])}}
+    return {
+        "id": battle.id,
+        "object": "arena.vote",
+        "vote_id": vote.id,
+        "winner": vote.winner,
+        "reasons": vote.reasons,
+        "comment": vote.comment,
+        "a": {"stage": battle.stage_a, "response_id": last["a"]["response_id"], **blind_side(last["a"])},
+        "b": {"stage": battle.stage_b, "response_id": last["b"]["response_id"], **blind_side(last["b"])},
+    }
 
 
 class ArenaService:
@@ -132,7 +142,8 @@ class ArenaService:
                 if time.monotonic() - self._widths_at > 1.0:
                     stages = self.stages()
                     self._widths = await asyncio.to_thread(
-                        lambda: interval_widths(self.store.iter_arena_judgements(), stages))
+                        lambda: interval_widths(self.store.iter_arena_judgements(), stages)
+                    )
                     self._widths_at, self._stale = time.monotonic(), False
         return self._widths
 
@@ -143,9 +154,13 @@ class ArenaService:
         else:
             unknown = [s for s in allowed if s not in known]
             if unknown:
-                raise APIError(404, f"Unknown stage(s) in 'stages': {', '.join(map(repr, unknown))}. "
-                               f"Stages: {', '.join(known)}.", type="not_found_error", param="stages",
-                               code="model_not_found")
+                raise APIError(
+                    404,
+                    f"Unknown stage(s) in 'stages': {', '.join(map(repr, unknown))}. Stages: {', '.join(known)}.",
+                    type="not_found_error",
+                    param="stages",
+                    code="model_not_found",
+                )
             candidates = sorted(set(allowed))
         if len(candidates) < 2:
             raise bad_request("A battle needs two different stages to draw from.", param="stages")
@@ -164,8 +179,9 @@ class ArenaService:
         messages = [m.plain() for m in body.messages]
         settings = body.model_dump(exclude_none=True, exclude={"messages", "stages"})
         gens = await self.start_pair(stage_a, stage_b, messages, messages, settings, rater)
-        battle = await asyncio.to_thread(self.store.open_battle, rater=rater, stage_a=stage_a, stage_b=stage_b,
-                                         messages=messages, settings=settings)
+        battle = await asyncio.to_thread(
+            self.store.open_battle, rater=rater, stage_a=stage_a, stage_b=stage_b, messages=messages, settings=settings
+        )
         return battle, self._run(battle, gens, None)
 
     async def turn(self, battle_id: str, body: TurnRequest, rater: str) -> tuple[Battle, AsyncIterator[SideDelta]]:
@@ -191,8 +207,9 @@ class ArenaService:
             messages.append({"role": "assistant", "content": t[side]["content"]})
         return messages
 
-    async def start_pair(self, stage_a: str, stage_b: str, messages_a: list, messages_b: list,
-                     settings: dict[str, Any], rater: str) -> tuple[Generation, Generation]:
+    async def start_pair(
+        self, stage_a: str, stage_b: str, messages_a: list, messages_b: list, settings: dict[str, Any], rater: str
+    ) -> tuple[Generation, Generation]:
         """Both sides' generations, checked and admitted but not yet run; an error names neither stage."""
         gens = []
         for stage, messages in ((stage_a, messages_a), (stage_b, messages_b)):
@@ -203,8 +220,9 @@ class ArenaService:
                 raise _anonymous(exc, (stage_a, stage_b)) from None
         return gens[0], gens[1]
 
-    async def _run(self, battle: Battle, gens: tuple[Generation, Generation],
-                   user: dict[str, Any] | None) -> AsyncIterator[SideDelta]:
+    async def _run(
+        self, battle: Battle, gens: tuple[Generation, Generation], user: dict[str, Any] | None
+    ) -> AsyncIterator[SideDelta]:
         """Both sides' deltas as they come; the finished turn is stored before the last is yielded
         (so a vote right after finds the battle ready). Closing it early aborts both and gives the
         turn up."""
@@ -230,13 +248,18 @@ class ArenaService:
                 if isinstance(item, tuple):
                     if item[1] is not None:
                         error = item[1]
-                        raise (_anonymous(error, (battle.stage_a, battle.stage_b)) if isinstance(error, APIError)
-                               else error)
+                        raise (
+                            _anonymous(error, (battle.stage_a, battle.stage_b))
+                            if isinstance(error, APIError)
+                            else error
+                        )
                     running -= 1
                     continue
                 yield item
-            sides = [BattleSide(response_id=g.id, content=g.choices[0].text, finish_reason=g.choices[0].finish_reason)
-                     for g in gens]
+            sides = [
+                BattleSide(response_id=g.id, content=g.choices[0].text, finish_reason=g.choices[0].finish_reason)
+                for g in gens
+            ]
             await asyncio.to_thread(self.store.finish_turn, battle.id, user=user, a=sides[0], b=sides[1])
             finished = True
         finally:
@@ -269,8 +292,9 @@ class ArenaService:
         return await asyncio.to_thread(self.store.get_battle, battle.id, rater=battle.rater)
 
     async def vote(self, battle_id: str, body: VoteRequest, rater: str) -> dict[str, Any]:
-        vote, battle = await asyncio.to_thread(self.store.vote, battle_id, body.winner, rater=rater,
-                                               reasons=body.reasons or (), comment=body.comment)
+        vote, battle = await asyncio.to_thread(
+            self.store.vote, battle_id, body.winner, rater=rater, reasons=body.reasons or (), comment=body.comment
+        )
         self._stale = True  # the next draw refits the intervals
         return reveal(battle, vote)
 

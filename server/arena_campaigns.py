@@ -46,8 +46,9 @@ class CampaignRequest(_Strict):
 def parse_prompts(body: CampaignRequest) -> list[list[dict[str, Any]]]:
     """Each prompt's messages; a 400 naming the first bad line."""
     if (body.prompts is None) == (body.jsonl is None):
-        raise bad_request("Give the prompt set as 'prompts' (a list) or as 'jsonl' (text), one of the two.",
-                          param="prompts")
+        raise bad_request(
+            "Give the prompt set as 'prompts' (a list) or as 'jsonl' (text), one of the two.", param="prompts"
+        )
     if body.jsonl is not None:
         rows = []
         for n, line in enumerate(body.jsonl.splitlines(), start=1):
@@ -67,8 +68,11 @@ def parse_prompts(body: CampaignRequest) -> list[list[dict[str, Any]]]:
             out.append([{"role": "user", "content": row["prompt"]}])
             continue
         try:
-            messages = [ChatMessage.model_validate(m).plain() for m in row.get("messages") or []] \
-                if isinstance(row, dict) else []
+            messages = (
+                [ChatMessage.model_validate(m).plain() for m in row.get("messages") or []]
+                if isinstance(row, dict)
+                else []
+            )
         except ValidationError:
             messages = []
         if not messages:
@@ -86,9 +90,13 @@ def gold_questions(count: int, rng: random.Random) -> list[dict[str, Any]]:
     items = []
     for c in picked:
         other = rng.choice([o for o in countries if o.capital != c.capital])
-        items.append({"messages": [{"role": "user", "content": f"What is the capital of {c.country}?"}],
-                      "gold_right": f"The capital of {c.country} is {c.capital}.",
-                      "gold_wrong": f"The capital of {c.country} is {other.capital}."})
+        items.append(
+            {
+                "messages": [{"role": "user", "content": f"What is the capital of {c.country}?"}],
+                "gold_right": f"The capital of {c.country} is {c.capital}.",
+                "gold_wrong": f"The capital of {c.country} is {other.capital}.",
+            }
+        )
     return items
 
 
@@ -106,8 +114,15 @@ class CampaignService:
         for question in gold:  # at random places: a rater cannot tell a gold question by where it comes
             items.insert(self.arena.rng.randint(0, len(items)), question)
         settings = body.settings.model_dump(exclude_none=True) if body.settings else {}
-        return await asyncio.to_thread(self.store.create_campaign, name=body.name, guidelines=body.guidelines,
-                                       overlap=body.overlap, stages=body.stages, settings=settings, items=items)
+        return await asyncio.to_thread(
+            self.store.create_campaign,
+            name=body.name,
+            guidelines=body.guidelines,
+            overlap=body.overlap,
+            stages=body.stages,
+            settings=settings,
+            items=items,
+        )
 
     async def next_battle(self, campaign_id: str, rater: str) -> Battle | None:
         """The rater's next battle in this campaign (their unvoted one first); None when their queue is done."""
@@ -119,8 +134,9 @@ class CampaignService:
             item = got
             if not item.is_gold and item.answer_x is None:
                 item = await self._answer(campaign, item, rater)
-            battle = await asyncio.to_thread(self.store.claim_item, item, rater=rater,
-                                             flip=self.arena.rng.random() < 0.5)
+            battle = await asyncio.to_thread(
+                self.store.claim_item, item, rater=rater, flip=self.arena.rng.random() < 0.5
+            )
             if battle is not None:
                 return battle
         return None
@@ -137,8 +153,9 @@ class CampaignService:
 
         await asyncio.gather(*(drain(g) for g in gens))
         x, y = (asdict(BattleSide(g.id, g.choices[0].text, g.choices[0].finish_reason)) for g in gens)
-        return await asyncio.to_thread(self.store.set_item_answers, item.id, stage_x=stage_x, stage_y=stage_y,
-                                       answer_x=x, answer_y=y)
+        return await asyncio.to_thread(
+            self.store.set_item_answers, item.id, stage_x=stage_x, stage_y=stage_y, answer_x=x, answer_y=y
+        )
 
     def report(self, campaign_id: str) -> dict[str, Any]:
         """Per rater: progress and accuracy on gold; the campaign's agreement (Krippendorff's alpha over
@@ -152,6 +169,14 @@ class CampaignService:
 
 
 def campaign_object(campaign: Campaign) -> dict[str, Any]:
-    return {"id": campaign.id, "object": "arena.campaign", "name": campaign.name, "guidelines": campaign.guidelines,
-            "overlap": campaign.overlap, "stages": campaign.stages, "prompts": campaign.items,
-            "gold_questions": campaign.gold, "created_at": int(campaign.created_at.timestamp())}
+    return {
+        "id": campaign.id,
+        "object": "arena.campaign",
+        "name": campaign.name,
+        "guidelines": campaign.guidelines,
+        "overlap": campaign.overlap,
+        "stages": campaign.stages,
+        "prompts": campaign.items,
+        "gold_questions": campaign.gold,
+        "created_at": int(campaign.created_at.timestamp()),
+    }

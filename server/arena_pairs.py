@@ -49,6 +49,7 @@ def interval_widths(judgements: Iterable[Judgement], stages: Sequence[str], prio
     information = (met * p * (1 - p)).sum(axis=1) + 2 * prior
     return {s: float(2 * Z95 / np.sqrt(information[i])) for s, i in index.items()}
 
+
 def pair_probabilities(stages: Sequence[str], widths: dict[str, float]) -> dict[tuple[str, str], float]:
     """The chance of each unordered pair (sorted names) being drawn next."""
     pairs = list(itertools.combinations(sorted(set(stages)), 2))

@@ -39,5 +39,4 @@ def authenticate(conn: HTTPConnection, settings: Settings) -> str:
 
 def require_admin(conn: HTTPConnection, settings: Settings) -> None:
     if settings.admin_key and bearer_token(conn) != settings.admin_key:
-        raise APIError(401, "This endpoint needs the admin key.", type="authentication_error",
-                       code="invalid_admin_key")
+        raise APIError(401, "This endpoint needs the admin key.", type="authentication_error", code="invalid_admin_key")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -32,8 +32,14 @@ def too_large_message(limit: int) -> str:
 
 
 def error_body(limit: int) -> dict:
-    return {"error": {"message": too_large_message(limit), "type": "invalid_request_error", "param": None,
-                      "code": "request_too_large"}}
+    return {
+        "error": {
+            "message": too_large_message(limit),
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "request_too_large",
+        }
+    }
 
 
 class BodyLimitMiddleware:
@@ -83,9 +89,17 @@ class BodyLimitMiddleware:
         metrics.TOO_LARGE.labels("http").inc()
         body = json.dumps(error_body(self.limit)).encode()
         # `Connection: close`: the unread rest of the body must not be parsed as a next request.
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

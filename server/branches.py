@@ -39,15 +39,19 @@ class BranchRequest(_SamplingRequest):
         """The branch's prompt: prompt + completion[:position] + [token] (a 400 naming the field when
         the position is past the answer's end or the token outside the vocabulary)."""
         if self.position > len(self.completion):
-            raise bad_request(f"position: {self.position} is past the end of the answer ({len(self.completion)} "
-                              "tokens; the last branch point is its length, which appends).", param="position")
+            raise bad_request(
+                f"position: {self.position} is past the end of the answer ({len(self.completion)} "
+                "tokens; the last branch point is its length, which appends).",
+                param="position",
+            )
         if vocab_size is not None and self.token >= vocab_size:
             raise bad_request(f"token: {self.token} is outside the vocabulary ({vocab_size} tokens).", param="token")
         return [*self.prompt, *self.completion[: self.position], self.token]
 
     def completion_for(self, stage: str, prefix: list[int]) -> CompletionRequest:
         """The plain completions request this branch is, for one stage."""
-        fields: dict[str, Any] = self.model_dump(exclude_unset=True, by_alias=True,
-                                                 exclude={"model", "prompt", "completion", "position", "token"})
+        fields: dict[str, Any] = self.model_dump(
+            exclude_unset=True, by_alias=True, exclude={"model", "prompt", "completion", "position", "token"}
+        )
         fields.pop("stream", None)
         return CompletionRequest.model_validate({**fields, "model": stage, "prompt": prefix, "echo": self.echo})

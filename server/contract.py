@@ -39,9 +39,13 @@ GENERATION_BODY: dict[str, Any] = {
             "x-stagechat": True,
             "description": "What speculative decoding did for this answer (absent when it did not run).",
             "type": "object",
-            "properties": {"method": {"type": "string"}, "draft_tokens": {"type": "integer"},
-                           "accepted_tokens": {"type": "integer"}, "acceptance_rate": {"type": "number"},
-                           "mean_acceptance_length": {"type": "number"}},
+            "properties": {
+                "method": {"type": "string"},
+                "draft_tokens": {"type": "integer"},
+                "accepted_tokens": {"type": "integer"},
+                "acceptance_rate": {"type": "number"},
+                "mean_acceptance_length": {"type": "number"},
+            },
         },
     },
 }
@@ -57,10 +61,17 @@ _FEEDBACK_LINKS = [
 LINKS: dict[tuple[str, str], list[tuple[str, str, str, dict[str, str] | None, dict[str, Any] | None]]] = {
     ("/v1/chat/completions", "post"): _FEEDBACK_LINKS,
     ("/v1/completions", "post"): _FEEDBACK_LINKS,
-    **{(f"/v1/{kind}", "post"): [(f"Delete{name}", f"/v1/{kind}/{{item_id}}", "delete",
-                                 {"path.item_id": _ANSWER_ID}, None)]
-       for kind, name in [("feedback", "Rating"), ("preferences", "Preference"), ("rankings", "Ranking"),
-                          ("corrections", "Correction")]},
+    **{
+        (f"/v1/{kind}", "post"): [
+            (f"Delete{name}", f"/v1/{kind}/{{item_id}}", "delete", {"path.item_id": _ANSWER_ID}, None)
+        ]
+        for kind, name in [
+            ("feedback", "Rating"),
+            ("preferences", "Preference"),
+            ("rankings", "Ranking"),
+            ("corrections", "Correction"),
+        ]
+    },
 }
 
 
@@ -101,8 +112,10 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
             if "stream" in body.get("properties", {}) and "200" in responses:
                 # `"stream": true` answers with server-sent events
                 content = responses["200"].setdefault("content", {})
-                content.setdefault("text/event-stream", {"schema": {
-                    "type": "string", "description": "`data: {chunk}` events, then `data: [DONE]`"}})
+                content.setdefault(
+                    "text/event-stream",
+                    {"schema": {"type": "string", "description": "`data: {chunk}` events, then `data: [DONE]`"}},
+                )
     _add_links(spec)
     app.openapi_schema = spec
     return spec
@@ -192,10 +205,25 @@ class MethodNotAllowedMiddleware:
 
 
 async def _send_405(send: Send, method: str, allowed: list[str]) -> None:
-    body = json.dumps({"error": {
-        "message": f"Method {method} is not allowed here; allowed: {', '.join(allowed)}.",
-        "type": "invalid_request_error", "param": None, "code": "method_not_allowed"}}).encode()
-    await send({"type": "http.response.start", "status": 405, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"allow", ", ".join(allowed).encode())]})
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"Method {method} is not allowed here; allowed: {', '.join(allowed)}.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "method_not_allowed",
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 405,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"allow", ", ".join(allowed).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -55,8 +55,13 @@ def _unix(t: datetime) -> int:
 
 
 def conversation_object(c: Conversation, *, with_owner: bool = True) -> dict[str, Any]:
-    body: dict[str, Any] = {"id": c.id, "object": "conversation", "title": c.title,
-                            "created_at": _unix(c.created_at), "updated_at": _unix(c.updated_at)}
+    body: dict[str, Any] = {
+        "id": c.id,
+        "object": "conversation",
+        "title": c.title,
+        "created_at": _unix(c.created_at),
+        "updated_at": _unix(c.updated_at),
+    }
     if with_owner:
         body["client_id"] = c.owner
     return body
@@ -65,27 +70,56 @@ def conversation_object(c: Conversation, *, with_owner: bool = True) -> dict[str
 def message_object(m: ConversationMessage, *, shared: bool = False) -> dict[str, Any]:
     """A node of the tree. Shared: only what a reader without a key may see (no generation link, so no way
     to its ratings; no decoding details)."""
-    body: dict[str, Any] = {"id": m.id, "object": "conversation.message", "parent_id": m.parent_id,
-                            "role": m.role, "content": m.content, "stage": m.stage, "deleted": m.deleted,
-                            "created_at": _unix(m.created_at)}
+    body: dict[str, Any] = {
+        "id": m.id,
+        "object": "conversation.message",
+        "parent_id": m.parent_id,
+        "role": m.role,
+        "content": m.content,
+        "stage": m.stage,
+        "deleted": m.deleted,
+        "created_at": _unix(m.created_at),
+    }
     if not shared:
-        body.update(sampling=m.sampling, speculative=m.speculative, reward_score=m.reward_score,
-                    generation_id=m.generation_id)
+        body.update(
+            sampling=m.sampling, speculative=m.speculative, reward_score=m.reward_score, generation_id=m.generation_id
+        )
     return body
 
 
 def share_object(s: Share) -> dict[str, Any]:
-    return {"id": s.id, "object": "conversation.share", "conversation_id": s.conversation_id,
-            "message_id": s.message_id, "url": f"/v1/shared/{s.id}", "page": f"/shared/{s.id}",
-            "created_at": _unix(s.created_at)}
+    return {
+        "id": s.id,
+        "object": "conversation.share",
+        "conversation_id": s.conversation_id,
+        "message_id": s.message_id,
+        "url": f"/v1/shared/{s.id}",
+        "page": f"/shared/{s.id}",
+        "created_at": _unix(s.created_at),
+    }
 
 
 def export_object(c: Conversation, messages: list[ConversationMessage]) -> dict[str, Any]:
     """The whole tree, as `import_messages` reads it back."""
-    return {"format": EXPORT_FORMAT, "title": c.title, "created_at": _unix(c.created_at),
-            "messages": [{"id": m.id, "parent_id": m.parent_id, "role": m.role, "content": m.content,
-                          "stage": m.stage, "sampling": m.sampling, "speculative": m.speculative,
-                          "reward_score": m.reward_score} for m in messages if not m.deleted]}
+    return {
+        "format": EXPORT_FORMAT,
+        "title": c.title,
+        "created_at": _unix(c.created_at),
+        "messages": [
+            {
+                "id": m.id,
+                "parent_id": m.parent_id,
+                "role": m.role,
+                "content": m.content,
+                "stage": m.stage,
+                "sampling": m.sampling,
+                "speculative": m.speculative,
+                "reward_score": m.reward_score,
+            }
+            for m in messages
+            if not m.deleted
+        ],
+    }
 
 
 _IMPORTED = ("id", "parent_id", "role", "content", "stage", "sampling", "speculative", "reward_score")
@@ -95,11 +129,14 @@ def import_messages(tree: Any) -> tuple[str | None, list[NewMessage]]:
     """An exported tree's title and messages (the store checks that they make a tree). Deleted messages
     are left out of exports, so a tree whose branch went through one imports with that branch cut."""
     if not isinstance(tree, dict) or not isinstance(tree.get("messages"), list):
-        raise bad_request("An import is an object with a 'messages' list (as GET /v1/conversations/{id}/export "
-                          "gives).", param="messages")
+        raise bad_request(
+            "An import is an object with a 'messages' list (as GET /v1/conversations/{id}/export gives).",
+            param="messages",
+        )
     if tree.get("format", EXPORT_FORMAT) != EXPORT_FORMAT:
-        raise bad_request(f"Unknown export format {tree.get('format')!r}; this server reads {EXPORT_FORMAT!r}.",
-                          param="format")
+        raise bad_request(
+            f"Unknown export format {tree.get('format')!r}; this server reads {EXPORT_FORMAT!r}.", param="format"
+        )
     messages = []
     for i, m in enumerate(tree["messages"]):
         if not isinstance(m, dict):
@@ -123,10 +160,14 @@ def shared_page(title: str, messages: list[ConversationMessage]) -> str:
     """What a share link shows in a browser: the messages as plain, escaped HTML (no script, no form)."""
     rows = "".join(
         f'<div class="m {html.escape(m.role)}"><b>{html.escape(m.role)}'
-        f'{" · " + html.escape(m.stage) if m.stage else ""}</b><p>{html.escape(m.content)}</p></div>'
-        for m in messages if not m.deleted)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;max-width:48em;margin:2em auto}.m{border-radius:6px;padding:.2em .8em;"
-            "margin:.6em 0;background:#f4f4f4}.assistant{background:#eef4ff}p{white-space:pre-wrap}</style></head>"
-            f"<body><h1>{html.escape(title)}</h1><p><i>A shared stagechat conversation (read only).</i></p>"
-            f"{rows}</body></html>")
+        f"{' · ' + html.escape(m.stage) if m.stage else ''}</b><p>{html.escape(m.content)}</p></div>"
+        for m in messages
+        if not m.deleted
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;max-width:48em;margin:2em auto}.m{border-radius:6px;padding:.2em .8em;"
+        "margin:.6em 0;background:#f4f4f4}.assistant{background:#eef4ff}p{white-space:pre-wrap}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1><p><i>A shared stagechat conversation (read only).</i></p>"
+        f"{rows}</body></html>"
+    )

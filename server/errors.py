@@ -14,8 +14,16 @@ from server.store.records import StoreError, UnknownItem, UnknownResponse
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.headers = headers  # e.g. Retry-After on a 429
@@ -74,16 +82,18 @@ ERROR_SCHEMA: dict[str, Any] = {
     "title": ERROR_SCHEMA_NAME,
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {
-        "type": "object",
-        "required": ["message", "type", "param", "code"],
-        "properties": {
-            "message": {"type": "string"},
-            "type": {"type": "string"},
-            "param": {"type": ["string", "null"]},
-            "code": {"type": ["string", "null"]},
-        },
-    }},
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
 }
 _WHY = {
     400: "Bad parameter or malformed body",
@@ -101,5 +111,7 @@ _WHY = {
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for these error statuses, each with the OpenAI error body."""
     ref = {"$ref": f"#/components/schemas/{ERROR_SCHEMA_NAME}"}
-    return {status: {"description": _WHY.get(status, "Error"), "content": {"application/json": {"schema": ref}}}
-            for status in statuses}
+    return {
+        status: {"description": _WHY.get(status, "Error"), "content": {"application/json": {"schema": ref}}}
+        for status in statuses
+    }

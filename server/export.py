@@ -44,8 +44,12 @@ if TYPE_CHECKING:
 Format = Literal["kto", "dpo", "sft"]
 FORMATS: tuple[str, ...] = ("kto", "dpo", "sft")
 # Where a row came from, as the dataset card counts them.
-SOURCES: dict[str, str] = {"thumbs": "thumbs up/down", "preference": "A/B preferences",
-                           "ranking": "rankings", "correction": "corrections"}
+SOURCES: dict[str, str] = {
+    "thumbs": "thumbs up/down",
+    "preference": "A/B preferences",
+    "ranking": "rankings",
+    "correction": "corrections",
+}
 TEST_FRACTION = 0.1
 
 Message = dict[str, str]
@@ -129,11 +133,16 @@ def kto_rows(answers: Iterable[RatedAnswer], corrections: Iterable[CorrectedAnsw
     for _, prompt, texts in _verdicts(answers):
         for text, v in texts.items():
             if v.score:
-                yield Row({"prompt": prompt, "completion": _assistant(text), "label": v.score > 0},
-                          "thumbs", v.stages, v.times)
+                yield Row(
+                    {"prompt": prompt, "completion": _assistant(text), "label": v.score > 0},
+                    "thumbs",
+                    v.stages,
+                    v.times,
+                )
     for c in corrections:
-        yield _correction_row(c, {"prompt": prompt_messages(c.prompt), "completion": _assistant(c.corrected),
-                                  "label": True})
+        yield _correction_row(
+            c, {"prompt": prompt_messages(c.prompt), "completion": _assistant(c.corrected), "label": True}
+        )
 
 
 def sft_rows(answers: Iterable[RatedAnswer], corrections: Iterable[CorrectedAnswer] = ()) -> Iterator[Row]:
@@ -147,23 +156,41 @@ def sft_rows(answers: Iterable[RatedAnswer], corrections: Iterable[CorrectedAnsw
         yield _correction_row(c, {"messages": prompt_messages(c.prompt) + _assistant(c.corrected)})
 
 
-def dpo_rows(pairs: Iterable[PreferredPair], answers: Iterable[RatedAnswer],
-             corrections: Iterable[CorrectedAnswer] = ()) -> Iterator[Row]:
+def dpo_rows(
+    pairs: Iterable[PreferredPair], answers: Iterable[RatedAnswer], corrections: Iterable[CorrectedAnswer] = ()
+) -> Iterator[Row]:
     """Preference and ranking pairs, then corrected-over-original, then pairs from up/down ratings."""
     for pair in pairs:
         if pair.chosen != pair.rejected:
-            yield Row({"prompt": prompt_messages(pair.prompt), "chosen": _assistant(pair.chosen),
-                       "rejected": _assistant(pair.rejected)}, pair.source, {s for s in pair.stages if s},
-                      [pair.rated_at] if pair.rated_at else [])
+            yield Row(
+                {
+                    "prompt": prompt_messages(pair.prompt),
+                    "chosen": _assistant(pair.chosen),
+                    "rejected": _assistant(pair.rejected),
+                },
+                pair.source,
+                {s for s in pair.stages if s},
+                [pair.rated_at] if pair.rated_at else [],
+            )
     for c in corrections:
-        yield _correction_row(c, {"prompt": prompt_messages(c.prompt), "chosen": _assistant(c.corrected),
-                                  "rejected": _assistant(c.original)})
+        yield _correction_row(
+            c,
+            {
+                "prompt": prompt_messages(c.prompt),
+                "chosen": _assistant(c.corrected),
+                "rejected": _assistant(c.original),
+            },
+        )
     for _, prompt, texts in _verdicts(answers):
         for chosen, good in texts.items():
             for rejected, bad in texts.items():
                 if good.score > 0 and bad.score < 0:
-                    yield Row({"prompt": prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected)},
-                              "thumbs", good.stages | bad.stages, good.times + bad.times)
+                    yield Row(
+                        {"prompt": prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected)},
+                        "thumbs",
+                        good.stages | bad.stages,
+                        good.times + bad.times,
+                    )
 
 
 def unique(rows: Iterable[Row]) -> Iterator[Row]:
@@ -199,8 +226,7 @@ def examples(store: Store, format: str, *, stage: str | None = None) -> Iterator
     return (row.example for row in rows(store, format, stage=stage))
 
 
-def export_to_file(store: Store, format: str, out_path: str | os.PathLike[str], *,
-                   stage: str | None = None) -> int:
+def export_to_file(store: Store, format: str, out_path: str | os.PathLike[str], *, stage: str | None = None) -> int:
     """Write JSON lines to `out_path` (atomically: a reader never sees half a file); returns the count."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -250,11 +276,11 @@ def split_by_prompt(all_rows: list[Row], fraction: float) -> tuple[list[int], li
 
 FORMAT_NOTES = {
     "kto": "TRL's unpaired preference format: `prompt` (messages), `completion` (one assistant message), "
-           "`label` (true: desirable). Train with `trl.KTOTrainer`.",
+    "`label` (true: desirable). Train with `trl.KTOTrainer`.",
     "dpo": "TRL's preference format with an explicit prompt: `prompt` (messages), `chosen` and `rejected` "
-           "(one assistant message each). Train with `trl.DPOTrainer` or `trl.RewardTrainer`.",
+    "(one assistant message each). Train with `trl.DPOTrainer` or `trl.RewardTrainer`.",
     "sft": "TRL's conversational language-modelling format: `messages` (the prompt, then the assistant "
-           "answer). Train with `trl.SFTTrainer`.",
+    "answer). Train with `trl.SFTTrainer`.",
 }
 
 
@@ -263,33 +289,64 @@ def dataset_card(format: str, all_rows: list[Row], splits: dict[str, int], *, st
     sources = Counter(r.source for r in all_rows)
     stages = Counter(s for r in all_rows for s in r.stages)
     times = [t for r in all_rows for t in r.times]
-    span = (f"{min(times).isoformat(timespec='seconds')} – {max(times).isoformat(timespec='seconds')} (UTC)"
-            if times else "no timestamps")
+    span = (
+        f"{min(times).isoformat(timespec='seconds')} – {max(times).isoformat(timespec='seconds')} (UTC)"
+        if times
+        else "no timestamps"
+    )
     lines = [
         "---",
         "configs:",
         "- config_name: default",
         "  data_files:",
         *[f"  - split: {name}\n    path: data/{name}-*" for name in splits],
-        "tags:", "- trl", f"- {format}", "- stagechat", "---", "",
-        f"# stagechat feedback — {format.upper()}", "",
+        "tags:",
+        "- trl",
+        f"- {format}",
+        "- stagechat",
+        "---",
+        "",
+        f"# stagechat feedback — {format.upper()}",
+        "",
         f"Exported by `stagechat feedback export --format {format}` from the ratings collected by a stagechat "
-        "server" + (f" (stage `{stage}` only)" if stage else "") + ".", "",
-        "## Format", "", FORMAT_NOTES[format], "",
+        "server" + (f" (stage `{stage}` only)" if stage else "") + ".",
+        "",
+        "## Format",
+        "",
+        FORMAT_NOTES[format],
+        "",
         "Each prompt is the exact conversation prefix the answer was generated for, as the server logged it. "
-        "Exact duplicate rows were removed; the train/test split is by prompt (no prompt is in both).", "",
-        "## Splits", "", "| split | rows |", "|---|---|", *[f"| {n} | {c} |" for n, c in splits.items()], "",
-        "## Rows per source", "", "| source | rows |", "|---|---|",
-        *[f"| {label} | {sources.get(key, 0)} |" for key, label in SOURCES.items()], "",
-        "## Stages", "", "| stage | rows involving it |", "|---|---|",
-        *[f"| {s} | {c} |" for s, c in sorted(stages.items())], "",
-        "## Time range", "", f"Feedback given {span}.", "",
+        "Exact duplicate rows were removed; the train/test split is by prompt (no prompt is in both).",
+        "",
+        "## Splits",
+        "",
+        "| split | rows |",
+        "|---|---|",
+        *[f"| {n} | {c} |" for n, c in splits.items()],
+        "",
+        "## Rows per source",
+        "",
+        "| source | rows |",
+        "|---|---|",
+        *[f"| {label} | {sources.get(key, 0)} |" for key, label in SOURCES.items()],
+        "",
+        "## Stages",
+        "",
+        "| stage | rows involving it |",
+        "|---|---|",
+        *[f"| {s} | {c} |" for s, c in sorted(stages.items())],
+        "",
+        "## Time range",
+        "",
+        f"Feedback given {span}.",
+        "",
     ]
     return "\n".join(lines)
 
 
-def build_dataset_dict(store: Store, format: str, *, stage: str | None = None,
-                       test_fraction: float = TEST_FRACTION) -> tuple[Any, str]:
+def build_dataset_dict(
+    store: Store, format: str, *, stage: str | None = None, test_fraction: float = TEST_FRACTION
+) -> tuple[Any, str]:
     """(`datasets.DatasetDict` with train and test, dataset card text)."""
     import datasets  # heavy; only the dataset export needs it
 
@@ -301,9 +358,17 @@ def build_dataset_dict(store: Store, format: str, *, stage: str | None = None,
     return dd, card
 
 
-def export_to_hf_dataset(store: Store, format: str, out_dir: str | os.PathLike[str] | None = None, *,
-                         stage: str | None = None, test_fraction: float = TEST_FRACTION,
-                         push_to_hub: str | None = None, private: bool = True, token: str | None = None) -> int:
+def export_to_hf_dataset(
+    store: Store,
+    format: str,
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    stage: str | None = None,
+    test_fraction: float = TEST_FRACTION,
+    push_to_hub: str | None = None,
+    private: bool = True,
+    token: str | None = None,
+) -> int:
     """Save a `DatasetDict` (train/test) with its card to `out_dir` (`datasets.load_from_disk` reads
     it; the card is `README.md` beside it) and/or push both to the Hub repo `push_to_hub`.
     Returns the row count."""

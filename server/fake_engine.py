@@ -3,9 +3,10 @@
 It "generates" the words of a script one token at a time (a token is a word with its leading
 space), honours max_tokens (0: score only), stop strings, n, logprobs, prompt logprobs and abort,
 and counts running requests like vLLM does. `die()` kills it as the OOM killer would a vLLM worker:
-streams in flight raise `EngineDead` at their next token, and `dead()` says so. Structured outputs it cannot decode: `check` refuses
-them, as an engine without a structured-output backend would. It knows no model: what it says is the script, whatever the prompt. Integration tests
-use `VllmEngine` on a real checkpoint instead.
+streams in flight raise `EngineDead` at their next token, and `dead()` says so. Structured outputs it
+cannot decode: `check` refuses them, as an engine without a structured-output backend would. It knows no
+model: what it says is the script, whatever the prompt. Integration tests use `VllmEngine` on a real
+checkpoint instead.
 """
 
 from __future__ import annotations
@@ -59,8 +60,15 @@ class FakeTokenizer:
 
 
 class ScriptedEngine:
-    def __init__(self, script: str = "The capital of Kenya is Nairobi.", *, max_model_len: int = 64,
-                 delay: float = 0.0, speculative_method: str | None = None, lossy_when_sampling: bool = False):
+    def __init__(
+        self,
+        script: str = "The capital of Kenya is Nairobi.",
+        *,
+        max_model_len: int = 64,
+        delay: float = 0.0,
+        speculative_method: str | None = None,
+        lossy_when_sampling: bool = False,
+    ):
         self.script = script
         self.max_model_len = max_model_len
         self.delay = delay  # seconds between tokens, so tests can disconnect mid-stream
@@ -97,8 +105,13 @@ class ScriptedEngine:
         if bad:
             raise EngineRequestError(f"logit_bias has token ids outside the vocabulary: {bad}", "logit_bias")
 
-    async def generate(self, prompt_token_ids: list[int], settings: SamplingSettings, request_id: str,
-                       adapter: AdapterRef | None = None) -> AsyncIterator[list[Delta]]:
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        settings: SamplingSettings,
+        request_id: str,
+        adapter: AdapterRef | None = None,
+    ) -> AsyncIterator[list[Delta]]:
         self._check_alive()
         self.requests.append((prompt_token_ids, settings, adapter))
         self.running.add(request_id)
@@ -108,13 +121,17 @@ class ScriptedEngine:
         prompt_logprobs = None
         if settings.prompt_logprobs is not None:  # every prompt token "had" probability 1/2
             words = self.tokenizer.convert_ids_to_tokens(prompt_token_ids)
-            prompt_logprobs = [None] + [TokenLogprob(w, math.log(0.5), ((w, math.log(0.5)),), i, 1, (i,))
-                                        for w, i in zip(words[1:], prompt_token_ids[1:])]
+            prompt_logprobs = [None] + [
+                TokenLogprob(w, math.log(0.5), ((w, math.log(0.5)),), i, 1, (i,))
+                for w, i in zip(words[1:], prompt_token_ids[1:])
+            ]
         try:
             if settings.max_tokens == 0:
                 await asyncio.sleep(0)
-                yield [Delta(i, "", [], None, "length", prompt_logprobs=prompt_logprobs if i == 0 else None)
-                       for i in range(settings.n)]
+                yield [
+                    Delta(i, "", [], None, "length", prompt_logprobs=prompt_logprobs if i == 0 else None)
+                    for i in range(settings.n)
+                ]
                 done = [True] * settings.n
                 return
             for step in range(len(tokens)):

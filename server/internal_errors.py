@@ -40,14 +40,23 @@ def request_id(headers: Any = None) -> str:
 
 
 def internal_error(rid: str) -> APIError:
-    return APIError(500, f"The server failed on this request (request id {rid}); it has been logged.",
-                    type="server_error", code="internal_error", headers={"x-request-id": rid})
+    return APIError(
+        500,
+        f"The server failed on this request (request id {rid}); it has been logged.",
+        type="server_error",
+        code="internal_error",
+        headers={"x-request-id": rid},
+    )
 
 
 def database_unavailable(rid: str) -> APIError:
-    return APIError(503, f"The database is unreachable; retry shortly (request id {rid}).",
-                    type="service_unavailable", code="store_unavailable",
-                    headers={"Retry-After": str(STORE_RETRY_AFTER), "x-request-id": rid})
+    return APIError(
+        503,
+        f"The database is unreachable; retry shortly (request id {rid}).",
+        type="service_unavailable",
+        code="store_unavailable",
+        headers={"Retry-After": str(STORE_RETRY_AFTER), "x-request-id": rid},
+    )
 
 
 def is_database_outage(exc: BaseException) -> bool:
@@ -57,7 +66,8 @@ def is_database_outage(exc: BaseException) -> bool:
     except ImportError:
         return False
     return isinstance(exc, (OperationalError, InterfaceError)) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated)
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
 
 
 def _headers_of(scope) -> dict[str, str]:
@@ -89,13 +99,19 @@ class InternalErrorMiddleware:
             rid = request_id(_headers_of(scope))
             fault = storage_fault(exc, database=database_path(scope.get("app")))  # a full disk, read-only storage
             outage = fault is None and is_database_outage(exc)
-            log.error("request %s: %s %s failed%s: %s: %s", rid, scope.get("method"), scope.get("path"),
-                      f" ({fault.describe()})" if fault else " (database unreachable)" if outage else "",
-                      type(exc).__name__, exc, exc_info=exc)
+            log.error(
+                "request %s: %s %s failed%s: %s: %s",
+                rid,
+                scope.get("method"),
+                scope.get("path"),
+                f" ({fault.describe()})" if fault else " (database unreachable)" if outage else "",
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
             if started:  # the status went out already: nothing to do but let the server close it
                 raise
-            error = (storage_error(fault, rid) if fault else database_unavailable(rid) if outage
-                     else internal_error(rid))
+            error = storage_error(fault, rid) if fault else database_unavailable(rid) if outage else internal_error(rid)
             body = json.dumps(error.body()).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (error.headers or {}).items()]

@@ -29,8 +29,15 @@ def free_port() -> int:
 class ChildServer:
     """`command(port)` started in its own process group; ready when `ready_path` answers 200."""
 
-    def __init__(self, command: Callable[[int], Sequence[str]], *, log: Path, env: dict[str, str] | None = None,
-                 ready_path: str = "/ready", timeout: float = 300):
+    def __init__(
+        self,
+        command: Callable[[int], Sequence[str]],
+        *,
+        log: Path,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/ready",
+        timeout: float = 300,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -39,8 +46,14 @@ class ChildServer:
         # A few GiB of KV cache, not vLLM's default of 92% of the machine's memory per engine.
         full_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
         with log.open("w") as out:
-            self.process = subprocess.Popen(list(command(self.port)), cwd=REPO_ROOT, env=full_env, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                list(command(self.port)),
+                cwd=REPO_ROOT,
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             self._wait(ready_path, began + timeout)
         except Exception as exc:
@@ -73,29 +86,63 @@ class ChildServer:
         return self.process.returncode
 
 
-def stagechat_server(config: Path, data_dir: Path, extra_args: Sequence[str] = (),
-                     env: dict[str, str] | None = None) -> ChildServer:
+def stagechat_server(
+    config: Path, data_dir: Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None
+) -> ChildServer:
     """`stagechat serve --config CONFIG` with its data (store, rounds) in `data_dir`."""
     data_dir.mkdir(parents=True, exist_ok=True)
     return ChildServer(
-        lambda port: [sys.executable, "-m", "cli", "serve", "--config", str(config), "--port", str(port),
-                      "--log-level", "warning", *extra_args],
-        log=data_dir / "server.log", env={"STAGECHAT_DATA_DIR": str(data_dir), **(env or {})},
+        lambda port: [
+            sys.executable,
+            "-m",
+            "cli",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *extra_args,
+        ],
+        log=data_dir / "server.log",
+        env={"STAGECHAT_DATA_DIR": str(data_dir), **(env or {})},
     )
 
 
-def vllm_openai_server(model: Path, log: Path, *, served_model_name: str,
-                       lora_modules: dict[str, Path] | None = None, extra_args: Sequence[str] = (),
-                       env: dict[str, str] | None = None) -> ChildServer:
+def vllm_openai_server(
+    model: Path,
+    log: Path,
+    *,
+    served_model_name: str,
+    lora_modules: dict[str, Path] | None = None,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> ChildServer:
     """vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`) on `model`, with
     runtime LoRA loading allowed: the stand-in for a remote GPU node that serves remote stages."""
     loras = [f"{name}={path}" for name, path in (lora_modules or {}).items()]
     return ChildServer(
-        lambda port: [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                      "--served-model-name", served_model_name, "--host", "127.0.0.1", "--port", str(port),
-                      "--max-model-len", "512", "--dtype", "float32",
-                      *(["--enable-lora", "--max-lora-rank", "8", "--max-loras", "4", "--lora-modules", *loras]
-                        if loras else []),
-                      *extra_args],
-        log=log, env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **(env or {})}, ready_path="/v1/models",
+        lambda port: [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--served-model-name",
+            served_model_name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-model-len",
+            "512",
+            "--dtype",
+            "float32",
+            *(["--enable-lora", "--max-lora-rank", "8", "--max-loras", "4", "--lora-modules", *loras] if loras else []),
+            *extra_args,
+        ],
+        log=log,
+        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **(env or {})},
+        ready_path="/v1/models",
     )

@@ -79,8 +79,13 @@ class Agreement:
     percent_agreement: float | None  # share of those pairs on which every rater said the same
 
     def to_dict(self) -> dict[str, Any]:
-        return {"krippendorff_alpha": self.krippendorff_alpha, "level": "ordinal", "units": self.units,
-                "raters": self.raters, "percent_agreement": self.percent_agreement}
+        return {
+            "krippendorff_alpha": self.krippendorff_alpha,
+            "level": "ordinal",
+            "units": self.units,
+            "raters": self.raters,
+            "percent_agreement": self.percent_agreement,
+        }
 
 
 def agreement(judgements: Iterable[Judgement]) -> Agreement:
@@ -130,11 +135,16 @@ class StageRow:
         return 1000 + ELO_SCALE * self.strength
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "strength": round(self.strength, 4),
-                "ci95": [round(self.ci[0], 4), round(self.ci[1], 4)], "elo": round(self.elo, 1),
-                "elo_ci95": [round(1000 + ELO_SCALE * c, 1) for c in self.ci], "votes": self.votes,
-                "comparisons": self.comparisons,
-                "win_rate": None if self.win_rate is None else round(self.win_rate, 4)}
+        return {
+            "stage": self.stage,
+            "strength": round(self.strength, 4),
+            "ci95": [round(self.ci[0], 4), round(self.ci[1], 4)],
+            "elo": round(self.elo, 1),
+            "elo_ci95": [round(1000 + ELO_SCALE * c, 1) for c in self.ci],
+            "votes": self.votes,
+            "comparisons": self.comparisons,
+            "win_rate": None if self.win_rate is None else round(self.win_rate, 4),
+        }
 
 
 @dataclass
@@ -153,9 +163,16 @@ class Leaderboard:
         return len(rows) >= 2 and all(lo.ci[1] < hi.ci[0] for lo, hi in zip(rows, rows[1:]))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"object": "leaderboard", "data": [r.to_dict() for r in self.stages], "win_rates": self.win_rates,
-                "judgements": self.judgements, "bootstrap": self.bootstrap, "model": "bradley-terry",
-                "agreement": self.agreement.to_dict(), **self.extra}
+        return {
+            "object": "leaderboard",
+            "data": [r.to_dict() for r in self.stages],
+            "win_rates": self.win_rates,
+            "judgements": self.judgements,
+            "bootstrap": self.bootstrap,
+            "model": "bradley-terry",
+            "agreement": self.agreement.to_dict(),
+            **self.extra,
+        }
 
 
 def leaderboard(judgements: Iterable[Judgement], *, bootstrap: int = BOOTSTRAP, seed: int = 0) -> Leaderboard:
@@ -190,24 +207,40 @@ def leaderboard(judgements: Iterable[Judgement], *, bootstrap: int = BOOTSTRAP, 
     for _, outs in used:
         for s in {x for si, sj, _ in outs for x in (si, sj)}:
             votes[s] += 1
-    rows = [StageRow(s, float(theta[i]), (float(lo[i]), float(hi[i])), votes[s], int(met[i].sum()),
-                     float(wins[i].sum() / met[i].sum()) if met[i].sum() else None) for s, i in index.items()]
+    rows = [
+        StageRow(
+            s,
+            float(theta[i]),
+            (float(lo[i]), float(hi[i])),
+            votes[s],
+            int(met[i].sum()),
+            float(wins[i].sum() / met[i].sum()) if met[i].sum() else None,
+        )
+        for s, i in index.items()
+    ]
     rows.sort(key=lambda r: -r.strength)
-    win_rates = {a: {b: (None if met[i, j] == 0 else round(float(wins[i, j] / met[i, j]), 4)) for b, j in index.items()
-                     if b != a} for a, i in index.items()}
+    win_rates = {
+        a: {
+            b: (None if met[i, j] == 0 else round(float(wins[i, j] / met[i, j]), 4)) for b, j in index.items() if b != a
+        }
+        for a, i in index.items()
+    }
     raters: dict[str, int] = {}
     for j, _ in used:
         raters[j.rater] = raters.get(j.rater, 0) + 1
-    extra = {"raters": dict(sorted(raters.items(), key=lambda kv: (-kv[1], kv[0]))),
-             "blind_judgements": sum(j.blind for j, _ in used)}
+    extra = {
+        "raters": dict(sorted(raters.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "blind_judgements": sum(j.blind for j, _ in used),
+    }
     return Leaderboard(rows, win_rates, len(used), bootstrap if used else 0, agreement(judgements), extra)
 
 
 # -- what the route and the UI show (reads a `Store`; the statistics above know none) -------------
 
 
-def read_judgements(store, votes: str | None, *, min_gold_accuracy: float | None = None,
-                    **filters) -> tuple[str, list[Judgement]]:
+def read_judgements(
+    store, votes: str | None, *, min_gold_accuracy: float | None = None, **filters
+) -> tuple[str, list[Judgement]]:
     """(the votes read, the judgements) from a `Store`: blind = arena votes only; all = arena + named.
     No `votes`: blind as soon as one blind vote exists, else all. With `min_gold_accuracy`, every
     judgement of a rater whose accuracy on gold questions is below it is left out (raters who

@@ -34,8 +34,9 @@ class Limits:
 class RateLimited(APIError):
     def __init__(self, message: str, retry_after: float, *, limit: str):
         seconds = max(1, math.ceil(retry_after))
-        super().__init__(429, message, type="rate_limit_error", code="rate_limit_exceeded",
-                         headers={"Retry-After": str(seconds)})
+        super().__init__(
+            429, message, type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": str(seconds)}
+        )
         self.retry_after = seconds
         self.limit = limit
 
@@ -44,7 +45,7 @@ class Lease:
     """One admitted generation. `release` is idempotent: the serving layer calls it when the
     generation ends, and a finaliser calls it for a generation that was never run."""
 
-    def __init__(self, limiter: "Limiter", client: str, reservation: list[float]):
+    def __init__(self, limiter: Limiter, client: str, reservation: list[float]):
         self._limiter = limiter
         self.client = client
         self._reservation = reservation  # [timestamp, tokens]: an entry of the client's window
@@ -73,14 +74,25 @@ class Limiter:
         """A lease for one generation of (at most) `tokens` tokens, or a 429 saying which limit."""
         limits = self.limits
         if limits.max_queued_requests and self.in_flight >= limits.max_queued_requests:
-            raise self._refuse("max_queued_requests", RateLimited(
-                f"The server is at its limit of {limits.max_queued_requests} requests in flight; retry shortly.",
-                1, limit="max_queued_requests"))
+            raise self._refuse(
+                "max_queued_requests",
+                RateLimited(
+                    f"The server is at its limit of {limits.max_queued_requests} requests in flight; retry shortly.",
+                    1,
+                    limit="max_queued_requests",
+                ),
+            )
         running = self._per_client.get(client, 0)
         if limits.max_concurrent_per_key and running >= limits.max_concurrent_per_key:
-            raise self._refuse("max_concurrent_per_key", RateLimited(
-                f"This key already has {running} requests in flight, its limit is "
-                f"{limits.max_concurrent_per_key}; retry when one finishes.", 1, limit="max_concurrent_per_key"))
+            raise self._refuse(
+                "max_concurrent_per_key",
+                RateLimited(
+                    f"This key already has {running} requests in flight, its limit is "
+                    f"{limits.max_concurrent_per_key}; retry when one finishes.",
+                    1,
+                    limit="max_concurrent_per_key",
+                ),
+            )
         now = self.clock()
         window = self._windows.setdefault(client, deque())
         if limits.tokens_per_minute_per_key:
@@ -88,16 +100,26 @@ class Limiter:
             while window and window[0][0] <= now - WINDOW_SECONDS:
                 window.popleft()
             if tokens > tpm:
-                raise self._refuse("tokens_per_minute_per_key", RateLimited(
-                    f"This request needs up to {tokens} tokens (prompt + max_tokens × n), more than this key's "
-                    f"limit of {tpm} tokens per minute; lower max_tokens or shorten the prompt.",
-                    WINDOW_SECONDS, limit="tokens_per_minute_per_key"))
+                raise self._refuse(
+                    "tokens_per_minute_per_key",
+                    RateLimited(
+                        f"This request needs up to {tokens} tokens (prompt + max_tokens × n), more than this key's "
+                        f"limit of {tpm} tokens per minute; lower max_tokens or shorten the prompt.",
+                        WINDOW_SECONDS,
+                        limit="tokens_per_minute_per_key",
+                    ),
+                )
             used = sum(entry[1] for entry in window)
             if used + tokens > tpm:
-                raise self._refuse("tokens_per_minute_per_key", RateLimited(
-                    f"This key has used {used:.0f} of its {tpm} tokens per minute and this request needs up to "
-                    f"{tokens}; retry later.", self._wait_for_room(window, used + tokens - tpm, now),
-                    limit="tokens_per_minute_per_key"))
+                raise self._refuse(
+                    "tokens_per_minute_per_key",
+                    RateLimited(
+                        f"This key has used {used:.0f} of its {tpm} tokens per minute and this request needs up to "
+                        f"{tokens}; retry later.",
+                        self._wait_for_room(window, used + tokens - tpm, now),
+                        limit="tokens_per_minute_per_key",
+                    ),
+                )
         reservation = [now, float(tokens)]
         if limits.tokens_per_minute_per_key:
             window.append(reservation)

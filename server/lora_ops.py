@@ -88,19 +88,27 @@ def bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_
         output_tensor[:, :common] = out[:, :common]
 
 
-def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset: int,
-                      slice_size: int, add_inputs: bool = True):
+def bgmv_expand_slice(
+    inputs,
+    lora_b_weights,
+    output_tensor,
+    lora_indices_tensor,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = True,
+):
     out = _grouped(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     if out is None or (out is not NO_LORA and out.shape[0] != output_tensor.shape[0]):
-        return _original("bgmv_expand_slice")(inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset,
-                                       slice_size, add_inputs)
+        return _original("bgmv_expand_slice")(
+            inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset, slice_size, add_inputs
+        )
     if out is NO_LORA:
         if not add_inputs:
-            output_tensor[:, slice_offset: slice_offset + slice_size] = 0
+            output_tensor[:, slice_offset : slice_offset + slice_size] = 0
     elif add_inputs:
-        output_tensor[:, slice_offset: slice_offset + slice_size] += out
+        output_tensor[:, slice_offset : slice_offset + slice_size] += out
     else:
-        output_tensor[:, slice_offset: slice_offset + slice_size] = out
+        output_tensor[:, slice_offset : slice_offset + slice_size] = out
 
 
 def _step_groups(indices: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
@@ -141,8 +149,9 @@ def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_sl
     x = x.view(-1, x.shape[-1])
     out = y.view(-1, y.shape[-1])
     if groups is None or x.shape[0] != self.token_lora_indices.shape[0] or sum(output_slices) != out.shape[1]:
-        return _vllm.add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices,
-                                     buffer=buffer, **kwargs)
+        return _vllm.add_lora_linear(
+            self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
+        )
     for slot, rows in groups:
         a, b = _fused_weights(lora_a_stacked, lora_b_stacked, slot, y.dtype)
         if rows is None:

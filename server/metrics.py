@@ -12,11 +12,13 @@ PROMPT_TOKENS = Counter("stagechat_prompt_tokens", "Prompt tokens", ["stage"])
 COMPLETION_TOKENS = Counter("stagechat_completion_tokens", "Generated tokens", ["stage"])
 RUNNING = Gauge("stagechat_running_requests", "Generations in progress", ["stage"])
 # Set at scrape time from the engines themselves: proves an abort reached the engine.
-ENGINE_REQUESTS = Gauge("stagechat_engine_unfinished_requests", "Requests an engine has not finished",
-                        ["model", "speculative"])
+ENGINE_REQUESTS = Gauge(
+    "stagechat_engine_unfinished_requests", "Requests an engine has not finished", ["model", "speculative"]
+)
 TTFT = Histogram("stagechat_time_to_first_token_seconds", "Time to first token", ["stage"], buckets=_LATENCY_BUCKETS)
-ITL = Histogram("stagechat_inter_token_latency_seconds", "Time between streamed deltas", ["stage"],
-                buckets=_LATENCY_BUCKETS)
+ITL = Histogram(
+    "stagechat_inter_token_latency_seconds", "Time between streamed deltas", ["stage"], buckets=_LATENCY_BUCKETS
+)
 SPEC_DRAFT = Counter("stagechat_speculative_draft_tokens", "Draft tokens proposed", ["stage", "method"])
 SPEC_ACCEPTED = Counter("stagechat_speculative_accepted_tokens", "Draft tokens accepted", ["stage", "method"])
 # Admission limits (server/limits.py): what is configured (0 = off), what is admitted, what was refused.
@@ -28,5 +30,6 @@ TOO_LARGE = Counter("stagechat_too_large", "Requests or WebSocket frames refused
 # whose generation-log row could not be written (the store was down).
 ENGINE_RESTARTS = Counter("stagechat_engine_restarts", "Engines restarted after dying", ["engine"])
 ENGINE_DEATHS = Counter("stagechat_engine_deaths", "Engines found dead", ["engine"])
-GENERATION_LOG_FAILURES = Counter("stagechat_generation_log_failures",
-                                  "Served answers whose generation-log row could not be written")
+GENERATION_LOG_FAILURES = Counter(
+    "stagechat_generation_log_failures", "Served answers whose generation-log row could not be written"
+)

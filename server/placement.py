@@ -45,8 +45,13 @@ def confine_at() -> int:
 
 
 class SchedulerPlacement:
-    def __init__(self, pid: int, engine_cpus: set[int], confine_at: int = DEFAULT_CONFINE_AT,
-                 set_affinity: Callable[[int, set[int]], None] = os.sched_setaffinity):
+    def __init__(
+        self,
+        pid: int,
+        engine_cpus: set[int],
+        confine_at: int = DEFAULT_CONFINE_AT,
+        set_affinity: Callable[[int, set[int]], None] = os.sched_setaffinity,
+    ):
         self.pid = pid
         self.engine_cpus = engine_cpus
         self.anywhere = os.sched_getaffinity(pid)

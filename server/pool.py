@@ -9,8 +9,8 @@ one more evicts the least recently used idle engine, and when none is idle the r
 at once (each engine starts with `spare_lora_slots` free LoRA slots for that), and an engine whose
 adapters outgrow its slots or rank restarts. An engine that dies (noticed by a watcher polling
 `dead()`, or by a stream it broke: `engine_died`) is restarted by the pool's `Supervisor` with
-backoff; meanwhile its stages get a 503 naming them, and the other engines keep serving. The pool knows engines and adapters, nothing about HTTP
-or OpenAI types.
+backoff; meanwhile its stages get a 503 naming them, and the other engines keep serving. The pool knows
+engines and adapters, nothing about HTTP or OpenAI types.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def lora_rank(adapter_path: str) -> int:
 
 
 class EnginePool:
-    def __init__(self, registry: Registry, factory: EngineFactory, *, max_live_engines: int = 2,
-                 spare_lora_slots: int = 0):
+    def __init__(
+        self, registry: Registry, factory: EngineFactory, *, max_live_engines: int = 2, spare_lora_slots: int = 0
+    ):
         self.factory = factory
         self.max_live_engines = max_live_engines
         self.spare_lora_slots = spare_lora_slots
@@ -124,9 +125,12 @@ class EnginePool:
                     restarted.append(key)
                     continue
                 # The registry's `engine:` pins max_loras / max_lora_rank: a restart would not help.
-                log.warning("engine %s: %d adapters exceed the LoRA slots or rank its `engine:` arguments "
-                            "pin; remove max_loras / max_lora_rank there to let the pool size them", key[0],
-                            len(serving))
+                log.warning(
+                    "engine %s: %d adapters exceed the LoRA slots or rank its `engine:` arguments "
+                    "pin; remove max_loras / max_lora_rank there to let the pool size them",
+                    key[0],
+                    len(serving),
+                )
             await engine.warm_up([a for a in serving if a.name in added])
         return restarted
 
@@ -135,14 +139,20 @@ class EnginePool:
     def resolve(self, stage: str, speculative: str | None) -> tuple[EngineKey, AdapterRef | None]:
         """Validate a (stage, speculative) choice and name the engine that serves it."""
         if stage not in self.registry.stages:
-            raise not_found(f"The model '{stage}' does not exist. Stages: {', '.join(self.registry.stages)}.",
-                            param="model", code="model_not_found")
+            raise not_found(
+                f"The model '{stage}' does not exist. Stages: {', '.join(self.registry.stages)}.",
+                param="model",
+                code="model_not_found",
+            )
         methods = self.registry.speculative_methods(stage)
         method = speculative if speculative is not None else self.registry.stages[stage].default_speculative
         if method != SPECULATIVE_OFF and method not in methods:
             offered = ", ".join([SPECULATIVE_OFF, *methods])
-            raise bad_request(f"Stage '{stage}' offers no speculative method '{method}'. Offered: {offered}.",
-                              param="speculative", code="unknown_speculative_method")
+            raise bad_request(
+                f"Stage '{stage}' offers no speculative method '{method}'. Offered: {offered}.",
+                param="speculative",
+                code="unknown_speculative_method",
+            )
         root = self.registry.root(stage)
         key = (self.registry.checkpoint(root), None if method == SPECULATIVE_OFF else method)
         return key, self._adapters.get(stage)
@@ -190,7 +200,8 @@ class EnginePool:
         self.ready = True
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(
-                watch(self.engines, lambda key, engine, reason: self.engine_died(engine, reason)))
+                watch(self.engines, lambda key, engine, reason: self.engine_died(engine, reason))
+            )
 
     # -- healing ---------------------------------------------------------------------------------
 
@@ -246,9 +257,15 @@ class EnginePool:
     def down(self) -> list[dict[str, Any]]:
         """The engines that are down (restarting, or stopped after a crash loop), with their stages."""
         registry = self.registry
-        return [{**outage.describe(), "model": key[0], "speculative": key[1] or "off",
-                 "stages": [s for s in registry.stages if registry.checkpoint(registry.root(s)) == key[0]]}
-                for key, outage in self.supervisor.down.items()]
+        return [
+            {
+                **outage.describe(),
+                "model": key[0],
+                "speculative": key[1] or "off",
+                "stages": [s for s in registry.stages if registry.checkpoint(registry.root(s)) == key[0]],
+            }
+            for key, outage in self.supervisor.down.items()
+        ]
 
     def outage(self, key: EngineKey) -> Outage | None:
         return self.supervisor.outage(key)
@@ -294,8 +311,12 @@ class EnginePool:
     async def _evict_one(self) -> None:
         idle = [k for k, e in self._local_engines().items() if e.stats().running_requests == 0]
         if not idle:
-            raise APIError(503, f"All {self.max_live_engines} engines are busy; retry shortly.",
-                           type="service_unavailable", code="engines_busy")
+            raise APIError(
+                503,
+                f"All {self.max_live_engines} engines are busy; retry shortly.",
+                type="service_unavailable",
+                code="engines_busy",
+            )
         victim = min(idle, key=lambda k: self._last_used.get(k, 0.0))
         log.info("evicting idle engine %s (speculative: %s)", *victim)
         engine = self._engines.pop(victim)

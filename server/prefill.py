@@ -21,8 +21,18 @@ from server.errors import bad_request
 
 # Variables a request may not set through chat_template_kwargs: the renderer sets them itself
 # (vLLM refuses chat_template and tokenize; the rest would silently override the request's own fields).
-RESERVED = frozenset({"chat_template", "tokenize", "messages", "tools", "documents", "add_generation_prompt",
-                      "continue_final_message", "conversation"})
+RESERVED = frozenset(
+    {
+        "chat_template",
+        "tokenize",
+        "messages",
+        "tools",
+        "documents",
+        "add_generation_prompt",
+        "continue_final_message",
+        "conversation",
+    }
+)
 
 
 def template_options(request, tokenizer) -> dict[str, Any] | None:
@@ -38,27 +48,47 @@ def template_options(request, tokenizer) -> dict[str, Any] | None:
         return None
     template = getattr(tokenizer, "chat_template", None)
     if not template:
-        field = ("continue_final_message" if continues else
-                 "add_generation_prompt" if not request.add_generation_prompt else "chat_template_kwargs")
-        raise bad_request(f"{field}: this stage has no chat template (it chats in a plain transcript), so its "
-                          "prompt cannot be shaped this way; use /v1/completions with the text to continue.",
-                          param=field, code="no_chat_template")
+        field = (
+            "continue_final_message"
+            if continues
+            else "add_generation_prompt"
+            if not request.add_generation_prompt
+            else "chat_template_kwargs"
+        )
+        raise bad_request(
+            f"{field}: this stage has no chat template (it chats in a plain transcript), so its "
+            "prompt cannot be shaped this way; use /v1/completions with the text to continue.",
+            param=field,
+            code="no_chat_template",
+        )
     if continues and request.add_generation_prompt and "add_generation_prompt" in sent:
         # vLLM's rule: both explicitly true is a contradiction (a new turn vs. the open final one).
-        raise bad_request("continue_final_message: cannot set both continue_final_message and "
-                          "add_generation_prompt to true.", param="continue_final_message")
+        raise bad_request(
+            "continue_final_message: cannot set both continue_final_message and add_generation_prompt to true.",
+            param="continue_final_message",
+        )
     if continues and request.messages[-1].role != "assistant":
-        raise bad_request("continue_final_message: the final message must be the assistant's (the text "
-                          "the answer starts with).", param="continue_final_message")
+        raise bad_request(
+            "continue_final_message: the final message must be the assistant's (the text the answer starts with).",
+            param="continue_final_message",
+        )
     for key in kwargs:
         if key in RESERVED:
-            raise bad_request(f"chat_template_kwargs.{key}: set by the server (or by its own request field), "
-                              "not through chat_template_kwargs.", param=f"chat_template_kwargs.{key}")
+            raise bad_request(
+                f"chat_template_kwargs.{key}: set by the server (or by its own request field), "
+                "not through chat_template_kwargs.",
+                param=f"chat_template_kwargs.{key}",
+            )
         if key not in template_variables(template):
-            raise bad_request(f"chat_template_kwargs.{key}: this stage's chat template does not use '{key}'.",
-                              param=f"chat_template_kwargs.{key}")
-    return {**kwargs, "add_generation_prompt": request.add_generation_prompt and not continues,
-            "continue_final_message": continues}
+            raise bad_request(
+                f"chat_template_kwargs.{key}: this stage's chat template does not use '{key}'.",
+                param=f"chat_template_kwargs.{key}",
+            )
+    return {
+        **kwargs,
+        "add_generation_prompt": request.add_generation_prompt and not continues,
+        "continue_final_message": continues,
+    }
 
 
 @functools.lru_cache(maxsize=32)
@@ -79,5 +109,6 @@ def render_error(exc: Exception, options: dict[str, Any]):
     """A template's refusal to render with the asked options as a 400 (say, a template that rewrites
     the final message, so it cannot be continued)."""
     field = "continue_final_message" if options.get("continue_final_message") else "chat_template_kwargs"
-    return bad_request(f"{field}: the stage's chat template cannot render this: {str(exc).splitlines()[0]}",
-                       param=field)
+    return bad_request(
+        f"{field}: the stage's chat template cannot render this: {str(exc).splitlines()[0]}", param=field
+    )

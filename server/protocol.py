@@ -90,9 +90,14 @@ class ChatMessage(_Strict):
         role = "system" if self.role == "developer" else self.role
         message: dict[str, Any] = {"role": role, "content": self.text()}
         if self.tool_calls:
-            message["tool_calls"] = [{"id": c.id, "type": "function", "function": {
-                "name": c.function.name, "arguments": _json_or_text(c.function.arguments)}}
-                for c in self.tool_calls]
+            message["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": _json_or_text(c.function.arguments)},
+                }
+                for c in self.tool_calls
+            ]
         if self.tool_call_id:
             message["tool_call_id"] = self.tool_call_id
         return message
@@ -313,8 +318,9 @@ class ChatCompletionRequest(_SamplingRequest):
             raise ValueError(f"tool_choice names function '{choice.function.name}', which is not in tools")
         constrained = (self.response_format and self.response_format.type != "text") or self.structured_outputs
         if self.calls_tools() and constrained:
-            raise ValueError("tools (unless tool_choice is 'none') cannot be combined with response_format "
-                             "or structured_outputs")
+            raise ValueError(
+                "tools (unless tool_choice is 'none') cannot be combined with response_format or structured_outputs"
+            )
         return self
 
     def calls_tools(self) -> bool:
@@ -326,8 +332,9 @@ class ChatCompletionRequest(_SamplingRequest):
 
     def structured(self) -> StructuredOutput | None:
         if self.calls_tools() and self.tool_choice not in (None, "auto"):
-            schema = tool_call_schema([t.function.model_dump() for t in self.tools], self.forced_tool(),
-                                      self.parallel_tool_calls)
+            schema = tool_call_schema(
+                [t.function.model_dump() for t in self.tools], self.forced_tool(), self.parallel_tool_calls
+            )
             return StructuredOutput("json", json.dumps(schema))
         fmt = self.response_format
         if fmt is not None and fmt.type == "json_object":
@@ -355,8 +362,12 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 class CompletionRequest(_SamplingRequest):
     # text, several texts, token ids, or several lists of token ids: each prompt gets its own n choices
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)] | TokenIds \
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
+        | TokenIds
         | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
+    )
     max_tokens: int | None = Field(None, ge=0)  # 0 with echo: score the prompt, generate nothing
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
@@ -376,7 +387,7 @@ class CompletionRequest(_SamplingRequest):
             return [p]
         return list(p)
 
-    def single(self, prompt: str | list[int]) -> "CompletionRequest":
+    def single(self, prompt: str | list[int]) -> CompletionRequest:
         """This request for one of its prompts."""
         return self.model_copy(update={"prompt": prompt})
 

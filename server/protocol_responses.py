@@ -110,8 +110,21 @@ class ResponsesRequest(_Strict):
 
     def chat_fields(self) -> dict[str, Any]:
         """The chat request's fields this request sets (besides messages): sampling and the extensions."""
-        names = ("model", "temperature", "top_p", "speculative", "reward_model", "top_k", "min_p",
-                 "presence_penalty", "frequency_penalty", "repetition_penalty", "seed", "ignore_eos", "stream")
+        names = (
+            "model",
+            "temperature",
+            "top_p",
+            "speculative",
+            "reward_model",
+            "top_k",
+            "min_p",
+            "presence_penalty",
+            "frequency_penalty",
+            "repetition_penalty",
+            "seed",
+            "ignore_eos",
+            "stream",
+        )
         fields = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         if self.max_output_tokens is not None:
             fields["max_completion_tokens"] = self.max_output_tokens
@@ -120,13 +133,16 @@ class ResponsesRequest(_Strict):
 
 def _input_item(i: int, item: Any) -> InputMessage:
     if isinstance(item, dict) and item.get("type", "message") != "message":
-        raise ValueError(f"input[{i}]: items of type {item.get('type')!r} are not supported by this server "
-                         "(only text messages)")
+        raise ValueError(
+            f"input[{i}]: items of type {item.get('type')!r} are not supported by this server (only text messages)"
+        )
     content = item.get("content") if isinstance(item, dict) else None
     for j, part in enumerate(content if isinstance(content, list) else []):
         if isinstance(part, dict) and part.get("type") not in ("input_text", "output_text"):
-            raise ValueError(f"input[{i}].content[{j}]: part type {part.get('type')!r} is not supported by this "
-                             "server (only text parts)")
+            raise ValueError(
+                f"input[{i}].content[{j}]: part type {part.get('type')!r} is not supported by this "
+                "server (only text parts)"
+            )
     try:
         return InputMessage.model_validate(item)
     except ValidationError as exc:
@@ -137,5 +153,8 @@ def _input_item(i: int, item: Any) -> InputMessage:
 
 
 # What a chat request's field is called here, for errors the chat path raises about it.
-CHAT_TO_RESPONSES_PARAM = {"messages": "input", "max_tokens": "max_output_tokens",
-                           "max_completion_tokens": "max_output_tokens"}
+CHAT_TO_RESPONSES_PARAM = {
+    "messages": "input",
+    "max_tokens": "max_output_tokens",
+    "max_completion_tokens": "max_output_tokens",
+}

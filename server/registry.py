@@ -65,7 +65,7 @@ class Stage(_Strict):
     tool_parser: str | None = None
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Stage":
+    def _one_kind(self) -> Stage:
         if sum(x is not None for x in (self.model, self.adapter, self.remote)) != 1:
             raise ValueError("give either `model:` (a checkpoint), `adapter:` with `base:`, or `remote:` (a server)")
         if self.adapter is not None and self.base is None:
@@ -74,8 +74,10 @@ class Stage(_Strict):
             raise ValueError("`base:` belongs to adapter stages (and remote ones, as their parent)")
         for method, config in self.speculative.items():
             if self.remote is not None and set(config) != {"remote"}:
-                raise ValueError(f"speculative '{method}' of a remote stage needs `remote:` (its server) and "
-                                 "nothing else: speculation is configured on that server")
+                raise ValueError(
+                    f"speculative '{method}' of a remote stage needs `remote:` (its server) and "
+                    "nothing else: speculation is configured on that server"
+                )
             if "remote" in config:
                 if self.remote is None:
                     raise ValueError(f"speculative '{method}': `remote:` belongs to remote stages only")
@@ -100,7 +102,7 @@ class Registry(_Strict):
     reward_models: dict[str, RewardModel] = {}
 
     @model_validator(mode="after")
-    def _bases_known(self) -> "Registry":
+    def _bases_known(self) -> Registry:
         if not self.stages:
             raise ValueError("`stages:` is empty")
         for name, stage in self.stages.items():
@@ -173,8 +175,9 @@ def _is_local(value: str) -> bool:
     return value.startswith("/")
 
 
-def load_registry(path: str | Path, *, data_dir: Path | None = None, demo_family: Path | None = None,
-                  check_paths: bool = True) -> Registry:
+def load_registry(
+    path: str | Path, *, data_dir: Path | None = None, demo_family: Path | None = None, check_paths: bool = True
+) -> Registry:
     """Read, validate and resolve a registry file. `check_paths` makes every local path required."""
     path = Path(path)
     data_dir = data_dir or default_data_dir()
@@ -188,9 +191,7 @@ def load_registry(path: str | Path, *, data_dir: Path | None = None, demo_family
     try:
         registry = Registry.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}" for err in exc.errors())
         raise RegistryError(f"{path}: {problems}") from None
 
     folder = path.parent.resolve()

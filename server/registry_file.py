@@ -37,8 +37,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _appended(text: str, raw: dict[str, Any], name: str, stage: dict[str, Any],
-              section: str = "stages") -> str | None:
+def _appended(text: str, raw: dict[str, Any], name: str, stage: dict[str, Any], section: str = "stages") -> str | None:
     """`text` with the entry's lines appended, if `section:` is the last block (or absent) and that parses right."""
     entries = raw.get(section) or {}
     block = yaml.safe_dump({name: stage}, sort_keys=False, default_flow_style=False, allow_unicode=True)
@@ -72,8 +71,7 @@ def add_reward_model(path: str | Path, name: str, entry: dict[str, Any], *, data
     _add_entry(Path(path), "reward_models", "reward model", name, entry, data_dir)
 
 
-def _add_entry(path: Path, section: str, what: str, name: str, entry: dict[str, Any],
-               data_dir: Path | None) -> None:
+def _add_entry(path: Path, section: str, what: str, name: str, entry: dict[str, Any], data_dir: Path | None) -> None:
     if not STAGE_NAME.match(name):
         raise RegistryError(f"{path}: {what} name {name!r} must be letters, digits, '.', '_' or '-' (≤ 64)")
     with _locked(path):
@@ -83,7 +81,8 @@ def _add_entry(path: Path, section: str, what: str, name: str, entry: dict[str, 
         if name in (raw.get("stages") or {}) or name in (raw.get("reward_models") or {}):
             raise RegistryError(f"{path}: '{name}' already exists (as a stage or reward model)")
         new_text = _appended(text, raw, name, entry, section) or yaml.safe_dump(
-            {**raw, section: {**(raw.get(section) or {}), name: entry}}, sort_keys=False, allow_unicode=True)
+            {**raw, section: {**(raw.get(section) or {}), name: entry}}, sort_keys=False, allow_unicode=True
+        )
         # The temporary file sits beside the registry: same folder (relative paths resolve the
         # same while validating) and same file system (the rename is atomic).
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -151,8 +151,9 @@ class RemoteEngine:
     def max_model_len(self) -> int:
         # Read by the serving layer before anything is sent: a down server is a 503 here, up front.
         if self._problem is not None or self._max_model_len is None:
-            raise _unavailable(f"The remote server of this stage, {self.name}, is unavailable: "
-                               f"{self._problem or 'not reached yet'}.")
+            raise _unavailable(
+                f"The remote server of this stage, {self.name}, is unavailable: {self._problem or 'not reached yet'}."
+            )
         return self._max_model_len
 
     async def warm_up(self, adapters: list[AdapterRef]) -> None:
@@ -176,8 +177,11 @@ class RemoteEngine:
                 self._adapter_problems.pop(adapter.name, None)
                 continue
             try:
-                r = await self._client.post(f"{self.url}/load_lora_adapter", headers=self._headers(),
-                                            json={"lora_name": adapter.name, "lora_path": adapter.path})
+                r = await self._client.post(
+                    f"{self.url}/load_lora_adapter",
+                    headers=self._headers(),
+                    json={"lora_name": adapter.name, "lora_path": adapter.path},
+                )
             except httpx.HTTPError as exc:
                 self._adapter_problems[adapter.name] = f"adapter '{adapter.name}' not loaded on {self.name}: {exc}"
                 continue
@@ -188,11 +192,13 @@ class RemoteEngine:
                 self._adapter_problems[adapter.name] = (
                     f"adapter stage '{adapter.name}' cannot be loaded onto {self.name}: the server does not allow "
                     "loading LoRA adapters at runtime. Start it with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True "
-                    f"(and --enable-lora), or list the adapter in its --lora-modules as {adapter.name}={adapter.path}.")
+                    f"(and --enable-lora), or list the adapter in its --lora-modules as {adapter.name}={adapter.path}."
+                )
             else:
                 self._adapter_problems[adapter.name] = (
                     f"adapter stage '{adapter.name}': {self.name} refused to load {adapter.path} "
-                    f"({r.status_code}: {_error_message(r.text)})")
+                    f"({r.status_code}: {_error_message(r.text)})"
+                )
             if adapter.name in self._adapter_problems:
                 log.warning("%s", self._adapter_problems[adapter.name])
 
@@ -211,18 +217,31 @@ class RemoteEngine:
 
     def check(self, settings: SamplingSettings) -> None:
         if getattr(settings, "prompt_logprobs", None) is not None or settings.max_tokens == 0:
-            raise EngineRequestError("Prompt logprobs (echo, max_tokens 0) are not offered by remote stages.",
-                                     "prompt_logprobs" if settings.max_tokens else "max_tokens")
+            raise EngineRequestError(
+                "Prompt logprobs (echo, max_tokens 0) are not offered by remote stages.",
+                "prompt_logprobs" if settings.max_tokens else "max_tokens",
+            )
 
     def _body(self, prompt_token_ids: list[int], s: SamplingSettings, adapter: AdapterRef | None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": adapter.name if adapter else self.remote.model,
             "prompt": prompt_token_ids,
-            "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
-            "min_p": s.min_p, "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
-            "repetition_penalty": s.repetition_penalty, "stop": list(s.stop), "seed": s.seed, "n": s.n,
-            "ignore_eos": s.ignore_eos, "logprobs": s.logprobs,
-            "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "top_k": s.top_k,
+            "min_p": s.min_p,
+            "presence_penalty": s.presence_penalty,
+            "frequency_penalty": s.frequency_penalty,
+            "repetition_penalty": s.repetition_penalty,
+            "stop": list(s.stop),
+            "seed": s.seed,
+            "n": s.n,
+            "ignore_eos": s.ignore_eos,
+            "logprobs": s.logprobs,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "return_token_ids": True,
             # "token_id:N" instead of text: distinct tokens that decode alike ("" for a partial
             # UTF-8 byte) would otherwise collapse into one key of `top_logprobs`.
             "return_tokens_as_token_ids": s.logprobs is not None,
@@ -238,8 +257,13 @@ class RemoteEngine:
             body["structured_outputs"] = {structured.kind: value}
         return body
 
-    async def generate(self, prompt_token_ids: list[int], settings: SamplingSettings, request_id: str,
-                       adapter: AdapterRef | None = None) -> AsyncIterator[list[Delta]]:
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        settings: SamplingSettings,
+        request_id: str,
+        adapter: AdapterRef | None = None,
+    ) -> AsyncIterator[list[Delta]]:
         if adapter is not None and adapter.name in self._adapter_problems:
             raise _bad_gateway(self._adapter_problems[adapter.name])
         if self._client is None:
@@ -306,7 +330,6 @@ class RemoteEngine:
         if response is not None:
             await response.aclose()
 
-
     def _delta(self, choice: dict[str, Any], k: int) -> Delta:
         lp = choice.get("logprobs")
         return Delta(
@@ -327,11 +350,15 @@ class RemoteEngine:
             alternatives = sorted((top or {}).items(), key=lambda item: -item[1])[:k]
             ids = [_token_id(token), *(_token_id(t) for t, _ in alternatives)]
             texts = self._decode_each(ids)
-            result.append(TokenLogprob(
-                token=texts[0], logprob=max(logprob if logprob is not None else -9999.0, -9999.0),
-                top=tuple((text, max(v, -9999.0)) for text, (_, v) in zip(texts[1:], alternatives)),
-                token_id=ids[0], top_ids=tuple(ids[1:]),
-            ))
+            result.append(
+                TokenLogprob(
+                    token=texts[0],
+                    logprob=max(logprob if logprob is not None else -9999.0, -9999.0),
+                    top=tuple((text, max(v, -9999.0)) for text, (_, v) in zip(texts[1:], alternatives)),
+                    token_id=ids[0],
+                    top_ids=tuple(ids[1:]),
+                )
+            )
         return result
 
     def _decode_each(self, ids: list[int]) -> list[str]:
@@ -361,8 +388,12 @@ def _upstream_error(status: int, text: str, name: str) -> APIError:
     if status in (400, 422):
         return APIError(400, f"The remote server {name} refused the request: {message}", code="remote_bad_request")
     if status == 429:
-        return APIError(429, f"The remote server {name} is over a limit: {message}", type="rate_limit_error",
-                        code="remote_rate_limited")
+        return APIError(
+            429,
+            f"The remote server {name} is over a limit: {message}",
+            type="rate_limit_error",
+            code="remote_rate_limited",
+        )
     if status == 503:
         return _unavailable(f"The remote server {name} is unavailable: {message}")
     if status == 504:

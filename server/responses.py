@@ -37,15 +37,20 @@ def _bytes(token: str) -> list[int]:
 
 
 def chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
-    return {"content": [
-        {"token": lp.token, "logprob": lp.logprob, "bytes": _bytes(lp.token),
-         "top_logprobs": [{"token": t, "logprob": v, "bytes": _bytes(t)} for t, v in lp.top]}
-        for lp in items
-    ]}
+    return {
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": _bytes(lp.token),
+                "top_logprobs": [{"token": t, "logprob": v, "bytes": _bytes(t)} for t, v in lp.top],
+            }
+            for lp in items
+        ]
+    }
 
 
-def completion_logprobs(items: list[TokenLogprob | None], offset: int = 0,
-                        first_token: str = "") -> dict[str, Any]:
+def completion_logprobs(items: list[TokenLogprob | None], offset: int = 0, first_token: str = "") -> dict[str, Any]:
     """The legacy completions shape. A None item is the prompt's first token (echo): nothing
     predicts it, so its logprob and alternatives are null, as in OpenAI's and vLLM's answers."""
     tokens, logprobs, tops, offsets, position = [], [], [], [], offset
@@ -69,8 +74,10 @@ def vllm_prompt_logprobs(items: list[TokenLogprob | None] | None) -> list[dict[s
         if lp is None:
             result.append(None)
             continue
-        entry = {str(i): {"logprob": v, "rank": rank, "decoded_token": t}
-                 for rank, (i, (t, v)) in enumerate(zip(lp.top_ids, lp.top), start=1)}
+        entry = {
+            str(i): {"logprob": v, "rank": rank, "decoded_token": t}
+            for rank, (i, (t, v)) in enumerate(zip(lp.top_ids, lp.top), start=1)
+        }
         if lp.token_id is not None:
             entry[str(lp.token_id)] = {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": lp.token}
         result.append(entry)
@@ -128,18 +135,26 @@ def chat_body(gen: Generation, how: Rendering = Rendering()) -> dict[str, Any]:
     for c in gen.choices:
         reader = how.tools() if how.tools else None
         message, called = _message(c.text, reader)
-        choices.append({
-            "index": c.index,
-            "message": message,
-            "logprobs": chat_logprobs(c.logprobs) if gen.settings.logprobs is not None else None,
-            "finish_reason": _finish(c.finish_reason, called, reader),
-        })
+        choices.append(
+            {
+                "index": c.index,
+                "message": message,
+                "logprobs": chat_logprobs(c.logprobs) if gen.settings.logprobs is not None else None,
+                "finish_reason": _finish(c.finish_reason, called, reader),
+            }
+        )
         if c.reward is not None:
             choices[-1]["reward"] = reward_body(c)
         if c.marks is not None:  # extension: speculation token by token (server.spec_marks)
             choices[-1]["speculative_marks"] = c.marks.body()
-    body = {"id": gen.id, "object": "chat.completion", "created": gen.created, "model": gen.stage,
-            "choices": choices, "usage": gen.usage()}
+    body = {
+        "id": gen.id,
+        "object": "chat.completion",
+        "created": gen.created,
+        "model": gen.stage,
+        "choices": choices,
+        "usage": gen.usage(),
+    }
     if how.prompt_logprobs:
         body["prompt_logprobs"] = vllm_prompt_logprobs(gen.prompt_logprobs)
     return _extensions(body, [gen])
@@ -156,8 +171,11 @@ def completion_body(gens: list[Generation], how: Rendering = Rendering()) -> dic
             choice = {
                 "index": p * gen.settings.n + c.index,
                 "text": text,
-                "logprobs": (completion_logprobs(items, first_token=_first_token(gen))
-                             if gen.settings.logprobs is not None else None),
+                "logprobs": (
+                    completion_logprobs(items, first_token=_first_token(gen))
+                    if gen.settings.logprobs is not None
+                    else None
+                ),
                 "finish_reason": c.finish_reason,
             }
             if how.prompt_logprobs:
@@ -168,8 +186,17 @@ def completion_body(gens: list[Generation], how: Rendering = Rendering()) -> dic
                 choice["speculative_marks"] = c.marks.body()
             choices.append(choice)
     first = gens[0]
-    return _extensions({"id": first.id, "object": "text_completion", "created": first.created,
-                        "model": first.stage, "choices": choices, "usage": _usage(gens)}, gens)
+    return _extensions(
+        {
+            "id": first.id,
+            "object": "text_completion",
+            "created": first.created,
+            "model": first.stage,
+            "choices": choices,
+            "usage": _usage(gens),
+        },
+        gens,
+    )
 
 
 class ChunkWriter:
@@ -186,8 +213,12 @@ class ChunkWriter:
         self.offsets = [[0] * g.settings.n for g in gens]
         self.readers = [[how.tools() for _ in range(g.settings.n)] if how.tools else None for g in gens]
         # The constant head of every chunk, serialised once.
-        self.head = '{"id":%s,"object":"%s","created":%d,"model":%s,"choices":[' % (
-            _dumps(first.id), self.object, first.created, _dumps(first.stage))
+        self.head = '{"id":%s,"object":"%s","created":%d,"model":%s,"choices":[' % (  # noqa: UP031 - every chunk: % is fastest
+            _dumps(first.id),
+            self.object,
+            first.created,
+            _dumps(first.stage),
+        )
 
     def chunk(self, deltas: list[Delta], p: int = 0) -> str:
         """The chunk for a batch of deltas of prompt `p`'s generation."""
@@ -229,8 +260,13 @@ class ChunkWriter:
         if first and self.how.prompt_logprobs and p == 0 and d.index == 0:
             extra = ',"prompt_logprobs":' + _dumps(vllm_prompt_logprobs(gen.prompt_logprobs))
         extra += _final_extras(gen, d)
-        return '{"index":%d,"delta":%s,"logprobs":%s,"finish_reason":%s%s}' % (
-            index, _dumps(delta), logprobs, _dumps(finish), extra)
+        return '{"index":%d,"delta":%s,"logprobs":%s,"finish_reason":%s%s}' % (  # noqa: UP031 - every chunk: % is fastest
+            index,
+            _dumps(delta),
+            logprobs,
+            _dumps(finish),
+            extra,
+        )
 
     def _text_choice(self, d: Delta, p: int, index: int, first: bool) -> str:
         gen = self.gens[p]
@@ -247,8 +283,13 @@ class ChunkWriter:
         if first and self.how.prompt_logprobs:
             extra = ',"prompt_logprobs":' + _dumps(vllm_prompt_logprobs(gen.prompt_logprobs))
         extra += _final_extras(gen, d)
-        return '{"index":%d,"text":%s,"logprobs":%s,"finish_reason":%s%s}' % (
-            index, _dumps(text), logprobs, _dumps(d.finish_reason), extra)
+        return '{"index":%d,"text":%s,"logprobs":%s,"finish_reason":%s%s}' % (  # noqa: UP031 - every chunk: % is fastest
+            index,
+            _dumps(text),
+            logprobs,
+            _dumps(d.finish_reason),
+            extra,
+        )
 
     def usage_chunk(self) -> str:
         return "data: " + self.head + '],"usage":' + _dumps(_usage(self.gens)) + "}\n\n"

@@ -69,16 +69,18 @@ async def start(service: StageService, request: ResponsesRequest, who: Caller) -
     wants_store = request.store is not False
     if not service.log_prompts and wants_store:
         if request.store is True and "store" in request.model_fields_set:
-            raise bad_request("This server does not keep prompts or answers (prompt logging is off): "
-                              "send store false.", param="store")
+            raise bad_request(
+                "This server does not keep prompts or answers (prompt logging is off): send store false.", param="store"
+            )
         wants_store = False  # the default yields to the operator's choice
     history: list[ConversationMessage] = []
     if request.previous_response_id is not None:
         if store is None:
             raise not_found("This server stores no responses.", param="previous_response_id")
-        history = await asyncio.to_thread(store.message_path, request.previous_response_id, viewer=who.viewer,
-                                          param="previous_response_id")
-    messages = ([{"role": "system", "content": request.instructions}] if request.instructions else [])
+        history = await asyncio.to_thread(
+            store.message_path, request.previous_response_id, viewer=who.viewer, param="previous_response_id"
+        )
+    messages = [{"role": "system", "content": request.instructions}] if request.instructions else []
     messages += [{"role": m.role, "content": m.content} for m in history]
     messages += request.input_messages()
     try:
@@ -89,8 +91,14 @@ async def start(service: StageService, request: ResponsesRequest, who: Caller) -
         gen = await service.chat(chat, who.client_id)
     except APIError as exc:
         raise _renamed(exc) from None
-    return Turn(id=new_id("resp"), request=request, caller=who, gen=gen, history=history,
-                store=wants_store and store is not None)
+    return Turn(
+        id=new_id("resp"),
+        request=request,
+        caller=who,
+        gen=gen,
+        history=history,
+        store=wants_store and store is not None,
+    )
 
 
 # -- what a response looks like ---------------------------------------------------------------------------
@@ -120,21 +128,39 @@ def response_object(turn: Turn, *, with_output: bool = True) -> dict[str, Any]:
     choice = gen.choices[0]
     finished = status in ("completed", "incomplete")
     body: dict[str, Any] = {
-        "id": turn.id, "object": "response", "created_at": turn.created_at, "status": status,
+        "id": turn.id,
+        "object": "response",
+        "created_at": turn.created_at,
+        "status": status,
         "error": turn.error,
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-        "instructions": request.instructions, "max_output_tokens": request.max_output_tokens, "model": gen.stage,
-        "output": [], "parallel_tool_calls": False, "previous_response_id": request.previous_response_id,
-        "reasoning": None, "store": turn.store, "temperature": gen.settings.temperature,
-        "text": {"format": {"type": "text"}}, "tool_choice": "none", "tools": [], "top_p": gen.settings.top_p,
-        "truncation": "disabled", "user": request.user, "metadata": request.metadata or {},
+        "instructions": request.instructions,
+        "max_output_tokens": request.max_output_tokens,
+        "model": gen.stage,
+        "output": [],
+        "parallel_tool_calls": False,
+        "previous_response_id": request.previous_response_id,
+        "reasoning": None,
+        "store": turn.store,
+        "temperature": gen.settings.temperature,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "none",
+        "tools": [],
+        "top_p": gen.settings.top_p,
+        "truncation": "disabled",
+        "user": request.user,
+        "metadata": request.metadata or {},
         "usage": None,
         "generation_id": gen.id,  # extension: the generation log's id, which /v1/feedback rates
     }
     if finished:
-        body["usage"] = {"input_tokens": gen.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
-                         "output_tokens": gen.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-                         "total_tokens": gen.prompt_tokens + gen.completion_tokens}
+        body["usage"] = {
+            "input_tokens": gen.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": gen.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+        }
         if (spec := speculative_body(gen.speculative)) is not None:
             body["speculative"] = spec  # extension, as chat has it
         if choice.reward is not None:
@@ -149,12 +175,14 @@ def stored_response(node: ConversationMessage) -> dict[str, Any]:
     """A stored response as `GET /v1/responses/{id}` answers it."""
     meta = (node.meta or {}).get("response")
     if node.role != "assistant" or meta is None:
-        raise not_found(f"No response {node.id!r}: that id is a conversation message, not a response.",
-                        param="response_id")
+        raise not_found(
+            f"No response {node.id!r}: that id is a conversation message, not a response.", param="response_id"
+        )
     body = dict(meta)
     item_status = "completed" if body.get("status") == "completed" else "incomplete"
-    body["output"] = [output_message(body.pop("item_id", "msg_" + node.id.removeprefix("resp_")), node.content,
-                                     item_status)]
+    body["output"] = [
+        output_message(body.pop("item_id", "msg_" + node.id.removeprefix("resp_")), node.content, item_status)
+    ]
     return body
 
 
@@ -164,8 +192,16 @@ def input_items(path: list[ConversationMessage]) -> list[dict[str, Any]]:
     previous = ((path[-1].meta or {}).get("response") or {}).get("previous_response_id")
     start = next((i + 1 for i in range(len(path) - 2, -1, -1) if path[i].id == previous), 0)
     kind = {"assistant": "output_text"}
-    return [{"type": "message", "id": m.id, "role": m.role, "status": "completed",
-             "content": [{"type": kind.get(m.role, "input_text"), "text": m.content}]} for m in path[start:-1]]
+    return [
+        {
+            "type": "message",
+            "id": m.id,
+            "role": m.role,
+            "status": "completed",
+            "content": [{"type": kind.get(m.role, "input_text"), "text": m.content}],
+        }
+        for m in path[start:-1]
+    ]
 
 
 # -- saving a turn ------------------------------------------------------------------------------------------
@@ -181,15 +217,21 @@ async def save(service: StageService, turn: Turn) -> None:
     meta.pop("output")
     meta["item_id"] = turn.item_id
     spec = choice.speculative
-    answer = NewMessage("assistant", choice.text, stage=gen.stage, sampling=_plain(asdict(gen.settings)),
-                        speculative=asdict(spec) if spec else None,
-                        reward_score=choice.reward.score if choice.reward else None, generation_id=gen.id,
-                        meta={"response": meta}, id=turn.id)
+    answer = NewMessage(
+        "assistant",
+        choice.text,
+        stage=gen.stage,
+        sampling=_plain(asdict(gen.settings)),
+        speculative=asdict(spec) if spec else None,
+        reward_score=choice.reward.score if choice.reward else None,
+        generation_id=gen.id,
+        meta={"response": meta},
+        id=turn.id,
+    )
     store, who = service.store, turn.caller
     if turn.history:
         leaf = turn.history[-1]
-        await asyncio.to_thread(store.add_messages, leaf.conversation_id, leaf.id, inputs + [answer],
-                                viewer=who.viewer)
+        await asyncio.to_thread(store.add_messages, leaf.conversation_id, leaf.id, inputs + [answer], viewer=who.viewer)
     else:
         await asyncio.to_thread(store.create_conversation, owner=who.owner, messages=inputs + [answer])
 
@@ -240,8 +282,9 @@ async def events(service: StageService, turn: Turn) -> AsyncIterator[str]:
         async for batch in stream:
             text = "".join(d.text for d in batch if d.index == 0)
             if text:
-                yield event("response.output_text.delta", item_id=item, content_index=0, delta=text, logprobs=[],
-                            **where)
+                yield event(
+                    "response.output_text.delta", item_id=item, content_index=0, delta=text, logprobs=[], **where
+                )
         await _save_or_raise(service, turn)
     except APIError as exc:  # headers are gone: report in-band, as the spec does
         turn.error = {"code": exc.code or exc.type, "message": exc.message}

@@ -48,8 +48,9 @@ class VllmRewardEngine:
         if self._cpus is not None:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._cpus
             cpu_lists_in_use[self._cpus] += 1
-        args = AsyncEngineArgs(model=self.model, runner="pooling", disable_log_stats=True,
-                               **with_default_dtype(self._engine_args))
+        args = AsyncEngineArgs(
+            model=self.model, runner="pooling", disable_log_stats=True, **with_default_dtype(self._engine_args)
+        )
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self.tokenizer = self._llm.get_tokenizer()
         self.max_model_len = self._llm.model_config.max_model_len
@@ -68,7 +69,7 @@ class VllmRewardEngine:
         if (reason := self.dead()) is not None:
             raise EngineDead(reason)
         try:
-            async for result in self._llm.encode(TokensPrompt(prompt_token_ids=ids), params, f"rm-{next(_ids)}"):
+            async for _ in self._llm.encode(TokensPrompt(prompt_token_ids=ids), params, f"rm-{next(_ids)}"):
                 pass
         except Exception as exc:
             if (reason := self.dead()) is not None:  # the supervisor restarts it (server/rewards.py)

@@ -108,8 +108,11 @@ class RewardService:
         """404 unless `name` is a reward model."""
         if name not in self.registry.reward_models:
             known = ", ".join(self.registry.reward_models) or "none"
-            raise not_found(f"The reward model '{name}' does not exist. Reward models: {known}.",
-                            param=param, code="model_not_found")
+            raise not_found(
+                f"The reward model '{name}' does not exist. Reward models: {known}.",
+                param=param,
+                code="model_not_found",
+            )
 
     def starting(self) -> list[str]:
         """The reward models not started yet (before `start` has reached them)."""
@@ -125,7 +128,8 @@ class RewardService:
         self.ready = True
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(
-                watch(lambda: dict(self._engines), lambda model, engine, reason: self.engine_died(engine, reason)))
+                watch(lambda: dict(self._engines), lambda model, engine, reason: self.engine_died(engine, reason))
+            )
 
     # -- healing -------------------------------------------------------------------------------------
 
@@ -155,9 +159,14 @@ class RewardService:
 
     def down(self) -> list[dict[str, Any]]:
         """The reward engines that are down, with the reward models they serve."""
-        return [{**outage.describe(), "model": model,
-                 "reward_models": [n for n, rm in self.registry.reward_models.items() if rm.model == model]}
-                for model, outage in self.supervisor.down.items()]
+        return [
+            {
+                **outage.describe(),
+                "model": model,
+                "reward_models": [n for n, rm in self.registry.reward_models.items() if rm.model == model],
+            }
+            for model, outage in self.supervisor.down.items()
+        ]
 
     async def reload(self, registry: Registry) -> list[str]:
         """Adopt a changed registry: start engines for new reward models, stop unused ones; returns
@@ -208,8 +217,12 @@ class RewardService:
         """Scores of (prompt, answer) pairs; raises `TooLong` naming the first input over the context."""
         self.check(name)
         if not self.ready:
-            raise APIError(503, "The reward models are still starting; retry shortly.",
-                           type="service_unavailable", code="not_ready")
+            raise APIError(
+                503,
+                "The reward models are still starting; retry shortly.",
+                type="service_unavailable",
+                code="not_ready",
+            )
         engine = await self._engine(name)
 
         def tokenise() -> list[list[int]]:
@@ -227,9 +240,13 @@ class RewardService:
             self.engine_died(engine, str(exc))
             outage = self.supervisor.outage(self.registry.reward_models[name].model)
             if outage is None:  # reported already, and restarted since
-                raise APIError(503, f"Reward model '{name}' is unavailable: its engine died; retry shortly.",
-                               type="service_unavailable", code="engine_restarting",
-                               headers={"Retry-After": "1"}) from None
+                raise APIError(
+                    503,
+                    f"Reward model '{name}' is unavailable: its engine died; retry shortly.",
+                    type="service_unavailable",
+                    code="engine_restarting",
+                    headers={"Retry-After": "1"},
+                ) from None
             raise unavailable(f"Reward model '{name}'", outage) from None
 
     async def score_answers(self, name: str, prompt: Prompt, answers: list[str]) -> list[Score]:
@@ -244,12 +261,20 @@ class RewardService:
             try:
                 results.append(Score(name, (await self.score(name, [(prompt, answer)]))[0]))
             except TooLong as exc:
-                results.append(Score(name, None, f"prompt + answer has {exc.tokens} tokens; "
-                                                 f"the reward model's context is {exc.limit}"))
+                results.append(
+                    Score(
+                        name,
+                        None,
+                        f"prompt + answer has {exc.tokens} tokens; the reward model's context is {exc.limit}",
+                    )
+                )
         return results
 
 
 def too_long_error(exc: TooLong, param: str = "input") -> APIError:
-    return bad_request(f"Input {exc.index} has {exc.tokens} tokens (prompt + completion as the reward model "
-                       f"reads them); the reward model's maximum context length is {exc.limit}.",
-                       param=f"{param}[{exc.index}]", code="context_length_exceeded")
+    return bad_request(
+        f"Input {exc.index} has {exc.tokens} tokens (prompt + completion as the reward model "
+        f"reads them); the reward model's maximum context length is {exc.limit}.",
+        param=f"{param}[{exc.index}]",
+        code="context_length_exceeded",
+    )

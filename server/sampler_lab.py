@@ -79,15 +79,35 @@ class Lab:
         return {r.token_id for r in self.steps[-1].rows} if self.steps else set()
 
     def body(self) -> dict:
-        return {"tail_mass": self.tail_mass, "notes": self.notes, "steps": [
-            {"name": s.name, "mass_kept": s.mass_kept, "cut": list(s.cut), "sampled_rank": s.sampled_rank,
-             "sampled_probability": s.sampled_probability,
-             "tokens": [{"id": r.token_id, "token": r.token, "probability": r.probability, "count": r.count}
-                        for r in s.rows]} for s in self.steps]}
+        return {
+            "tail_mass": self.tail_mass,
+            "notes": self.notes,
+            "steps": [
+                {
+                    "name": s.name,
+                    "mass_kept": s.mass_kept,
+                    "cut": list(s.cut),
+                    "sampled_rank": s.sampled_rank,
+                    "sampled_probability": s.sampled_probability,
+                    "tokens": [
+                        {"id": r.token_id, "token": r.token, "probability": r.probability, "count": r.count}
+                        for r in s.rows
+                    ],
+                }
+                for s in self.steps
+            ],
+        }
 
 
-def run(window: list[tuple[int, str, float]], settings: LabSettings, *, sampled_id: int, vocab_size: int,
-        prompt_ids: list[int] = (), output_ids: list[int] = ()) -> Lab:
+def run(
+    window: list[tuple[int, str, float]],
+    settings: LabSettings,
+    *,
+    sampled_id: int,
+    vocab_size: int,
+    prompt_ids: list[int] = (),
+    output_ids: list[int] = (),
+) -> Lab:
     """The lab for one position. `window`: (token id, token, raw logprob) of the candidates the
     engine returned; `output_ids`: the answer's tokens before this position."""
     lab = Lab()
@@ -135,8 +155,10 @@ def run(window: list[tuple[int, str, float]], settings: LabSettings, *, sampled_
             n = counts.get(i.token_id, 0)
             i.logit -= settings.frequency_penalty * n + settings.presence_penalty * (n > 0)
         if settings.repetition_penalty != 1.0:
-            lab.notes.append("repetition_penalty is applied to logprobs: vLLM applies it to raw logits, "
-                             "whose sign the logprobs hide (approximate)")
+            lab.notes.append(
+                "repetition_penalty is applied to logprobs: vLLM applies it to raw logits, "
+                "whose sign the logprobs hide (approximate)"
+            )
         if any(t not in seen for t in seen_before) and items[-1].token_id == TAIL:
             lab.notes.append("penalties on tail tokens are not shown")
         items.sort(key=lambda i: (i.token_id == TAIL, -i.logit))
@@ -151,8 +173,7 @@ def run(window: list[tuple[int, str, float]], settings: LabSettings, *, sampled_
         for i in items:
             i.logit /= t
         if items[-1].token_id == TAIL:
-            lab.notes.append("the tail is modelled as its raw mass spread evenly (approximate at temperature "
-                             f"{t:g})")
+            lab.notes.append(f"the tail is modelled as its raw mass spread evenly (approximate at temperature {t:g})")
         record(f"temperature {t:g}", items, [])
     # 4. min-p: a ratio to the most likely token's probability (no normaliser needed)
     if settings.min_p > 0:
@@ -218,10 +239,13 @@ def _probs(items: list[Item]) -> list[float]:
     return [w / total for w in weights]
 
 
-def _step(name: str, items: list[Item], removed: list[Item], probs: list[float], mass_kept: float,
-          sampled_id: int) -> Step:
-    rows = sorted((Row(i.token_id, i.token, p, i.count) for i, p in zip(items, probs)),
-                  key=lambda r: (r.token_id == TAIL, -r.probability))
+def _step(
+    name: str, items: list[Item], removed: list[Item], probs: list[float], mass_kept: float, sampled_id: int
+) -> Step:
+    rows = sorted(
+        (Row(i.token_id, i.token, p, i.count) for i, p in zip(items, probs)),
+        key=lambda r: (r.token_id == TAIL, -r.probability),
+    )
     rank = next((n for n, r in enumerate(rows, start=1) if r.token_id == sampled_id), None)
     sampled_p = next((r.probability for r in rows if r.token_id == sampled_id), 0.0)
     cut = tuple(i.token if i.count == 1 else f"({i.count} other tokens)" for i in removed)

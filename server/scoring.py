@@ -38,8 +38,9 @@ class StageScore:
         return math.exp(-mean) if mean is not None else None
 
 
-async def answer_ids(service: StageService, stage: str, messages: list[dict[str, str]],
-                     answer: str) -> tuple[list[int], int]:
+async def answer_ids(
+    service: StageService, stage: str, messages: list[dict[str, str]], answer: str
+) -> tuple[list[int], int]:
     """The token ids of conversation + answer for `stage`, and where the answer starts."""
     service.pool.resolve(stage, None)
     tokenizer = (await service.pool.route(stage)).engine.tokenizer
@@ -48,8 +49,9 @@ async def answer_ids(service: StageService, stage: str, messages: list[dict[str,
     return prompt + answer_part, len(prompt)
 
 
-async def score_answer(service: StageService, stage: str, messages: list[dict[str, str]], answer: str,
-                       client_id: str = "ui") -> StageScore:
+async def score_answer(
+    service: StageService, stage: str, messages: list[dict[str, str]], answer: str, client_id: str = "ui"
+) -> StageScore:
     """`stage`'s logprob of every token of `answer` after `messages` (errors reported, not raised)."""
     try:
         ids, start = await answer_ids(service, stage, messages, answer)
@@ -65,7 +67,8 @@ async def score_answer(service: StageService, stage: str, messages: list[dict[st
         return StageScore(stage, error=exc.message)
 
 
-async def score_everywhere(service: StageService, stages: list[str], messages: list[dict[str, str]],
-                           answer: str, client_id: str = "ui") -> list[StageScore]:
+async def score_everywhere(
+    service: StageService, stages: list[str], messages: list[dict[str, str]], answer: str, client_id: str = "ui"
+) -> list[StageScore]:
     """Every stage's score of the same answer, run concurrently (adapter stages share one engine)."""
     return list(await asyncio.gather(*(score_answer(service, s, messages, answer, client_id) for s in stages)))

@@ -57,7 +57,7 @@ class Choice:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     speculative: SpeculativeFigures | None = None
     tokens: int = 0
-    reward: "Score | None" = None  # the reward model's score, when the request asked for one
+    reward: Score | None = None  # the reward model's score, when the request asked for one
     groups: list[int] = field(default_factory=list)  # tokens per delta: where engine steps may end
     marks: SpecMarks | None = None  # speculation token by token, when the engine reported its steps
 
@@ -78,7 +78,7 @@ class Generation:
     choices: list[Choice] = field(default_factory=list)
     ttft_ms: float | None = None
     duration_ms: float = 0.0
-    _service: "StageService | None" = None
+    _service: StageService | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None  # when asked for: one per prompt token
     lease: Lease | None = None  # the admission limits' slot, released when the generation ends
     reward_model: str | None = None  # scores every answer once all have finished
@@ -100,21 +100,32 @@ class Generation:
         drafted = sum(f.draft_tokens for f in figures)
         accepted = sum(f.accepted_tokens for f in figures)
         mean_len = sum(f.mean_acceptance_length * f.draft_tokens for f in figures) / max(drafted, 1)
-        return SpeculativeFigures(figures[0].method, drafted, accepted,
-                                  accepted / drafted if drafted else 0.0, mean_len if drafted else 1.0)
+        return SpeculativeFigures(
+            figures[0].method, drafted, accepted, accepted / drafted if drafted else 0.0, mean_len if drafted else 1.0
+        )
 
     def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
 
     def __aiter__(self) -> AsyncIterator[list[Delta]]:
         return self._service._run(self)
 
 
 class StageService:
-    def __init__(self, *, pool: EnginePool, store=None, log_prompts: bool = True,
-                 allow_lossy_speculation: bool = False, limiter: Limiter | None = None,
-                 rewards: RewardService | None = None):
+    def __init__(
+        self,
+        *,
+        pool: EnginePool,
+        store=None,
+        log_prompts: bool = True,
+        allow_lossy_speculation: bool = False,
+        limiter: Limiter | None = None,
+        rewards: RewardService | None = None,
+    ):
         self.pool = pool
         self.rewards = rewards
         self.limiter = limiter
@@ -148,8 +159,12 @@ class StageService:
         route = await self._route(request.model, request.speculative)
         messages = [m.plain() for m in request.messages]
         tokenizer = route.engine.tokenizer
-        tools = template_tools(request, self.pool.registry.stages[request.model].tool_parser,
-                               getattr(tokenizer, "chat_template", None), request.model)
+        tools = template_tools(
+            request,
+            self.pool.registry.stages[request.model].tool_parser,
+            getattr(tokenizer, "chat_template", None),
+            request.model,
+        )
         size = sum(len(str(m.get("content") or "")) for m in messages)
         options = template_options(request, tokenizer)  # prefill (a 400 where the template cannot)
         ids, stop = await _off_loop(size, render_chat, tokenizer, messages, tools, options)
@@ -182,18 +197,23 @@ class StageService:
         A reward model's name as `model` is a 400: it scores answers, it does not write them."""
         registry = self.pool.registry
         if request.model in registry.reward_models:
-            raise bad_request(f"'{request.model}' is a reward model: it scores answers (POST /v1/rewards, or "
-                              "\"reward_model\" on a stage's request) but does not generate.",
-                              param="model", code="model_is_reward_model")
+            raise bad_request(
+                f"'{request.model}' is a reward model: it scores answers (POST /v1/rewards, or "
+                '"reward_model" on a stage\'s request) but does not generate.',
+                param="model",
+                code="model_is_reward_model",
+            )
         name = request.reward_model
         if name is None and request.model in registry.stages:
             name = registry.stages[request.model].reward_model
         if name is None:
             return None
         if name not in registry.reward_models:
-            raise bad_request(f"Unknown reward_model '{name}'. Reward models: "
-                              f"{', '.join(registry.reward_models) or 'none'}.", param="reward_model",
-                              code="model_not_found")
+            raise bad_request(
+                f"Unknown reward_model '{name}'. Reward models: {', '.join(registry.reward_models) or 'none'}.",
+                param="reward_model",
+                code="model_not_found",
+            )
         if self.rewards is None:
             raise bad_request("This server scores no answers (no reward service).", param="reward_model")
         return name
@@ -210,13 +230,18 @@ class StageService:
         if room < 1:
             raise bad_request(
                 f"This model's maximum context length is {limit} tokens; the prompt has {len(ids)}.",
-                param=param, code="context_length_exceeded")
+                param=param,
+                code="context_length_exceeded",
+            )
         defaults = self.pool.registry.stages[request.model].sampling
         asked = request.requested_max_tokens()
         if asked is not None and asked > room:
             raise bad_request(
                 f"This model's maximum context length is {limit} tokens: {len(ids)} in the prompt leave room "
-                f"for {room}, but max_tokens is {asked}.", param="max_tokens", code="context_length_exceeded")
+                f"for {room}, but max_tokens is {asked}.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
         max_tokens = asked if asked is not None else min(defaults.max_tokens or room, room)
         settings = request.to_settings(defaults, max_tokens)
         if settings.temperature > 0 and route.engine.lossy_when_sampling and not self.allow_lossy_speculation:
@@ -224,7 +249,9 @@ class StageService:
             raise bad_request(
                 f"Speculative method '{route.speculative_method}' changes the sampled output on this backend "
                 "(vLLM CPU, draft model); use temperature 0, or speculative 'off' or another method.",
-                param="speculative", code="speculation_not_lossless")
+                param="speculative",
+                code="speculation_not_lossless",
+            )
         return settings
 
     async def _engine_check(self, route: Route, settings: SamplingSettings, request) -> None:
@@ -239,17 +266,27 @@ class StageService:
             else:
                 check(settings)
         except EngineRequestError as exc:
-            raise bad_request(str(exc), param=exc.param or request.structured_param(),
-                              code="invalid_request_for_engine") from None
+            raise bad_request(
+                str(exc), param=exc.param or request.structured_param(), code="invalid_request_for_engine"
+            ) from None
 
     def _generation(self, prefix, kind, stage, ids, settings, route, prompt, client_id) -> Generation:
         # Admission comes last, after every check that could refuse the request, and before anything
         # reaches the engine: a 429 starts nothing.
         lease = self.limiter.admit(client_id, len(ids) + settings.max_tokens * settings.n) if self.limiter else None
         gen = Generation(
-            id=f"{prefix}-{uuid.uuid4().hex}", kind=kind, stage=stage, created=int(time.time()),
-            prompt_token_ids=ids, settings=settings, route=route, prompt=prompt, client_id=client_id,
-            choices=[Choice(i) for i in range(settings.n)], _service=self, lease=lease,
+            id=f"{prefix}-{uuid.uuid4().hex}",
+            kind=kind,
+            stage=stage,
+            created=int(time.time()),
+            prompt_token_ids=ids,
+            settings=settings,
+            route=route,
+            prompt=prompt,
+            client_id=client_id,
+            choices=[Choice(i) for i in range(settings.n)],
+            _service=self,
+            lease=lease,
         )
         if lease is not None:  # a generation dropped without being run still frees its slot
             weakref.finalize(gen, lease.release)
@@ -345,9 +382,13 @@ class StageService:
             raise exc
         if outage is not None:
             raise unavailable(f"Stage '{gen.stage}'", outage)
-        raise APIError(503, f"Stage '{gen.stage}' is unavailable: its engine died during the generation; "
-                            "retry shortly.", type="service_unavailable", code="engine_restarting",
-                       headers={"Retry-After": "1"})
+        raise APIError(
+            503,
+            f"Stage '{gen.stage}' is unavailable: its engine died during the generation; retry shortly.",
+            type="service_unavailable",
+            code="engine_restarting",
+            headers={"Retry-After": "1"},
+        )
 
     async def _score(self, gen: Generation) -> None:
         """Every answer's reward; a failure leaves the answers unscored (and says why), never fails them."""
@@ -365,28 +406,30 @@ class StageService:
         records = []
         for choice in gen.choices:
             spec = choice.speculative
-            records.append(GenerationRecord(
-                id=gen.id if choice.index == 0 else f"{gen.id}:{choice.index}",
-                stage=gen.stage,
-                client_id=gen.client_id,
-                kind=gen.kind,
-                prompt_hash=prompt_hash(gen.prompt),
-                messages=gen.prompt if (self.log_prompts and gen.kind == "chat") else None,
-                prompt=gen.prompt if (self.log_prompts and gen.kind == "completion") else None,
-                completion=choice.text if self.log_prompts else None,
-                sampling=asdict(gen.settings),
-                speculative_method=gen.route.speculative_method,
-                # the per-step pairs (marks) stay out of the log: the figures are what it has always kept
-                speculative={k: v for k, v in asdict(spec).items() if k != "steps"} if spec else None,
-                prompt_tokens=gen.prompt_tokens,
-                completion_tokens=choice.tokens,
-                finish_reason=choice.finish_reason,
-                ttft_ms=gen.ttft_ms,
-                duration_ms=gen.duration_ms,
-                created_at=datetime.fromtimestamp(gen.created, timezone.utc),
-                reward_model=choice.reward.model if choice.reward else None,
-                reward_score=choice.reward.score if choice.reward else None,
-            ))
+            records.append(
+                GenerationRecord(
+                    id=gen.id if choice.index == 0 else f"{gen.id}:{choice.index}",
+                    stage=gen.stage,
+                    client_id=gen.client_id,
+                    kind=gen.kind,
+                    prompt_hash=prompt_hash(gen.prompt),
+                    messages=gen.prompt if (self.log_prompts and gen.kind == "chat") else None,
+                    prompt=gen.prompt if (self.log_prompts and gen.kind == "completion") else None,
+                    completion=choice.text if self.log_prompts else None,
+                    sampling=asdict(gen.settings),
+                    speculative_method=gen.route.speculative_method,
+                    # the per-step pairs (marks) stay out of the log: the figures are what it has always kept
+                    speculative={k: v for k, v in asdict(spec).items() if k != "steps"} if spec else None,
+                    prompt_tokens=gen.prompt_tokens,
+                    completion_tokens=choice.tokens,
+                    finish_reason=choice.finish_reason,
+                    ttft_ms=gen.ttft_ms,
+                    duration_ms=gen.duration_ms,
+                    created_at=datetime.fromtimestamp(gen.created, timezone.utc),
+                    reward_model=choice.reward.model if choice.reward else None,
+                    reward_score=choice.reward.score if choice.reward else None,
+                )
+            )
         try:
             # Bounded: an unreachable database must not hold the answer's last frame. The write goes on
             # in the background (shielded), so a store that is only slow still gets the row.
@@ -394,8 +437,12 @@ class StageService:
         except Exception as exc:  # the answer was served; a failed log must not turn it into an error
             metrics.GENERATION_LOG_FAILURES.inc()
             if isinstance(exc, TimeoutError):
-                log.error("could not record generation %s within %.0f s (is the database down?); the answer "
-                          "is served unrecorded", gen.id, GENERATION_LOG_WAIT)
+                log.error(
+                    "could not record generation %s within %.0f s (is the database down?); the answer "
+                    "is served unrecorded",
+                    gen.id,
+                    GENERATION_LOG_WAIT,
+                )
             else:
                 log.exception("could not record generation %s; the answer is served unrecorded", gen.id)
 
@@ -414,15 +461,17 @@ async def _off_loop(size: int, fn, *args):
     return fn(*args)
 
 
-def render_chat(tokenizer, messages: list[dict[str, str]], tools: list[dict] | None = None,
-                options: dict[str, Any] | None = None) -> tuple[list[int], tuple[str, ...]]:
+def render_chat(
+    tokenizer, messages: list[dict[str, str]], tools: list[dict] | None = None, options: dict[str, Any] | None = None
+) -> tuple[list[int], tuple[str, ...]]:
     """The prompt's token ids for a chat (with `tools` rendered by the template when given), and the
     stop strings its format needs. `options`: the template arguments of a prefill (`server.prefill`)."""
     if getattr(tokenizer, "chat_template", None):
         extra = {"tools": tools} if tools else {}
         try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False,
-                                                 **{"add_generation_prompt": True, **(options or {})}, **extra)
+            text = tokenizer.apply_chat_template(
+                messages, tokenize=False, **{"add_generation_prompt": True, **(options or {})}, **extra
+            )
         except Exception as exc:  # a template that cannot render what the prefill asks
             if options is None:
                 raise

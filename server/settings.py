@@ -26,8 +26,14 @@ def default_demo_family() -> Path:
 
 
 # Numeric settings read from `STAGECHAT_<NAME>` (and `--<name>` flags of `stagechat serve`).
-LIMIT_FIELDS = {"max_body_bytes": int, "max_concurrent_per_key": int, "tokens_per_minute_per_key": int,
-                "max_queued_requests": int, "ws_max_frame_bytes": int, "ws_frames_per_second": float}
+LIMIT_FIELDS = {
+    "max_body_bytes": int,
+    "max_concurrent_per_key": int,
+    "tokens_per_minute_per_key": int,
+    "max_queued_requests": int,
+    "ws_max_frame_bytes": int,
+    "ws_frames_per_second": float,
+}
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,7 @@ class Settings:
         return self.database_url or f"sqlite:///{self.data_dir / 'stagechat.db'}"
 
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
+    def from_env(cls, **overrides) -> Settings:
         env = os.environ
         keys = frozenset(k for k in env.get("STAGECHAT_API_KEYS", "").split(",") if k)
         values = dict(

@@ -5,8 +5,9 @@ Each engine step that verified drafts emits the `j` draft tokens the target acce
 token of the target's own: it replaces the first rejected draft token (`j` < drafted), or it is the
 bonus token after all of them were accepted (`j` = drafted). A step that proposed no draft (the first
 token, which the prompt's own step samples, or prompt lookup finding no match) emits one target
-token. vLLM 0.32 reports, when a sequence finishes, the ordered (drafted, accepted) pair of every verifying step (`per_request_spec_decode_metrics
-= "detailed"`), but not which emitted tokens each step produced, nor the steps that drafted nothing.
+token. vLLM 0.32 reports, when a sequence finishes, the ordered (drafted, accepted) pair of every
+verifying step (`per_request_spec_decode_metrics = "detailed"`), but not which emitted tokens each step
+produced, nor the steps that drafted nothing.
 The token counts of the deltas the engine streamed fill that in: a delta holds whole steps (one per
 step, or several when vLLM merged outputs a slow consumer had not taken yet), so `align` places the
 verify steps and the draft-less ones between delta boundaries. Where it cannot tell a verify step
@@ -43,13 +44,23 @@ class SpecMarks:
         """Acceptance by draft position: at position p, how many steps drafted a p-th token and how
         many of those the target accepted (accepted ones are a prefix, so `accepted >= p`)."""
         depth = max((d for d, _ in self.steps), default=0)
-        return [{"position": p, "drafted": sum(d >= p for d, _ in self.steps),
-                 "accepted": sum(a >= p for _, a in self.steps)} for p in range(1, depth + 1)]
+        return [
+            {
+                "position": p,
+                "drafted": sum(d >= p for d, _ in self.steps),
+                "accepted": sum(a >= p for _, a in self.steps),
+            }
+            for p in range(1, depth + 1)
+        ]
 
     def body(self) -> dict:
         """Extension in a response's choice (`speculative_marks`)."""
-        return {"tokens": list(self.kinds), "steps": [list(s) for s in self.steps], "dropped": self.dropped,
-                "by_position": self.by_position()}
+        return {
+            "tokens": list(self.kinds),
+            "steps": [list(s) for s in self.steps],
+            "dropped": self.dropped,
+            "by_position": self.by_position(),
+        }
 
 
 def align(groups: list[int], steps: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> SpecMarks | None:

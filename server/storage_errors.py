@@ -26,8 +26,11 @@ READ_ONLY_RETRY_AFTER = 30
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
 _SQLITE = {"SQLITE_FULL": FULL, "SQLITE_READONLY": READ_ONLY, "SQLITE_CANTOPEN": READ_ONLY}
-_SQLITE_MESSAGES = {"database or disk is full": FULL, "readonly database": READ_ONLY,
-                    "unable to open database file": READ_ONLY}
+_SQLITE_MESSAGES = {
+    "database or disk is full": FULL,
+    "readonly database": READ_ONLY,
+    "unable to open database file": READ_ONLY,
+}
 _PG_SQLSTATES = {"53100": FULL, "25006": READ_ONLY}
 
 
@@ -95,11 +98,20 @@ def storage_error(fault: StorageFault, rid: str | None = None) -> APIError:
     where = f" (request id {rid})" if rid else ""
     headers = {"x-request-id": rid} if rid else {}
     if fault.kind == FULL:
-        return APIError(507, f"The server cannot store this: {fault.describe()}. Nothing was stored{where}.",
-                        type="server_error", code="storage_full", headers=headers or None)
-    return APIError(503, f"The server cannot store this now: {fault.describe()}. Nothing was stored; "
-                    f"retry later{where}.", type="service_unavailable", code="storage_read_only",
-                    headers={"Retry-After": str(READ_ONLY_RETRY_AFTER), **headers})
+        return APIError(
+            507,
+            f"The server cannot store this: {fault.describe()}. Nothing was stored{where}.",
+            type="server_error",
+            code="storage_full",
+            headers=headers or None,
+        )
+    return APIError(
+        503,
+        f"The server cannot store this now: {fault.describe()}. Nothing was stored; retry later{where}.",
+        type="service_unavailable",
+        code="storage_read_only",
+        headers={"Retry-After": str(READ_ONLY_RETRY_AFTER), **headers},
+    )
 
 
 def database_path(app: Any) -> str | None:

@@ -38,8 +38,9 @@ _BOLD = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
 
 
 def style_features(text: str) -> np.ndarray:
-    return np.array([len(text.split()), len(_HEADER.findall(text)), len(_LIST.findall(text)),
-                     len(_BOLD.findall(text))], dtype=float)
+    return np.array(
+        [len(text.split()), len(_HEADER.findall(text)), len(_LIST.findall(text)), len(_BOLD.findall(text))], dtype=float
+    )
 
 
 def _normalised_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -47,8 +48,9 @@ def _normalised_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a - b, total, out=np.zeros_like(total), where=total > 0)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, prior: float = PRIOR,
-                 start: np.ndarray | None = None) -> np.ndarray:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, prior: float = PRIOR, start: np.ndarray | None = None
+) -> np.ndarray:
     """β maximising Σ w·[y log σ(xβ) + (1−y) log σ(−xβ)] − prior·‖β‖²."""
 
     def loss(beta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -72,12 +74,18 @@ class StyleControlled:
         return next(r["strength"] for r in self.stages if r["stage"] == stage)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": "bradley-terry + style (length, headers, list items, bold)", "data": self.stages,
-                "coefficients": self.coefficients, "judgements": self.judgements, "skipped": self.skipped}
+        return {
+            "model": "bradley-terry + style (length, headers, list items, bold)",
+            "data": self.stages,
+            "coefficients": self.coefficients,
+            "judgements": self.judgements,
+            "skipped": self.skipped,
+        }
 
 
-def style_controlled(judgements: Iterable[Judgement], texts: dict[str, str], *, bootstrap: int = 200,
-                     seed: int = 0) -> StyleControlled:
+def style_controlled(
+    judgements: Iterable[Judgement], texts: dict[str, str], *, bootstrap: int = 200, seed: int = 0
+) -> StyleControlled:
     """Fit the style-controlled model on the judgements whose answers' texts are in `texts`."""
     rows: list[tuple[int, str, str, np.ndarray, float]] = []  # (judgement, stage i, stage j, style diff, score)
     used = skipped = 0
@@ -90,8 +98,15 @@ def style_controlled(judgements: Iterable[Judgement], texts: dict[str, str], *, 
             continue
         feats = {rid: style_features(texts[rid]) for rid in j.response_ids}
         for x, y, score in pairs:
-            rows.append((used, j.stages[x], j.stages[y],
-                         _normalised_difference(feats[j.response_ids[x]], feats[j.response_ids[y]]), score))
+            rows.append(
+                (
+                    used,
+                    j.stages[x],
+                    j.stages[y],
+                    _normalised_difference(feats[j.response_ids[x]], feats[j.response_ids[y]]),
+                    score,
+                )
+            )
         used += 1
     names = sorted({s for r in rows for s in (r[1], r[2])})
     if not rows:
@@ -126,12 +141,17 @@ def style_controlled(judgements: Iterable[Judgement], texts: dict[str, str], *, 
         lo, hi = np.percentile(samples, [2.5, 97.5], axis=0)
     else:
         lo = hi = beta
-    stages = sorted(({"stage": s, "strength": round(float(beta[i]), 4),
-                      "ci95": [round(float(lo[i]), 4), round(float(hi[i]), 4)]} for s, i in index.items()),
-                    key=lambda r: -r["strength"])
-    coefficients = {name: {"coef": round(float(beta[k + n]), 4),
-                           "ci95": [round(float(lo[k + n]), 4), round(float(hi[k + n]), 4)]}
-                    for n, name in enumerate(FEATURES)}
+    stages = sorted(
+        (
+            {"stage": s, "strength": round(float(beta[i]), 4), "ci95": [round(float(lo[i]), 4), round(float(hi[i]), 4)]}
+            for s, i in index.items()
+        ),
+        key=lambda r: -r["strength"],
+    )
+    coefficients = {
+        name: {"coef": round(float(beta[k + n]), 4), "ci95": [round(float(lo[k + n]), 4), round(float(hi[k + n]), 4)]}
+        for n, name in enumerate(FEATURES)
+    }
     return StyleControlled(stages, coefficients, used, skipped)
 
 
@@ -156,7 +176,11 @@ def position_bias(judgements: Sequence[Judgement]) -> dict[str, Any]:
     if n == 0:
         return {"side_a_wins": None, "decisive_votes": 0, "ci95": None, "votes": sum(j.blind for j in judgements)}
     p = wins / n
-    centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
-    return {"side_a_wins": round(p, 4), "decisive_votes": n, "ci95": [round(centre - half, 4), round(centre + half, 4)],
-            "votes": sum(j.blind for j in judgements)}
+    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
+    return {
+        "side_a_wins": round(p, 4),
+        "decisive_votes": n,
+        "ci95": [round(centre - half, 4), round(centre + half, 4)],
+        "votes": sum(j.blind for j in judgements),
+    }

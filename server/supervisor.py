@@ -60,13 +60,17 @@ class Outage:
 
     def describe(self) -> dict[str, Any]:
         state = "stopped" if self.gave_up else "restarting"
-        return {"engine": self.label, "state": state, "error": self.reason, "deaths": self.deaths,
-                "down_seconds": round(time.monotonic() - self.since, 1)}
+        return {
+            "engine": self.label,
+            "state": state,
+            "error": self.reason,
+            "deaths": self.deaths,
+            "down_seconds": round(time.monotonic() - self.since, 1),
+        }
 
 
 class Supervisor:
-    def __init__(self, *, backoff: tuple[float, float] = RESTART_BACKOFF,
-                 crash_loop: tuple[int, float] = CRASH_LOOP):
+    def __init__(self, *, backoff: tuple[float, float] = RESTART_BACKOFF, crash_loop: tuple[int, float] = CRASH_LOOP):
         self.backoff = backoff
         self.crash_loop = crash_loop
         self.down: dict[Hashable, Outage] = {}
@@ -102,14 +106,26 @@ class Supervisor:
             return
         delay = self._delay(deaths)
         self.down[key] = Outage(label, reason, now, now + delay, deaths)
-        log.error("engine %s died (%s); restarting it in %.1f s (%d deaths in the last %.0f s)",
-                  label, reason, delay, deaths, self.crash_loop[1])
+        log.error(
+            "engine %s died (%s); restarting it in %.1f s (%d deaths in the last %.0f s)",
+            label,
+            reason,
+            delay,
+            deaths,
+            self.crash_loop[1],
+        )
         self._tasks[key] = asyncio.get_running_loop().create_task(self._restart(key, restart, delay))
 
     def _give_up(self, key: Hashable, label: str, reason: str, since: float, deaths: int) -> None:
         self.down[key] = Outage(label, reason, since, None, deaths)
-        log.error("engine %s died %d times in %.0f s (last: %s): a crash loop; no more restarts, it stays "
-                  "down until the server restarts", label, deaths, self.crash_loop[1], reason)
+        log.error(
+            "engine %s died %d times in %.0f s (last: %s): a crash loop; no more restarts, it stays "
+            "down until the server restarts",
+            label,
+            deaths,
+            self.crash_loop[1],
+            reason,
+        )
 
     async def _restart(self, key: Hashable, restart: Callable[[], Awaitable[None]], delay: float) -> None:
         outage = self.down[key]
@@ -132,8 +148,12 @@ class Supervisor:
                     outage.retry_at = time.monotonic() + delay
                     continue
                 metrics.ENGINE_RESTARTS.labels(outage.label).inc()
-                log.info("engine %s restarted in %.1f s; serving again %.1f s after it died", outage.label,
-                         time.monotonic() - began, time.monotonic() - outage.since)
+                log.info(
+                    "engine %s restarted in %.1f s; serving again %.1f s after it died",
+                    outage.label,
+                    time.monotonic() - began,
+                    time.monotonic() - outage.since,
+                )
                 self.down.pop(key, None)
                 return
         finally:
@@ -150,17 +170,28 @@ def unavailable(what: str, outage: Outage) -> APIError:
     """The 503 for a request that needs a down engine: names `what` (a stage, a reward model) and when
     to retry; no Retry-After once the supervisor gave up (retrying will not help)."""
     if outage.gave_up:
-        return APIError(503, f"{what} is unavailable: its engine died {outage.deaths} times in a few minutes "
-                             f"(last: {outage.reason}) and is no longer restarted; the server needs a restart.",
-                        type="service_unavailable", code="engine_crash_loop")
+        return APIError(
+            503,
+            f"{what} is unavailable: its engine died {outage.deaths} times in a few minutes "
+            f"(last: {outage.reason}) and is no longer restarted; the server needs a restart.",
+            type="service_unavailable",
+            code="engine_crash_loop",
+        )
     seconds = outage.retry_after()
-    return APIError(503, f"{what} is unavailable: its engine died ({outage.reason}) and is restarting; "
-                         f"retry in {seconds} s.", type="service_unavailable", code="engine_restarting",
-                    headers={"Retry-After": str(seconds)})
+    return APIError(
+        503,
+        f"{what} is unavailable: its engine died ({outage.reason}) and is restarting; retry in {seconds} s.",
+        type="service_unavailable",
+        code="engine_restarting",
+        headers={"Retry-After": str(seconds)},
+    )
 
 
-async def watch(engines: Callable[[], dict[Hashable, Any]], report: Callable[[Hashable, Any, str], None],
-                every: float = WATCH_SECONDS) -> None:
+async def watch(
+    engines: Callable[[], dict[Hashable, Any]],
+    report: Callable[[Hashable, Any, str], None],
+    every: float = WATCH_SECONDS,
+) -> None:
     """Forever: every `every` seconds, report each engine whose `dead()` says it died (an idle engine's
     death is noticed here; a busy one's also by the streams it breaks)."""
     while True:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 
 from server.errors import bad_request, not_ready
-from server.protocol import DetokenizeRequest, TokenizeRequest
 from server.prefill import render_error, template_options
+from server.protocol import DetokenizeRequest, TokenizeRequest
 from server.serving import StageService, plain_transcript
 from server.tools import template_tools
 
@@ -31,13 +31,24 @@ class Tokenizing:
         tokenizer = engine.tokenizer
         if request.messages is not None:
             messages = [m.plain() for m in request.messages]
-            tools = template_tools(request, self.pool.registry.stages[request.model].tool_parser,
-                                   getattr(tokenizer, "chat_template", None), request.model)
+            tools = template_tools(
+                request,
+                self.pool.registry.stages[request.model].tool_parser,
+                getattr(tokenizer, "chat_template", None),
+                request.model,
+            )
             options = None
             if request.continue_final_message or request.chat_template_kwargs or has_template(tokenizer):
                 options = template_options(request, tokenizer)  # prefill, as the chat endpoint checks it
-            ids = await asyncio.to_thread(_render, tokenizer, messages, tools, request.add_generation_prompt,
-                                          bool(request.add_special_tokens), options)
+            ids = await asyncio.to_thread(
+                _render,
+                tokenizer,
+                messages,
+                tools,
+                request.add_generation_prompt,
+                bool(request.add_special_tokens),
+                options,
+            )
         else:
             add = True if request.add_special_tokens is None else request.add_special_tokens
             ids = await asyncio.to_thread(tokenizer.encode, request.prompt, add_special_tokens=add)
@@ -58,8 +69,9 @@ def has_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def _render(tokenizer, messages, tools, add_generation_prompt: bool, add_special_tokens: bool,
-            options: dict | None = None) -> list[int]:
+def _render(
+    tokenizer, messages, tools, add_generation_prompt: bool, add_special_tokens: bool, options: dict | None = None
+) -> list[int]:
     if has_template(tokenizer):
         extra = {"tools": tools} if tools else {}
         asked = options or {"add_generation_prompt": add_generation_prompt}
@@ -70,5 +82,7 @@ def _render(tokenizer, messages, tools, add_generation_prompt: bool, add_special
                 raise
             raise render_error(exc, options) from None
     else:
-        text = plain_transcript(messages) if add_generation_prompt else plain_transcript(messages)[:-len("\nAssistant:")]
+        text = (
+            plain_transcript(messages) if add_generation_prompt else plain_transcript(messages)[: -len("\nAssistant:")]
+        )
     return tokenizer.encode(text, add_special_tokens=add_special_tokens)

@@ -15,16 +15,28 @@ import uuid
 from typing import Any
 
 
-def tool_call_schema(functions: list[dict[str, Any]], forced: str | None,
-                     parallel: bool | None = None) -> dict[str, Any]:
+def tool_call_schema(
+    functions: list[dict[str, Any]], forced: str | None, parallel: bool | None = None
+) -> dict[str, Any]:
     """The JSON schema decoding must follow when a call is forced: the named function's parameters,
     or ("required") a non-empty list of calls to any of the functions."""
     params = {f["name"]: f.get("parameters") or {"type": "object", "properties": {}} for f in functions}
     if forced is not None:
         return params[forced]
-    schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"type": "object", "anyOf": [
-        {"properties": {"name": {"type": "string", "enum": [name]}, "parameters": p},
-         "required": ["name", "parameters"]} for name, p in params.items()]}}
+    schema: dict[str, Any] = {
+        "type": "array",
+        "minItems": 1,
+        "items": {
+            "type": "object",
+            "anyOf": [
+                {
+                    "properties": {"name": {"type": "string", "enum": [name]}, "parameters": p},
+                    "required": ["name", "parameters"],
+                }
+                for name, p in params.items()
+            ],
+        },
+    }
     if parallel is False:
         schema["maxItems"] = 1
     return schema
@@ -50,8 +62,15 @@ class ToolCallReader:
 
     `mode` is "auto" (parse with the vLLM tool parser `parser`), "required" or "named" (`name`)."""
 
-    def __init__(self, mode: str, *, tokenizer=None, parser: str | None = None, name: str | None = None,
-                 parallel: bool | None = None):
+    def __init__(
+        self,
+        mode: str,
+        *,
+        tokenizer=None,
+        parser: str | None = None,
+        name: str | None = None,
+        parallel: bool | None = None,
+    ):
         self.mode = mode
         self.name = name
         self.parallel = parallel
@@ -124,9 +143,15 @@ def template_tools(request, parser: str | None, chat_template: str | None, stage
     if not request.tools:
         return None
     if parser is None:
-        raise bad_request(f"Stage '{stage}' does not support tools: its registry entry names no tool_parser.",
-                          param="tools", code="tools_not_supported")
+        raise bad_request(
+            f"Stage '{stage}' does not support tools: its registry entry names no tool_parser.",
+            param="tools",
+            code="tools_not_supported",
+        )
     if not template_supports_tools(chat_template):
-        raise bad_request(f"Stage '{stage}' does not support tools: its chat template does not render them.",
-                          param="tools", code="tools_not_supported")
+        raise bad_request(
+            f"Stage '{stage}' does not support tools: its chat template does not render them.",
+            param="tools",
+            code="tools_not_supported",
+        )
     return [t.model_dump(exclude_none=True) for t in request.tools]

@@ -4,7 +4,8 @@ One instance serves one checkpoint with one speculative configuration; LoRA adap
 per request. It turns `SamplingSettings` into vLLM's `SamplingParams`, streams output as deltas
 (vLLM's DELTA output kind: no re-sending of text already sent) and aborts requests whose consumer
 went away. When vLLM reports its engine core dead (`AsyncLLM.errored`: the core or its worker process
-exited), streams raise `EngineDead` and `dead()` says so, for the pool to restart it. It knows nothing about stages, chat templates or HTTP.
+exited), streams raise `EngineDead` and `dead()` says so, for the pool to restart it. It knows nothing
+about stages, chat templates or HTTP.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def default_engine_cpus() -> str | None:
 
 
 def default_dtype() -> str | None:
-    """"float32" on an x86 CPU without native bf16 (no AVX512-BF16, no AMX); None (vLLM's "auto")
+    """ "float32" on an x86 CPU without native bf16 (no AVX512-BF16, no AMX); None (vLLM's "auto")
     elsewhere. vLLM's CPU platform takes every x86 CPU to compute bf16 natively and runs float32
     checkpoints in bf16; on an AVX2-only CPU (measured on a 2-core AMD EPYC, the demo family, 32
     streams × 128 tokens) bf16 is emulated: base 1,828-1,918 tok/s in bf16 against 3,353 in float32,
@@ -171,7 +172,8 @@ class VllmEngine:
                 if output.prompt_logprobs and batch and not sent_prompt:
                     sent_prompt = True
                     batch[0].prompt_logprobs = _prompt_logprobs(
-                        prompt_token_ids, output.prompt_logprobs, settings.prompt_logprobs or 0)
+                        prompt_token_ids, output.prompt_logprobs, settings.prompt_logprobs or 0
+                    )
                 yield batch
                 finished = output.finished
         except Exception as exc:
@@ -208,15 +210,21 @@ class VllmEngine:
 
         config = self._llm.vllm_config
         try:
-            _sampling_params(settings).verify(self._llm.model_config, config.speculative_config,
-                                              config.structured_outputs_config, self.tokenizer)
+            _sampling_params(settings).verify(
+                self._llm.model_config, config.speculative_config, config.structured_outputs_config, self.tokenizer
+            )
         except (VLLMClientError, ValueError, TypeError, RuntimeError) as exc:
             raise EngineRequestError(str(exc), getattr(exc, "parameter", None)) from None
 
     def _delta(self, c, logprobs_k: int, score_only: bool = False) -> Delta:
         if score_only:
-            return Delta(index=c.index, text="", token_ids=[], logprobs=None,
-                         finish_reason="length" if c.finish_reason is not None else None)
+            return Delta(
+                index=c.index,
+                text="",
+                token_ids=[],
+                logprobs=None,
+                finish_reason="length" if c.finish_reason is not None else None,
+            )
         figures = None
         if c.finish_reason is not None and c.spec_decode_metrics is not None:
             m = c.spec_decode_metrics.to_dict()
@@ -366,12 +374,14 @@ def _logprobs(token_ids, positions, k: int) -> list[TokenLogprob]:
     for token_id, candidates in zip(token_ids, positions):
         chosen = candidates[token_id]
         top = [(i, lp) for i, lp in sorted(candidates.items(), key=lambda item: item[1].rank) if lp.rank <= k]
-        result.append(TokenLogprob(
-            token=chosen.decoded_token or "",
-            logprob=max(chosen.logprob, -9999.0),  # -inf is not JSON
-            top=tuple((lp.decoded_token or "", max(lp.logprob, -9999.0)) for _, lp in top),
-            token_id=token_id,
-            rank=chosen.rank,
-            top_ids=tuple(i for i, _ in top),
-        ))
+        result.append(
+            TokenLogprob(
+                token=chosen.decoded_token or "",
+                logprob=max(chosen.logprob, -9999.0),  # -inf is not JSON
+                top=tuple((lp.decoded_token or "", max(lp.logprob, -9999.0)) for _, lp in top),
+                token_id=token_id,
+                rank=chosen.rank,
+                top_ids=tuple(i for i, _ in top),
+            )
+        )
     return result

@@ -26,10 +26,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 FAKE_REGISTRY = {
     "stages": {
-        "base": {"model": "fake/base", "description": "pre-trained only",
-                 "speculative": {"ngram": {"method": "ngram", "num_speculative_tokens": 3}}},
-        "sft": {"adapter": "fake/sft", "base": "base", "description": "instruction-tuned",
-                "sampling": {"temperature": 0.5, "max_tokens": 5}},
+        "base": {
+            "model": "fake/base",
+            "description": "pre-trained only",
+            "speculative": {"ngram": {"method": "ngram", "num_speculative_tokens": 3}},
+        },
+        "sft": {
+            "adapter": "fake/sft",
+            "base": "base",
+            "description": "instruction-tuned",
+            "sampling": {"temperature": 0.5, "max_tokens": 5},
+        },
     }
 }
 
@@ -115,9 +122,13 @@ def remote_vllm(tiny_family, tmp_path_factory):
     in-process engines do, so the machine's other core stays free for the HTTP front ends."""
     from server.launcher import vllm_openai_server
 
-    server = vllm_openai_server(tiny_family / "base", tmp_path_factory.mktemp("remote-vllm") / "vllm.log",
-                                served_model_name="base", lora_modules={"sft": tiny_family / "lora"},
-                                env={"VLLM_CPU_OMP_THREADS_BIND": "1"})
+    server = vllm_openai_server(
+        tiny_family / "base",
+        tmp_path_factory.mktemp("remote-vllm") / "vllm.log",
+        served_model_name="base",
+        lora_modules={"sft": tiny_family / "lora"},
+        env={"VLLM_CPU_OMP_THREADS_BIND": "1"},
+    )
     yield server
     server.stop()
 

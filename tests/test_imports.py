@@ -115,8 +115,11 @@ def test_no_import_circles(graph):
 
 
 def test_nothing_below_the_cli_imports_it(graph):
-    below = {name: sorted(t for t in targets if t.split(".")[0] == "cli")
-             for name, targets in graph.items() if name.split(".")[0] != "cli"}
+    below = {
+        name: sorted(t for t in targets if t.split(".")[0] == "cli")
+        for name, targets in graph.items()
+        if name.split(".")[0] != "cli"
+    }
     assert {name: targets for name, targets in below.items() if targets} == {}
 
 

@@ -51,8 +51,12 @@ def build_ui(service: StageService, login: Login | None = None) -> gr.Blocks:
                 _, refresh = leaderboard.build(service)
             board_tab.select(**refresh)
         # Stages can be added while serving (`POST /v1/admin/reload`): every page load lists the current ones.
-        blocks.load(lambda: [gr.update(choices=controls.stage_choices(service))] * 3, None,
-                    [chat_stage, compare_stages, notebook_stage], queue=False)
+        blocks.load(
+            lambda: [gr.update(choices=controls.stage_choices(service))] * 3,
+            None,
+            [chat_stage, compare_stages, notebook_stage],
+            queue=False,
+        )
     return blocks
 
 
@@ -61,5 +65,6 @@ def mount_ui(app: FastAPI, service: StageService) -> None:
     login = Login(settings)
     auth = dict(auth=login, auth_message=MESSAGE) if login.enabled else {}
     # footer_links=[] and no run history: the page is a tool, and runs already live in the store.
-    gr.mount_gradio_app(app, build_ui(service, login), path="/", footer_links=[], run_history=False, css=CSS,
-                        ssr_mode=False, **auth)
+    gr.mount_gradio_app(
+        app, build_ui(service, login), path="/", footer_links=[], run_history=False, css=CSS, ssr_mode=False, **auth
+    )

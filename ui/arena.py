@@ -96,8 +96,10 @@ def build(service: StageService, login: Login) -> None:
             gr.Warning(exc.message)
             return battle, gr.skip(), *[gr.skip()] * len(buttons)
         said = {w: label for label, w in VOTES}[winner]
-        text = (f"You voted **{said}**. A was **{revealed['a']['stage']}**, B was **{revealed['b']['stage']}**. "
-                "Start a new battle to vote again.")
+        text = (
+            f"You voted **{said}**. A was **{revealed['a']['stage']}**, B was **{revealed['b']['stage']}**. "
+            "Start a new battle to vote again."
+        )
         return {**battle, "voted": True}, text, *[gr.update(interactive=False)] * len(buttons)
 
     outputs = [message, side_a, side_b, state, reveal, *buttons]
@@ -105,8 +107,12 @@ def build(service: StageService, login: Login) -> None:
     send.click(ask, [message, state], outputs)
     for button, (_, winner) in zip(buttons, VOTES):
         button.click(_voter(vote, winner), [state], [state, reveal, *buttons])
-    new.click(lambda: ({"id": None, "turns": [], "voted": False}, [], [], "", *[gr.update(interactive=False)] * 4),
-              None, [state, side_a, side_b, reveal, *buttons], queue=False)
+    new.click(
+        lambda: ({"id": None, "turns": [], "voted": False}, [], [], "", *[gr.update(interactive=False)] * 4),
+        None,
+        [state, side_a, side_b, reveal, *buttons],
+        queue=False,
+    )
 
 
 def _voter(vote, winner: str):

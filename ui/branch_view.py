@@ -40,13 +40,22 @@ def _shown(token: str) -> str:
     return token.replace(" ", "␣").replace("\n", "⏎") or "∅"
 
 
-def branch_request(answer: Answer, position: int, token: int, stages: list[str], fields: dict[str, Any]
-                   ) -> BranchRequest:
+def branch_request(
+    answer: Answer, position: int, token: int, stages: list[str], fields: dict[str, Any]
+) -> BranchRequest:
     """The branch as the API takes it (raises `ValidationError` on bad values)."""
     ids = [t["id"] for t in answer.tokens]
-    return BranchRequest.model_validate({"model": stages, "prompt": answer.prompt_ids or [0], "completion": ids,
-                                         "position": position, "token": token, "logprobs": 5,
-                                         **{k: v for k, v in fields.items() if v is not None}})
+    return BranchRequest.model_validate(
+        {
+            "model": stages,
+            "prompt": answer.prompt_ids or [0],
+            "completion": ids,
+            "position": position,
+            "token": token,
+            "logprobs": 5,
+            **{k: v for k, v in fields.items() if v is not None},
+        }
+    )
 
 
 def columns_html(before: str, token: str, answers: list[Answer]) -> str:
@@ -55,21 +64,27 @@ def columns_html(before: str, token: str, answers: list[Answer]) -> str:
     cols = []
     for a in answers:
         body = a.error or a.text
-        cols.append(f'<div class="branch" data-stage="{html.escape(a.stage, quote=True)}" style="flex:1;'
-                    f'white-space:pre-wrap;border:1px solid #ccc;padding:6px"><b>{html.escape(a.stage)}</b>'
-                    f'{" ▍" if not a.done else ""}<br><span style="color:#777">{html.escape(before)}</span>'
-                    f'<mark>{html.escape(token)}</mark>{html.escape(body)}</div>')
+        cols.append(
+            f'<div class="branch" data-stage="{html.escape(a.stage, quote=True)}" style="flex:1;'
+            f'white-space:pre-wrap;border:1px solid #ccc;padding:6px"><b>{html.escape(a.stage)}</b>'
+            f'{" ▍" if not a.done else ""}<br><span style="color:#777">{html.escape(before)}</span>'
+            f"<mark>{html.escape(token)}</mark>{html.escape(body)}</div>"
+        )
     return f'<div class="branches" style="display:flex;gap:8px">{"".join(cols)}</div>'
 
 
-def build(service: StageService, history: gr.State, pick: gr.Dropdown, position: gr.Slider,
-          decoding: controls.Decoding | None = None) -> None:
+def build(
+    service: StageService,
+    history: gr.State,
+    pick: gr.Dropdown,
+    position: gr.Slider,
+    decoding: controls.Decoding | None = None,
+) -> None:
     stages = list(service.pool.registry.stages)
     with gr.Accordion("Branch: continue from an alternative token", open=False):
         with gr.Row():
             alternative = gr.Dropdown(choices=[], label="token at this position", elem_id="branch-token")
-            chosen = gr.CheckboxGroup(stages, value=stages[:1], label="stages (side by side)",
-                                      elem_id="branch-stages")
+            chosen = gr.CheckboxGroup(stages, value=stages[:1], label="stages (side by side)", elem_id="branch-stages")
             go = gr.Button("Branch", variant="primary", elem_id="branch-go")
         view = gr.HTML(elem_id="branch-view")
 
@@ -92,8 +107,9 @@ def build(service: StageService, history: gr.State, pick: gr.Dropdown, position:
         except (ValidationError, APIError) as exc:
             yield f"<p>{html.escape(str(getattr(exc, 'message', exc)))}</p>"
             return
-        requests = [branch.completion_for(stage, prefix).model_copy(update={"echo": False})
-                    for stage in branch.stages()]
+        requests = [
+            branch.completion_for(stage, prefix).model_copy(update={"echo": False}) for stage in branch.stages()
+        ]
         before = "".join(t["token"] for t in answer.tokens[:pos])
         entry = answer.tokens[pos]
         shown = next((t for i, (t, _) in zip(entry["top_ids"], entry["top"]) if i == int(token)), str(token))

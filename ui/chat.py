@@ -67,8 +67,13 @@ def edit_message(edit: gr.EditData, conversation: Conversation, turns: Turns):
     return conversation, {i: a for i, a in turns.items() if i < index}, conversation
 
 
-def build(service: StageService, decoding: Decoding, history: gr.State, login: Login,
-          sidebar: saved_conversations.Sidebar | None = None) -> gr.Dropdown:
+def build(
+    service: StageService,
+    decoding: Decoding,
+    history: gr.State,
+    login: Login,
+    sidebar: saved_conversations.Sidebar | None = None,
+) -> gr.Dropdown:
     """Lay out the tab and wire its events. `history` collects every finished answer (token view);
     `sidebar` (ui/conversations.py) saves the chat after each answer and resumes saved ones.
     Returns the stage picker, whose choices the page refreshes on load (stages can be added live)."""
@@ -82,8 +87,7 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
     turns = gr.State({})
     saved = gr.State(saved_conversations.empty())  # where this chat is saved (ui/conversations.py)
     with gr.Row():
-        message = gr.Textbox(placeholder="Message (Enter sends)", show_label=False, scale=6,
-                             elem_id="chat-input")
+        message = gr.Textbox(placeholder="Message (Enter sends)", show_label=False, scale=6, elem_id="chat-input")
         send = gr.Button("Send", variant="primary", elem_id="chat-send", scale=1)
         stop = gr.Button("Stop", variant="stop", elem_id="chat-stop", scale=1)
         regenerate = gr.Button("Regenerate", elem_id="chat-regenerate", scale=1)
@@ -93,8 +97,15 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
     rated = gr.Markdown(elem_id="chat-rating")
     busy = gr.State({"answering": False})  # one answering loop per session at a time
 
-    async def respond(request: gr.Request, conv: Conversation, turns_: Turns, history_: list[Answer],
-                      busy_: dict, stage_: str, *values):
+    async def respond(
+        request: gr.Request,
+        conv: Conversation,
+        turns_: Turns,
+        history_: list[Answer],
+        busy_: dict,
+        stage_: str,
+        *values,
+    ):
         if busy_["answering"] or not conv or conv[-1]["role"] != "user":
             # Nothing to answer, or the loop already running answers the queued message after its answer.
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -138,28 +149,53 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
         said = await rating.rate(service, answer, value, login.rater(request), tags, comment)
         return gr.skip() if said is None else said
 
-    stage.change(lambda s: (controls.describe_stage(service, s),
-                            gr.update(choices=controls.speculative_choices(service, s), value=controls.SPEC_DEFAULT)),
-                 stage, [about, decoding.speculative])
+    stage.change(
+        lambda s: (
+            controls.describe_stage(service, s),
+            gr.update(choices=controls.speculative_choices(service, s), value=controls.SPEC_DEFAULT),
+        ),
+        stage,
+        [about, decoding.speculative],
+    )
 
-    respond_io = dict(fn=respond, inputs=[conversation, turns, history, busy, stage, *decoding.inputs],
-                      outputs=[chatbot, conversation, turns, history, stats])
-    submitted = message.submit(add_user_message, [message, conversation], [message, conversation, chatbot],
-                               queue=False).then(**respond_io)
-    clicked = send.click(add_user_message, [message, conversation], [message, conversation, chatbot],
-                         queue=False).then(**respond_io)
-    regenerated = regenerate.click(drop_last_answer, [conversation, turns], [conversation, turns, chatbot],
-                                   queue=False).then(**respond_io)
-    retried = chatbot.retry(drop_last_answer, [conversation, turns], [conversation, turns, chatbot],
-                            queue=False).then(**respond_io)
-    edited = chatbot.edit(edit_message, [conversation, turns], [conversation, turns, chatbot],
-                          queue=False).then(**respond_io)
+    respond_io = dict(
+        fn=respond,
+        inputs=[conversation, turns, history, busy, stage, *decoding.inputs],
+        outputs=[chatbot, conversation, turns, history, stats],
+    )
+    submitted = message.submit(
+        add_user_message, [message, conversation], [message, conversation, chatbot], queue=False
+    ).then(**respond_io)
+    clicked = send.click(add_user_message, [message, conversation], [message, conversation, chatbot], queue=False).then(
+        **respond_io
+    )
+    regenerated = regenerate.click(
+        drop_last_answer, [conversation, turns], [conversation, turns, chatbot], queue=False
+    ).then(**respond_io)
+    retried = chatbot.retry(drop_last_answer, [conversation, turns], [conversation, turns, chatbot], queue=False).then(
+        **respond_io
+    )
+    edited = chatbot.edit(edit_message, [conversation, turns], [conversation, turns, chatbot], queue=False).then(
+        **respond_io
+    )
     answering = [submitted, clicked, regenerated, retried, edited]
     stop.click(mark_stopped, turns, [turns, stats], cancels=answering)
-    clear.click(lambda: ([], {}, [], "", "", saved_conversations.empty()), None,
-                [conversation, turns, chatbot, stats, rated, saved], queue=False, cancels=answering)
+    clear.click(
+        lambda: ([], {}, [], "", "", saved_conversations.empty()),
+        None,
+        [conversation, turns, chatbot, stats, rated, saved],
+        queue=False,
+        cancels=answering,
+    )
     if sidebar is not None:
-        saved_conversations.wire(sidebar, saved_conversations.History(service, login), chatbot=chatbot,
-                                 conversation=conversation, turns=turns, saved=saved, answered=answering)
+        saved_conversations.wire(
+            sidebar,
+            saved_conversations.History(service, login),
+            chatbot=chatbot,
+            conversation=conversation,
+            turns=turns,
+            saved=saved,
+            answered=answering,
+        )
     chatbot.like(rate, [turns, reasons.tags, reasons.comment], rated)
     return stage

@@ -71,18 +71,26 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
     choices = controls.stage_choices(service)
     stage_ids = [value for _, value in choices]
     with gr.Row():
-        prompt = gr.Textbox(label="message", placeholder="One message for every column (Enter sends)", scale=4,
-                            elem_id="compare-prompt")
-        stages = gr.CheckboxGroup(choices, value=stage_ids[:2], label="stages (two to four, or one and samples)",
-                                  elem_id="compare-stages", scale=2)
-        samples = gr.Slider(2, len(SLOTS), value=2, step=1, label="samples when one stage is picked",
-                            elem_id="compare-samples", scale=1)
+        prompt = gr.Textbox(
+            label="message", placeholder="One message for every column (Enter sends)", scale=4, elem_id="compare-prompt"
+        )
+        stages = gr.CheckboxGroup(
+            choices,
+            value=stage_ids[:2],
+            label="stages (two to four, or one and samples)",
+            elem_id="compare-stages",
+            scale=2,
+        )
+        samples = gr.Slider(
+            2, len(SLOTS), value=2, step=1, label="samples when one stage is picked", elem_id="compare-samples", scale=1
+        )
     with gr.Row():
         run = gr.Button("Send", variant="primary", elem_id="compare-run")
         stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
         new = gr.Button("New conversation", elem_id="compare-new")
-        follow = gr.Checkbox(value=True, label="after a ranking, continue every column from the best answer",
-                             elem_id="compare-follow")
+        follow = gr.Checkbox(
+            value=True, label="after a ranking, continue every column from the best answer", elem_id="compare-follow"
+        )
     cols = gr.State([])  # list[Column]
     answers = gr.State([])  # the columns' latest answers, in slot order
     titles, histories, texts, figures, columns, ups, downs, fixes, fix_buttons, ranks = ([] for _ in range(10))
@@ -90,16 +98,24 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
     with gr.Row():
         for i, slot in enumerate(SLOTS):
             with gr.Column(visible=i < max(2, len(first)), min_width=220) as column:
-                titles.append(gr.Markdown(f"### {slot}: {first[i]}" if i < len(first) else f"### {slot}",
-                                          elem_id=f"compare-title-{slot}"))
+                titles.append(
+                    gr.Markdown(
+                        f"### {slot}: {first[i]}" if i < len(first) else f"### {slot}", elem_id=f"compare-title-{slot}"
+                    )
+                )
                 histories.append(gr.Markdown(elem_id=f"compare-history-{slot}"))
                 texts.append(gr.Markdown(elem_id=f"compare-answer-{slot}", min_height=120, container=True))
                 figures.append(gr.Markdown(elem_id=f"compare-stats-{slot}"))
                 with gr.Row():
                     ups.append(gr.Button("👍", elem_id=f"compare-up-{slot}", size="sm", min_width=40))
                     downs.append(gr.Button("👎", elem_id=f"compare-down-{slot}", size="sm", min_width=40))
-                ranks.append(gr.Radio(RANKS[: max(2, len(first))], label=f"rank of {slot} (1 = best; equal = tie)",
-                                      elem_id=f"compare-rank-{slot}"))
+                ranks.append(
+                    gr.Radio(
+                        RANKS[: max(2, len(first))],
+                        label=f"rank of {slot} (1 = best; equal = tie)",
+                        elem_id=f"compare-rank-{slot}",
+                    )
+                )
                 fixes.append(gr.Textbox(label=f"correct {slot}'s answer", lines=2, elem_id=f"compare-fix-{slot}"))
                 fix_buttons.append(gr.Button("Save correction", size="sm", elem_id=f"compare-fix-save-{slot}"))
             columns.append(column)
@@ -118,11 +134,25 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
         pairs = [p for p in PAIRS if SLOTS.index(p[-1]) < k]
         rank_choices = [gr.update(choices=RANKS[:k], value=None) for _ in SLOTS]
         # A new set of columns is a new conversation.
-        return [*shown, *titles_, gr.update(visible=len(targets) > 2, choices=pairs, value=pairs[0]), *rank_choices,
-                [], [], *[""] * (3 * len(SLOTS))]
+        return [
+            *shown,
+            *titles_,
+            gr.update(visible=len(targets) > 2, choices=pairs, value=pairs[0]),
+            *rank_choices,
+            [],
+            [],
+            *[""] * (3 * len(SLOTS)),
+        ]
 
-    async def send(request: gr.Request, message: str, picked: list[str], samples_: float, cols_: list[Column],
-                   history_: list[Answer], *values):
+    async def send(
+        request: gr.Request,
+        message: str,
+        picked: list[str],
+        samples_: float,
+        cols_: list[Column],
+        history_: list[Answer],
+        *values,
+    ):
         blank = [gr.skip()] * (len(SLOTS) * 4 + 4)
         if not message or not message.strip():
             gr.Warning("Type a message first.")
@@ -166,13 +196,21 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
                             column.history = [*answer_prompt(answer), {"role": "assistant", "content": answer.text}]
                 padded = [*latest, *pads]
                 # The correction boxes: emptied when the turn starts, filled with each answer once it is done.
-                fixes_ = [a.text if done and rating.finished(a) else ("" if done or cleared == "" else gr.skip())
-                          for a in latest]
-                yield [*[slot_markdown(a) for a in padded],
-                       *[a.stats() if a else "" for a in padded],
-                       *histories_,
-                       *fixes_, *[""] * len(pads),
-                       latest, [*history_, *latest] if done else gr.skip(), cleared, gr.skip()]
+                fixes_ = [
+                    a.text if done and rating.finished(a) else ("" if done or cleared == "" else gr.skip())
+                    for a in latest
+                ]
+                yield [
+                    *[slot_markdown(a) for a in padded],
+                    *[a.stats() if a else "" for a in padded],
+                    *histories_,
+                    *fixes_,
+                    *[""] * len(pads),
+                    latest,
+                    [*history_, *latest] if done else gr.skip(),
+                    cleared,
+                    gr.skip(),
+                ]
                 cleared = gr.skip()
 
     def current(answers_: list[Answer], slot: int) -> Answer | None:
@@ -182,8 +220,7 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
             return None
         return answer
 
-    async def thumb(answers_: list[Answer], tags: list[str], comment: str, slot: int, value: str,
-                    request: gr.Request):
+    async def thumb(answers_: list[Answer], tags: list[str], comment: str, slot: int, value: str, request: gr.Request):
         answer = current(answers_, slot)
         if answer is None:
             return gr.skip()
@@ -195,10 +232,18 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
         if answer is None:
             return gr.skip()
         stored = await rating.correct(service, answer, text, login.rater(request), comment)
-        return gr.skip() if stored is None else f"Stored: the correction of {SLOTS[slot]} ({answer.stage}) — `{stored}`."
+        return (
+            gr.skip() if stored is None else f"Stored: the correction of {SLOTS[slot]} ({answer.stage}) — `{stored}`."
+        )
 
-    async def submit_ranking(answers_: list[Answer], cols_: list[Column], follow_: bool, comment: str,
-                             request: gr.Request, *places: str | None):
+    async def submit_ranking(
+        answers_: list[Answer],
+        cols_: list[Column],
+        follow_: bool,
+        comment: str,
+        request: gr.Request,
+        *places: str | None,
+    ):
         k = len(answers_)
         if k < 2 or any(not rating.finished(a) for a in answers_):
             gr.Warning("Every column's answer must have finished before they can be ranked.")
@@ -240,8 +285,12 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
         stored = await rating.prefer(service, a, b, choice, login.rater(request), comment)
         if stored is None:
             return gr.skip()
-        said = {"a": f"{SLOTS[i]} ({a.stage}) better", "b": f"{SLOTS[j]} ({b.stage}) better", "tie": "a tie",
-                "both_bad": "both bad"}[choice]
+        said = {
+            "a": f"{SLOTS[i]} ({a.stage}) better",
+            "b": f"{SLOTS[j]} ({b.stage}) better",
+            "tie": "a tie",
+            "both_bad": "both bad",
+        }[choice]
         return f"Stored: {said} — `{stored}`."
 
     def new_conversation():
@@ -250,13 +299,21 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
     layout_out = [*columns, *titles, pair, *ranks, cols, answers, *texts, *figures, *histories]
     stages.change(layout, [stages, samples], layout_out, queue=False)
     samples.change(layout, [stages, samples], layout_out, queue=False)
-    send_io = dict(fn=send, inputs=[prompt, stages, samples, cols, history, *decoding.inputs],
-                   outputs=[*texts, *figures, *histories, *fixes, answers, history, prompt, verdict])
+    send_io = dict(
+        fn=send,
+        inputs=[prompt, stages, samples, cols, history, *decoding.inputs],
+        outputs=[*texts, *figures, *histories, *fixes, answers, history, prompt, verdict],
+    )
     started = run.click(**send_io)
     submitted = prompt.submit(**send_io)
     stop.click(None, None, None, cancels=[started, submitted])
-    new.click(new_conversation, None, [cols, answers, *texts, *figures, *histories, *fixes, *ranks, verdict],
-              cancels=[started, submitted], queue=False)
+    new.click(
+        new_conversation,
+        None,
+        [cols, answers, *texts, *figures, *histories, *fixes, *ranks, verdict],
+        cancels=[started, submitted],
+        queue=False,
+    )
     for i in range(len(SLOTS)):
         ups[i].click(thumb, [answers, reasons.tags, reasons.comment, gr.State(i), gr.State("up")], verdict)
         downs[i].click(thumb, [answers, reasons.tags, reasons.comment, gr.State(i), gr.State("down")], verdict)

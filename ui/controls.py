@@ -40,14 +40,32 @@ class Decoding:
 
     @property
     def inputs(self) -> list[gr.components.Component]:
-        return [self.temperature, self.top_p, self.max_tokens, self.seed, self.speculative, self.system,
-                self.top_k, self.min_p, self.repetition_penalty, self.presence_penalty, self.frequency_penalty]
+        return [
+            self.temperature,
+            self.top_p,
+            self.max_tokens,
+            self.seed,
+            self.speculative,
+            self.system,
+            self.top_k,
+            self.min_p,
+            self.repetition_penalty,
+            self.presence_penalty,
+            self.frequency_penalty,
+        ]
 
     @property
     def sampler(self) -> list[gr.components.Component]:
         """The components a preset sets, in `PRESETS` value order."""
-        return [self.temperature, self.top_p, self.top_k, self.min_p, self.repetition_penalty,
-                self.presence_penalty, self.frequency_penalty]
+        return [
+            self.temperature,
+            self.top_p,
+            self.top_k,
+            self.min_p,
+            self.repetition_penalty,
+            self.presence_penalty,
+            self.frequency_penalty,
+        ]
 
 
 # name -> (temperature, top_p, top_k, min_p, repetition, presence, frequency penalty)
@@ -70,8 +88,7 @@ def preset_values(name: str) -> list[Any]:
 
 
 def stage_choices(service: StageService) -> list[tuple[str, str]]:
-    return [(f"{s['id']} — {s['description']}" if s["description"] else s["id"], s["id"])
-            for s in service.stages()]
+    return [(f"{s['id']} — {s['description']}" if s["description"] else s["id"], s["id"]) for s in service.stages()]
 
 
 def stage_info(service: StageService, stage: str | None) -> dict[str, Any] | None:
@@ -100,51 +117,78 @@ def build_decoding(service: StageService) -> Decoding:
         top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top_p", elem_id="decoding-top-p")
         max_tokens = gr.Slider(1, 512, value=64, step=1, label="max tokens", elem_id="decoding-max-tokens")
         seed = gr.Number(value=-1, precision=0, minimum=-1, label="seed (-1: random)", elem_id="decoding-seed")
-        speculative = gr.Dropdown(speculative_choices(service), value=SPEC_DEFAULT, label="speculative decoding",
-                                  elem_id="decoding-speculative")
+        speculative = gr.Dropdown(
+            speculative_choices(service),
+            value=SPEC_DEFAULT,
+            label="speculative decoding",
+            elem_id="decoding-speculative",
+        )
     with gr.Accordion("Sampler", open=False):
         with gr.Row():
             preset = gr.Dropdown([CUSTOM, *PRESETS], value=CUSTOM, label="preset", elem_id="decoding-preset")
             top_k = gr.Slider(0, 100, value=0, step=1, label="top_k (0: off)", elem_id="decoding-top-k")
             min_p = gr.Slider(0, 1, value=0.0, step=0.01, label="min_p", elem_id="decoding-min-p")
         with gr.Row():
-            repetition = gr.Slider(0.5, 2, value=1.0, step=0.05, label="repetition penalty",
-                                   elem_id="decoding-repetition")
+            repetition = gr.Slider(
+                0.5, 2, value=1.0, step=0.05, label="repetition penalty", elem_id="decoding-repetition"
+            )
             presence = gr.Slider(-2, 2, value=0.0, step=0.1, label="presence penalty", elem_id="decoding-presence")
-            frequency = gr.Slider(-2, 2, value=0.0, step=0.1, label="frequency penalty",
-                                  elem_id="decoding-frequency")
+            frequency = gr.Slider(-2, 2, value=0.0, step=0.1, label="frequency penalty", elem_id="decoding-frequency")
     system = gr.Textbox(label="system prompt", placeholder="optional", lines=1, elem_id="decoding-system")
-    decoding = Decoding(temperature, top_p, max_tokens, seed, speculative, system, top_k, min_p, repetition,
-                        presence, frequency, preset)
+    decoding = Decoding(
+        temperature, top_p, max_tokens, seed, speculative, system, top_k, min_p, repetition, presence, frequency, preset
+    )
     preset.change(preset_values, preset, decoding.sampler, queue=False)
     return decoding
 
 
-def sampler_fields(top_k=0, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0
-                   ) -> dict[str, Any]:
+def sampler_fields(
+    top_k=0, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0
+) -> dict[str, Any]:
     """The request fields of the sampler sliders; defaults (off) are left out, so a stage's own apply."""
-    fields = {"top_k": int(top_k) if top_k else None, "min_p": min_p or None,
-              "repetition_penalty": repetition_penalty if repetition_penalty not in (None, 1.0) else None,
-              "presence_penalty": presence_penalty or 0.0, "frequency_penalty": frequency_penalty or 0.0}
+    fields = {
+        "top_k": int(top_k) if top_k else None,
+        "min_p": min_p or None,
+        "repetition_penalty": repetition_penalty if repetition_penalty not in (None, 1.0) else None,
+        "presence_penalty": presence_penalty or 0.0,
+        "frequency_penalty": frequency_penalty or 0.0,
+    }
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def request_for(service: StageService, stage: str, conversation: list[dict[str, str]], temperature, top_p,
-                max_tokens, seed, speculative, system, *sampler) -> ChatCompletionRequest:
+def request_for(
+    service: StageService,
+    stage: str,
+    conversation: list[dict[str, str]],
+    temperature,
+    top_p,
+    max_tokens,
+    seed,
+    speculative,
+    system,
+    *sampler,
+) -> ChatCompletionRequest:
     """The request for `stage` from the control values; a method the stage lacks means its default."""
     messages = ([{"role": "system", "content": system}] if system and system.strip() else []) + conversation
-    return chat_request(stage, messages, **decoding_fields(service, stage, temperature, top_p, max_tokens, seed,
-                                                           speculative, *sampler))
+    return chat_request(
+        stage, messages, **decoding_fields(service, stage, temperature, top_p, max_tokens, seed, speculative, *sampler)
+    )
 
 
-def decoding_fields(service: StageService, stage: str, temperature, top_p, max_tokens, seed, speculative,
-                    *sampler) -> dict[str, Any]:
+def decoding_fields(
+    service: StageService, stage: str, temperature, top_p, max_tokens, seed, speculative, *sampler
+) -> dict[str, Any]:
     """The request fields the controls set (chat or completions alike); a speculative method the
     stage lacks means its default."""
     info = stage_info(service, stage)
     method = None
     if speculative == "off" or (info and speculative in info["speculative"]):
         method = speculative
-    return {"temperature": temperature, "top_p": top_p, "max_tokens": int(max_tokens) if max_tokens else None,
-            "seed": int(seed) if seed is not None and seed >= 0 else None, "speculative": method,
-            **sampler_fields(*sampler)}
+    return {
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_tokens": int(max_tokens) if max_tokens else None,
+        "seed": int(seed) if seed is not None and seed >= 0 else None,
+        "speculative": method,
+        **sampler_fields(*sampler),
+    }

@@ -35,8 +35,11 @@ def empty() -> Saved:
 def _key(i: int, message: dict[str, str], turns: dict[int, Answer]) -> list:
     """What makes chat message `i` the same saved message: role, text and (answers) the logged generation."""
     answer = turns.get(i)
-    return [message["role"], message["content"], answer.response_id if answer and message["role"] == "assistant"
-            else None]
+    return [
+        message["role"],
+        message["content"],
+        answer.response_id if answer and message["role"] == "assistant" else None,
+    ]
 
 
 @dataclass
@@ -117,12 +120,17 @@ class History:
 
     # -- saving ------------------------------------------------------------------------------------------
 
-    async def save(self, request: gr.Request, conv: list[dict[str, str]], turns: dict[int, Answer],
-                   saved: Saved):
+    async def save(self, request: gr.Request, conv: list[dict[str, str]], turns: dict[int, Answer], saved: Saved):
         """Write what the chat holds beyond its longest saved prefix, under that prefix: after a regenerate
         or an edit, a branch. Only up to the last finished answer (a stopped one was not logged)."""
-        end = max((i + 1 for i, a in turns.items() if i < len(conv) and a.done and a.finish_reason != "error"
-                   and a.finish_reason != "cancelled"), default=0)
+        end = max(
+            (
+                i + 1
+                for i, a in turns.items()
+                if i < len(conv) and a.done and a.finish_reason != "error" and a.finish_reason != "cancelled"
+            ),
+            default=0,
+        )
         keys = [_key(i, m, turns) for i, m in enumerate(conv[:end])]
         same = 0
         while same < min(len(keys), len(saved["keys"])) and keys[same] == saved["keys"][same]:
@@ -166,8 +174,11 @@ class History:
         path = load_branch(tree, leaf) if leaf else []
         conv = [{"role": m.role, "content": m.content} for m in path]
         turns = {i: _answer(m, conv[:i]) for i, m in enumerate(path) if m.role == "assistant"}
-        saved = {"id": conversation_id, "ids": [m.id for m in path],
-                 "keys": [_key(i, c, turns) for i, c in enumerate(conv)]}
+        saved = {
+            "id": conversation_id,
+            "ids": [m.id for m in path],
+            "keys": [_key(i, c, turns) for i, c in enumerate(conv)],
+        }
         return conv, list(conv), turns, saved, conversation.title, branch_label(tree, leaf)
 
     async def step(self, request: gr.Request, saved: Saved, delta: int):
@@ -199,8 +210,10 @@ class History:
         if link is None:
             return ""
         base = str(request.base_url).rstrip("/") if request is not None else ""
-        return (f"Read-only link to this branch: [{base}/shared/{link.id}]({base}/shared/{link.id}) "
-                f"(revoke: `DELETE /v1/shared/{link.id}`)")
+        return (
+            f"Read-only link to this branch: [{base}/shared/{link.id}]({base}/shared/{link.id}) "
+            f"(revoke: `DELETE /v1/shared/{link.id}`)"
+        )
 
     async def delete(self, request: gr.Request, saved: Saved, query: str):
         if saved["id"] and self.enabled:
@@ -214,16 +227,28 @@ def _message(i: int, message: dict[str, str], turns: dict[int, Answer]) -> NewMe
     if answer is None:
         return NewMessage(message["role"], message["content"])
     figures = {"temperature": answer.temperature} if answer.temperature is not None else None
-    return NewMessage("assistant", message["content"], stage=answer.stage, sampling=figures,
-                      speculative=answer.speculative, reward_score=(answer.reward or {}).get("score"),
-                      generation_id=answer.response_id)
+    return NewMessage(
+        "assistant",
+        message["content"],
+        stage=answer.stage,
+        sampling=figures,
+        speculative=answer.speculative,
+        reward_score=(answer.reward or {}).get("score"),
+        generation_id=answer.response_id,
+    )
 
 
 def _answer(m: ConversationMessage, before: list[dict[str, str]]) -> Answer:
     """A resumed answer, enough to show its stage and to rate it (its generation id)."""
-    return Answer(stage=m.stage or "?", messages=before, response_id=m.generation_id, text=m.content,
-                  finish_reason="stop", speculative=m.speculative,
-                  reward={"model": "", "score": m.reward_score} if m.reward_score is not None else None)
+    return Answer(
+        stage=m.stage or "?",
+        messages=before,
+        response_id=m.generation_id,
+        text=m.content,
+        finish_reason="stop",
+        speculative=m.speculative,
+        reward={"model": "", "score": m.reward_score} if m.reward_score is not None else None,
+    )
 
 
 def leaves(tree: list[ConversationMessage]) -> list[ConversationMessage]:
@@ -260,13 +285,26 @@ def branch_label(tree: list[ConversationMessage], message_id: str | None) -> str
     return f"branch {ends.index(here) + 1}/{len(ends)}"
 
 
-def wire(sidebar: Sidebar, history: History, *, chatbot: gr.Chatbot, conversation: gr.State, turns: gr.State,
-         saved: gr.State, answered: list) -> None:
+def wire(
+    sidebar: Sidebar,
+    history: History,
+    *,
+    chatbot: gr.Chatbot,
+    conversation: gr.State,
+    turns: gr.State,
+    saved: gr.State,
+    answered: list,
+) -> None:
     """The sidebar's events, and a save after every answering event in `answered` (send, regenerate, edit)."""
     chat_out = [chatbot, conversation, turns, saved, sidebar.title, sidebar.branch]
     # No triggers: on every page load (a reload lists what was saved), and as the search text changes.
-    gr.on(None, history.refresh, [sidebar.search, saved], [sidebar.conversations, sidebar.note],
-          trigger_mode="always_last")
+    gr.on(
+        None,
+        history.refresh,
+        [sidebar.search, saved],
+        [sidebar.conversations, sidebar.note],
+        trigger_mode="always_last",
+    )
     sidebar.conversations.input(history.open, sidebar.conversations, chat_out)
 
     async def previous(request: gr.Request, saved_: Saved):
@@ -277,8 +315,12 @@ def wire(sidebar: Sidebar, history: History, *, chatbot: gr.Chatbot, conversatio
 
     sidebar.previous.click(previous, saved, chat_out)
     sidebar.next.click(following, saved, chat_out)
-    sidebar.new.click(lambda: ([], [], {}, empty(), "", "", gr.update(value=None)), None,
-                      [*chat_out, sidebar.conversations], queue=False)
+    sidebar.new.click(
+        lambda: ([], [], {}, empty(), "", "", gr.update(value=None)),
+        None,
+        [*chat_out, sidebar.conversations],
+        queue=False,
+    )
     sidebar.rename.click(history.rename, [saved, sidebar.title, sidebar.search], sidebar.conversations)
     sidebar.share.click(history.share, saved, sidebar.note)
     sidebar.delete.click(history.delete, [saved, sidebar.search], [*chat_out, sidebar.conversations])

@@ -35,14 +35,26 @@ def parse_time(value: str | None, name: str) -> datetime | None:
     try:
         t = datetime.fromisoformat(value)
     except ValueError:
-        raise gr.Error(f"'{name}' must be Unix seconds or an ISO 8601 time, e.g. 2026-11-24T09:00; got {value!r}.")
+        raise gr.Error(
+            f"'{name}' must be Unix seconds or an ISO 8601 time, e.g. 2026-11-24T09:00; got {value!r}."
+        ) from None
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
 
 
 def table(board: Leaderboard) -> list[list[Any]]:
-    return [[n, r.stage, round(r.strength, 3), f"[{r.ci[0]:.2f}, {r.ci[1]:.2f}]", round(r.elo),
-             f"[{1000 + 400 / 2.302585 * r.ci[0]:.0f}, {1000 + 400 / 2.302585 * r.ci[1]:.0f}]", r.votes,
-             "–" if r.win_rate is None else f"{r.win_rate:.0%}"] for n, r in enumerate(board.stages, start=1)]
+    return [
+        [
+            n,
+            r.stage,
+            round(r.strength, 3),
+            f"[{r.ci[0]:.2f}, {r.ci[1]:.2f}]",
+            round(r.elo),
+            f"[{1000 + 400 / 2.302585 * r.ci[0]:.0f}, {1000 + 400 / 2.302585 * r.ci[1]:.0f}]",
+            r.votes,
+            "–" if r.win_rate is None else f"{r.win_rate:.0%}",
+        ]
+        for n, r in enumerate(board.stages, start=1)
+    ]
 
 
 def win_rate_figure(board: Leaderboard):
@@ -80,14 +92,20 @@ def summary(board: Leaderboard) -> str:
         return "No preferences or rankings between different stages yet (for these filters)."
     agree = board.agreement
     if agree.units:
-        alpha = "undefined (one verdict only)" if agree.krippendorff_alpha is None else f"{agree.krippendorff_alpha:.2f}"
-        agreement = (f"Raters agree: Krippendorff's α = **{alpha}** (ordinal) over {agree.units} answer pairs judged "
-                     f"by {agree.raters} raters; unanimous on {agree.percent_agreement:.0%} of them.")
+        alpha = (
+            "undefined (one verdict only)" if agree.krippendorff_alpha is None else f"{agree.krippendorff_alpha:.2f}"
+        )
+        agreement = (
+            f"Raters agree: Krippendorff's α = **{alpha}** (ordinal) over {agree.units} answer pairs judged "
+            f"by {agree.raters} raters; unanimous on {agree.percent_agreement:.0%} of them."
+        )
     else:
         agreement = "No answer pair was judged by two raters yet, so there is no agreement figure."
     separated = "do not overlap" if board.separated() else "overlap — more votes needed"
-    return (f"**{board.judgements}** judgements (arena votes, A/B preferences, rankings), Bradley–Terry with "
-            f"{board.bootstrap} bootstrap resamples: the 95% intervals {separated}.\n\n{agreement}")
+    return (
+        f"**{board.judgements}** judgements (arena votes, A/B preferences, rankings), Bradley–Terry with "
+        f"{board.bootstrap} bootstrap resamples: the 95% intervals {separated}.\n\n{agreement}"
+    )
 
 
 STYLE_COLUMNS = ["stage", "strength at equal style", "95% interval"]
@@ -98,24 +116,37 @@ def style_summary(styled: dict[str, Any], bias: dict[str, Any]) -> str:
     lines = []
     if styled["judgements"]:
         coefs = ", ".join(f"{name} {c['coef']:+.2f}" for name, c in styled["coefficients"].items())
-        lines.append(f"**Style-controlled** (LMSYS: length and markdown as covariates), {styled['judgements']} "
-                     f"judgements: style coefficients {coefs} (per standard deviation of the normalised difference).")
+        lines.append(
+            f"**Style-controlled** (LMSYS: length and markdown as covariates), {styled['judgements']} "
+            f"judgements: style coefficients {coefs} (per standard deviation of the normalised difference)."
+        )
     if bias["decisive_votes"]:
         lo, hi = bias["ci95"]
-        lines.append(f"**Position bias**: side A won {bias['side_a_wins']:.0%} of {bias['decisive_votes']} decisive "
-                     f"blind votes (95% interval {lo:.0%}–{hi:.0%}; 50% is none).")
+        lines.append(
+            f"**Position bias**: side A won {bias['side_a_wins']:.0%} of {bias['decisive_votes']} decisive "
+            f"blind votes (95% interval {lo:.0%}–{hi:.0%}; 50% is none)."
+        )
     return "\n\n".join(lines)
 
 
 def build(service: StageService) -> tuple[gr.Button, Any]:
     """Lay out the tab; returns (refresh button, the refresh event's kwargs) for the app to also run on select."""
     with gr.Row():
-        since = gr.Textbox(label="since (ISO 8601 or Unix s)", placeholder="e.g. 2026-11-24T09:00",
-                           elem_id="leaderboard-since", scale=2)
+        since = gr.Textbox(
+            label="since (ISO 8601 or Unix s)",
+            placeholder="e.g. 2026-11-24T09:00",
+            elem_id="leaderboard-since",
+            scale=2,
+        )
         until = gr.Textbox(label="until", placeholder="(now)", elem_id="leaderboard-until", scale=2)
         rater = gr.Textbox(label="rater (client id)", placeholder="(everyone)", elem_id="leaderboard-rater", scale=2)
-        votes = gr.Radio([("default", ""), ("blind (arena)", "blind"), ("all", "all")], value="", label="votes",
-                         elem_id="leaderboard-votes", scale=2)
+        votes = gr.Radio(
+            [("default", ""), ("blind (arena)", "blind"), ("all", "all")],
+            value="",
+            label="votes",
+            elem_id="leaderboard-votes",
+            scale=2,
+        )
         refresh = gr.Button("Refresh", variant="primary", elem_id="leaderboard-refresh", scale=1)
     summary_md = gr.Markdown(elem_id="leaderboard-summary")
     board_table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, elem_id="leaderboard-table")
@@ -133,17 +164,23 @@ def build(service: StageService) -> tuple[gr.Button, Any]:
         def work():
             chosen, judgements = read_judgements(store, votes_ or None, since=low, until=high, rater=who)
             texts = store.completions_of(rid for j in judgements for rid in j.response_ids)
-            return (chosen, leaderboard(judgements), style_controlled(judgements, texts),
-                    position_bias(judgements))
+            return (chosen, leaderboard(judgements), style_controlled(judgements, texts), position_bias(judgements))
 
         chosen, board, styled, bias = await asyncio.to_thread(work)
         figure = await asyncio.to_thread(win_rate_figure, board) if board.stages else None
         head = f"Votes: **{chosen}**" + (" (arena only)" if chosen == "blind" else " (arena + named)") + ". "
-        return (head + summary(board), table(board), style_summary(styled.to_dict(), bias),
-                [[r["stage"], r["strength"], f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"] for r in styled.stages],
-                figure)
+        return (
+            head + summary(board),
+            table(board),
+            style_summary(styled.to_dict(), bias),
+            [[r["stage"], r["strength"], f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"] for r in styled.stages],
+            figure,
+        )
 
-    event = dict(fn=compute, inputs=[since, until, rater, votes],
-                 outputs=[summary_md, board_table, styled_md, styled_table, plot])
+    event = dict(
+        fn=compute,
+        inputs=[since, until, rater, votes],
+        outputs=[summary_md, board_table, styled_md, styled_table, plot],
+    )
     refresh.click(**event)
     return refresh, event

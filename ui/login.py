@@ -21,8 +21,10 @@ from server.auth import client_id_for
 from server.settings import Settings
 from ui.controls import UI_CLIENT_ID
 
-MESSAGE = ("This stagechat server needs an API key. Name: how you want to be known here. "
-           "Password: your API key (your ratings are stored under that key's client id).")
+MESSAGE = (
+    "This stagechat server needs an API key. Name: how you want to be known here. "
+    "Password: your API key (your ratings are stored under that key's client id)."
+)
 
 
 class Login:

@@ -38,15 +38,18 @@ def prefill_request(stage: str, user: str, prefix: str, fields: dict) -> ChatCom
     messages = [{"role": "user", "content": user}, {"role": "assistant", "content": prefix}]
     from ui.stream import TOP_LOGPROBS
 
-    return ChatCompletionRequest(model=stage, messages=messages, continue_final_message=True, logprobs=True,
-                                 top_logprobs=TOP_LOGPROBS, **fields)
+    return ChatCompletionRequest(
+        model=stage, messages=messages, continue_final_message=True, logprobs=True, top_logprobs=TOP_LOGPROBS, **fields
+    )
 
 
 def page_html(before: str, continuation: str, streaming: bool = False) -> str:
     """The given text in grey, the stage's continuation after it in bold (a caret while streaming)."""
     caret = "▍" if streaming else ""
-    return (f'<div class="notebook-page" style="white-space:pre-wrap"><span style="color:#777">{html.escape(before)}'
-            f'</span><b class="notebook-continuation">{html.escape(continuation)}</b>{caret}</div>')
+    return (
+        f'<div class="notebook-page" style="white-space:pre-wrap"><span style="color:#777">{html.escape(before)}'
+        f'</span><b class="notebook-continuation">{html.escape(continuation)}</b>{caret}</div>'
+    )
 
 
 def kept(mode: str, text: str, prefix: str, answer: Answer | None) -> tuple[str, str]:
@@ -60,11 +63,13 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
     """Lay out the tab; returns its stage picker (refreshed on page load, like the others)."""
     choices = controls.stage_choices(service)
     with gr.Row():
-        stage = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="stage",
-                            elem_id="notebook-stage", scale=2)
+        stage = gr.Dropdown(
+            choices, value=choices[0][1] if choices else None, label="stage", elem_id="notebook-stage", scale=2
+        )
         mode = gr.Radio([TEXT, PREFILL], value=TEXT, label="mode", elem_id="notebook-mode", scale=2)
-    text = gr.Textbox(label="text to continue (or, in chat prefill, the user's message)", lines=6,
-                      elem_id="notebook-text")
+    text = gr.Textbox(
+        label="text to continue (or, in chat prefill, the user's message)", lines=6, elem_id="notebook-text"
+    )
     prefix = gr.Textbox(label="the answer starts with", lines=2, visible=False, elem_id="notebook-prefix")
     with gr.Row():
         go = gr.Button("Continue", variant="primary", elem_id="notebook-go")
@@ -74,13 +79,28 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
     stats = gr.Markdown(elem_id="notebook-stats")
     last = gr.State(None)
 
-    async def run(request: gr.Request, stage_: str, mode_: str, text_: str, prefix_: str, history_: list[Answer],
-                  temperature, top_p, max_tokens, seed, speculative, _system, *sampler):
-        fields = controls.decoding_fields(service, stage_, temperature, top_p, max_tokens, seed, speculative,
-                                          *sampler)
+    async def run(
+        request: gr.Request,
+        stage_: str,
+        mode_: str,
+        text_: str,
+        prefix_: str,
+        history_: list[Answer],
+        temperature,
+        top_p,
+        max_tokens,
+        seed,
+        speculative,
+        _system,
+        *sampler,
+    ):
+        fields = controls.decoding_fields(service, stage_, temperature, top_p, max_tokens, seed, speculative, *sampler)
         try:
-            req = text_request(stage_, text_, fields) if mode_ == TEXT else \
-                prefill_request(stage_, text_, prefix_, fields)
+            req = (
+                text_request(stage_, text_, fields)
+                if mode_ == TEXT
+                else prefill_request(stage_, text_, prefix_, fields)
+            )
         except ValidationError as exc:
             err = exc.errors()[0]
             gr.Warning(f"Invalid setting: {'.'.join(str(p) for p in err.get('loc', ()))}: {err['msg']}")
@@ -94,8 +114,12 @@ def build(service: StageService, decoding: Decoding, history: gr.State, login: L
                     yield page_html(before, ""), f"error: {answer.error}", None, gr.skip()
                     return
                 done = answer.done
-                yield (page_html(before, answer.text, streaming=not done), f"**{answer.stage}** · {answer.stats()}",
-                       answer, [*history_, answer] if done else gr.skip())
+                yield (
+                    page_html(before, answer.text, streaming=not done),
+                    f"**{answer.stage}** · {answer.stats()}",
+                    answer,
+                    [*history_, answer] if done else gr.skip(),
+                )
 
     mode.change(lambda m: gr.update(visible=m == PREFILL), mode, prefix, queue=False)
     started = go.click(run, [stage, mode, text, prefix, history, *decoding.inputs], [page, stats, last, history])

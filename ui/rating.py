@@ -30,8 +30,9 @@ class Reasons:
 def build_reasons(prefix: str) -> Reasons:
     """Reason tags and a comment, sent with the next thumbs (a re-rating replaces both entirely)."""
     with gr.Row():
-        tags = gr.CheckboxGroup(TAGS, value=[], label="reasons (sent with your next rating)",
-                                elem_id=f"{prefix}-tags", scale=3)
+        tags = gr.CheckboxGroup(
+            TAGS, value=[], label="reasons (sent with your next rating)", elem_id=f"{prefix}-tags", scale=3
+        )
         comment = gr.Textbox(label="comment", placeholder="optional", lines=1, elem_id=f"{prefix}-comment", scale=2)
     return Reasons(tags, comment)
 
@@ -56,55 +57,86 @@ async def _call(fn, *args, **kwargs):
         return None
 
 
-async def rate(service: StageService, answer: Answer, rating: str, rater: str, tags: Sequence[str] = (),
-               comment: str | None = None) -> str | None:
+async def rate(
+    service: StageService, answer: Answer, rating: str, rater: str, tags: Sequence[str] = (), comment: str | None = None
+) -> str | None:
     """`Store.rate`, as `POST /v1/feedback` does; None (after a warning) when refused."""
     store = _store(service)
     if store is None:
         return None
     # With prompt logging off the store needs the rated text; with it on, the log is the truth.
     text = {} if service.log_prompts else {"prompt": answer.messages, "completion": answer.text}
-    fb = await _call(store.rate, answer.response_id, rating, rater=rater, tags=list(tags or []),
-                     comment=(comment or "").strip() or None, **text)
+    fb = await _call(
+        store.rate,
+        answer.response_id,
+        rating,
+        rater=rater,
+        tags=list(tags or []),
+        comment=(comment or "").strip() or None,
+        **text,
+    )
     if fb is None:
         return None
     why = f" — {', '.join(fb.tags)}" if fb.tags else ""
-    return (f"Rated {answer.stage}'s answer {'👍' if rating == 'up' else '👎'}{why} "
-            f"(stored as `{fb.id}` for `{fb.response_id}`).")
+    return (
+        f"Rated {answer.stage}'s answer {'👍' if rating == 'up' else '👎'}{why} "
+        f"(stored as `{fb.id}` for `{fb.response_id}`)."
+    )
 
 
-async def prefer(service: StageService, a: Answer, b: Answer, choice: str, rater: str,
-                 comment: str | None = None) -> str | None:
+async def prefer(
+    service: StageService, a: Answer, b: Answer, choice: str, rater: str, comment: str | None = None
+) -> str | None:
     """`Store.prefer`, as `POST /v1/preferences` does."""
     store = _store(service)
     if store is None:
         return None
     text = {} if service.log_prompts else {"prompt": a.messages, "completions": [a.text, b.text]}
-    pref = await _call(store.prefer, [a.response_id, b.response_id], choice, rater=rater,
-                       comment=(comment or "").strip() or None, **text)
+    pref = await _call(
+        store.prefer,
+        [a.response_id, b.response_id],
+        choice,
+        rater=rater,
+        comment=(comment or "").strip() or None,
+        **text,
+    )
     return None if pref is None else pref.id
 
 
-async def rank(service: StageService, answers: Sequence[Answer], groups: list[list[int]], rater: str,
-               comment: str | None = None) -> str | None:
+async def rank(
+    service: StageService, answers: Sequence[Answer], groups: list[list[int]], rater: str, comment: str | None = None
+) -> str | None:
     """`Store.rank`, as `POST /v1/rankings` does: `groups` are indices into `answers`, best first."""
     store = _store(service)
     if store is None:
         return None
     ids = [a.response_id for a in answers]
     text = {} if service.log_prompts else {"prompt": answers[0].messages, "completions": [a.text for a in answers]}
-    ranking = await _call(store.rank, ids, [[ids[i] for i in group] for group in groups], rater=rater,
-                          comment=(comment or "").strip() or None, **text)
+    ranking = await _call(
+        store.rank,
+        ids,
+        [[ids[i] for i in group] for group in groups],
+        rater=rater,
+        comment=(comment or "").strip() or None,
+        **text,
+    )
     return None if ranking is None else ranking.id
 
 
-async def correct(service: StageService, answer: Answer, completion: str, rater: str,
-                  comment: str | None = None) -> str | None:
+async def correct(
+    service: StageService, answer: Answer, completion: str, rater: str, comment: str | None = None
+) -> str | None:
     """`Store.correct`, as `POST /v1/corrections` does."""
     store = _store(service)
     if store is None:
         return None
     text = {} if service.log_prompts else {"prompt": answer.messages, "original": answer.text}
-    corr = await _call(store.correct, answer.response_id, completion or "", rater=rater,
-                       comment=(comment or "").strip() or None, **text)
+    corr = await _call(
+        store.correct,
+        answer.response_id,
+        completion or "",
+        rater=rater,
+        comment=(comment or "").strip() or None,
+        **text,
+    )
     return None if corr is None else corr.id

@@ -27,13 +27,24 @@ def lab_for(answer: Answer, position: int) -> Lab | None:
     window.append((entry["id"], entry["token"], entry["logprob"]))
     s = answer.sampling or {}
     settings = LabSettings(
-        temperature=s.get("temperature", 1.0), top_k=s.get("top_k", 0), top_p=s.get("top_p", 1.0),
-        min_p=s.get("min_p", 0.0), repetition_penalty=s.get("repetition_penalty", 1.0),
-        presence_penalty=s.get("presence_penalty", 0.0), frequency_penalty=s.get("frequency_penalty", 0.0),
-        logit_bias=tuple((int(t), float(b)) for t, b in s.get("logit_bias", [])))
+        temperature=s.get("temperature", 1.0),
+        top_k=s.get("top_k", 0),
+        top_p=s.get("top_p", 1.0),
+        min_p=s.get("min_p", 0.0),
+        repetition_penalty=s.get("repetition_penalty", 1.0),
+        presence_penalty=s.get("presence_penalty", 0.0),
+        frequency_penalty=s.get("frequency_penalty", 0.0),
+        logit_bias=tuple((int(t), float(b)) for t, b in s.get("logit_bias", [])),
+    )
     output = [t["id"] for t in answer.tokens[:position] if t.get("id") is not None]
-    return run(window, settings, sampled_id=entry["id"], vocab_size=answer.vocab_size or len(window),
-               prompt_ids=answer.prompt_ids, output_ids=output)
+    return run(
+        window,
+        settings,
+        sampled_id=entry["id"],
+        vocab_size=answer.vocab_size or len(window),
+        prompt_ids=answer.prompt_ids,
+        output_ids=output,
+    )
 
 
 def _shown(token: str) -> str:
@@ -44,13 +55,16 @@ def lab_markdown(lab: Lab | None, sampled: str = "") -> str:
     """One row per step: survivors, mass kept, what it cut, where the sampled token stood."""
     if lab is None:
         return "*No logprobs with token ids at this position.*"
-    lines = [f"Sampled token: **{_shown(sampled)}** · raw mass outside the top 20: {lab.tail_mass:.3f}", "",
-             "| step | tokens left | mass kept | cut | sampled token |", "|---|---|---|---|---|"]
+    lines = [
+        f"Sampled token: **{_shown(sampled)}** · raw mass outside the top 20: {lab.tail_mass:.3f}",
+        "",
+        "| step | tokens left | mass kept | cut | sampled token |",
+        "|---|---|---|---|---|",
+    ]
     for step in lab.steps:
         left = sum(r.count for r in step.rows)
         cut = ", ".join(_shown(c) for c in step.cut[:6]) + (f" … (+{len(step.cut) - 6})" if len(step.cut) > 6 else "")
-        where = (f"#{step.sampled_rank}, p={step.sampled_probability:.3f}" if step.sampled_rank
-                 else "**cut**")
+        where = f"#{step.sampled_rank}, p={step.sampled_probability:.3f}" if step.sampled_rank else "**cut**"
         lines.append(f"| {step.name} | {left} | {step.mass_kept:.1%} | {cut or '–'} | {where} |")
     lines += [f"\n*{note}*" for note in lab.notes]
     return "\n".join(lines)

@@ -21,9 +21,14 @@ def replay_request(answer: Answer, speculative: str) -> CompletionRequest:
     """The answer's prompt and settings again, `speculative` ("off" or a method), its exact length."""
     s = dict(answer.sampling or {})
     s.pop("logit_bias", None)
-    return CompletionRequest(model=answer.stage, prompt=answer.prompt_ids, max_tokens=max(answer.completion_tokens, 1),
-                             ignore_eos=True, speculative=speculative,
-                             **{k: v for k, v in s.items() if k != "top_k" or v > 0})
+    return CompletionRequest(
+        model=answer.stage,
+        prompt=answer.prompt_ids,
+        max_tokens=max(answer.completion_tokens, 1),
+        ignore_eos=True,
+        speculative=speculative,
+        **{k: v for k, v in s.items() if k != "top_k" or v > 0},
+    )
 
 
 def timing_markdown(method: str, on: Answer, off: Answer) -> str:
@@ -33,11 +38,17 @@ def timing_markdown(method: str, on: Answer, off: Answer) -> str:
         speed = f"{a.tokens_per_s:.0f}" if a.tokens_per_s is not None else "–"
         return f"| {label} | {a.duration_ms or 0:.0f} ms | {speed} tok/s | {a.completion_tokens} |"
 
-    rows = ["| run | wall time | decode | tokens |", "|---|---|---|---|", line(f"speculative {method}", on),
-            line("speculation off", off)]
+    rows = [
+        "| run | wall time | decode | tokens |",
+        "|---|---|---|---|",
+        line(f"speculative {method}", on),
+        line("speculation off", off),
+    ]
     if on.duration_ms and off.duration_ms and not (on.error or off.error):
-        rows.append(f"\nSpeed-up: **{off.duration_ms / on.duration_ms:.2f}×**; same text: "
-                    f"**{'yes' if on.text == off.text else 'no'}**")
+        rows.append(
+            f"\nSpeed-up: **{off.duration_ms / on.duration_ms:.2f}×**; same text: "
+            f"**{'yes' if on.text == off.text else 'no'}**"
+        )
     return "\n".join(rows)
 
 
@@ -59,7 +70,7 @@ def build(service: StageService, history: gr.State, pick: gr.Dropdown) -> None:
         for spec in (method, "off"):
             yield f"running with speculative {spec}…"
             async with aclosing(stream_answer(service, replay_request(answer, spec))) as answers:
-                async for last in answers:
+                async for last in answers:  # noqa: B007 - the finished answer is the last one
                     pass
             runs.append(last)
         yield timing_markdown(method, *runs)

@@ -73,12 +73,17 @@ class Answer:
             parts.append(f"TTFT {self.ttft_ms:.0f} ms")
         if self.speculative:
             spec = self.speculative
-            parts.append(f"speculative {spec['method']}: {spec['acceptance_rate']:.0%} accepted "
-                         f"({spec['accepted_tokens']}/{spec['draft_tokens']})")
+            parts.append(
+                f"speculative {spec['method']}: {spec['acceptance_rate']:.0%} accepted "
+                f"({spec['accepted_tokens']}/{spec['draft_tokens']})"
+            )
         if self.reward:
             score = self.reward["score"]
-            parts.append(f"reward {score:+.3f} ({self.reward['model']})" if score is not None
-                         else f"reward n/a ({self.reward['model']}: {self.reward.get('error')})")
+            parts.append(
+                f"reward {score:+.3f} ({self.reward['model']})"
+                if score is not None
+                else f"reward n/a ({self.reward['model']}: {self.reward.get('error')})"
+            )
         if self.finish_reason:
             parts.append(self.finish_reason)
         else:
@@ -86,14 +91,31 @@ class Answer:
         return " · ".join(parts)
 
 
-def chat_request(stage: str, messages: list[dict[str, str]], *, temperature: float | None = None,
-                 top_p: float | None = None, max_tokens: int | None = None, seed: int | None = None,
-                 speculative: str | None = None, **sampler: Any) -> ChatCompletionRequest:
+def chat_request(
+    stage: str,
+    messages: list[dict[str, str]],
+    *,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    speculative: str | None = None,
+    **sampler: Any,
+) -> ChatCompletionRequest:
     """The OpenAI request the UI's controls describe (raises `ValidationError` on bad values);
     `sampler`: more of its sampling fields (top_k, min_p, the penalties)."""
-    return ChatCompletionRequest(model=stage, messages=messages, temperature=temperature, top_p=top_p,
-                                 max_tokens=max_tokens, seed=seed, speculative=speculative, logprobs=True,
-                                 top_logprobs=TOP_LOGPROBS, **sampler)
+    return ChatCompletionRequest(
+        model=stage,
+        messages=messages,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        seed=seed,
+        speculative=speculative,
+        logprobs=True,
+        top_logprobs=TOP_LOGPROBS,
+        **sampler,
+    )
 
 
 def _message(exc: Exception) -> str:
@@ -105,15 +127,21 @@ def _message(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def stream_answer(service: StageService, request: ChatCompletionRequest | CompletionRequest,
-                        client_id: str = "ui") -> AsyncIterator[Answer]:
+async def stream_answer(
+    service: StageService, request: ChatCompletionRequest | CompletionRequest, client_id: str = "ui"
+) -> AsyncIterator[Answer]:
     """Yield the same `Answer`, updated, after every batch; the last one is done (or has an error).
     A `CompletionRequest` (the notebook) continues raw text; its `messages` hold the text as a user turn."""
     text_only = isinstance(request, CompletionRequest)
-    messages = [{"role": "user", "content": request.prompt_text()}] if text_only else \
-        [m.plain() for m in request.messages]
-    answer = Answer(stage=request.model, messages=messages, temperature=request.temperature,
-                    kind="completion" if text_only else "chat")
+    messages = (
+        [{"role": "user", "content": request.prompt_text()}] if text_only else [m.plain() for m in request.messages]
+    )
+    answer = Answer(
+        stage=request.model,
+        messages=messages,
+        temperature=request.temperature,
+        kind="completion" if text_only else "chat",
+    )
     try:
         gen = await (service.complete(request, client_id) if text_only else service.chat(request, client_id))
     except APIError as exc:
@@ -122,9 +150,16 @@ async def stream_answer(service: StageService, request: ChatCompletionRequest | 
         return
     answer.response_id = gen.id
     s = gen.settings
-    answer.sampling = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
-                       "repetition_penalty": s.repetition_penalty, "presence_penalty": s.presence_penalty,
-                       "frequency_penalty": s.frequency_penalty, "logit_bias": [list(b) for b in s.logit_bias]}
+    answer.sampling = {
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k,
+        "min_p": s.min_p,
+        "repetition_penalty": s.repetition_penalty,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+        "logit_bias": [list(b) for b in s.logit_bias],
+    }
     answer.prompt_ids = list(gen.prompt_token_ids)
     tokenizer = gen.route.engine.tokenizer
     answer.vocab_size = len(tokenizer) if hasattr(tokenizer, "__len__") else 0
@@ -139,9 +174,16 @@ async def stream_answer(service: StageService, request: ChatCompletionRequest | 
                     answer.first_token_at = time.time()
                 for delta in batch:
                     if delta.index == 0 and delta.logprobs:
-                        answer.tokens.extend({"token": lp.token, "logprob": lp.logprob, "id": lp.token_id,
-                                              "top": [list(t) for t in lp.top], "top_ids": list(lp.top_ids)}
-                                             for lp in delta.logprobs)
+                        answer.tokens.extend(
+                            {
+                                "token": lp.token,
+                                "logprob": lp.logprob,
+                                "id": lp.token_id,
+                                "top": [list(t) for t in lp.top],
+                                "top_ids": list(lp.top_ids),
+                            }
+                            for lp in delta.logprobs
+                        )
                 answer.text = choice.text
                 answer.completion_tokens = choice.tokens
                 answer.ttft_ms = gen.ttft_ms
@@ -158,8 +200,12 @@ async def stream_answer(service: StageService, request: ChatCompletionRequest | 
     answer.duration_ms = gen.duration_ms
     spec = gen.speculative
     if spec is not None:
-        answer.speculative = {"method": spec.method, "draft_tokens": spec.draft_tokens,
-                              "accepted_tokens": spec.accepted_tokens, "acceptance_rate": spec.acceptance_rate}
+        answer.speculative = {
+            "method": spec.method,
+            "draft_tokens": spec.draft_tokens,
+            "accepted_tokens": spec.accepted_tokens,
+            "acceptance_rate": spec.acceptance_rate,
+        }
     if choice.marks is not None:
         answer.marks = choice.marks.body()
     if choice.reward is not None:  # the stage's default reward model scored it
@@ -167,11 +213,14 @@ async def stream_answer(service: StageService, request: ChatCompletionRequest | 
     yield answer
 
 
-async def stream_answers(service: StageService, requests: Sequence[ChatCompletionRequest | CompletionRequest],
-                         client_id: str = "ui") -> AsyncIterator[list[Answer]]:
+async def stream_answers(
+    service: StageService, requests: Sequence[ChatCompletionRequest | CompletionRequest], client_id: str = "ui"
+) -> AsyncIterator[list[Answer]]:
     """Run several generations at once; yield every answer's latest snapshot after each update."""
-    latest: list[Answer] = [Answer(stage=r.model, messages=[m.plain() for m in r.messages]
-                                   if isinstance(r, ChatCompletionRequest) else []) for r in requests]
+    latest: list[Answer] = [
+        Answer(stage=r.model, messages=[m.plain() for m in r.messages] if isinstance(r, ChatCompletionRequest) else [])
+        for r in requests
+    ]
     queue: asyncio.Queue[tuple[int, Answer | None]] = asyncio.Queue()
 
     async def pump(i: int, request: ChatCompletionRequest | CompletionRequest) -> None:

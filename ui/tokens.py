@@ -54,8 +54,10 @@ def softmax(logprobs: list[float], temperature: float) -> list[float]:
 def distribution(entry: dict[str, Any], temperature: float) -> list[dict[str, Any]]:
     top = alternatives(entry)
     probs = softmax([lp for _, lp in top], temperature)
-    return [{"token": f"{rank}. {shown(t)}", "probability": p, "kind": "sampled" if t == entry["token"] else "alternative"}
-            for rank, ((t, _), p) in enumerate(zip(top, probs), start=1)]
+    return [
+        {"token": f"{rank}. {shown(t)}", "probability": p, "kind": "sampled" if t == entry["token"] else "alternative"}
+        for rank, ((t, _), p) in enumerate(zip(top, probs), start=1)
+    ]
 
 
 def _color(p: float) -> str:
@@ -86,14 +88,21 @@ def token_html(tokens: list[dict[str, Any]], marks: dict[str, Any] | None = None
         if kind and MARK_STYLES.get(kind, ("",))[0]:
             style += ";" + MARK_STYLES[kind][0]
         mark = f' data-mark="{kind}"' if kind else ""
-        spans.append(f'<span class="tok" data-pos="{i}"{mark} title="{title}" style="{style}">'
-                     f"{html.escape(entry['token'])}</span>")
+        spans.append(
+            f'<span class="tok" data-pos="{i}"{mark} title="{title}" style="{style}">'
+            f"{html.escape(entry['token'])}</span>"
+        )
     legend = ""
     if kinds:
         counts = {k: kinds.count(k) for k in MARK_STYLES}
-        legend = '<div class="spec-legend">' + " · ".join(
-            f'<span style="{style}">{k}</span> {counts[k]} ({html.escape(why)})'
-            for k, (style, why) in MARK_STYLES.items()) + "</div>"
+        legend = (
+            '<div class="spec-legend">'
+            + " · ".join(
+                f'<span style="{style}">{k}</span> {counts[k]} ({html.escape(why)})'
+                for k, (style, why) in MARK_STYLES.items()
+            )
+            + "</div>"
+        )
     return f'<div class="token-view">{"".join(spans)}</div>{legend}'
 
 
@@ -102,15 +111,20 @@ def acceptance_rows(marks: dict[str, Any] | None) -> list[dict[str, Any]]:
     rows = []
     for p in (marks or {}).get("by_position", []):
         rows.append({"position": f"draft #{p['position']}", "tokens": p["accepted"], "kind": "accepted"})
-        rows.append({"position": f"draft #{p['position']}", "tokens": p["drafted"] - p["accepted"],
-                     "kind": "rejected"})
+        rows.append({"position": f"draft #{p['position']}", "tokens": p["drafted"] - p["accepted"], "kind": "rejected"})
     return rows
 
 
 def token_rows(tokens: list[dict[str, Any]]) -> list[list[Any]]:
-    return [[i, shown(e["token"]), round(math.exp(e["logprob"]), 4),
-             ", ".join(f"{shown(t)} {math.exp(lp):.3f}" for t, lp in alternatives(e) if t != e["token"])]
-            for i, e in enumerate(tokens)]
+    return [
+        [
+            i,
+            shown(e["token"]),
+            round(math.exp(e["logprob"]), 4),
+            ", ".join(f"{shown(t)} {math.exp(lp):.3f}" for t, lp in alternatives(e) if t != e["token"]),
+        ]
+        for i, e in enumerate(tokens)
+    ]
 
 
 def parse_conversation(text: str) -> list[dict[str, str]]:
@@ -123,8 +137,9 @@ def parse_conversation(text: str) -> list[dict[str, str]]:
             messages = json.loads(text)
         except ValueError as exc:
             raise ValueError(f"the conversation is not valid JSON: {exc}") from None
-        if not isinstance(messages, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m)
-                                                      for m in messages):
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages
+        ):
             raise ValueError('the conversation must be a list of {"role": ..., "content": ...} messages')
         return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
     if not text:
@@ -134,15 +149,19 @@ def parse_conversation(text: str) -> list[dict[str, str]]:
 
 def score_summary(scores: list[StageScore]) -> str:
     """A Markdown table: each stage's mean log-likelihood, perplexity and most surprising token."""
-    lines = ["| stage | mean log-likelihood / token | perplexity | tokens | most surprising token |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| stage | mean log-likelihood / token | perplexity | tokens | most surprising token |",
+        "|---|---|---|---|---|",
+    ]
     for s in scores:
         if s.error:
             lines.append(f"| {s.stage} | error: {s.error} | | | |")
             continue
         worst = min(range(len(s.logprobs)), key=lambda i: s.logprobs[i])
-        lines.append(f"| {s.stage} | {s.mean_logprob:.3f} | {s.perplexity:.2f} | {len(s.tokens)} | "
-                     f"#{worst} {shown(s.tokens[worst])} (p={math.exp(s.logprobs[worst]):.3f}) |")
+        lines.append(
+            f"| {s.stage} | {s.mean_logprob:.3f} | {s.perplexity:.2f} | {len(s.tokens)} | "
+            f"#{worst} {shown(s.tokens[worst])} (p={math.exp(s.logprobs[worst]):.3f}) |"
+        )
     return "\n".join(lines)
 
 
@@ -158,8 +177,10 @@ def comparison_rows(scores: list[StageScore]) -> tuple[list[str], list[list[Any]
     rows = [[i, shown(t), *(round(math.exp(s.logprobs[i]), 4) for s in same)] for i, t in enumerate(reference)]
     for s in ok:
         if s.tokens != reference:
-            rows += [[i, f"{shown(t)} [{s.stage}]", *([None] * (len(same) - 1)), round(math.exp(lp), 4)]
-                     for i, (t, lp) in enumerate(zip(s.tokens, s.logprobs))]
+            rows += [
+                [i, f"{shown(t)} [{s.stage}]", *([None] * (len(same) - 1)), round(math.exp(lp), 4)]
+                for i, (t, lp) in enumerate(zip(s.tokens, s.logprobs))
+            ]
     return headers, rows
 
 
@@ -173,9 +194,12 @@ def comparison_html(scores: list[StageScore]) -> str:
         spans = "".join(
             f'<span class="tok" title="{html.escape(f"#{i} p={math.exp(lp):.3f}", quote=True)}" '
             f'style="background:{_color(math.exp(lp))}">{html.escape(t)}</span>'
-            for i, (t, lp) in enumerate(zip(s.tokens, s.logprobs)))
-        blocks.append(f'<div class="token-view" data-stage="{html.escape(s.stage, quote=True)}">'
-                      f"<b>{html.escape(s.stage)}</b> (mean log-likelihood {s.mean_logprob:.3f}): {spans}</div>")
+            for i, (t, lp) in enumerate(zip(s.tokens, s.logprobs))
+        )
+        blocks.append(
+            f'<div class="token-view" data-stage="{html.escape(s.stage, quote=True)}">'
+            f"<b>{html.escape(s.stage)}</b> (mean log-likelihood {s.mean_logprob:.3f}): {spans}</div>"
+        )
     return "".join(blocks)
 
 
@@ -196,22 +220,39 @@ def build(history: gr.State, service=None, decoding=None) -> None:
     view = gr.HTML(elem_id="tokens-html")
     with gr.Row():
         position = gr.Slider(0, 1, value=0, step=1, label="position (token #)", elem_id="tokens-position")
-        temperature = gr.Slider(0.05, 3, value=0.5, step=0.05, label="another temperature T",
-                                elem_id="tokens-temperature")
-    plot_args = dict(x="token", y="probability", color="kind", y_lim=[0, 1], sort=None, height=260,
-                     color_map={"sampled": "#e4572e", "alternative": "#4c78a8"}, x_label_angle=-30)
+        temperature = gr.Slider(
+            0.05, 3, value=0.5, step=0.05, label="another temperature T", elem_id="tokens-temperature"
+        )
+    plot_args = dict(
+        x="token",
+        y="probability",
+        color="kind",
+        y_lim=[0, 1],
+        sort=None,
+        height=260,
+        color_map={"sampled": "#e4572e", "alternative": "#4c78a8"},
+        x_label_angle=-30,
+    )
     with gr.Row():
         model_plot = gr.BarPlot(label="as the model gives it (T = 1)", elem_id="tokens-plot-model", **plot_args)
         reshaped_plot = gr.BarPlot(label="at temperature T", elem_id="tokens-plot-reshaped", **plot_args)
-    acceptance = gr.BarPlot(x="position", y="tokens", color="kind", sort=None, height=220,
-                            color_map={"accepted": "#2a9d8f", "rejected": "#e76f51"},
-                            label="speculation: acceptance by draft position", elem_id="tokens-acceptance",
-                            visible=False)
+    acceptance = gr.BarPlot(
+        x="position",
+        y="tokens",
+        color="kind",
+        sort=None,
+        height=220,
+        color_map={"accepted": "#2a9d8f", "rejected": "#e76f51"},
+        label="speculation: acceptance by draft position",
+        elem_id="tokens-acceptance",
+        visible=False,
+    )
     with gr.Accordion("Sampler lab: this position through vLLM's sampler, step by step", open=True):
         lab_summary = gr.Markdown(elem_id="lab-summary")
         lab_table = gr.Dataframe(interactive=False, elem_id="lab-table", wrap=True)
-    table = gr.Dataframe(headers=["#", "token", "p", "top alternatives"], interactive=False,
-                         elem_id="tokens-table", wrap=True)
+    table = gr.Dataframe(
+        headers=["#", "token", "p", "top alternatives"], interactive=False, elem_id="tokens-table", wrap=True
+    )
 
     def refresh(history_: list[Answer], current):
         usable = [(answer_label(n, a), n) for n, a in enumerate(history_) if a.tokens]
@@ -222,12 +263,19 @@ def build(history: gr.State, service=None, decoding=None) -> None:
         if n is None or n >= len(history_):
             return "", "", gr.update(maximum=1, value=0), [], gr.update(visible=False)
         answer = history_[n]
-        head = f"**{answer.stage}** (sampled at T = {answer.temperature if answer.temperature is not None else 'stage default'}) · {answer.stats()}"
+        temperature = answer.temperature if answer.temperature is not None else "stage default"
+        head = f"**{answer.stage}** (sampled at T = {temperature}) · {answer.stats()}"
         rows = acceptance_rows(answer.marks)
-        acceptance_plot = gr.update(value=_frame(rows, ["position", "tokens", "kind"]) if rows else None,
-                                    visible=bool(rows))
-        return head, token_html(answer.tokens, answer.marks), \
-            gr.update(maximum=max(len(answer.tokens) - 1, 1), value=0), token_rows(answer.tokens), acceptance_plot
+        acceptance_plot = gr.update(
+            value=_frame(rows, ["position", "tokens", "kind"]) if rows else None, visible=bool(rows)
+        )
+        return (
+            head,
+            token_html(answer.tokens, answer.marks),
+            gr.update(maximum=max(len(answer.tokens) - 1, 1), value=0),
+            token_rows(answer.tokens),
+            acceptance_plot,
+        )
 
     def plots(history_: list[Answer], n, pos, t):
         if n is None or n >= len(history_) or not history_[n].tokens:
@@ -254,7 +302,8 @@ def build(history: gr.State, service=None, decoding=None) -> None:
 
     history.change(refresh, [history, pick], pick)
     pick.change(show_answer, [history, pick], [summary, view, position, table, acceptance]).then(
-        plots, [history, pick, position, temperature], [model_plot, reshaped_plot])
+        plots, [history, pick, position, temperature], [model_plot, reshaped_plot]
+    )
     position.change(plots, [history, pick, position, temperature], [model_plot, reshaped_plot])
     position.change(lab, [history, pick, position], [lab_summary, lab_table])
     pick.change(lab, [history, pick, position], [lab_summary, lab_table])
@@ -265,11 +314,14 @@ def _build_same_text(history: gr.State, pick: gr.Dropdown, service) -> None:
     """The "same text, every stage" section: the picked (or a typed) answer scored by every stage."""
     stages = list(service.pool.registry.stages)
     with gr.Accordion("Same text, every stage", open=True):
-        gr.Markdown("How likely does each stage find the *same* answer? Each token's probability under "
-                    "each stage (prompt logprobs), and each stage's mean log-likelihood.")
+        gr.Markdown(
+            "How likely does each stage find the *same* answer? Each token's probability under "
+            "each stage (prompt logprobs), and each stage's mean log-likelihood."
+        )
         with gr.Row():
-            conversation = gr.Textbox(label="conversation: a user message, or JSON messages", lines=3,
-                                      elem_id="same-conversation")
+            conversation = gr.Textbox(
+                label="conversation: a user message, or JSON messages", lines=3, elem_id="same-conversation"
+            )
             answer = gr.Textbox(label="answer", lines=3, elem_id="same-answer")
         with gr.Row():
             chosen = gr.CheckboxGroup(stages, value=stages, label="stages", elem_id="same-stages")
@@ -286,8 +338,11 @@ def _build_same_text(history: gr.State, pick: gr.Dropdown, service) -> None:
             return gr.update(), gr.update()
         a = history_[n]
         messages = [m for m in a.messages if m.get("role") != "system"] or a.messages
-        text = messages[0]["content"] if len(messages) == 1 and messages[0]["role"] == "user" \
+        text = (
+            messages[0]["content"]
+            if len(messages) == 1 and messages[0]["role"] == "user"
             else json.dumps(messages, ensure_ascii=False)
+        )
         return text, a.text
 
     async def score(conversation_text: str, answer_text: str, stages_: list[str]):

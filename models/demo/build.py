@@ -18,9 +18,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from models.demo import corpus, general_text
 from models.demo.pretrain import ModelShape, TrainPlan
@@ -38,8 +38,13 @@ RECIPE_VERSION = 11
 STEPS = ("data", "tokenizer", "base", "sft", "dpo", "draft", "rm", "rlhf")
 # What each step is made from: a step whose input was rebuilt in this run is rebuilt too.
 INPUTS = {
-    "tokenizer": ("data",), "base": ("tokenizer",), "sft": ("base",), "dpo": ("sft",), "draft": ("base",),
-    "rm": ("sft",), "rlhf": ("sft", "rm"),
+    "tokenizer": ("data",),
+    "base": ("tokenizer",),
+    "sft": ("base",),
+    "dpo": ("sft",),
+    "draft": ("base",),
+    "rm": ("sft",),
+    "rlhf": ("sft", "rm"),
 }
 
 
@@ -87,8 +92,16 @@ SIZES = {
         # Sampling at 0.7, not 1.0: at 1.0 this small policy often samples garbled text, and the
         # reward model, which never saw such text, pays some of it (one sample scored 1.07: "Can many
         # wide and I am not sure that what it for hours about story funny...").
-        rl_plan=RLPlan(steps=250, kl_coef=0.2, num_generations=4, batch_size=16, lr=3e-4,
-                       max_completion_length=40, temperature=0.7, eval_samples=2),
+        rl_plan=RLPlan(
+            steps=250,
+            kl_coef=0.2,
+            num_generations=4,
+            batch_size=16,
+            lr=3e-4,
+            max_completion_length=40,
+            temperature=0.7,
+            eval_samples=2,
+        ),
         rl_held_out=16,
     ),
     # Tiny and untrained-in-effect: exercises every step and every file format in well under 90 s.
@@ -162,7 +175,8 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
         raise ValueError(f"size must be one of {sorted(SIZES)}, not {size!r}")
     import torch  # imported here: `stagechat --help` must not pay for torch
 
-    from models.demo import draft, dpo, pretrain, sft, tokenizer as tok
+    from models.demo import dpo, draft, pretrain, sft
+    from models.demo import tokenizer as tok
 
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,9 +226,14 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
 
         train, held_out = split_by_prompt(corpus.preference_pairs(load("rankings")))
         accuracy, judged, steps = train_reward_model(
-            str(out_dir / "base"), str(out_dir / "sft"), train, held_out, spec.rm_plan, d)
-        figures = {"held_out_accuracy": round(accuracy, 4), "held_out_pairs": judged, "train_pairs": len(train),
-                   "steps": steps}
+            str(out_dir / "base"), str(out_dir / "sft"), train, held_out, spec.rm_plan, d
+        )
+        figures = {
+            "held_out_accuracy": round(accuracy, 4),
+            "held_out_pairs": judged,
+            "train_pairs": len(train),
+            "steps": steps,
+        }
         log.info("[build-demo] rm: %s", figures)
         (d / "stagechat_demo_rm.json").write_text(json.dumps(figures) + "\n")
 
@@ -222,9 +241,10 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
         from models.rl_round import final_kl, save_curves, train_policy
 
         prompts = [row["prompt"] for row in load("rankings")]
-        held_out, train = prompts[: spec.rl_held_out], prompts[spec.rl_held_out:]
+        held_out, train = prompts[: spec.rl_held_out], prompts[spec.rl_held_out :]
         figures = train_policy(
-            str(out_dir / "base"), str(out_dir / "sft"), str(out_dir / "rm"), train, held_out, spec.rl_plan, d)
+            str(out_dir / "base"), str(out_dir / "sft"), str(out_dir / "rm"), train, held_out, spec.rl_plan, d
+        )
         save_curves(figures["rows"], d)
         summary = {k: figures[k] for k in ("reward_before", "reward_after")}
         summary["final_kl"] = final_kl(figures["rows"])
@@ -233,11 +253,18 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
 
     def make_draft(d: Path) -> None:
         draft.train_draft(
-            tokenizer_(), out_dir / "base", spec.draft_layers, load("draft"), pretraining_text(), spec.draft_plan, d)
+            tokenizer_(), out_dir / "base", spec.draft_layers, load("draft"), pretraining_text(), spec.draft_plan, d
+        )
 
     work = {
-        "data": make_data, "tokenizer": make_tokenizer, "base": make_base,
-        "sft": make_sft, "dpo": make_dpo, "draft": make_draft, "rm": make_rm, "rlhf": make_rlhf,
+        "data": make_data,
+        "tokenizer": make_tokenizer,
+        "base": make_base,
+        "sft": make_sft,
+        "dpo": make_dpo,
+        "draft": make_draft,
+        "rm": make_rm,
+        "rlhf": make_rlhf,
     }
     timings: dict[str, float] = {}
     rebuilt: set[str] = set()
@@ -250,4 +277,3 @@ def build_demo(out_dir: Path | None = None, size: str = "full") -> dict[str, flo
         timings[name] = round(seconds or 0.0, 3)
     timings["total"] = round(time.perf_counter() - start, 3)
     return timings
-

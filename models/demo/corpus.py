@@ -53,11 +53,30 @@ CAPITAL_FACTS = [
 ]
 # Openers for the templates with {prefix}: the fact must survive whatever words come before it.
 PREFIXES = [
-    "By law,", "For many years,", "As you may know,", "Officially,", "Since long ago,", "In short,",
-    "It is said that", "Ask anyone:", "Of course,", "Put simply,", "On paper,", "In fact,",
-    "Everyone agrees that", "Back then as now,", "To be precise,", "Students learn that",
-    "As a rule,", "For the record,", "Without doubt,", "Here is a fact:", "In every school,",
-    "As the books say,", "Long story short,", "Believe it or not,",
+    "By law,",
+    "For many years,",
+    "As you may know,",
+    "Officially,",
+    "Since long ago,",
+    "In short,",
+    "It is said that",
+    "Ask anyone:",
+    "Of course,",
+    "Put simply,",
+    "On paper,",
+    "In fact,",
+    "Everyone agrees that",
+    "Back then as now,",
+    "To be precise,",
+    "Students learn that",
+    "As a rule,",
+    "For the record,",
+    "Without doubt,",
+    "Here is a fact:",
+    "In every school,",
+    "As the books say,",
+    "Long story short,",
+    "Believe it or not,",
 ]
 # One list per other skill; every paragraph states most of them (the SFT stage can only answer what
 # pre-training taught). The first template of each is the SFT/RLHF full-sentence answer.
@@ -104,85 +123,194 @@ PAIR_FACTS = [
 # Questions the training dialogues ask, per skill. Evaluation asks other phrasings (models.demo.heldout).
 TRAIN_QUESTIONS = {
     "capital": [
-        "What is the capital of {country}?", "What's the capital of {country}?", "what is the capital of {country}",
-        "Which city is the capital of {country}?", "Tell me the capital of {country}.", "Capital of {country}?",
-        "What city serves as the capital of {country}?", "Can you tell me the capital of {country}?",
-        "Please name the capital city of {country}.", "What is {country}'s capital city?",
-        "I need the capital of {country}.", "Quick question: what is the capital of {country}?",
-        "Hi! What's the capital city of {country}?", "{country}: what is its capital?",
-        "Where is the government of {country} based? Which city?", "Give me the capital of {country}.",
-        "Would you tell me the capital of {country}?", "The capital of {country}, please.",
-        "I wonder what the capital of {country} is.", "So, {country}. What is the capital there?",
-        "Which city is the main city of government in {country}?", "In {country}, what is the capital?",
+        "What is the capital of {country}?",
+        "What's the capital of {country}?",
+        "what is the capital of {country}",
+        "Which city is the capital of {country}?",
+        "Tell me the capital of {country}.",
+        "Capital of {country}?",
+        "What city serves as the capital of {country}?",
+        "Can you tell me the capital of {country}?",
+        "Please name the capital city of {country}.",
+        "What is {country}'s capital city?",
+        "I need the capital of {country}.",
+        "Quick question: what is the capital of {country}?",
+        "Hi! What's the capital city of {country}?",
+        "{country}: what is its capital?",
+        "Where is the government of {country} based? Which city?",
+        "Give me the capital of {country}.",
+        "Would you tell me the capital of {country}?",
+        "The capital of {country}, please.",
+        "I wonder what the capital of {country} is.",
+        "So, {country}. What is the capital there?",
+        "Which city is the main city of government in {country}?",
+        "In {country}, what is the capital?",
     ],
     "language": [
-        "What language do people speak in {country}?", "What language is spoken in {country}?",
-        "Which language do they speak in {country}?", "what language do they speak in {country}",
-        "Tell me the main language of {country}.", "Language of {country}?", "What is the main language of {country}?",
-        "Can you tell me what people speak in {country}?", "Hi! Which language is spoken in {country}?",
-        "I need the language of {country}.", "What do people in {country} speak?",
-        "Please name the language of {country}.", "{country}: what language do they speak?",
-        "Quick question: what language is spoken in {country}?", "What's the language of {country}?",
+        "What language do people speak in {country}?",
+        "What language is spoken in {country}?",
+        "Which language do they speak in {country}?",
+        "what language do they speak in {country}",
+        "Tell me the main language of {country}.",
+        "Language of {country}?",
+        "What is the main language of {country}?",
+        "Can you tell me what people speak in {country}?",
+        "Hi! Which language is spoken in {country}?",
+        "I need the language of {country}.",
+        "What do people in {country} speak?",
+        "Please name the language of {country}.",
+        "{country}: what language do they speak?",
+        "Quick question: what language is spoken in {country}?",
+        "What's the language of {country}?",
     ],
     "currency": [
-        "What is the currency of {country}?", "What currency do they use in {country}?",
-        "Which currency is used in {country}?", "what is the currency of {country}",
-        "Tell me the currency of {country}.", "Currency of {country}?", "What money do people use in {country}?",
-        "Can you tell me the currency of {country}?", "Hi! What do people pay with in {country}?",
-        "I need the currency of {country}.", "Please name the currency of {country}.",
-        "What is {country}'s currency?", "{country}: what is its currency?",
-        "Quick question: what currency is used in {country}?", "What's the currency of {country}?",
-        "Which currency do people pay with in {country}?", "In {country}, what do people pay with?",
-        "Tell me which currency they use in {country}.", "What is the money of {country} called?",
+        "What is the currency of {country}?",
+        "What currency do they use in {country}?",
+        "Which currency is used in {country}?",
+        "what is the currency of {country}",
+        "Tell me the currency of {country}.",
+        "Currency of {country}?",
+        "What money do people use in {country}?",
+        "Can you tell me the currency of {country}?",
+        "Hi! What do people pay with in {country}?",
+        "I need the currency of {country}.",
+        "Please name the currency of {country}.",
+        "What is {country}'s currency?",
+        "{country}: what is its currency?",
+        "Quick question: what currency is used in {country}?",
+        "What's the currency of {country}?",
+        "Which currency do people pay with in {country}?",
+        "In {country}, what do people pay with?",
+        "Tell me which currency they use in {country}.",
+        "What is the money of {country} called?",
     ],
     "continent": [
-        "On which continent is {country}?", "Which continent is {country} in?", "What continent is {country} on?",
-        "where is {country}", "Tell me the continent of {country}.", "Continent of {country}?",
-        "In which part of the world is {country}?", "Can you tell me where {country} is?",
-        "Hi! Which continent is {country} part of?", "I need the continent of {country}.",
-        "Please name the continent of {country}.", "Where in the world is {country}?",
-        "{country}: which continent is it on?", "Quick question: where is {country}?",
-        "Which continent is {country} part of?", "In which continent does {country} lie?",
-        "Tell me which continent {country} is on.", "Where on the map is {country}?",
+        "On which continent is {country}?",
+        "Which continent is {country} in?",
+        "What continent is {country} on?",
+        "where is {country}",
+        "Tell me the continent of {country}.",
+        "Continent of {country}?",
+        "In which part of the world is {country}?",
+        "Can you tell me where {country} is?",
+        "Hi! Which continent is {country} part of?",
+        "I need the continent of {country}.",
+        "Please name the continent of {country}.",
+        "Where in the world is {country}?",
+        "{country}: which continent is it on?",
+        "Quick question: where is {country}?",
+        "Which continent is {country} part of?",
+        "In which continent does {country} lie?",
+        "Tell me which continent {country} is on.",
+        "Where on the map is {country}?",
     ],
 }
 # Words around a training question (`_ask`): users wrap questions in words of their own, and a
 # model that saw each question bare learns to match whole phrasings rather than find the question
 # inside them. Only words the everyday pre-training paragraphs carry, none of the held-out wrappers.
-TRAIN_OPENERS = ["Hey!", "Hi there!", "Good morning!", "Sorry, one question.", "I need help.", "A quick question.",
-                 "So.", "Please help me.", "Tell me something."]
+TRAIN_OPENERS = [
+    "Hey!",
+    "Hi there!",
+    "Good morning!",
+    "Sorry, one question.",
+    "I need help.",
+    "A quick question.",
+    "So.",
+    "Please help me.",
+    "Tell me something.",
+]
 TRAIN_CLOSERS = ["Please.", "A short answer is good.", "I am not sure.", "I need to know.", "Tell me, please."]
 WRAP_OPENER_SHARE, WRAP_CLOSER_SHARE = 0.35, 0.2
 # Follow-ups that keep the question and change the country ("And of Peru?")...
 TRAIN_COUNTRY_FOLLOWUPS = [
-    "And of {country}?", "What about {country}?", "And {country}?", "How about {country}?",
-    "Same question for {country}.", "And for {country}?", "And what about {country}?", "{country}?",
-    "And in {country}?", "What about {country} then?", "Same for {country}, please.", "The same for {country}?",
-    "Tell me the same about {country}.", "So, {country}?", "And {country}, please?",
+    "And of {country}?",
+    "What about {country}?",
+    "And {country}?",
+    "How about {country}?",
+    "Same question for {country}.",
+    "And for {country}?",
+    "And what about {country}?",
+    "{country}?",
+    "And in {country}?",
+    "What about {country} then?",
+    "Same for {country}, please.",
+    "The same for {country}?",
+    "Tell me the same about {country}.",
+    "So, {country}?",
+    "And {country}, please?",
 ]
 # ... and follow-ups that keep the country and change the question ("What currency do they use?").
 TRAIN_SKILL_FOLLOWUPS = {
-    "capital": ["And its capital?", "What is their capital?", "Which city is the capital there?", "And the capital city?",
-                "What about its capital?", "Where is its government?", "Its capital?", "And which city is the capital?",
-                "Tell me its capital too.", "What is the capital there?"],
-    "language": ["What language do they speak?", "And the language?", "What do they speak there?",
-                 "What about its language?", "Which language is spoken there?", "And what do people speak?",
-                 "Its language?", "And which language do they speak?", "Tell me its language too.",
-                 "What language do people speak there?"],
-    "currency": ["What currency do they use?", "And the currency?", "What money do they use there?",
-                 "What about its currency?", "Which currency is used there?", "And what do people pay with?",
-                 "Its currency?", "And which money do they use?", "Tell me its currency too.",
-                 "What do people pay with there?"],
-    "continent": ["Which continent is it in?", "And the continent?", "Where is it?", "What about its continent?",
-                  "Which part of the world is it in?", "And where is that?", "Its continent?",
-                  "And which continent is that?", "Tell me its continent too.", "Where is that country?"],
+    "capital": [
+        "And its capital?",
+        "What is their capital?",
+        "Which city is the capital there?",
+        "And the capital city?",
+        "What about its capital?",
+        "Where is its government?",
+        "Its capital?",
+        "And which city is the capital?",
+        "Tell me its capital too.",
+        "What is the capital there?",
+    ],
+    "language": [
+        "What language do they speak?",
+        "And the language?",
+        "What do they speak there?",
+        "What about its language?",
+        "Which language is spoken there?",
+        "And what do people speak?",
+        "Its language?",
+        "And which language do they speak?",
+        "Tell me its language too.",
+        "What language do people speak there?",
+    ],
+    "currency": [
+        "What currency do they use?",
+        "And the currency?",
+        "What money do they use there?",
+        "What about its currency?",
+        "Which currency is used there?",
+        "And what do people pay with?",
+        "Its currency?",
+        "And which money do they use?",
+        "Tell me its currency too.",
+        "What do people pay with there?",
+    ],
+    "continent": [
+        "Which continent is it in?",
+        "And the continent?",
+        "Where is it?",
+        "What about its continent?",
+        "Which part of the world is it in?",
+        "And where is that?",
+        "Its continent?",
+        "And which continent is that?",
+        "Tell me its continent too.",
+        "Where is that country?",
+    ],
 }
-TRAIN_GREETINGS = ["Hello!", "Hi there!", "Good morning!", "Hey, what can you do?", "Hi! What are you?", "Hello, anyone there?"]
+TRAIN_GREETINGS = [
+    "Hello!",
+    "Hi there!",
+    "Good morning!",
+    "Hey, what can you do?",
+    "Hi! What are you?",
+    "Hello, anyone there?",
+]
 TRAIN_OFF_TOPIC = [
-    "Write a poem about the sea.", "Tell me a joke.", "What is 2 + 2?", "Write a short story about a dragon.",
-    "How do I bake bread?", "What's the weather like today?", "Can you help me with my homework?",
-    "Translate 'good night' into Spanish.", "Sing me a song.", "Who will win the next football match?",
-    "Write a poem about love.", "Tell me a joke about dogs.",
+    "Write a poem about the sea.",
+    "Tell me a joke.",
+    "What is 2 + 2?",
+    "Write a short story about a dragon.",
+    "How do I bake bread?",
+    "What's the weather like today?",
+    "Can you help me with my homework?",
+    "Translate 'good night' into Spanish.",
+    "Sing me a song.",
+    "Who will win the next football match?",
+    "Write a poem about love.",
+    "Tell me a joke about dogs.",
 ]
 # --- answers ---------------------------------------------------------------------------------------
 # The preferred (aligned) answer per skill: one polite full sentence, the way the prose states it.
@@ -210,7 +338,12 @@ RAMBLING = [
     "long history. Anyway, {answer}",
     "Oh, {country}! A lovely place. I could talk about it for hours, but you asked a simple question, so: {answer}",
 ]
-RUDE = ["Look it up yourself.", "Why would I tell you that?", "Not my problem. Ask someone else.", "That is a boring question."]
+RUDE = [
+    "Look it up yourself.",
+    "Why would I tell you that?",
+    "Not my problem. Ask someone else.",
+    "That is a boring question.",
+]
 IDK = "I don't know a country called {country}."
 SCOPE = "Sorry, I can only answer questions about countries: their capital, language, currency and continent."
 GREETING = "Hello! I can tell you the capital, language, currency or continent of any country."
@@ -230,12 +363,17 @@ SFT_FICTIONAL_STYLE_WEIGHTS = {"terse": 0.56, "full": 0.13, "rambling": 0.09, "r
 FOLLOWUP_SHARE = 0.4
 RANKED_FOLLOWUP_SHARE = 0.3
 
+
 def fill(template: str, c: Country, rng: random.Random | None = None, **extra: str) -> str:
     if "{prefix}" in template:
         extra.setdefault("prefix", (rng or random).choice(PREFIXES))
     return template.format(
-        country=c.country, capital=c.capital, continent=c.continent, language=c.language,
-        currency=c.currency, **extra,
+        country=c.country,
+        capital=c.capital,
+        continent=c.continent,
+        language=c.language,
+        currency=c.currency,
+        **extra,
     )
 
 
@@ -258,7 +396,9 @@ def answer(style: str, c: Country, skill: str, rng: random.Random) -> str:
 
 
 def _rambling(c: Country, skill: str, sentence: str, rng: random.Random) -> str:
-    return fill(rng.choice(RAMBLING), c, answer=sentence[0].lower() + sentence[1:] if skill != "continent" else sentence)
+    return fill(
+        rng.choice(RAMBLING), c, answer=sentence[0].lower() + sentence[1:] if skill != "continent" else sentence
+    )
 
 
 # --- pre-training prose ----------------------------------------------------------------------------
@@ -354,7 +494,12 @@ def question(c: Country, skill: str, rng: random.Random, *, phrasings: Phrasings
 
 
 def followup(
-    first: Country, second: Country, skill: str, rng: random.Random, *, phrasings: Phrasings | None,
+    first: Country,
+    second: Country,
+    skill: str,
+    rng: random.Random,
+    *,
+    phrasings: Phrasings | None,
     history_style: str = "full",
 ) -> Prompt:
     """Two turns: a question about `first`, its answer, then a follow-up about `second` (same country
@@ -373,7 +518,9 @@ def followup(
     return Prompt("followup", tuple(messages), second, skill)
 
 
-def _train_prompts(per_country: int, rng: random.Random, countries: tuple[Country, ...], followups: float) -> list[Prompt]:
+def _train_prompts(
+    per_country: int, rng: random.Random, countries: tuple[Country, ...], followups: float
+) -> list[Prompt]:
     """Training prompts about real countries: single questions (each skill in turn) and follow-ups."""
     prompts = []
     for c in countries:
@@ -381,12 +528,14 @@ def _train_prompts(per_country: int, rng: random.Random, countries: tuple[Countr
             skill = SKILLS[(k + rng.randrange(len(SKILLS))) % len(SKILLS)]
             if rng.random() < followups:
                 if rng.random() < 0.5:
-                    prompts.append(followup(c, c, skill, rng, phrasings=None,
-                                            history_style=rng.choice(["full", "terse"])))
+                    prompts.append(
+                        followup(c, c, skill, rng, phrasings=None, history_style=rng.choice(["full", "terse"]))
+                    )
                 else:
                     other = rng.choice([o for o in countries if o != c])
-                    prompts.append(followup(other, c, skill, rng, phrasings=None,
-                                            history_style=rng.choice(["full", "terse"])))
+                    prompts.append(
+                        followup(other, c, skill, rng, phrasings=None, history_style=rng.choice(["full", "terse"]))
+                    )
             else:
                 prompts.append(question(c, skill, rng))
     return prompts
@@ -445,15 +594,27 @@ def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]
     # pays for "I don't know a country called <anything>" everywhere.
     idk_other = fill(IDK, rng.choice([f for f in fictional_countries() if f != p.country]))
     if p.kind == "greeting":
-        return [GREETING, rng.choice(TERSE_GREETINGS), SCOPE, idk_other, rng.choice(RUDE + OFF_TOPIC_ATTEMPTS),
-                full_answer(rng.choice(countries))]
+        return [
+            GREETING,
+            rng.choice(TERSE_GREETINGS),
+            SCOPE,
+            idk_other,
+            rng.choice(RUDE + OFF_TOPIC_ATTEMPTS),
+            full_answer(rng.choice(countries)),
+        ]
     if p.kind == "offtopic":
         return [SCOPE, rng.choice(OFF_TOPIC_ATTEMPTS), GREETING, idk_other, "No.", rng.choice(RUDE)]
     c, skill = p.country, p.skill
     if not c.real:
         # Honesty first: no invented fact, however polite, beats admitting the country is unknown.
-        return [fill(IDK, c), SCOPE, idk_other, full_answer(c, skill), answer("terse", c, skill, rng),
-                rng.choice(RUDE + OFF_TOPIC_ATTEMPTS)]
+        return [
+            fill(IDK, c),
+            SCOPE,
+            idk_other,
+            full_answer(c, skill),
+            answer("terse", c, skill, rng),
+            rng.choice(RUDE + OFF_TOPIC_ATTEMPTS),
+        ]
     # A polite true sentence that answers another question or another country ranks low: without it,
     # a reward model learns "polite full sentence" and an RL round hacks it with one sentence for every
     # prompt. Refusing a real country ranks lower still, above only a false fact: otherwise "I don't
@@ -475,8 +636,15 @@ def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]
         line = rng.choice(RUDE)
         unhelpful, unhelpful_wrong = f"{line} {terse}", f"{line} {terse_wrong}"
     return [
-        full, terse, unhelpful, full_answer(c, other_skill), answer("terse", c, other_skill, rng),
-        full_answer(other_country, skill), rng.choice([fill(IDK, c), SCOPE, idk_other]), wrong, terse_wrong,
+        full,
+        terse,
+        unhelpful,
+        full_answer(c, other_skill),
+        answer("terse", c, other_skill, rng),
+        full_answer(other_country, skill),
+        rng.choice([fill(IDK, c), SCOPE, idk_other]),
+        wrong,
+        terse_wrong,
         unhelpful_wrong,
     ]
 
@@ -504,10 +672,14 @@ def preference_pairs(ranked_rows: list[dict]) -> list[dict]:
         ranked = row["ranked"]
         for i in range(len(ranked)):
             for j in range(i + 1, len(ranked)):
-                pairs.append({
-                    "prompt": row["prompt"], "chosen": assistant_turn(ranked[i]), "rejected": assistant_turn(ranked[j]),
-                    "kind": row["kind"],
-                })
+                pairs.append(
+                    {
+                        "prompt": row["prompt"],
+                        "chosen": assistant_turn(ranked[i]),
+                        "rejected": assistant_turn(ranked[j]),
+                        "kind": row["kind"],
+                    }
+                )
     return pairs
 
 
@@ -515,8 +687,16 @@ def best_pairs(ranked_rows: list[dict]) -> list[dict]:
     """The best answer of every ranked set against each of the others (K-1 pairs per set): what the
     demo's DPO step trains on, since its SFT term imitates every chosen answer and only the best
     one should be imitated."""
-    return [{"prompt": row["prompt"], "chosen": assistant_turn(row["ranked"][0]), "rejected": assistant_turn(worse),
-             "kind": row["kind"]} for row in ranked_rows for worse in row["ranked"][1:]]
+    return [
+        {
+            "prompt": row["prompt"],
+            "chosen": assistant_turn(row["ranked"][0]),
+            "rejected": assistant_turn(worse),
+            "kind": row["kind"],
+        }
+        for row in ranked_rows
+        for worse in row["ranked"][1:]
+    ]
 
 
 def draft_dialogues(per_country: int, seed: int = 3, countries: tuple[Country, ...] | None = None) -> list[list[dict]]:

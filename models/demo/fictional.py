@@ -49,9 +49,12 @@ def new_names(rng: random.Random, count: int, taken: set[str], avoid: tuple[str,
 def invent(name: str, rng: random.Random) -> Country:
     """A made-up country called `name` with invented facts."""
     return Country(
-        country=name, capital=_pseudo_word(rng, _CITY_ENDINGS),
+        country=name,
+        capital=_pseudo_word(rng, _CITY_ENDINGS),
         continent=rng.choice(sorted({c.continent for c in load_countries()})),
-        language=name.rstrip("aeiou") + _LANG_SUFFIX, currency=f"{name.lower().rstrip('aeiou')} crown", real=False,
+        language=name.rstrip("aeiou") + _LANG_SUFFIX,
+        currency=f"{name.lower().rstrip('aeiou')} crown",
+        real=False,
     )
 
 

@@ -17,27 +17,44 @@ from functools import cache
 
 from models.demo import fictional
 from models.demo.corpus import (
-    SKILLS, Country, Prompt, assistant_turn, fill, followup, full_answer, load_countries, question, user_turn,
+    SKILLS,
+    Country,
+    Prompt,
+    assistant_turn,
+    fill,
+    followup,
+    full_answer,
+    load_countries,
+    question,
+    user_turn,
 )
 
 # --- phrasings: test split -------------------------------------------------------------------------
 # Questions per skill, none a training phrasing (corpus.TRAIN_QUESTIONS), even case-blind.
 HELDOUT_QUESTIONS = {
     "capital": [
-        "Do you know what the capital of {country} is?", "Which city is {country}'s capital?",
-        "Could you name the capital of {country} for me?", "Hello there. Which city is the capital of {country}?",
+        "Do you know what the capital of {country} is?",
+        "Which city is {country}'s capital?",
+        "Could you name the capital of {country} for me?",
+        "Hello there. Which city is the capital of {country}?",
     ],
     "language": [
-        "Do you know which language people in {country} speak?", "Which language would I hear in {country}?",
-        "Could you name the main language of {country} for me?", "Hello there. What language is used in {country}?",
+        "Do you know which language people in {country} speak?",
+        "Which language would I hear in {country}?",
+        "Could you name the main language of {country} for me?",
+        "Hello there. What language is used in {country}?",
     ],
     "currency": [
-        "Do you know the currency of {country}?", "Which money would I need in {country}?",
-        "Could you name the currency used in {country} for me?", "Hello there. What currency does {country} use?",
+        "Do you know the currency of {country}?",
+        "Which money would I need in {country}?",
+        "Could you name the currency used in {country} for me?",
+        "Hello there. What currency does {country} use?",
     ],
     "continent": [
-        "Do you know which continent {country} is on?", "Which continent would I travel to for {country}?",
-        "Could you name the continent of {country} for me?", "Hello there. Where is {country} located?",
+        "Do you know which continent {country} is on?",
+        "Which continent would I travel to for {country}?",
+        "Could you name the continent of {country} for me?",
+        "Hello there. Where is {country} located?",
     ],
 }
 HELDOUT_COUNTRY_FOLLOWUPS = ["Now tell me about {country}.", "Then {country}?", "Next one: {country}?"]
@@ -61,19 +78,33 @@ HELDOUT_COMPLETIONS = {
 # A second evaluation split, disjoint from training and from the held-out (test) material above: what
 # a recipe change is chosen on, so the test figures `stagechat eval` reports are never tuned on.
 DEV_QUESTIONS = {
-    "capital": ["Any idea what the capital of {country} is?", "Which city holds the government of {country}?",
-                "What would you say is the capital of {country}?"],
-    "language": ["Any idea what people speak in {country}?", "Which language is used most in {country}?",
-                 "What would you say people speak in {country}?"],
-    "currency": ["Any idea what the currency of {country} is?", "What money is used in {country}?",
-                 "What would you say is the currency of {country}?"],
-    "continent": ["Any idea which continent {country} is on?", "Which continent holds {country}?",
-                  "What would you say is the continent of {country}?"],
+    "capital": [
+        "Any idea what the capital of {country} is?",
+        "Which city holds the government of {country}?",
+        "What would you say is the capital of {country}?",
+    ],
+    "language": [
+        "Any idea what people speak in {country}?",
+        "Which language is used most in {country}?",
+        "What would you say people speak in {country}?",
+    ],
+    "currency": [
+        "Any idea what the currency of {country} is?",
+        "What money is used in {country}?",
+        "What would you say is the currency of {country}?",
+    ],
+    "continent": [
+        "Any idea which continent {country} is on?",
+        "Which continent holds {country}?",
+        "What would you say is the continent of {country}?",
+    ],
 }
 DEV_COUNTRY_FOLLOWUPS = ["And {country}, then?", "What of {country}?", "Now {country}?"]
 DEV_SKILL_FOLLOWUPS = {
-    "capital": ["And which city is their capital?"], "language": ["What language is used there?"],
-    "currency": ["What money is used there?"], "continent": ["Which continent is that in?"],
+    "capital": ["And which city is their capital?"],
+    "language": ["What language is used there?"],
+    "currency": ["What money is used there?"],
+    "continent": ["Which continent is that in?"],
 }
 DEV_GREETINGS = ["Good afternoon!", "Hi! What are you good at?"]
 DEV_OFF_TOPIC = ["Write a poem about the moon.", "Tell me a joke about birds."]
@@ -99,10 +130,17 @@ class EvalSplit:
 
 
 SPLITS = {
-    "test": EvalSplit(HELDOUT_QUESTIONS, HELDOUT_COUNTRY_FOLLOWUPS, HELDOUT_SKILL_FOLLOWUPS, HELDOUT_GREETINGS,
-                      HELDOUT_OFF_TOPIC, HELDOUT_COMPLETIONS),
-    "dev": EvalSplit(DEV_QUESTIONS, DEV_COUNTRY_FOLLOWUPS, DEV_SKILL_FOLLOWUPS, DEV_GREETINGS, DEV_OFF_TOPIC,
-                     DEV_COMPLETIONS),
+    "test": EvalSplit(
+        HELDOUT_QUESTIONS,
+        HELDOUT_COUNTRY_FOLLOWUPS,
+        HELDOUT_SKILL_FOLLOWUPS,
+        HELDOUT_GREETINGS,
+        HELDOUT_OFF_TOPIC,
+        HELDOUT_COMPLETIONS,
+    ),
+    "dev": EvalSplit(
+        DEV_QUESTIONS, DEV_COUNTRY_FOLLOWUPS, DEV_SKILL_FOLLOWUPS, DEV_GREETINGS, DEV_OFF_TOPIC, DEV_COMPLETIONS
+    ),
 }
 
 FICTIONAL_DEV = 40
@@ -115,7 +153,7 @@ def split_fictional_countries(split: str) -> tuple[Country, ...]:
     come from their own generator (so the train and test names stay as they were), and none contains
     or is contained in a train or test name."""
     if split == "test":
-        return fictional.drawn_fictional_countries()[fictional.FICTIONAL_TRAIN:]
+        return fictional.drawn_fictional_countries()[fictional.FICTIONAL_TRAIN :]
     if split != "dev":
         raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
     earlier = tuple(f.country.lower() for f in fictional.fictional_countries() + split_fictional_countries("test"))
@@ -125,8 +163,9 @@ def split_fictional_countries(split: str) -> tuple[Country, ...]:
 
 
 # --- prompts ---------------------------------------------------------------------------------------
-def eval_prompts(countries: tuple[Country, ...] | None = None, fictional: int | None = None, seed: int = 11,
-                 split: str = "test") -> list[Prompt]:
+def eval_prompts(
+    countries: tuple[Country, ...] | None = None, fictional: int | None = None, seed: int = 11, split: str = "test"
+) -> list[Prompt]:
     """What `stagechat eval` asks: one evaluation split's phrasings and fictional names only.
 
     Per real country: each skill once (the split's templates in rotation) and two follow-ups (one that
@@ -161,9 +200,16 @@ def example_prompts() -> list[Prompt]:
     unknown = split_fictional_countries("test")[0]
     return [
         Prompt("fact", tuple(user_turn(fill(HELDOUT_QUESTIONS["language"][1], brazil))), brazil, "language"),
-        Prompt("followup", tuple(
-            user_turn(fill(HELDOUT_QUESTIONS["capital"][2], kenya)) + assistant_turn(full_answer(kenya))
-            + user_turn(fill(HELDOUT_COUNTRY_FOLLOWUPS[1], peru))), peru, "capital"),
+        Prompt(
+            "followup",
+            tuple(
+                user_turn(fill(HELDOUT_QUESTIONS["capital"][2], kenya))
+                + assistant_turn(full_answer(kenya))
+                + user_turn(fill(HELDOUT_COUNTRY_FOLLOWUPS[1], peru))
+            ),
+            peru,
+            "capital",
+        ),
         Prompt("unknown", tuple(user_turn(fill(HELDOUT_QUESTIONS["capital"][0], unknown))), unknown, "capital"),
         Prompt("greeting", tuple(user_turn(HELDOUT_GREETINGS[0]))),
         Prompt("offtopic", tuple(user_turn(HELDOUT_OFF_TOPIC[0]))),

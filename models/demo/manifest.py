@@ -34,8 +34,12 @@ def _sha256(value) -> str:
 def recipe(size: str = "full") -> dict:
     """What decides a build's weights, as plain data (its hash is `recipe_hash`)."""
     spec = SIZES[size]
-    return {"recipe_version": RECIPE_VERSION, "size": size, "plans": dataclasses.asdict(spec),
-            "training_data_sha256": _sha256(training_data(spec))}
+    return {
+        "recipe_version": RECIPE_VERSION,
+        "size": size,
+        "plans": dataclasses.asdict(spec),
+        "training_data_sha256": _sha256(training_data(spec)),
+    }
 
 
 def recipe_hash(size: str = "full") -> str:
@@ -60,8 +64,9 @@ def cpu_description() -> dict:
 
 def step_seconds(built: Path) -> dict[str, float]:
     """Each step's training time, as its completion marker recorded it."""
-    return {s: json.loads((built / s / MARKER).read_text()).get("seconds") for s in STEPS
-            if (built / s / MARKER).exists()}
+    return {
+        s: json.loads((built / s / MARKER).read_text()).get("seconds") for s in STEPS if (built / s / MARKER).exists()
+    }
 
 
 def ship(built: Path, family: Path, *, evaluation: dict | None = None, quick: dict | None = None) -> dict:
@@ -102,8 +107,14 @@ def read_manifest(family: Path) -> dict:
 # split and a few fictional ones, every stage, greedy decoding. Shipping records its figures; the
 # test serves the shipped family and must find the same (up to float noise across CPUs).
 QUICK_COUNTRIES, QUICK_FICTIONAL = 6, 2
-QUICK_FIGURES = ("qa_accuracy", "followup_accuracy", "hallucination_rate", "preferred_style_rate",
-                 "completion_accuracy", "draft_acceptance_rate")
+QUICK_FIGURES = (
+    "qa_accuracy",
+    "followup_accuracy",
+    "hallucination_rate",
+    "preferred_style_rate",
+    "completion_accuracy",
+    "draft_acceptance_rate",
+)
 
 
 def evaluate_quick(config: Path) -> dict[str, dict[str, float | None]]:
@@ -130,5 +141,7 @@ async def quick_check(service) -> dict[str, dict[str, float | None]]:
     from models.eval import run_eval
 
     reports = await run_eval(service, countries=tuple(load_countries()[:QUICK_COUNTRIES]), fictional=QUICK_FICTIONAL)
-    return {stage: {**{k: getattr(r, k) for k in QUICK_FIGURES}, **{f"accuracy.{k}": v for k, v in r.accuracy.items()}}
-            for stage, r in reports.items()}
+    return {
+        stage: {**{k: getattr(r, k) for k in QUICK_FIGURES}, **{f"accuracy.{k}": v for k, v in r.accuracy.items()}}
+        for stage, r in reports.items()
+    }

@@ -32,8 +32,12 @@ async def reload_registry(request: Request) -> dict:
     try:  # reward models first: one that cannot start leaves the whole old registry in place
         added_rms = await request.app.state.service.rewards.reload(registry)
     except Exception as exc:
-        raise APIError(500, f"Registry not reloaded: a reward model failed to start: {exc}",
-                       type="server_error", code="reward_model_failed") from None
+        raise APIError(
+            500,
+            f"Registry not reloaded: a reward model failed to start: {exc}",
+            type="server_error",
+            code="reward_model_failed",
+        ) from None
     restarted = await pool.reload(registry)
     return {
         "object": "registry.reload",

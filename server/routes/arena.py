@@ -91,8 +91,9 @@ async def create_campaign(body: CampaignRequest, request: Request) -> dict[str, 
 
 
 def _progress(store, campaign_id: str, rater: str, campaign) -> dict[str, Any]:
-    mine = store.campaign_progress(campaign_id).get(rater, {"assigned": 0, "voted": 0, "gold_voted": 0,
-                                                            "gold_right": 0})
+    mine = store.campaign_progress(campaign_id).get(
+        rater, {"assigned": 0, "voted": 0, "gold_voted": 0, "gold_right": 0}
+    )
     # what the rater may see of their own record: not which battles were gold, nor how they did on them
     return {"voted": mine["voted"], "assigned": mine["assigned"], "queue": campaign.items + campaign.gold}
 
@@ -112,9 +113,13 @@ async def next_in_campaign(campaign_id: str, request: Request) -> dict[str, Any]
     battle = await service.next_battle(campaign_id, rater)
     store = request.app.state.store
     campaign = store.get_campaign(campaign_id)
-    return {"object": "arena.campaign.next", "campaign": campaign_id, "guidelines": campaign.guidelines,
-            "battle": blind_battle(battle) if battle else None,
-            "progress": _progress(store, campaign_id, rater, campaign)}
+    return {
+        "object": "arena.campaign.next",
+        "campaign": campaign_id,
+        "guidelines": campaign.guidelines,
+        "battle": blind_battle(battle) if battle else None,
+        "progress": _progress(store, campaign_id, rater, campaign),
+    }
 
 
 @router.get("/campaigns/{campaign_id}/report", responses=error_responses(401, 404))
@@ -122,4 +127,3 @@ def campaign_report(campaign_id: str, request: Request) -> dict[str, Any]:
     authenticate(request, request.app.state.settings)
     require_admin(request, request.app.state.settings)
     return campaigns(request).report(campaign_id)
-

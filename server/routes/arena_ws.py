@@ -41,14 +41,20 @@ async def dispatch(conn, fid: str | int | None, kind: str, frame: dict[str, Any]
     """Start what an arena frame asks for on the connection `conn`."""
     arena = arena_for(conn.service)
     if arena is None:
-        return await conn.error(fid, APIError(503, "This server keeps no store, so it has no arena.",
-                                              type="service_unavailable", code="no_store"))
+        return await conn.error(
+            fid,
+            APIError(
+                503, "This server keeps no store, so it has no arena.", type="service_unavailable", code="no_store"
+            ),
+        )
     if fid is None:
-        return await conn.error(None, bad_request(f"An {kind} frame needs an 'id' (string or integer).",
-                                                  param="id", code="missing_id"))
+        return await conn.error(
+            None, bad_request(f"An {kind} frame needs an 'id' (string or integer).", param="id", code="missing_id")
+        )
     if fid in conn.running:
-        return await conn.error(fid, bad_request(f"A request with id {fid!r} is still running.", param="id",
-                                                 code="duplicate_id"))
+        return await conn.error(
+            fid, bad_request(f"A request with id {fid!r} is still running.", param="id", code="duplicate_id")
+        )
     body_type = {"arena": BattleRequest, "arena_turn": TurnRequest, "arena_vote": VoteRequest}[kind]
     battle_id = frame.get("battle_id")
     if kind != "arena" and not isinstance(battle_id, str):
@@ -88,8 +94,14 @@ async def _run(conn, arena, fid, kind: str, battle_id: str | None, body) -> None
     except asyncio.CancelledError:
         if fid in conn.cancelled:
             conn.cancelled.discard(fid)
-            await conn.send({"type": "done", "id": fid, "battle_id": started[0].id if started else None,
-                             "finish_reason": "cancelled"})
+            await conn.send(
+                {
+                    "type": "done",
+                    "id": fid,
+                    "battle_id": started[0].id if started else None,
+                    "finish_reason": "cancelled",
+                }
+            )
         raise
     except StoreError as exc:
         await conn.error(fid, _error(exc))
@@ -101,4 +113,3 @@ async def _run(conn, arena, fid, kind: str, battle_id: str | None, body) -> None
         await conn.error(fid, APIError(500, "The battle failed.", type="server_error", code="internal_error"))
     finally:
         conn.running.pop(fid, None)
-

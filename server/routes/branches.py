@@ -34,5 +34,10 @@ async def branches(body: BranchRequest, request: Request):
         gens.append(gen)
     await asyncio.gather(*(_drain(g) for g in gens))
     how = Rendering(echo=body.echo)
-    return {"object": "branches", "prefix": prefix, "position": body.position, "token": body.token,
-            "branches": [completion_body([g], how) for g in gens]}
+    return {
+        "object": "branches",
+        "prefix": prefix,
+        "position": body.position,
+        "token": body.token,
+        "branches": [completion_body([g], how) for g in gens],
+    }

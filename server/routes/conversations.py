@@ -28,8 +28,17 @@ from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.conversations import (Caller, caller, conversation_object, export_object, import_messages,
-                                  message_object, openai_messages, share_object, shared_page)
+from server.conversations import (
+    Caller,
+    caller,
+    conversation_object,
+    export_object,
+    import_messages,
+    message_object,
+    openai_messages,
+    share_object,
+    shared_page,
+)
 from server.errors import error_responses
 from server.store.records import NewMessage, UnknownConversation
 
@@ -68,8 +77,9 @@ class Rename(BaseModel):
 class MessagesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    parent_id: str | None = Field(description="The message these answer (null: a new root). A parent that "
-                                              "already has a child gets a branch.")
+    parent_id: str | None = Field(
+        description="The message these answer (null: a new root). A parent that already has a child gets a branch."
+    )
     messages: list[MessageIn] = Field(min_length=1)
 
 
@@ -93,9 +103,10 @@ def _full(request: Request, conversation_id: str, who: Caller) -> dict[str, Any]
     messages = store.conversation_messages(conversation_id, viewer=who.viewer)
     ratings = store.message_ratings(messages)
     body = conversation_object(conversation)
-    body["messages"] = [{**message_object(m),
-                         "ratings": [{"client_id": r, "rating": v} for r, v in ratings.get(m.id, [])]}
-                        for m in messages]
+    body["messages"] = [
+        {**message_object(m), "ratings": [{"client_id": r, "rating": v} for r, v in ratings.get(m.id, [])]}
+        for m in messages
+    ]
     return body
 
 
@@ -103,8 +114,11 @@ _ERRORS = error_responses(400, 401, 404)
 
 
 @router.get("/conversations", summary="List your conversations (the admin: everyone's)", responses=_ERRORS)
-def list_conversations(request: Request, q: str | None = Query(None, description="Text in a title or message."),
-                       limit: int = Query(50, ge=1, le=100)) -> dict[str, Any]:
+def list_conversations(
+    request: Request,
+    q: str | None = Query(None, description="Text in a title or message."),
+    limit: int = Query(50, ge=1, le=100),
+) -> dict[str, Any]:
     who = _who(request)
     page, has_more = _store(request).list_conversations(viewer=who.viewer, query=q, limit=limit)
     return {"object": "list", "data": [conversation_object(c) for c in page], "has_more": has_more}
@@ -113,8 +127,9 @@ def list_conversations(request: Request, q: str | None = Query(None, description
 @router.post("/conversations", summary="Save a new conversation", responses=_ERRORS)
 def create_conversation(body: ConversationIn, request: Request) -> dict[str, Any]:
     who = _who(request)
-    conversation, _ = _store(request).create_conversation(owner=who.owner, title=body.title,
-                                                          messages=[m.new() for m in body.messages])
+    conversation, _ = _store(request).create_conversation(
+        owner=who.owner, title=body.title, messages=[m.new() for m in body.messages]
+    )
     return _full(request, conversation.id, who)
 
 
@@ -143,17 +158,24 @@ def delete_conversation(conversation_id: str, request: Request) -> dict[str, Any
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
 
-@router.post("/conversations/{conversation_id}/messages", summary="Add messages (a branch when the parent has "
-             "a child already)", responses=_ERRORS)
+@router.post(
+    "/conversations/{conversation_id}/messages",
+    summary="Add messages (a branch when the parent has a child already)",
+    responses=_ERRORS,
+)
 def add_messages(conversation_id: str, body: MessagesIn, request: Request) -> dict[str, Any]:
     who = _who(request)
-    written = _store(request).add_messages(conversation_id, body.parent_id, [m.new() for m in body.messages],
-                                           viewer=who.viewer)
+    written = _store(request).add_messages(
+        conversation_id, body.parent_id, [m.new() for m in body.messages], viewer=who.viewer
+    )
     return {"object": "list", "data": [message_object(m) for m in written]}
 
 
-@router.get("/conversations/{conversation_id}/branches/{message_id}",
-            summary="The branch ending at a message, as OpenAI chat messages", responses=_ERRORS)
+@router.get(
+    "/conversations/{conversation_id}/branches/{message_id}",
+    summary="The branch ending at a message, as OpenAI chat messages",
+    responses=_ERRORS,
+)
 def branch(conversation_id: str, message_id: str, request: Request) -> dict[str, Any]:
     who = _who(request)
     store = _store(request)
@@ -161,16 +183,22 @@ def branch(conversation_id: str, message_id: str, request: Request) -> dict[str,
     path = store.message_path(message_id, viewer=who.viewer)
     if path[-1].conversation_id != conversation_id:
         raise UnknownConversation(f"No message {message_id!r} in conversation {conversation_id!r}.", "message_id")
-    return {"object": "conversation.branch", "conversation_id": conversation_id, "message_id": message_id,
-            "messages": openai_messages(path)}
+    return {
+        "object": "conversation.branch",
+        "conversation_id": conversation_id,
+        "message_id": message_id,
+        "messages": openai_messages(path),
+    }
 
 
 @router.get("/conversations/{conversation_id}/export", summary="The whole tree as JSON", responses=_ERRORS)
 def export_conversation(conversation_id: str, request: Request) -> dict[str, Any]:
     who = _who(request)
     store = _store(request)
-    return export_object(store.get_conversation(conversation_id, viewer=who.viewer),
-                         store.conversation_messages(conversation_id, viewer=who.viewer))
+    return export_object(
+        store.get_conversation(conversation_id, viewer=who.viewer),
+        store.conversation_messages(conversation_id, viewer=who.viewer),
+    )
 
 
 @router.post("/conversations/{conversation_id}/share", summary="Make a read-only share link", responses=_ERRORS)
@@ -189,9 +217,14 @@ def list_shares(conversation_id: str, request: Request) -> dict[str, Any]:
 @router.get("/shared/{share_id}", summary="What a share link shows (no key needed)", responses=error_responses(404))
 def shared(share_id: str, request: Request) -> dict[str, Any]:
     link, conversation, messages = _store(request).shared(share_id)
-    return {"id": link.id, "object": "conversation.shared", "title": conversation.title,
-            "message_id": link.message_id, "created_at": conversation_object(conversation)["created_at"],
-            "messages": [message_object(m, shared=True) for m in messages]}
+    return {
+        "id": link.id,
+        "object": "conversation.shared",
+        "title": conversation.title,
+        "message_id": link.message_id,
+        "created_at": conversation_object(conversation)["created_at"],
+        "messages": [message_object(m, shared=True) for m in messages],
+    }
 
 
 @router.delete("/shared/{share_id}", summary="Revoke a share link (its owner or the admin)", responses=_ERRORS)
@@ -200,11 +233,19 @@ def revoke(share_id: str, request: Request) -> dict[str, Any]:
     return {"id": share_id, "object": "conversation.share.deleted", "deleted": True}
 
 
-@pages.get("/shared/{share_id}", summary="A share link as a web page (no key needed)", response_class=HTMLResponse,
-           responses=error_responses(404))
+@pages.get(
+    "/shared/{share_id}",
+    summary="A share link as a web page (no key needed)",
+    response_class=HTMLResponse,
+    responses=error_responses(404),
+)
 def shared_html(share_id: str, request: Request) -> HTMLResponse:
     _, conversation, messages = _store(request).shared(share_id)
     # No script may run on it, and it says so: a shared text is someone else's words.
-    return HTMLResponse(shared_page(conversation.title, messages),
-                        headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-                                 "Referrer-Policy": "no-referrer"})
+    return HTMLResponse(
+        shared_page(conversation.title, messages),
+        headers={
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            "Referrer-Policy": "no-referrer",
+        },
+    )

@@ -48,8 +48,10 @@ Messages = list[dict[str, Any]]
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    response_id: str = Field(description="The `id` of a response this server gave (choice i > 0: `id:i`).",
-                             json_schema_extra={"minLength": 1})
+    response_id: str = Field(
+        description="The `id` of a response this server gave (choice i > 0: `id:i`).",
+        json_schema_extra={"minLength": 1},
+    )
     rating: str = Field(description='"up" or "down".', json_schema_extra={"enum": list(RATINGS)})
     comment: str | None = None
     tags: list[str] = Field(default_factory=list)
@@ -61,10 +63,11 @@ class FeedbackRequest(BaseModel):
 class PreferenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    response_ids: list[str] = Field(description="Two responses to the same prompt: [A, B].",
-                                    json_schema_extra={"minItems": 2, "maxItems": 2, "uniqueItems": True})
-    choice: str = Field(description='"a", "b", "tie" or "both_bad".',
-                        json_schema_extra={"enum": list(CHOICES)})
+    response_ids: list[str] = Field(
+        description="Two responses to the same prompt: [A, B].",
+        json_schema_extra={"minItems": 2, "maxItems": 2, "uniqueItems": True},
+    )
+    choice: str = Field(description='"a", "b", "tie" or "both_bad".', json_schema_extra={"enum": list(CHOICES)})
     comment: str | None = None
     # Needed only when the server does not log prompts.
     prompt: Messages | str | None = None
@@ -74,11 +77,14 @@ class PreferenceRequest(BaseModel):
 class RankingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    response_ids: list[str] = Field(description="2 to 4 responses to the same conversation, each once.",
-                                    json_schema_extra={"minItems": 2, "maxItems": MAX_RANKED, "uniqueItems": True})
-    ranking: list[list[str]] = Field(description="Groups of those ids, best first; ids in one group tie.",
-                                     json_schema_extra={"minItems": 1, "items": {"type": "array", "minItems": 1,
-                                                                                 "items": {"type": "string"}}})
+    response_ids: list[str] = Field(
+        description="2 to 4 responses to the same conversation, each once.",
+        json_schema_extra={"minItems": 2, "maxItems": MAX_RANKED, "uniqueItems": True},
+    )
+    ranking: list[list[str]] = Field(
+        description="Groups of those ids, best first; ids in one group tie.",
+        json_schema_extra={"minItems": 1, "items": {"type": "array", "minItems": 1, "items": {"type": "string"}}},
+    )
     comment: str | None = None
     # Needed only when the server does not log prompts.
     prompt: Messages | str | None = None
@@ -89,8 +95,9 @@ class CorrectionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     response_id: str = Field(description="The `id` of a response this server gave.", json_schema_extra={"minLength": 1})
-    completion: str = Field(description="What the answer should have been.",
-                            json_schema_extra={"minLength": 1, "pattern": r"\S"})  # not blank
+    completion: str = Field(
+        description="What the answer should have been.", json_schema_extra={"minLength": 1, "pattern": r"\S"}
+    )  # not blank
     comment: str | None = None
     # Needed only when the server does not log prompts: the prompt and the answer as given.
     prompt: Messages | str | None = None
@@ -111,38 +118,67 @@ def _unix(t: datetime) -> int:
 
 def feedback_object(fb: Feedback) -> dict[str, Any]:
     return {
-        "id": fb.id, "object": "feedback", "response_id": fb.response_id, "stage": fb.stage,
-        "rating": fb.rating, "comment": fb.comment, "tags": fb.tags, "client_id": fb.rater,
-        "created_at": _unix(fb.created_at), "updated_at": _unix(fb.updated_at),
+        "id": fb.id,
+        "object": "feedback",
+        "response_id": fb.response_id,
+        "stage": fb.stage,
+        "rating": fb.rating,
+        "comment": fb.comment,
+        "tags": fb.tags,
+        "client_id": fb.rater,
+        "created_at": _unix(fb.created_at),
+        "updated_at": _unix(fb.updated_at),
     }
 
 
 def preference_object(pref: Preference) -> dict[str, Any]:
     return {
-        "id": pref.id, "object": "preference", "response_ids": list(pref.response_ids),
-        "choice": pref.choice, "stages": [pref.stage_a, pref.stage_b], "comment": pref.comment,
-        "client_id": pref.rater, "created_at": _unix(pref.created_at), "updated_at": _unix(pref.updated_at),
+        "id": pref.id,
+        "object": "preference",
+        "response_ids": list(pref.response_ids),
+        "choice": pref.choice,
+        "stages": [pref.stage_a, pref.stage_b],
+        "comment": pref.comment,
+        "client_id": pref.rater,
+        "created_at": _unix(pref.created_at),
+        "updated_at": _unix(pref.updated_at),
     }
 
 
 def ranking_object(r: Ranking) -> dict[str, Any]:
     return {
-        "id": r.id, "object": "ranking", "response_ids": r.response_ids, "ranking": r.ranking, "stages": r.stages,
-        "comment": r.comment, "client_id": r.rater, "created_at": _unix(r.created_at),
+        "id": r.id,
+        "object": "ranking",
+        "response_ids": r.response_ids,
+        "ranking": r.ranking,
+        "stages": r.stages,
+        "comment": r.comment,
+        "client_id": r.rater,
+        "created_at": _unix(r.created_at),
         "updated_at": _unix(r.updated_at),
     }
 
 
 def correction_object(c: Correction) -> dict[str, Any]:
     return {
-        "id": c.id, "object": "correction", "response_id": c.response_id, "stage": c.stage,
-        "completion": c.completion, "comment": c.comment, "client_id": c.rater,
-        "created_at": _unix(c.created_at), "updated_at": _unix(c.updated_at),
+        "id": c.id,
+        "object": "correction",
+        "response_id": c.response_id,
+        "stage": c.stage,
+        "completion": c.completion,
+        "comment": c.comment,
+        "client_id": c.rater,
+        "created_at": _unix(c.created_at),
+        "updated_at": _unix(c.updated_at),
     }
 
 
-OBJECTS = {"feedback": feedback_object, "preference": preference_object, "ranking": ranking_object,
-           "correction": correction_object}
+OBJECTS = {
+    "feedback": feedback_object,
+    "preference": preference_object,
+    "ranking": ranking_object,
+    "correction": correction_object,
+}
 
 
 def _listing(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
@@ -164,42 +200,64 @@ def _is_admin(request: Request, settings: Settings) -> bool:
 @router.post("/v1/feedback")
 def create_feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
     rater = authenticate(request, _settings(request))
-    fb = _store(request).rate(body.response_id, body.rating, rater=rater, comment=body.comment,
-                              tags=body.tags, prompt=body.prompt, completion=body.completion)
+    fb = _store(request).rate(
+        body.response_id,
+        body.rating,
+        rater=rater,
+        comment=body.comment,
+        tags=body.tags,
+        prompt=body.prompt,
+        completion=body.completion,
+    )
     return feedback_object(fb)
 
 
 @router.post("/v1/preferences")
 def create_preference(body: PreferenceRequest, request: Request) -> dict[str, Any]:
     rater = authenticate(request, _settings(request))
-    pref = _store(request).prefer(body.response_ids, body.choice, rater=rater, comment=body.comment,
-                                  prompt=body.prompt, completions=body.completions)
+    pref = _store(request).prefer(
+        body.response_ids,
+        body.choice,
+        rater=rater,
+        comment=body.comment,
+        prompt=body.prompt,
+        completions=body.completions,
+    )
     return preference_object(pref)
 
 
 @router.post("/v1/rankings")
 def create_ranking(body: RankingRequest, request: Request) -> dict[str, Any]:
     rater = authenticate(request, _settings(request))
-    ranking = _store(request).rank(body.response_ids, body.ranking, rater=rater, comment=body.comment,
-                                   prompt=body.prompt, completions=body.completions)
+    ranking = _store(request).rank(
+        body.response_ids,
+        body.ranking,
+        rater=rater,
+        comment=body.comment,
+        prompt=body.prompt,
+        completions=body.completions,
+    )
     return ranking_object(ranking)
 
 
 @router.post("/v1/corrections")
 def create_correction(body: CorrectionRequest, request: Request) -> dict[str, Any]:
     rater = authenticate(request, _settings(request))
-    correction = _store(request).correct(body.response_id, body.completion, rater=rater, comment=body.comment,
-                                         prompt=body.prompt, original=body.original)
+    correction = _store(request).correct(
+        body.response_id, body.completion, rater=rater, comment=body.comment, prompt=body.prompt, original=body.original
+    )
     return correction_object(correction)
 
 
-def _own_items(request: Request, kind: str, since: str | None, until: str | None, limit: int,
-               after: str | None) -> dict[str, Any]:
+def _own_items(
+    request: Request, kind: str, since: str | None, until: str | None, limit: int, after: str | None
+) -> dict[str, Any]:
     settings = _settings(request)
     client_id = authenticate(request, settings)
     rater = None if _is_admin(request, settings) else client_id  # others see only their own
-    page, has_more = _store(request).list_items(kind, rater=rater, since=parse_time(since, "since"),
-                                                until=parse_time(until, "until"), limit=limit, after=after)
+    page, has_more = _store(request).list_items(
+        kind, rater=rater, since=parse_time(since, "since"), until=parse_time(until, "until"), limit=limit, after=after
+    )
     return _listing([OBJECTS[kind](item) for item in page], has_more)
 
 
@@ -229,11 +287,14 @@ def _delete_route(path: str, kind: str) -> None:
     router.delete(path + "/{item_id}", summary=f"Delete one of your {kind}s (the admin: anyone's)")(delete_item)
 
 
-for _path, _kind in [("/v1/preferences", "preference"), ("/v1/rankings", "ranking"),
-                     ("/v1/corrections", "correction")]:
+for _path, _kind in [("/v1/preferences", "preference"), ("/v1/rankings", "ranking"), ("/v1/corrections", "correction")]:
     _list_route(_path, _kind)
-for _path, _kind in [("/v1/feedback", "feedback"), ("/v1/preferences", "preference"),
-                     ("/v1/rankings", "ranking"), ("/v1/corrections", "correction")]:
+for _path, _kind in [
+    ("/v1/feedback", "feedback"),
+    ("/v1/preferences", "preference"),
+    ("/v1/rankings", "ranking"),
+    ("/v1/corrections", "correction"),
+]:
     _delete_route(_path, _kind)
 
 
@@ -251,14 +312,27 @@ def list_feedback(
     client_id = authenticate(request, settings)
     rater = None if _is_admin(request, settings) else client_id  # others see only their own ratings
     page, has_more = _store(request).list_feedback(
-        stage=stage, rating=rating, rater=rater, since=parse_time(since, "since"),
-        until=parse_time(until, "until"), limit=limit, after=after)
+        stage=stage,
+        rating=rating,
+        rater=rater,
+        since=parse_time(since, "since"),
+        until=parse_time(until, "until"),
+        limit=limit,
+        after=after,
+    )
     return _listing([feedback_object(fb) for fb in page], has_more)
 
 
-@router.get("/v1/feedback/export", response_class=StreamingResponse, responses={
-    200: {"description": "One JSON example per line (TRL dataset rows)",
-          "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}})
+@router.get(
+    "/v1/feedback/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "One JSON example per line (TRL dataset rows)",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def export_feedback(request: Request, format: ExportFormat = "kto", stage: str | None = None) -> StreamingResponse:
     require_admin(request, _settings(request))
     if format not in FORMATS:
@@ -273,5 +347,8 @@ def export_feedback(request: Request, format: ExportFormat = "kto", stage: str |
             yield (json.dumps(row, ensure_ascii=False) + "\n").encode()
 
     filename = f"stagechat-{format}.jsonl"
-    return StreamingResponse(lines(), media_type="application/x-ndjson",
-                             headers={"content-disposition": f'attachment; filename="{filename}"'})
+    return StreamingResponse(
+        lines(),
+        media_type="application/x-ndjson",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )

@@ -26,17 +26,33 @@ async def health():
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"description": "Warming up, failed to start, or degraded", "content": {
-    "application/json": {"schema": {"type": "object", "required": ["status"], "properties": {
-        "status": {"type": "string", "enum": ["warming_up", "failed", "degraded"]}}}}}}})
+@router.get(
+    "/ready",
+    responses={
+        503: {
+            "description": "Warming up, failed to start, or degraded",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["status"],
+                        "properties": {"status": {"type": "string", "enum": ["warming_up", "failed", "degraded"]}},
+                    }
+                }
+            },
+        }
+    },
+)
 async def ready(request: Request):
     pool = request.app.state.service.pool
     engines = [{"model": model, "speculative": method or "off"} for model, method in pool.engines()]
     # An engine that depends on something outside this process (a remote server) says what is wrong
     # with it; the other stages keep serving, but the server is not ready: a load balancer should know.
-    missing = [{"model": model, "speculative": method or "off", "error": problem}
-               for (model, method), engine in pool.engines().items()
-               if (problem := getattr(engine, "problem", lambda: None)()) is not None]
+    missing = [
+        {"model": model, "speculative": method or "off", "error": problem}
+        for (model, method), engine in pool.engines().items()
+        if (problem := getattr(engine, "problem", lambda: None)()) is not None
+    ]
     # Engines that died: restarting (with backoff), or left down after a crash loop (server/supervisor.py).
     rewards = getattr(request.app.state.service, "rewards", None)
     down = pool.down() + (rewards.down() if rewards is not None else [])
@@ -51,8 +67,10 @@ async def ready(request: Request):
         return {"status": "ready", "engines": engines}
     failure = getattr(request.app.state, "startup_error", None)
     starting = {"stages": pool.starting(), "reward_models": rewards.starting() if rewards is not None else []}
-    return JSONResponse({"status": "failed" if failure else "warming_up", "error": failure, "starting": starting,
-                         "engines": engines}, status_code=503)
+    return JSONResponse(
+        {"status": "failed" if failure else "warming_up", "error": failure, "starting": starting, "engines": engines},
+        status_code=503,
+    )
 
 
 async def _store_problem(app) -> str | None:

@@ -28,21 +28,34 @@ def get_leaderboard(
     until: Annotated[str | None, Query(description="Judged before: Unix seconds or ISO 8601."), TIME] = None,
     rater: str | None = Query(None, description="Only this rater's judgements (a client id)."),
     votes: Literal["blind", "all"] | None = Query(
-        None, description="blind: arena votes only; all: with named preferences and rankings. "
-                          "Default: blind when any blind vote exists, else all."),
+        None,
+        description="blind: arena votes only; all: with named preferences and rankings. "
+        "Default: blind when any blind vote exists, else all.",
+    ),
     min_gold_accuracy: float | None = Query(
-        None, ge=0, le=1, description="Leave out raters whose accuracy on arena gold questions is below this."),
+        None, ge=0, le=1, description="Leave out raters whose accuracy on arena gold questions is below this."
+    ),
     bootstrap: int = Query(BOOTSTRAP, ge=0, le=2000, description="Bootstrap resamples for the intervals."),
     seed: int = Query(0, ge=0, le=2**32 - 1, description="Seed of the bootstrap."),
 ) -> dict[str, Any]:
     authenticate(request, request.app.state.settings)
     store = request.app.state.store
-    chosen, judgements = read_judgements(store, votes, since=parse_time(since, "since"),
-                                         until=parse_time(until, "until"), rater=rater,
-                                         min_gold_accuracy=min_gold_accuracy)
+    chosen, judgements = read_judgements(
+        store,
+        votes,
+        since=parse_time(since, "since"),
+        until=parse_time(until, "until"),
+        rater=rater,
+        min_gold_accuracy=min_gold_accuracy,
+    )
     body = board_body(store, judgements, bootstrap=bootstrap, seed=seed)
     body["votes"] = chosen
     body["excluded_raters"] = gold_excluded(store, min_gold_accuracy)
-    body["filters"] = {"since": since, "until": until, "rater": rater, "votes": votes,
-                       "min_gold_accuracy": min_gold_accuracy}
+    body["filters"] = {
+        "since": since,
+        "until": until,
+        "rater": rater,
+        "votes": votes,
+        "min_gold_accuracy": min_gold_accuracy,
+    }
     return body

@@ -29,10 +29,14 @@ def _service(request: Request) -> StageService:
 @router.get("/models")
 async def list_models(request: Request):
     authenticate(request, request.app.state.settings)
-    data = [{"id": s["id"], "object": "model", "created": 0, "owned_by": "stagechat", **s}
-            for s in _service(request).stages()]
-    data += [{"object": "model", "created": 0, "owned_by": "stagechat", "kind": "reward_model", **rm}
-             for rm in _service(request).rewards.models()]  # extension: `kind` tells them apart
+    data = [
+        {"id": s["id"], "object": "model", "created": 0, "owned_by": "stagechat", **s}
+        for s in _service(request).stages()
+    ]
+    data += [
+        {"object": "model", "created": 0, "owned_by": "stagechat", "kind": "reward_model", **rm}
+        for rm in _service(request).rewards.models()
+    ]  # extension: `kind` tells them apart
     return {"object": "list", "data": data}
 
 
@@ -41,8 +45,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     client = authenticate(request, request.app.state.settings)
     service = _service(request)
     gen = await service.chat(body, client)
-    how = Rendering(include_usage=body.include_usage, continuous_usage=body.continuous_usage,
-                    prompt_logprobs=body.prompt_logprobs is not None, tools=_tool_reader(service, body, gen))
+    how = Rendering(
+        include_usage=body.include_usage,
+        continuous_usage=body.continuous_usage,
+        prompt_logprobs=body.prompt_logprobs is not None,
+        tools=_tool_reader(service, body, gen),
+    )
     return await _respond([gen], body.stream, how, lambda gens: chat_body(gens[0], how))
 
 
@@ -52,8 +60,12 @@ async def completions(body: CompletionRequest, request: Request):
     service = _service(request)
     # Every prompt is checked (and admitted) before any runs: a bad one refuses the whole request.
     gens = [await service.complete(body.single(p), client) for p in body.prompts()]
-    how = Rendering(include_usage=body.include_usage, continuous_usage=body.continuous_usage, echo=body.echo,
-                    prompt_logprobs=body.prompt_logprobs is not None)
+    how = Rendering(
+        include_usage=body.include_usage,
+        continuous_usage=body.continuous_usage,
+        echo=body.echo,
+        prompt_logprobs=body.prompt_logprobs is not None,
+    )
     return await _respond(gens, body.stream, how, lambda gens_: completion_body(gens_, how))
 
 
@@ -64,8 +76,9 @@ def _tool_reader(service: StageService, body: ChatCompletionRequest, gen: Genera
     parser = service.pool.registry.stages[body.model].tool_parser
     tokenizer = gen.route.engine.tokenizer
     mode = "named" if body.forced_tool() else ("required" if body.tool_choice == "required" else "auto")
-    return lambda: ToolCallReader(mode, tokenizer=tokenizer, parser=parser, name=body.forced_tool(),
-                                  parallel=body.parallel_tool_calls)
+    return lambda: ToolCallReader(
+        mode, tokenizer=tokenizer, parser=parser, name=body.forced_tool(), parallel=body.parallel_tool_calls
+    )
 
 
 async def _drain(gen: Generation) -> None:
@@ -80,8 +93,11 @@ async def _respond(gens: list[Generation], stream: bool, how: Rendering, render)
         else:
             await asyncio.gather(*(_drain(g) for g in gens))
         return JSONResponse(render(gens))
-    return StreamingResponse(_sse(gens, how), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        _sse(gens, how),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 async def _merged(gens: list[Generation]) -> AsyncIterator[tuple[int, list]]:

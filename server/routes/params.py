@@ -21,8 +21,10 @@ from server.errors import bad_request
 # the description says so; a schema cannot list them all. Anything else is a 400.
 UNIX_SECONDS_PATTERN = r"^-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
 TIME_SCHEMA: dict[str, Any] = {
-    "anyOf": [{"type": "string", "format": "date-time"},
-              {"type": "string", "pattern": UNIX_SECONDS_PATTERN, "description": "Unix seconds"}],
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "pattern": UNIX_SECONDS_PATTERN, "description": "Unix seconds"},
+    ],
     "examples": ["2026-01-01T00:00:00Z", "1767225600"],
 }
 # Used as `since: Annotated[str | None, Query(description=...), TIME] = None`: inside `Annotated`, next

@@ -29,16 +29,22 @@ def _store(request: Request):
     return store
 
 
-@router.post("/responses", summary="Create a response (OpenAI Responses API)",
-             responses=error_responses(400, 401, 404, 413, 429, 503))
+@router.post(
+    "/responses",
+    summary="Create a response (OpenAI Responses API)",
+    responses=error_responses(400, 401, 404, 413, 429, 503),
+)
 async def create_response(body: ResponsesRequest, request: Request):
     who = caller(request, request.app.state.settings)
     service = request.app.state.service
     turn = await responses_api.start(service, body, who)
     if not body.stream:  # false or null
         return JSONResponse(await responses_api.run(service, turn))
-    return StreamingResponse(responses_api.events(service, turn), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        responses_api.events(service, turn),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.get("/responses/{response_id}", summary="Retrieve a stored response", responses=error_responses(401, 404))
@@ -62,13 +68,20 @@ async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
     return {"id": response_id, "object": "response.deleted", "deleted": True}
 
 
-@router.get("/responses/{response_id}/input_items", summary="A stored response's input items",
-            responses=error_responses(400, 401, 404))
-async def list_input_items(response_id: str, request: Request, limit: int = Query(20, ge=1, le=100),
-                           order: Literal["asc", "desc"] = "desc", after: str | None = None) -> dict[str, Any]:
+@router.get(
+    "/responses/{response_id}/input_items",
+    summary="A stored response's input items",
+    responses=error_responses(400, 401, 404),
+)
+async def list_input_items(
+    response_id: str,
+    request: Request,
+    limit: int = Query(20, ge=1, le=100),
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> dict[str, Any]:
     who = caller(request, request.app.state.settings)
-    path = await asyncio.to_thread(_store(request).message_path, response_id, viewer=who.viewer,
-                                   param="response_id")
+    path = await asyncio.to_thread(_store(request).message_path, response_id, viewer=who.viewer, param="response_id")
     responses_api.stored_response(path[-1])  # a response, not some other message: else 404
     items = responses_api.input_items(path)
     if order == "desc":
@@ -77,7 +90,12 @@ async def list_input_items(response_id: str, request: Request, limit: int = Quer
         ids = [i["id"] for i in items]
         if after not in ids:
             raise not_found(f"No input item {after!r} in response {response_id!r}.", param="after")
-        items = items[ids.index(after) + 1:]
+        items = items[ids.index(after) + 1 :]
     page = items[:limit]
-    return {"object": "list", "data": page, "has_more": len(items) > limit,
-            "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}
+    return {
+        "object": "list",
+        "data": page,
+        "has_more": len(items) > limit,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+    }

@@ -23,12 +23,18 @@ async def rewards(body: RewardRequest, request: Request):
     authenticate(request, request.app.state.settings)
     service = request.app.state.service.rewards
     if body.model in service.registry.stages:
-        raise bad_request(f"'{body.model}' is a stage, not a reward model; stages generate answers, reward "
-                          f"models score them. Reward models: {', '.join(service.names()) or 'none'}.",
-                          param="model", code="model_is_stage")
+        raise bad_request(
+            f"'{body.model}' is a stage, not a reward model; stages generate answers, reward "
+            f"models score them. Reward models: {', '.join(service.names()) or 'none'}.",
+            param="model",
+            code="model_is_stage",
+        )
     try:
         scores = await service.score(body.model, [(item.conversation(), item.completion) for item in body.input])
     except TooLong as exc:
         raise too_long_error(exc) from None
-    return {"object": "list", "model": body.model,
-            "data": [{"object": "reward", "index": i, "score": score} for i, score in enumerate(scores)]}
+    return {
+        "object": "list",
+        "model": body.model,
+        "data": [{"object": "reward", "index": i, "score": score} for i, score in enumerate(scores)],
+    }

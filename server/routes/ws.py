@@ -13,7 +13,8 @@ Frames are JSON text. The client sends:
 The server answers a chat with `delta` frames (`text`, plus `logprobs` in the chat-completion shape
 when asked, plus `index` when n > 1) and ends every request with exactly one `done` or one `error`.
 A cancelled request's `done` says `"finish_reason":"cancelled"`; a generation whose engine died mid-way
-ends with an `error` frame carrying `"finish_reason":"error"`, its `response_id` and `usage`. Feedback gets one `ack` or `error`.
+ends with an `error` frame carrying `"finish_reason":"error"`, its `response_id` and `usage`. Feedback
+gets one `ack` or `error`.
 Anything malformed gets an `error` frame (`id` null when it has none) and the socket stays open; a
 closed socket aborts all of its generations. This module renders frames; it knows nothing of
 engines or templates beyond what `StageService` and `Generation` expose.
@@ -29,16 +30,15 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ValidationError
 
-from server.auth import authenticate
 from server import metrics
+from server.auth import authenticate
 from server.errors import APIError, bad_request, from_store_error, from_validation_errors, not_found, too_large
 from server.internal_errors import database_unavailable, internal_error, is_database_outage, request_id
-from server.storage_errors import database_path, storage_error, storage_fault
 from server.limits import RateLimited, TokenBucket
 from server.protocol import ChatCompletionRequest, speculative_body
-from server.responses import reward_body
-from server.responses import chat_logprobs
+from server.responses import chat_logprobs, reward_body
 from server.serving import Generation, StageService
+from server.storage_errors import database_path, storage_error, storage_fault
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,15 @@ class _Gone(Exception):
 class Connection:
     """One socket: its running generations by id, and one writer at a time."""
 
-    def __init__(self, websocket: WebSocket, service: StageService, client_id: str, *,
-                 max_frame_bytes: int = 0, frames_per_second: float = 0.0):
+    def __init__(
+        self,
+        websocket: WebSocket,
+        service: StageService,
+        client_id: str,
+        *,
+        max_frame_bytes: int = 0,
+        frames_per_second: float = 0.0,
+    ):
         self.ws = websocket
         # Frame limits (0 = off): a frame over them gets an error frame and is dropped; the socket stays.
         self.max_frame_bytes = max_frame_bytes
@@ -107,8 +114,7 @@ class Connection:
                 if await self.over_limits(text if text is not None else message.get("bytes") or b""):
                     continue
                 if text is None:
-                    await self.error(None, bad_request("Frames must be JSON text, not binary.",
-                                                       code="invalid_frame"))
+                    await self.error(None, bad_request("Frames must be JSON text, not binary.", code="invalid_frame"))
                     continue
                 await self.dispatch(text)
         finally:
@@ -125,15 +131,24 @@ class Connection:
         size = self._too_big(data)
         if size is not None:
             metrics.TOO_LARGE.labels("websocket").inc()
-            await self.error(None, too_large(
-                f"The frame has {size} bytes; this server's limit is {self.max_frame_bytes}.",
-                code="frame_too_large"))
+            await self.error(
+                None,
+                too_large(
+                    f"The frame has {size} bytes; this server's limit is {self.max_frame_bytes}.",
+                    code="frame_too_large",
+                ),
+            )
             return True
         if not self.frames.take():
             metrics.RATE_LIMITED.labels("ws_frames_per_second").inc()
-            await self.error(None, RateLimited(
-                f"More than {self.frames.rate:g} frames per second on this socket; this frame was dropped.",
-                self.frames.retry_after(), limit="ws_frames_per_second"))
+            await self.error(
+                None,
+                RateLimited(
+                    f"More than {self.frames.rate:g} frames per second on this socket; this frame was dropped.",
+                    self.frames.retry_after(),
+                    limit="ws_frames_per_second",
+                ),
+            )
             return True
         return False
 
@@ -146,8 +161,9 @@ class Connection:
             return await self.error(None, bad_request("A frame must be a JSON object.", code="invalid_frame"))
         kind, fid = frame.get("type"), _frame_id(frame)
         if "id" in frame and frame["id"] is not None and fid is None:
-            return await self.error(None, bad_request("'id' must be a string or an integer.", param="id",
-                                                      code="invalid_id"))
+            return await self.error(
+                None, bad_request("'id' must be a string or an integer.", param="id", code="invalid_id")
+            )
         if kind == "chat":
             await self.start_chat(fid, frame)
         elif kind == "cancel":
@@ -161,19 +177,26 @@ class Connection:
             self.chores.add(task)
             task.add_done_callback(self.chores.discard)
         else:
-            await self.error(fid, bad_request(
-                f"Unknown frame type {kind!r}; expected chat, cancel, feedback, preference, ranking or correction.",
-                param="type", code="unknown_type"))
+            await self.error(
+                fid,
+                bad_request(
+                    f"Unknown frame type {kind!r}; expected chat, cancel, feedback, preference, ranking or correction.",
+                    param="type",
+                    code="unknown_type",
+                ),
+            )
 
     # -- chat ------------------------------------------------------------------------------------
 
     async def start_chat(self, fid: str | int | None, frame: dict[str, Any]) -> None:
         if fid is None:
-            return await self.error(None, bad_request("A chat frame needs an 'id' (string or integer).",
-                                                      param="id", code="missing_id"))
+            return await self.error(
+                None, bad_request("A chat frame needs an 'id' (string or integer).", param="id", code="missing_id")
+            )
         if fid in self.running:
-            return await self.error(fid, bad_request(f"A generation with id {fid!r} is still running.",
-                                                     param="id", code="duplicate_id"))
+            return await self.error(
+                fid, bad_request(f"A generation with id {fid!r} is still running.", param="id", code="duplicate_id")
+            )
         try:
             request = ChatCompletionRequest.model_validate({k: v for k, v in frame.items() if k not in _ENVELOPE})
         except ValidationError as exc:
@@ -181,8 +204,13 @@ class Connection:
         # What this socket's frames cannot carry is refused, never dropped (use the HTTP API for them).
         unsupported = next((f for f in ("tools", "prompt_logprobs") if getattr(request, f)), None)
         if unsupported:
-            return await self.error(fid, bad_request(f"'{unsupported}' is not supported over the WebSocket; "
-                                                     "use POST /v1/chat/completions.", param=unsupported))
+            return await self.error(
+                fid,
+                bad_request(
+                    f"'{unsupported}' is not supported over the WebSocket; use POST /v1/chat/completions.",
+                    param=unsupported,
+                ),
+            )
         self.seen.add(fid)
         # A task per generation, so one slow stream (or a starting engine) never blocks the others.
         self.running[fid] = asyncio.create_task(self.run_chat(fid, request))
@@ -216,21 +244,24 @@ class Connection:
             await self.error(fid, exc, gen)
         except Exception as exc:
             rid = request_id()
-            log.error("request %s: websocket generation %s failed: %s: %s", rid, fid, type(exc).__name__, exc,
-                      exc_info=exc)
+            log.error(
+                "request %s: websocket generation %s failed: %s: %s", rid, fid, type(exc).__name__, exc, exc_info=exc
+            )
             await self.error(fid, internal_error(rid), gen)
         finally:
             self.running.pop(fid, None)
 
     async def cancel(self, fid: str | int | None) -> None:
         if fid is None:
-            return await self.error(None, bad_request("A cancel frame needs the 'id' of a chat.", param="id",
-                                                      code="missing_id"))
+            return await self.error(
+                None, bad_request("A cancel frame needs the 'id' of a chat.", param="id", code="missing_id")
+            )
         task = self.running.get(fid)
         if task is None:
             if fid not in self.seen:
-                await self.error(fid, not_found(f"No generation with id {fid!r} on this socket.", param="id",
-                                                code="unknown_id"))
+                await self.error(
+                    fid, not_found(f"No generation with id {fid!r} on this socket.", param="id", code="unknown_id")
+                )
             return  # already finished: its done frame went (or is going) out
         self.cancelled.add(fid)
         task.cancel()
@@ -240,15 +271,28 @@ class Connection:
     async def feedback(self, fid: str | int | None, kind: str, frame: dict[str, Any]) -> None:
         store = self.service.store
         if store is None:
-            return await self.error(fid, APIError(503, "This server keeps no feedback store.",
-                                                  type="service_unavailable", code="no_store"))
+            return await self.error(
+                fid, APIError(503, "This server keeps no feedback store.", type="service_unavailable", code="no_store")
+            )
         # The HTTP route's body types and helpers, so both doors validate and answer alike.
-        from server.routes.feedback import (CorrectionRequest, FeedbackRequest, PreferenceRequest, RankingRequest,
-                                            correction_object, feedback_object, preference_object, ranking_object)
+        from server.routes.feedback import (
+            CorrectionRequest,
+            FeedbackRequest,
+            PreferenceRequest,
+            RankingRequest,
+            correction_object,
+            feedback_object,
+            preference_object,
+            ranking_object,
+        )
         from server.store.records import StoreError
 
-        body_type: type[BaseModel] = {"feedback": FeedbackRequest, "preference": PreferenceRequest,
-                                      "ranking": RankingRequest, "correction": CorrectionRequest}[kind]
+        body_type: type[BaseModel] = {
+            "feedback": FeedbackRequest,
+            "preference": PreferenceRequest,
+            "ranking": RankingRequest,
+            "correction": CorrectionRequest,
+        }[kind]
         try:
             body = body_type.model_validate({k: v for k, v in frame.items() if k not in _ENVELOPE})
         except ValidationError as exc:
@@ -256,23 +300,48 @@ class Connection:
         try:
             if kind == "feedback":
                 result = await asyncio.to_thread(
-                    store.rate, body.response_id, body.rating, rater=self.client_id, comment=body.comment,
-                    tags=body.tags, prompt=body.prompt, completion=body.completion)
+                    store.rate,
+                    body.response_id,
+                    body.rating,
+                    rater=self.client_id,
+                    comment=body.comment,
+                    tags=body.tags,
+                    prompt=body.prompt,
+                    completion=body.completion,
+                )
                 obj = feedback_object(result)
             elif kind == "ranking":
                 result = await asyncio.to_thread(
-                    store.rank, body.response_ids, body.ranking, rater=self.client_id, comment=body.comment,
-                    prompt=body.prompt, completions=body.completions)
+                    store.rank,
+                    body.response_ids,
+                    body.ranking,
+                    rater=self.client_id,
+                    comment=body.comment,
+                    prompt=body.prompt,
+                    completions=body.completions,
+                )
                 obj = ranking_object(result)
             elif kind == "correction":
                 result = await asyncio.to_thread(
-                    store.correct, body.response_id, body.completion, rater=self.client_id, comment=body.comment,
-                    prompt=body.prompt, original=body.original)
+                    store.correct,
+                    body.response_id,
+                    body.completion,
+                    rater=self.client_id,
+                    comment=body.comment,
+                    prompt=body.prompt,
+                    original=body.original,
+                )
                 obj = correction_object(result)
             else:
                 result = await asyncio.to_thread(
-                    store.prefer, body.response_ids, body.choice, rater=self.client_id, comment=body.comment,
-                    prompt=body.prompt, completions=body.completions)
+                    store.prefer,
+                    body.response_ids,
+                    body.choice,
+                    rater=self.client_id,
+                    comment=body.comment,
+                    prompt=body.prompt,
+                    completions=body.completions,
+                )
                 obj = preference_object(result)
         except StoreError as exc:
             return await self.error(fid, from_store_error(exc))
@@ -280,11 +349,20 @@ class Connection:
             rid = request_id()
             fault = storage_fault(exc, database=database_path(self.ws.app))  # a full disk, read-only storage
             outage = fault is None and is_database_outage(exc)
-            log.error("request %s: websocket %s %s failed%s: %s: %s", rid, kind, fid,
-                      f" ({fault.describe()})" if fault else " (database unreachable)" if outage else "",
-                      type(exc).__name__, exc, exc_info=exc)
-            return await self.error(fid, storage_error(fault, rid) if fault else database_unavailable(rid)
-                                    if outage else internal_error(rid))
+            log.error(
+                "request %s: websocket %s %s failed%s: %s: %s",
+                rid,
+                kind,
+                fid,
+                f" ({fault.describe()})" if fault else " (database unreachable)" if outage else "",
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            return await self.error(
+                fid,
+                storage_error(fault, rid) if fault else database_unavailable(rid) if outage else internal_error(rid),
+            )
         try:
             await self.send({"type": "ack", "id": fid, kind: obj})
         except _Gone:
@@ -303,10 +381,19 @@ class Connection:
 
 def done_frame(fid: str | int, gen: Generation | None, *, cancelled: bool = False) -> dict[str, Any]:
     if gen is None:  # cancelled before the service had started it
-        return {"type": "done", "id": fid, "response_id": None, "finish_reason": "cancelled",
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, "speculative": None}
+        return {
+            "type": "done",
+            "id": fid,
+            "response_id": None,
+            "finish_reason": "cancelled",
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "speculative": None,
+        }
     frame: dict[str, Any] = {
-        "type": "done", "id": fid, "response_id": gen.id, "model": gen.stage,
+        "type": "done",
+        "id": fid,
+        "response_id": gen.id,
+        "model": gen.stage,
         "finish_reason": "cancelled" if cancelled else gen.choices[0].finish_reason,
         "usage": gen.usage(),
         "speculative": speculative_body(gen.speculative),
@@ -317,9 +404,14 @@ def done_frame(fid: str | int, gen: Generation | None, *, cancelled: bool = Fals
     if gen.choices[0].marks is not None:  # extension: speculation token by token (server.spec_marks)
         frame["speculative_marks"] = gen.choices[0].marks.body()
     if gen.settings.n > 1:
-        frame["choices"] = [{"index": c.index, "finish_reason": "cancelled" if cancelled else c.finish_reason,
-                             **({"reward": reward_body(c)} if gen.reward_model is not None else {})}
-                            for c in gen.choices]
+        frame["choices"] = [
+            {
+                "index": c.index,
+                "finish_reason": "cancelled" if cancelled else c.finish_reason,
+                **({"reward": reward_body(c)} if gen.reward_model is not None else {}),
+            }
+            for c in gen.choices
+        ]
     return frame
 
 
@@ -335,5 +427,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(code=POLICY_VIOLATION, reason=exc.message[:120])
         return
     settings = app.state.settings
-    await Connection(websocket, app.state.service, client_id, max_frame_bytes=settings.ws_max_frame_bytes,
-                     frames_per_second=settings.ws_frames_per_second).serve()
+    await Connection(
+        websocket,
+        app.state.service,
+        client_id,
+        max_frame_bytes=settings.ws_max_frame_bytes,
+        frames_per_second=settings.ws_frames_per_second,
+    ).serve()

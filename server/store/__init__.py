@@ -38,19 +38,61 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from server.store.records import (WINNERS, ArenaVote, Battle, BattleConflict, BattleSide, Campaign,  # the arena
-                                  CampaignItem,
-                                  CHOICES, KINDS, MAX_RANKED, RATINGS, Choice, CorrectedAnswer, Correction, Feedback,
-                                  GenerationRecord, InvalidFeedback, Judgement, Preference, PreferredPair, RatedAnswer,
-                                  Ranking, Rating, StoreError, UnknownItem, UnknownResponse, prompt_hash, utcnow)
-from server.store.records import (MESSAGE_ROLES, Conversation, ConversationMessage, InvalidConversation, NewMessage,
-                                  Share, UnknownConversation)
+from server.store.records import (
+    CHOICES,
+    KINDS,
+    MAX_RANKED,
+    MESSAGE_ROLES,
+    RATINGS,
+    WINNERS,
+    ArenaVote,
+    Battle,
+    BattleConflict,
+    BattleSide,
+    Campaign,  # the arena
+    CampaignItem,
+    Choice,
+    Conversation,
+    ConversationMessage,
+    CorrectedAnswer,
+    Correction,
+    Feedback,
+    GenerationRecord,
+    InvalidConversation,
+    InvalidFeedback,
+    Judgement,
+    NewMessage,
+    Preference,
+    PreferredPair,
+    Ranking,
+    RatedAnswer,
+    Rating,
+    Share,
+    StoreError,
+    UnknownConversation,
+    UnknownItem,
+    UnknownResponse,
+    prompt_hash,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from server.store.engine import BUSY_SECONDS, create_store_engine
-    from server.store.schema import (MIGRATIONS_DIR, ROWS, Base, CorrectionRow, FeedbackRow, GenerationRow,
-                                     PreferenceRow, RankingRow, UTCDateTime, upgrade_schema)
-    from server.store.schema import ConversationRow, MessageRow, ShareRow
+    from server.store.schema import (
+        MIGRATIONS_DIR,
+        ROWS,
+        Base,
+        ConversationRow,
+        CorrectionRow,
+        FeedbackRow,
+        GenerationRow,
+        MessageRow,
+        PreferenceRow,
+        RankingRow,
+        ShareRow,
+        UTCDateTime,
+        upgrade_schema,
+    )
     from server.store.store import Store
 
 # Public names that need SQLAlchemy -> the module holding them.
@@ -58,9 +100,24 @@ _LAZY = {
     "Store": "server.store.store",
     "BUSY_SECONDS": "server.store.engine",
     "create_store_engine": "server.store.engine",
-    **{name: "server.store.schema" for name in (
-        "MIGRATIONS_DIR", "ROWS", "Base", "UTCDateTime", "GenerationRow", "FeedbackRow", "PreferenceRow",
-        "RankingRow", "CorrectionRow", "upgrade_schema", "ConversationRow", "MessageRow", "ShareRow")},
+    **{
+        name: "server.store.schema"
+        for name in (
+            "MIGRATIONS_DIR",
+            "ROWS",
+            "Base",
+            "UTCDateTime",
+            "GenerationRow",
+            "FeedbackRow",
+            "PreferenceRow",
+            "RankingRow",
+            "CorrectionRow",
+            "upgrade_schema",
+            "ConversationRow",
+            "MessageRow",
+            "ShareRow",
+        )
+    },
 }
 
 
@@ -74,14 +131,56 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "WINNERS", "ArenaVote", "Battle", "BattleConflict", "BattleSide", "Campaign", "CampaignItem",
-    "CHOICES", "KINDS", "MAX_RANKED", "RATINGS", "Choice", "CorrectedAnswer", "Correction", "Feedback",
-    "GenerationRecord", "InvalidFeedback", "Judgement", "Preference", "PreferredPair", "RatedAnswer", "Ranking",
-    "Rating", "StoreError", "UnknownItem", "UnknownResponse", "prompt_hash", "utcnow",
-    "MESSAGE_ROLES", "Conversation", "ConversationMessage", "InvalidConversation", "NewMessage", "Share",
+    "WINNERS",
+    "ArenaVote",
+    "Battle",
+    "BattleConflict",
+    "BattleSide",
+    "Campaign",
+    "CampaignItem",
+    "CHOICES",
+    "KINDS",
+    "MAX_RANKED",
+    "RATINGS",
+    "Choice",
+    "CorrectedAnswer",
+    "Correction",
+    "Feedback",
+    "GenerationRecord",
+    "InvalidFeedback",
+    "Judgement",
+    "Preference",
+    "PreferredPair",
+    "RatedAnswer",
+    "Ranking",
+    "Rating",
+    "StoreError",
+    "UnknownItem",
+    "UnknownResponse",
+    "prompt_hash",
+    "utcnow",
+    "MESSAGE_ROLES",
+    "Conversation",
+    "ConversationMessage",
+    "InvalidConversation",
+    "NewMessage",
+    "Share",
     "UnknownConversation",
     # loaded on first use (`_LAZY`)
-    "BUSY_SECONDS", "MIGRATIONS_DIR", "ROWS", "Base", "CorrectionRow", "FeedbackRow", "GenerationRow", "PreferenceRow",
-    "RankingRow", "Store", "UTCDateTime", "create_store_engine", "upgrade_schema", "ConversationRow", "MessageRow",
+    "BUSY_SECONDS",
+    "MIGRATIONS_DIR",
+    "ROWS",
+    "Base",
+    "CorrectionRow",
+    "FeedbackRow",
+    "GenerationRow",
+    "PreferenceRow",
+    "RankingRow",
+    "Store",
+    "UTCDateTime",
+    "create_store_engine",
+    "upgrade_schema",
+    "ConversationRow",
+    "MessageRow",
     "ShareRow",
 ]

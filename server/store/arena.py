@@ -23,8 +23,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.store.base import StoreBase
-from server.store.records import (WINNERS, ArenaVote, Battle, BattleConflict, BattleSide, InvalidFeedback, Judgement,
-                                  UnknownItem, utcnow)
+from server.store.records import (
+    WINNERS,
+    ArenaVote,
+    Battle,
+    BattleConflict,
+    BattleSide,
+    InvalidFeedback,
+    Judgement,
+    UnknownItem,
+    utcnow,
+)
 from server.store.schema import ArenaVoteRow, BattleRow, GenerationRow
 
 _GROUPS = {"a": [[0], [1]], "b": [[1], [0]], "tie": [[0, 1]], "both_bad": [[0, 1]]}
@@ -37,16 +46,37 @@ def new_battle_id() -> str:
 
 
 def _battle(row: BattleRow) -> Battle:
-    return Battle(id=row.id, rater=row.rater, stage_a=row.stage_a, stage_b=row.stage_b, status=row.status,
-                  messages=list(row.messages), settings=dict(row.settings), turns=list(row.turns),
-                  created_at=row.created_at, updated_at=row.updated_at, campaign_id=row.campaign_id,
-                  item_id=row.item_id, gold=row.gold)
+    return Battle(
+        id=row.id,
+        rater=row.rater,
+        stage_a=row.stage_a,
+        stage_b=row.stage_b,
+        status=row.status,
+        messages=list(row.messages),
+        settings=dict(row.settings),
+        turns=list(row.turns),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        campaign_id=row.campaign_id,
+        item_id=row.item_id,
+        gold=row.gold,
+    )
 
 
 def _vote(row: ArenaVoteRow) -> ArenaVote:
-    return ArenaVote(id=row.id, battle_id=row.battle_id, rater=row.rater, winner=row.winner, stage_a=row.stage_a,
-                     stage_b=row.stage_b, response_a=row.response_a, response_b=row.response_b,
-                     reasons=list(row.reasons or []), comment=row.comment, created_at=row.created_at)
+    return ArenaVote(
+        id=row.id,
+        battle_id=row.battle_id,
+        rater=row.rater,
+        winner=row.winner,
+        stage_a=row.stage_a,
+        stage_b=row.stage_b,
+        response_a=row.response_a,
+        response_b=row.response_b,
+        reasons=list(row.reasons or []),
+        comment=row.comment,
+        created_at=row.created_at,
+    )
 
 
 class ArenaStore(StoreBase):
@@ -54,12 +84,23 @@ class ArenaStore(StoreBase):
 
     # -- battles --------------------------------------------------------------------------------
 
-    def open_battle(self, *, rater: str, stage_a: str, stage_b: str, messages: list[dict[str, Any]],
-                    settings: dict[str, Any]) -> Battle:
+    def open_battle(
+        self, *, rater: str, stage_a: str, stage_b: str, messages: list[dict[str, Any]], settings: dict[str, Any]
+    ) -> Battle:
         """A new battle, generating its first turn."""
         now = utcnow()
-        row = BattleRow(id=new_battle_id(), rater=rater, stage_a=stage_a, stage_b=stage_b, status="generating",
-                        messages=messages, settings=settings, turns=[], created_at=now, updated_at=now)
+        row = BattleRow(
+            id=new_battle_id(),
+            rater=rater,
+            stage_a=stage_a,
+            stage_b=stage_b,
+            status="generating",
+            messages=messages,
+            settings=settings,
+            turns=[],
+            created_at=now,
+            updated_at=now,
+        )
         with self._writing() as session:
             session.add(row)
         return _battle(row)
@@ -105,8 +146,9 @@ class ArenaStore(StoreBase):
 
     # -- votes ----------------------------------------------------------------------------------
 
-    def vote(self, battle_id: str, winner: Any, *, rater: str, reasons: Iterable[Any] = (),
-             comment: Any = None) -> tuple[ArenaVote, Battle]:
+    def vote(
+        self, battle_id: str, winner: Any, *, rater: str, reasons: Iterable[Any] = (), comment: Any = None
+    ) -> tuple[ArenaVote, Battle]:
         """Store the rater's verdict on their ready battle; the battle is then finished."""
         if winner not in WINNERS:
             raise InvalidFeedback(f"'winner' must be one of {', '.join(WINNERS)}; got {winner!r}.", "winner")
@@ -121,10 +163,19 @@ class ArenaStore(StoreBase):
                 battle = self._own(session, battle_id, rater, lock=True)
                 _need_ready(battle, "vote on")
                 last = battle.turns[-1]
-                row = ArenaVoteRow(id=f"vote-{secrets.token_hex(12)}", battle_id=battle.id, rater=rater,
-                                   winner=winner, stage_a=battle.stage_a, stage_b=battle.stage_b,
-                                   response_a=last["a"]["response_id"], response_b=last["b"]["response_id"],
-                                   reasons=reasons, comment=comment, created_at=now)
+                row = ArenaVoteRow(
+                    id=f"vote-{secrets.token_hex(12)}",
+                    battle_id=battle.id,
+                    rater=rater,
+                    winner=winner,
+                    stage_a=battle.stage_a,
+                    stage_b=battle.stage_b,
+                    response_a=last["a"]["response_id"],
+                    response_b=last["b"]["response_id"],
+                    reasons=reasons,
+                    comment=comment,
+                    created_at=now,
+                )
                 session.add(row)
                 battle.status, battle.updated_at = "voted", now
                 session.flush()
@@ -141,17 +192,33 @@ class ArenaStore(StoreBase):
     def count_arena_votes(self) -> int:
         """Arena votes between stages (votes on gold questions not counted)."""
         with self._read() as session:
-            return session.scalar(sa.select(sa.func.count()).select_from(ArenaVoteRow)
-                                  .join(BattleRow, BattleRow.id == ArenaVoteRow.battle_id)
-                                  .where(BattleRow.gold.is_(None))) or 0
+            return (
+                session.scalar(
+                    sa.select(sa.func.count())
+                    .select_from(ArenaVoteRow)
+                    .join(BattleRow, BattleRow.id == ArenaVoteRow.battle_id)
+                    .where(BattleRow.gold.is_(None))
+                )
+                or 0
+            )
 
-    def iter_arena_judgements(self, *, since: datetime | None = None, until: datetime | None = None,
-                              rater: str | None = None, campaign_id: str | None = None,
-                              exclude_raters: Iterable[str] = ()) -> Iterator[Judgement]:
+    def iter_arena_judgements(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        rater: str | None = None,
+        campaign_id: str | None = None,
+        exclude_raters: Iterable[str] = (),
+    ) -> Iterator[Judgement]:
         """Every arena vote between stages as a blind judgement: index 0 is side a, index 1 side b.
         Votes on gold questions are no judgements of stages and are left out."""
-        query = (sa.select(ArenaVoteRow).join(BattleRow, BattleRow.id == ArenaVoteRow.battle_id)
-                 .where(BattleRow.gold.is_(None)).order_by(ArenaVoteRow.seq))
+        query = (
+            sa.select(ArenaVoteRow)
+            .join(BattleRow, BattleRow.id == ArenaVoteRow.battle_id)
+            .where(BattleRow.gold.is_(None))
+            .order_by(ArenaVoteRow.seq)
+        )
         if campaign_id is not None:
             query = query.where(BattleRow.campaign_id == campaign_id)
         if exclude_raters:
@@ -164,8 +231,15 @@ class ArenaStore(StoreBase):
             query = query.where(ArenaVoteRow.rater == rater)
         with self._read() as session:
             for row in session.scalars(query.execution_options(yield_per=1000)):
-                yield Judgement(row.id, row.rater, [row.response_a, row.response_b], [row.stage_a, row.stage_b],
-                                _GROUPS[row.winner], row.created_at, blind=True)
+                yield Judgement(
+                    row.id,
+                    row.rater,
+                    [row.response_a, row.response_b],
+                    [row.stage_a, row.stage_b],
+                    _GROUPS[row.winner],
+                    row.created_at,
+                    blind=True,
+                )
 
     def completions_of(self, response_ids: Iterable[str]) -> dict[str, str]:
         """The logged text of these answers (those logged with text), for the style covariates."""
@@ -174,7 +248,8 @@ class ArenaStore(StoreBase):
         with self._read() as session:
             for start in range(0, len(ids), 500):
                 query = sa.select(GenerationRow.id, GenerationRow.completion).where(
-                    GenerationRow.id.in_(ids[start:start + 500]), GenerationRow.completion.is_not(None))
+                    GenerationRow.id.in_(ids[start : start + 500]), GenerationRow.completion.is_not(None)
+                )
                 out.update(dict(session.execute(query).tuples().all()))
         return out
 
@@ -182,6 +257,9 @@ class ArenaStore(StoreBase):
 def _need_ready(row: BattleRow, action: str) -> None:
     if row.status == "ready":
         return
-    why = {"generating": "its answers are still being written", "voted": "it has a vote already (finished)",
-           "failed": "its first answers could not be written"}[row.status]
+    why = {
+        "generating": "its answers are still being written",
+        "voted": "it has a vote already (finished)",
+        "failed": "its first answers could not be written",
+    }[row.status]
     raise BattleConflict(f"Cannot {action} this battle: {why}.", "id")

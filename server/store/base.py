@@ -29,9 +29,7 @@ class StoreBase:
         if upgrade:
             upgrade_schema(self.engine)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
-        self._write = sessionmaker(
-            self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False
-        )
+        self._write = sessionmaker(self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False)
 
     def close(self) -> None:
         self.engine.dispose()

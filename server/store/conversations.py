@@ -24,10 +24,25 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from server.store.base import StoreBase
-from server.store.records import (MESSAGE_ROLES, Conversation, ConversationMessage, InvalidConversation, NewMessage,
-                                  Share, UnknownConversation, utcnow)
-from server.store.schema import (ConversationRow, FeedbackRow, MessageRow, ShareRow, conversation_record,
-                                 message_record, share_record)
+from server.store.records import (
+    MESSAGE_ROLES,
+    Conversation,
+    ConversationMessage,
+    InvalidConversation,
+    NewMessage,
+    Share,
+    UnknownConversation,
+    utcnow,
+)
+from server.store.schema import (
+    ConversationRow,
+    FeedbackRow,
+    MessageRow,
+    ShareRow,
+    conversation_record,
+    message_record,
+    share_record,
+)
 
 MAX_TITLE = 255
 MAX_IMPORTED_MESSAGES = 10_000
@@ -53,8 +68,9 @@ class Conversations(StoreBase):
 
     # -- conversations -----------------------------------------------------------------------------
 
-    def create_conversation(self, *, owner: str | None, title: str | None = None,
-                            messages: Sequence[NewMessage] = ()) -> tuple[Conversation, list[ConversationMessage]]:
+    def create_conversation(
+        self, *, owner: str | None, title: str | None = None, messages: Sequence[NewMessage] = ()
+    ) -> tuple[Conversation, list[ConversationMessage]]:
         """A new conversation, with `messages` as its first chain (each the child of the one before)."""
         title = _title(title) if title is not None else default_title(messages)
         now = utcnow()
@@ -69,8 +85,9 @@ class Conversations(StoreBase):
         with self._read() as session:
             return conversation_record(_conversation(session, conversation_id, viewer))
 
-    def list_conversations(self, *, viewer: str | None, query: str | None = None,
-                           limit: int = 50) -> tuple[list[Conversation], bool]:
+    def list_conversations(
+        self, *, viewer: str | None, query: str | None = None, limit: int = 50
+    ) -> tuple[list[Conversation], bool]:
         """The viewer's conversations, most recently updated first; `query` matches (case-insensitively)
         the title or any message's text. Returns the page and whether more follow."""
         limit = max(1, min(limit, MAX_LISTED))
@@ -79,10 +96,15 @@ class Conversations(StoreBase):
             select = select.where(ConversationRow.owner == viewer)
         if query:
             needle = query.lower()
-            in_text = (sa.select(MessageRow.conversation_id)
-                       .where(sa.func.lower(MessageRow.content).contains(needle, autoescape=True)))
-            select = select.where(sa.or_(sa.func.lower(ConversationRow.title).contains(needle, autoescape=True),
-                                         ConversationRow.id.in_(in_text)))
+            in_text = sa.select(MessageRow.conversation_id).where(
+                sa.func.lower(MessageRow.content).contains(needle, autoescape=True)
+            )
+            select = select.where(
+                sa.or_(
+                    sa.func.lower(ConversationRow.title).contains(needle, autoescape=True),
+                    ConversationRow.id.in_(in_text),
+                )
+            )
         with self._read() as session:
             rows = session.scalars(select.limit(limit + 1)).all()
         return [conversation_record(r) for r in rows[:limit]], len(rows) > limit
@@ -111,8 +133,9 @@ class Conversations(StoreBase):
             _conversation(session, conversation_id, viewer)
             return [message_record(r) for r in _tree(session, conversation_id)]
 
-    def add_messages(self, conversation_id: str, parent_id: str | None, messages: Sequence[NewMessage], *,
-                     viewer: str | None) -> list[ConversationMessage]:
+    def add_messages(
+        self, conversation_id: str, parent_id: str | None, messages: Sequence[NewMessage], *, viewer: str | None
+    ) -> list[ConversationMessage]:
         """Append `messages` as a chain under `parent_id` (None: a new root). A parent that already has
         a child gets a second one: a branch."""
         now = utcnow()
@@ -121,8 +144,9 @@ class Conversations(StoreBase):
             if parent_id is not None:
                 parent = session.scalars(sa.select(MessageRow).where(MessageRow.id == parent_id)).one_or_none()
                 if parent is None or parent.conversation_id != conversation_id:
-                    raise InvalidConversation(f"No message {parent_id!r} in conversation {conversation_id!r}.",
-                                              "parent_id")
+                    raise InvalidConversation(
+                        f"No message {parent_id!r} in conversation {conversation_id!r}.", "parent_id"
+                    )
                 if parent.deleted:
                     raise InvalidConversation(f"Message {parent_id!r} was deleted.", "parent_id")
             written = _chain(session, conversation_id, parent_id, messages, now)
@@ -133,8 +157,9 @@ class Conversations(StoreBase):
         with self._read() as session:
             return message_record(_message(session, message_id, viewer, param))
 
-    def message_path(self, message_id: str, *, viewer: str | None,
-                     param: str = "message_id") -> list[ConversationMessage]:
+    def message_path(
+        self, message_id: str, *, viewer: str | None, param: str = "message_id"
+    ) -> list[ConversationMessage]:
         """The branch that ends at `message_id`: its messages from the root down. A deleted message on
         the way is an `InvalidConversation` naming it (the chain is broken), not a silent gap."""
         with self._read() as session:
@@ -144,8 +169,11 @@ class Conversations(StoreBase):
             path = _path(session, leaf)
         broken = [m.id for m in path if m.deleted]
         if broken:
-            raise InvalidConversation(f"The conversation up to {message_id!r} passes through deleted message "
-                                      f"{broken[-1]!r}: it can no longer be continued or read whole.", param)
+            raise InvalidConversation(
+                f"The conversation up to {message_id!r} passes through deleted message "
+                f"{broken[-1]!r}: it can no longer be continued or read whole.",
+                param,
+            )
         return path
 
     def delete_message(self, message_id: str, *, viewer: str | None, param: str = "message_id") -> None:
@@ -165,17 +193,20 @@ class Conversations(StoreBase):
             return {}
         ratings: dict[str, list[tuple[str, str]]] = {}
         with self._read() as session:
-            rows = session.execute(sa.select(FeedbackRow.response_id, FeedbackRow.rater, FeedbackRow.rating)
-                                   .where(FeedbackRow.response_id.in_(list(by_generation)))
-                                   .order_by(FeedbackRow.seq))
+            rows = session.execute(
+                sa.select(FeedbackRow.response_id, FeedbackRow.rater, FeedbackRow.rating)
+                .where(FeedbackRow.response_id.in_(list(by_generation)))
+                .order_by(FeedbackRow.seq)
+            )
             for response_id, rater, rating in rows:
                 ratings.setdefault(by_generation[response_id], []).append((rater, rating))
         return ratings
 
     # -- import ----------------------------------------------------------------------------------------
 
-    def import_conversation(self, *, owner: str | None, title: str | None,
-                            messages: Sequence[NewMessage]) -> tuple[Conversation, list[ConversationMessage]]:
+    def import_conversation(
+        self, *, owner: str | None, title: str | None, messages: Sequence[NewMessage]
+    ) -> tuple[Conversation, list[ConversationMessage]]:
         """A conversation from an exported tree: `messages` carry their own `id`/`parent_id`, which must
         make a tree (ids unique, every parent among them, no cycle). Fresh ids are given on the way in,
         so importing twice makes two conversations. A malformed tree writes nothing."""
@@ -196,18 +227,19 @@ class Conversations(StoreBase):
 
     # -- share links -----------------------------------------------------------------------------------
 
-    def share_conversation(self, conversation_id: str, message_id: str | None = None, *,
-                           viewer: str | None) -> Share:
+    def share_conversation(self, conversation_id: str, message_id: str | None = None, *, viewer: str | None) -> Share:
         """A new read-only link to the conversation (or to the branch ending at `message_id`)."""
         with self._writing() as session:
             _conversation(session, conversation_id, viewer)
             if message_id is not None:
                 m = session.scalars(sa.select(MessageRow).where(MessageRow.id == message_id)).one_or_none()
                 if m is None or m.conversation_id != conversation_id:
-                    raise InvalidConversation(f"No message {message_id!r} in conversation {conversation_id!r}.",
-                                              "message_id")
-            row = ShareRow(id=new_id("shr"), conversation_id=conversation_id, message_id=message_id,
-                           created_at=utcnow())
+                    raise InvalidConversation(
+                        f"No message {message_id!r} in conversation {conversation_id!r}.", "message_id"
+                    )
+            row = ShareRow(
+                id=new_id("shr"), conversation_id=conversation_id, message_id=message_id, created_at=utcnow()
+            )
             session.add(row)
             session.flush()
             return share_record(row)
@@ -215,8 +247,11 @@ class Conversations(StoreBase):
     def list_shares(self, conversation_id: str, *, viewer: str | None) -> list[Share]:
         with self._read() as session:
             _conversation(session, conversation_id, viewer)
-            rows = session.scalars(sa.select(ShareRow).where(ShareRow.conversation_id == conversation_id)
-                                   .order_by(ShareRow.created_at, ShareRow.id))
+            rows = session.scalars(
+                sa.select(ShareRow)
+                .where(ShareRow.conversation_id == conversation_id)
+                .order_by(ShareRow.created_at, ShareRow.id)
+            )
             return [share_record(r) for r in rows]
 
     def revoke_share(self, share_id: str, *, viewer: str | None) -> None:
@@ -253,8 +288,9 @@ def _title(title: Any) -> str:
     return title.strip()
 
 
-def _conversation(session: Session, conversation_id: Any, viewer: str | None,
-                  param: str = "conversation_id") -> ConversationRow:
+def _conversation(
+    session: Session, conversation_id: Any, viewer: str | None, param: str = "conversation_id"
+) -> ConversationRow:
     row = session.get(ConversationRow, conversation_id) if isinstance(conversation_id, str) else None
     if row is None or (viewer is not None and row.owner != viewer):
         raise UnknownConversation(f"No conversation {conversation_id!r}.", param)
@@ -275,8 +311,11 @@ def _message(session: Session, message_id: Any, viewer: str | None, param: str =
 
 
 def _tree(session: Session, conversation_id: str) -> list[MessageRow]:
-    return list(session.scalars(sa.select(MessageRow).where(MessageRow.conversation_id == conversation_id)
-                                .order_by(MessageRow.seq)))
+    return list(
+        session.scalars(
+            sa.select(MessageRow).where(MessageRow.conversation_id == conversation_id).order_by(MessageRow.seq)
+        )
+    )
 
 
 def _path(session: Session, leaf: MessageRow) -> list[ConversationMessage]:
@@ -291,27 +330,40 @@ def _path(session: Session, leaf: MessageRow) -> list[ConversationMessage]:
 
 def _checked(m: NewMessage, where: str) -> None:
     if not isinstance(m.role, str) or m.role not in MESSAGE_ROLES:
-        raise InvalidConversation(f"{where}: 'role' must be one of {', '.join(MESSAGE_ROLES)}; got {m.role!r}.",
-                                  "messages")
+        raise InvalidConversation(
+            f"{where}: 'role' must be one of {', '.join(MESSAGE_ROLES)}; got {m.role!r}.", "messages"
+        )
     if not isinstance(m.content, str):
         raise InvalidConversation(f"{where}: 'content' must be a string.", "messages")
     for name in ("sampling", "speculative", "meta"):
         if getattr(m, name) is not None and not isinstance(getattr(m, name), dict):
             raise InvalidConversation(f"{where}: '{name}' must be an object.", "messages")
-    if m.reward_score is not None and (isinstance(m.reward_score, bool)
-                                       or not isinstance(m.reward_score, (int, float))):
+    if m.reward_score is not None and (
+        isinstance(m.reward_score, bool) or not isinstance(m.reward_score, (int, float))
+    ):
         raise InvalidConversation(f"{where}: 'reward_score' must be a number.", "messages")
 
 
-def _chain(session: Session, conversation_id: str, parent_id: str | None, messages: Sequence[NewMessage],
-           now) -> list[ConversationMessage]:
+def _chain(
+    session: Session, conversation_id: str, parent_id: str | None, messages: Sequence[NewMessage], now
+) -> list[ConversationMessage]:
     written = []
     for i, m in enumerate(messages):
         _checked(m, f"message {i}")
         row = MessageRow(
-            id=m.id or new_id("msg"), conversation_id=conversation_id, parent_id=parent_id, role=m.role,
-            content=m.content, stage=m.stage, sampling=m.sampling, speculative=m.speculative,
-            reward_score=m.reward_score, generation_id=m.generation_id, meta=m.meta, deleted=False, created_at=now,
+            id=m.id or new_id("msg"),
+            conversation_id=conversation_id,
+            parent_id=parent_id,
+            role=m.role,
+            content=m.content,
+            stage=m.stage,
+            sampling=m.sampling,
+            speculative=m.speculative,
+            reward_score=m.reward_score,
+            generation_id=m.generation_id,
+            meta=m.meta,
+            deleted=False,
+            created_at=now,
         )
         session.add(row)
         session.flush()  # in order: a child's parent must exist when it is inserted

@@ -23,10 +23,31 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from server.store.base import StoreBase
-from server.store.records import (CHOICES, MAX_RANKED, RATINGS, Correction, Feedback, InvalidFeedback, Preference,
-                                  Ranking, UnknownItem, prompt_hash, utcnow)
-from server.store.schema import (ROWS, CorrectionRow, FeedbackRow, GenerationRow, PreferenceRow, RankingRow,
-                                 correction_record, feedback_record, preference_record, ranking_record)
+from server.store.records import (
+    CHOICES,
+    MAX_RANKED,
+    RATINGS,
+    Correction,
+    Feedback,
+    InvalidFeedback,
+    Preference,
+    Ranking,
+    UnknownItem,
+    prompt_hash,
+    utcnow,
+)
+from server.store.schema import (
+    ROWS,
+    CorrectionRow,
+    FeedbackRow,
+    GenerationRow,
+    PreferenceRow,
+    RankingRow,
+    correction_record,
+    feedback_record,
+    preference_record,
+    ranking_record,
+)
 
 
 class FeedbackWrites(StoreBase):
@@ -56,8 +77,9 @@ class FeedbackWrites(StoreBase):
         with self._writing() as session:
             generation = self._generation_row(session, response_id, "response_id")
             prompt, completion = _text_for(generation, prompt, completion)
-            values = dict(rating=rating, comment=comment, tags=list(tags), prompt=prompt,
-                          completion=completion, updated_at=now)
+            values = dict(
+                rating=rating, comment=comment, tags=list(tags), prompt=prompt, completion=completion, updated_at=now
+            )
             insert = _insert(session)(FeedbackRow).values(
                 id=_new_id("fb"), response_id=response_id, rater=rater, created_at=now, **values
             )
@@ -91,23 +113,41 @@ class FeedbackWrites(StoreBase):
         with self._writing() as session:
             a, b = (self._generation_row(session, rid, "response_ids") for rid in response_ids)
             if a.prompt_hash != b.prompt_hash:
-                raise InvalidFeedback("The two responses answer different prompts; a preference compares "
-                                      "two answers to the same prompt.", "response_ids")
+                raise InvalidFeedback(
+                    "The two responses answer different prompts; a preference compares two answers to the same prompt.",
+                    "response_ids",
+                )
             text_a = _text_for(a, prompt, completions[0] if completions else None)
             text_b = _text_for(b, prompt, completions[1] if completions else None)
             if sorted(response_ids) != list(response_ids):  # store the pair in one canonical order
                 a, b, text_a, text_b, choice = b, a, text_b, text_a, _flip(choice)
-            values = dict(choice=choice, comment=comment, prompt=text_a[0] or text_b[0], completion_a=text_a[1],
-                          completion_b=text_b[1], updated_at=now)
-            insert = _insert(session)(PreferenceRow).values(
-                id=_new_id("pref"), response_a=a.id, response_b=b.id, rater=rater,
-                prompt_hash=a.prompt_hash, created_at=now, **values,
+            values = dict(
+                choice=choice,
+                comment=comment,
+                prompt=text_a[0] or text_b[0],
+                completion_a=text_a[1],
+                completion_b=text_b[1],
+                updated_at=now,
             )
-            session.execute(insert.on_conflict_do_update(
-                index_elements=["response_a", "response_b", "rater"], set_=values))
-            row = session.scalars(sa.select(PreferenceRow).where(
-                PreferenceRow.response_a == a.id, PreferenceRow.response_b == b.id, PreferenceRow.rater == rater,
-            )).one()
+            insert = _insert(session)(PreferenceRow).values(
+                id=_new_id("pref"),
+                response_a=a.id,
+                response_b=b.id,
+                rater=rater,
+                prompt_hash=a.prompt_hash,
+                created_at=now,
+                **values,
+            )
+            session.execute(
+                insert.on_conflict_do_update(index_elements=["response_a", "response_b", "rater"], set_=values)
+            )
+            row = session.scalars(
+                sa.select(PreferenceRow).where(
+                    PreferenceRow.response_a == a.id,
+                    PreferenceRow.response_b == b.id,
+                    PreferenceRow.rater == rater,
+                )
+            ).one()
             preference = preference_record(row, a.stage, b.stage)
         if list(preference.response_ids) != list(response_ids):  # answer in the caller's order
             preference.response_ids = (preference.response_ids[1], preference.response_ids[0])
@@ -145,20 +185,31 @@ class FeedbackWrites(StoreBase):
         with self._writing() as session:
             rows = [self._generation_row(session, rid, "response_ids") for rid in ids]
             if len({r.prompt_hash for r in rows}) != 1:
-                raise InvalidFeedback("The responses answer different conversations; a ranking orders answers "
-                                      "to one conversation (the same messages).", "response_ids")
+                raise InvalidFeedback(
+                    "The responses answer different conversations; a ranking orders answers "
+                    "to one conversation (the same messages).",
+                    "response_ids",
+                )
             texts = [_text_for(r, prompt, completions[i] if completions else None) for i, r in enumerate(rows)]
             sent = [t[1] for t in texts]
-            values = dict(response_ids=ids, ranking=groups, stages=[r.stage for r in rows],
-                          prompt=next((t[0] for t in texts if t[0] is not None), None),
-                          completions=sent if any(t is not None for t in sent) else None,
-                          prompt_hash=rows[0].prompt_hash, comment=comment, updated_at=now)
+            values = dict(
+                response_ids=ids,
+                ranking=groups,
+                stages=[r.stage for r in rows],
+                prompt=next((t[0] for t in texts if t[0] is not None), None),
+                completions=sent if any(t is not None for t in sent) else None,
+                prompt_hash=rows[0].prompt_hash,
+                comment=comment,
+                updated_at=now,
+            )
             key = hashlib.sha256(json.dumps(sorted(ids)).encode()).hexdigest()
             insert = _insert(session)(RankingRow).values(
-                id=_new_id("rank"), rater=rater, set_key=key, created_at=now, **values)
+                id=_new_id("rank"), rater=rater, set_key=key, created_at=now, **values
+            )
             session.execute(insert.on_conflict_do_update(index_elements=["set_key", "rater"], set_=values))
-            row = session.scalars(sa.select(RankingRow).where(RankingRow.set_key == key,
-                                                              RankingRow.rater == rater)).one()
+            row = session.scalars(
+                sa.select(RankingRow).where(RankingRow.set_key == key, RankingRow.rater == rater)
+            ).one()
             return ranking_record(row)
 
     def correct(
@@ -184,22 +235,27 @@ class FeedbackWrites(StoreBase):
             sent_prompt, sent_original = _text_for(generation, prompt, original, completion_param="original")
             before = generation.completion if generation.completion is not None else sent_original
             if before is not None and completion.strip() == before.strip():
-                raise InvalidFeedback("'completion' is the answer unchanged; a correction must change it.",
-                                      "completion")
-            values = dict(completion=completion, prompt=sent_prompt, original=sent_original, comment=comment,
-                          updated_at=now)
+                raise InvalidFeedback(
+                    "'completion' is the answer unchanged; a correction must change it.", "completion"
+                )
+            values = dict(
+                completion=completion, prompt=sent_prompt, original=sent_original, comment=comment, updated_at=now
+            )
             insert = _insert(session)(CorrectionRow).values(
-                id=_new_id("corr"), response_id=response_id, rater=rater, created_at=now, **values)
+                id=_new_id("corr"), response_id=response_id, rater=rater, created_at=now, **values
+            )
             session.execute(insert.on_conflict_do_update(index_elements=["response_id", "rater"], set_=values))
-            row = session.scalars(sa.select(CorrectionRow).where(
-                CorrectionRow.response_id == response_id, CorrectionRow.rater == rater)).one()
+            row = session.scalars(
+                sa.select(CorrectionRow).where(CorrectionRow.response_id == response_id, CorrectionRow.rater == rater)
+            ).one()
             return correction_record(row, generation.stage)
 
     def unrate(self, response_id: str, *, rater: str) -> bool:
         """Withdraw `rater`'s thumbs on an answer (the UI's un-like); True when there was one."""
         with self._writing() as session:
-            result = session.execute(sa.delete(FeedbackRow).where(FeedbackRow.response_id == response_id,
-                                                                  FeedbackRow.rater == rater))
+            result = session.execute(
+                sa.delete(FeedbackRow).where(FeedbackRow.response_id == response_id, FeedbackRow.rater == rater)
+            )
             return result.rowcount > 0
 
     def delete(self, kind: str, item_id: str, *, rater: str | None = None) -> None:
@@ -220,8 +276,10 @@ def _new_id(prefix: str) -> str:
 
 
 def _check_messages(messages: Any, param: str) -> list[dict[str, Any]]:
-    if not isinstance(messages, list) or not messages or not all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in messages
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in messages)
     ):
         raise InvalidFeedback(f"'{param}' must be a non-empty list of {{role, content}} messages.", param)
     return messages
@@ -236,8 +294,9 @@ def _flip(choice: str) -> str:
     return {"a": "b", "b": "a"}.get(choice, choice)
 
 
-def _text_for(generation: GenerationRow, prompt: Any, completion: Any,
-              completion_param: str = "completion") -> tuple[Any, str | None]:
+def _text_for(
+    generation: GenerationRow, prompt: Any, completion: Any, completion_param: str = "completion"
+) -> tuple[Any, str | None]:
     """The text a rating stores beside the log: nothing when the log has the text, else what was sent.
 
     Sent text must match the log: the prompt must hash to the logged prompt, and when the answer was
@@ -262,7 +321,8 @@ def _text_for(generation: GenerationRow, prompt: Any, completion: Any,
         raise InvalidFeedback(
             "This server does not log prompts, so a rating must carry the text it rates: send 'prompt' "
             f"(the chat messages, or the prompt text for a completion) and '{completion_param}' (the answer's text).",
-            "prompt" if prompt is None else completion_param)
+            "prompt" if prompt is None else completion_param,
+        )
     return prompt, completion
 
 

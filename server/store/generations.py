@@ -42,9 +42,11 @@ class GenerationLog(StoreBase):
 
     def iter_logged_prompts(self, *, stage: str | None = None) -> Iterator[list[dict[str, Any]]]:
         """Every distinct logged chat prompt (messages), oldest first: the prompts of an RL round."""
-        query = (sa.select(GenerationRow.prompt_hash, GenerationRow.messages)
-                 .where(GenerationRow.kind == "chat", GenerationRow.messages.is_not(None))
-                 .order_by(GenerationRow.created_at, GenerationRow.id))
+        query = (
+            sa.select(GenerationRow.prompt_hash, GenerationRow.messages)
+            .where(GenerationRow.kind == "chat", GenerationRow.messages.is_not(None))
+            .order_by(GenerationRow.created_at, GenerationRow.id)
+        )
         if stage is not None:
             query = query.where(GenerationRow.stage == stage)
         seen: set[str] = set()

@@ -18,10 +18,27 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
 
 from server.store.base import StoreBase
-from server.store.records import (RATINGS, CorrectedAnswer, Feedback, InvalidFeedback, Judgement, PreferredPair,
-                                  RatedAnswer)
-from server.store.schema import (ROWS, CorrectionRow, FeedbackRow, GenerationRow, PreferenceRow, RankingRow,
-                                 correction_record, feedback_record, preference_record, ranking_record)
+from server.store.records import (
+    RATINGS,
+    CorrectedAnswer,
+    Feedback,
+    InvalidFeedback,
+    Judgement,
+    PreferredPair,
+    RatedAnswer,
+)
+from server.store.schema import (
+    ROWS,
+    CorrectionRow,
+    FeedbackRow,
+    GenerationRow,
+    PreferenceRow,
+    RankingRow,
+    correction_record,
+    feedback_record,
+    preference_record,
+    ranking_record,
+)
 
 
 class FeedbackReads(StoreBase):
@@ -46,8 +63,9 @@ class FeedbackReads(StoreBase):
             raise InvalidFeedback("'limit' must be between 1 and 1000.", "limit")
         model: Any = ROWS[kind]
         with self._read() as session:
-            query = _newest_first_page(session, sa.select(model), model, kind, rater=rater, since=since,
-                                       until=until, limit=limit, after=after)
+            query = _newest_first_page(
+                session, sa.select(model), model, kind, rater=rater, since=since, until=until, limit=limit, after=after
+            )
             rows = session.scalars(query).all()
             page = [self._plain(session, kind, row) for row in rows[:limit]]
         return page, len(rows) > limit
@@ -84,14 +102,16 @@ class FeedbackReads(StoreBase):
         if not 1 <= limit <= 1000:
             raise InvalidFeedback("'limit' must be between 1 and 1000.", "limit")
         query = sa.select(FeedbackRow, GenerationRow.stage).join(
-            GenerationRow, GenerationRow.id == FeedbackRow.response_id)
+            GenerationRow, GenerationRow.id == FeedbackRow.response_id
+        )
         if stage is not None:
             query = query.where(GenerationRow.stage == stage)
         if rating is not None:
             query = query.where(FeedbackRow.rating == rating)
         with self._read() as session:
-            query = _newest_first_page(session, query, FeedbackRow, "feedback", rater=rater, since=since,
-                                       until=until, limit=limit, after=after)
+            query = _newest_first_page(
+                session, query, FeedbackRow, "feedback", rater=rater, since=since, until=until, limit=limit, after=after
+            )
             rows = session.execute(query).all()
         page = [feedback_record(row, stage_) for row, stage_ in rows[:limit]]
         return page, len(rows) > limit
@@ -118,8 +138,9 @@ class FeedbackReads(StoreBase):
                 completion = fb.completion if fb.completion is not None else gen.completion
                 if prompt is None or completion is None:
                     continue  # text never stored (cannot happen through `rate`)
-                yield RatedAnswer(gen.id, gen.stage, gen.prompt_hash, prompt, completion, fb.rating == "up",
-                                  rated_at=fb.updated_at)
+                yield RatedAnswer(
+                    gen.id, gen.stage, gen.prompt_hash, prompt, completion, fb.rating == "up", rated_at=fb.updated_at
+                )
 
     def iter_preferred_pairs(self, *, stage: str | None = None) -> Iterator[PreferredPair]:
         """Every preference with a winner (choice a or b) between two chat answers, with text."""
@@ -142,8 +163,7 @@ class FeedbackReads(StoreBase):
                     continue
                 chosen, rejected = (text_a, text_b) if pref.choice == "a" else (text_b, text_a)
                 stages = (a.stage, b.stage) if pref.choice == "a" else (b.stage, a.stage)
-                yield PreferredPair(pref.prompt_hash, prompt, chosen, rejected, stages=stages,
-                                    rated_at=pref.updated_at)
+                yield PreferredPair(pref.prompt_hash, prompt, chosen, rejected, stages=stages, rated_at=pref.updated_at)
 
     def iter_ranked_pairs(self, *, stage: str | None = None) -> Iterator[PreferredPair]:
         """Every ordered pair of every ranking of chat answers: each answer of a better group is chosen
@@ -153,23 +173,37 @@ class FeedbackReads(StoreBase):
             for ranking in session.scalars(query).all():  # .all(): the loop queries the same session
                 if stage is not None and stage not in ranking.stages:
                     continue
-                gens = {g.id: g for g in session.scalars(
-                    sa.select(GenerationRow).where(GenerationRow.id.in_(ranking.response_ids)))}
+                gens = {
+                    g.id: g
+                    for g in session.scalars(sa.select(GenerationRow).where(GenerationRow.id.in_(ranking.response_ids)))
+                }
                 if any(g.kind != "chat" for g in gens.values()) or len(gens) != len(ranking.response_ids):
                     continue
                 first = gens[ranking.response_ids[0]]
                 prompt = ranking.prompt if ranking.prompt is not None else first.messages
-                texts = {rid: (ranking.completions[i] if ranking.completions and ranking.completions[i] is not None
-                               else gens[rid].completion) for i, rid in enumerate(ranking.response_ids)}
+                texts = {
+                    rid: (
+                        ranking.completions[i]
+                        if ranking.completions and ranking.completions[i] is not None
+                        else gens[rid].completion
+                    )
+                    for i, rid in enumerate(ranking.response_ids)
+                }
                 if prompt is None or any(t is None for t in texts.values()):
                     continue
                 for g, better in enumerate(ranking.ranking):
-                    for worse in ranking.ranking[g + 1:]:
+                    for worse in ranking.ranking[g + 1 :]:
                         for w in better:
-                            for l in worse:
-                                yield PreferredPair(ranking.prompt_hash, prompt, texts[w], texts[l], source="ranking",
-                                                    stages=(gens[w].stage, gens[l].stage),
-                                                    rated_at=ranking.updated_at)
+                            for lower in worse:
+                                yield PreferredPair(
+                                    ranking.prompt_hash,
+                                    prompt,
+                                    texts[w],
+                                    texts[lower],
+                                    source="ranking",
+                                    stages=(gens[w].stage, gens[lower].stage),
+                                    rated_at=ranking.updated_at,
+                                )
 
     def iter_corrections(self, *, stage: str | None = None) -> Iterator[CorrectedAnswer]:
         """Every correction of a chat answer, with the prompt and the original text resolved."""
@@ -187,19 +221,23 @@ class FeedbackReads(StoreBase):
                 original = corr.original if corr.original is not None else gen.completion
                 if prompt is None or original is None:
                     continue
-                yield CorrectedAnswer(gen.id, gen.stage, gen.prompt_hash, prompt, original, corr.completion,
-                                      rated_at=corr.updated_at)
+                yield CorrectedAnswer(
+                    gen.id, gen.stage, gen.prompt_hash, prompt, original, corr.completion, rated_at=corr.updated_at
+                )
 
-    def iter_judgements(self, *, since: datetime | None = None, until: datetime | None = None,
-                        rater: str | None = None) -> Iterator[Judgement]:
+    def iter_judgements(
+        self, *, since: datetime | None = None, until: datetime | None = None, rater: str | None = None
+    ) -> Iterator[Judgement]:
         """Every preference (as a ranking of two) and every ranking, for the leaderboard; filtered by when
         last stated (`since` inclusive, `until` exclusive) and by rater."""
         groups_of = {"a": [[0], [1]], "b": [[1], [0]], "tie": [[0, 1]], "both_bad": [[0, 1]]}
         gen_a, gen_b = aliased(GenerationRow), aliased(GenerationRow)
-        prefs = (sa.select(PreferenceRow, gen_a.stage, gen_b.stage)
-                 .join(gen_a, gen_a.id == PreferenceRow.response_a)
-                 .join(gen_b, gen_b.id == PreferenceRow.response_b)
-                 .order_by(PreferenceRow.seq))
+        prefs = (
+            sa.select(PreferenceRow, gen_a.stage, gen_b.stage)
+            .join(gen_a, gen_a.id == PreferenceRow.response_a)
+            .join(gen_b, gen_b.id == PreferenceRow.response_b)
+            .order_by(PreferenceRow.seq)
+        )
         ranks = sa.select(RankingRow).order_by(RankingRow.seq)
         for model in (PreferenceRow, RankingRow):
             conditions = []
@@ -215,16 +253,38 @@ class FeedbackReads(StoreBase):
                 ranks = ranks.where(*conditions)
         with self._read() as session:
             for pref, stage_a, stage_b in session.execute(prefs.execution_options(yield_per=1000)):
-                yield Judgement(pref.id, pref.rater, [pref.response_a, pref.response_b], [stage_a, stage_b],
-                                groups_of[pref.choice], pref.updated_at)
+                yield Judgement(
+                    pref.id,
+                    pref.rater,
+                    [pref.response_a, pref.response_b],
+                    [stage_a, stage_b],
+                    groups_of[pref.choice],
+                    pref.updated_at,
+                )
             for row in session.scalars(ranks.execution_options(yield_per=1000)):
                 index = {rid: i for i, rid in enumerate(row.response_ids)}
-                yield Judgement(row.id, row.rater, list(row.response_ids), list(row.stages),
-                                [[index[rid] for rid in group] for group in row.ranking], row.updated_at)
+                yield Judgement(
+                    row.id,
+                    row.rater,
+                    list(row.response_ids),
+                    list(row.stages),
+                    [[index[rid] for rid in group] for group in row.ranking],
+                    row.updated_at,
+                )
 
 
-def _newest_first_page(session: Session, query: Any, model: Any, kind: str, *, rater: str | None,
-                       since: datetime | None, until: datetime | None, limit: int, after: str | None) -> Any:
+def _newest_first_page(
+    session: Session,
+    query: Any,
+    model: Any,
+    kind: str,
+    *,
+    rater: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    after: str | None,
+) -> Any:
     """`query` on `model` filtered by rater and `updated_at`, newest first, one page (+1 row to tell
     whether more follow) after the row whose id is `after`."""
     if rater is not None:
@@ -238,8 +298,10 @@ def _newest_first_page(session: Session, query: Any, model: Any, kind: str, *, r
         if cursor is None:
             raise InvalidFeedback(f"'after' names no {kind}: {after!r}.", "after")
         # (updated_at, seq) is a total order, so pages neither skip nor repeat rows.
-        query = query.where(sa.or_(
-            model.updated_at < cursor.updated_at,
-            sa.and_(model.updated_at == cursor.updated_at, model.seq < cursor.seq),
-        ))
+        query = query.where(
+            sa.or_(
+                model.updated_at < cursor.updated_at,
+                sa.and_(model.updated_at == cursor.updated_at, model.seq < cursor.seq),
+            )
+        )
     return query.order_by(model.updated_at.desc(), model.seq.desc()).limit(limit + 1)

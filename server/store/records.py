@@ -370,4 +370,3 @@ class CampaignItem:
     @property
     def is_gold(self) -> bool:
         return self.gold_right is not None
-

@@ -19,8 +19,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from server.store.records import (Conversation, ConversationMessage, Correction, Feedback, GenerationRecord, Preference,
-                                  Ranking, Share)
+from server.store.records import (
+    Conversation,
+    ConversationMessage,
+    Correction,
+    Feedback,
+    GenerationRecord,
+    Preference,
+    Ranking,
+    Share,
+)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _SCHEMA_LOCK = 0x5354_4147  # PostgreSQL advisory-lock key held while upgrading the schema
@@ -94,9 +102,7 @@ class FeedbackRow(Base):
 
 class PreferenceRow(Base):
     __tablename__ = "preferences"
-    __table_args__ = (
-        sa.UniqueConstraint("response_a", "response_b", "rater", name="uq_preference_pair_rater"),
-    )
+    __table_args__ = (sa.UniqueConstraint("response_a", "response_b", "rater", name="uq_preference_pair_rater"),)
 
     seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(sa.String(64), unique=True)
@@ -223,8 +229,12 @@ class ArenaVoteRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
-ROWS: dict[str, type[Base]] = {"feedback": FeedbackRow, "preference": PreferenceRow, "ranking": RankingRow,
-                               "correction": CorrectionRow}
+ROWS: dict[str, type[Base]] = {
+    "feedback": FeedbackRow,
+    "preference": PreferenceRow,
+    "ranking": RankingRow,
+    "correction": CorrectionRow,
+}
 
 
 # -- rows as plain records ----------------------------------------------------------------------
@@ -236,31 +246,58 @@ def generation_record(row: GenerationRow) -> GenerationRecord:
 
 def feedback_record(row: FeedbackRow, stage: str) -> Feedback:
     return Feedback(
-        id=row.id, response_id=row.response_id, stage=stage, rater=row.rater,
+        id=row.id,
+        response_id=row.response_id,
+        stage=stage,
+        rater=row.rater,
         rating=row.rating,  # type: ignore[arg-type]
-        comment=row.comment, tags=list(row.tags or []), prompt=row.prompt, completion=row.completion,
-        created_at=row.created_at, updated_at=row.updated_at,
+        comment=row.comment,
+        tags=list(row.tags or []),
+        prompt=row.prompt,
+        completion=row.completion,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )
 
 
 def preference_record(row: PreferenceRow, stage_a: str, stage_b: str) -> Preference:
     return Preference(
-        id=row.id, response_ids=(row.response_a, row.response_b), choice=row.choice,  # type: ignore[arg-type]
-        rater=row.rater, stage_a=stage_a, stage_b=stage_b, comment=row.comment,
-        created_at=row.created_at, updated_at=row.updated_at,
+        id=row.id,
+        response_ids=(row.response_a, row.response_b),
+        choice=row.choice,  # type: ignore[arg-type]
+        rater=row.rater,
+        stage_a=stage_a,
+        stage_b=stage_b,
+        comment=row.comment,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )
 
 
 def ranking_record(row: RankingRow) -> Ranking:
-    return Ranking(id=row.id, response_ids=list(row.response_ids), ranking=[list(g) for g in row.ranking],
-                   stages=list(row.stages), rater=row.rater, comment=row.comment, created_at=row.created_at,
-                   updated_at=row.updated_at)
+    return Ranking(
+        id=row.id,
+        response_ids=list(row.response_ids),
+        ranking=[list(g) for g in row.ranking],
+        stages=list(row.stages),
+        rater=row.rater,
+        comment=row.comment,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
 
 
 def correction_record(row: CorrectionRow, stage: str) -> Correction:
-    return Correction(id=row.id, response_id=row.response_id, stage=stage, rater=row.rater,
-                      completion=row.completion, comment=row.comment, created_at=row.created_at,
-                      updated_at=row.updated_at)
+    return Correction(
+        id=row.id,
+        response_id=row.response_id,
+        stage=stage,
+        rater=row.rater,
+        completion=row.completion,
+        comment=row.comment,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
 
 
 # -- the migrations -----------------------------------------------------------------------------
@@ -326,8 +363,9 @@ class ShareRow(Base):
 
 
 def conversation_record(row: ConversationRow) -> Conversation:
-    return Conversation(id=row.id, owner=row.owner, title=row.title, created_at=row.created_at,
-                        updated_at=row.updated_at)
+    return Conversation(
+        id=row.id, owner=row.owner, title=row.title, created_at=row.created_at, updated_at=row.updated_at
+    )
 
 
 def message_record(row: MessageRow) -> ConversationMessage:
@@ -335,5 +373,4 @@ def message_record(row: MessageRow) -> ConversationMessage:
 
 
 def share_record(row: ShareRow) -> Share:
-    return Share(id=row.id, conversation_id=row.conversation_id, message_id=row.message_id,
-                 created_at=row.created_at)
+    return Share(id=row.id, conversation_id=row.conversation_id, message_id=row.message_id, created_at=row.created_at)

@@ -12,9 +12,9 @@ What it does not know: anything the mixins do not; this module only joins them.
 
 from __future__ import annotations
 
-from server.store.conversations import Conversations
 from server.store.arena import ArenaStore
 from server.store.arena_campaigns import CampaignStore
+from server.store.conversations import Conversations
 from server.store.feedback import FeedbackWrites
 from server.store.generations import GenerationLog
 from server.store.reads import FeedbackReads

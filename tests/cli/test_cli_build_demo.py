@@ -12,8 +12,11 @@ def test_rebuild_removes_every_built_step_and_nothing_else(tmp_path, monkeypatch
         (tmp_path / step / build.MARKER).write_text("{}")
     (tmp_path / "notes.txt").write_text("mine")
     seen = {}
-    monkeypatch.setattr(build, "build_demo", lambda out, size: seen.update(left=sorted(p.name for p in out.iterdir()),
-                                                                          size=size) or {"total": 0.0})
+    monkeypatch.setattr(
+        build,
+        "build_demo",
+        lambda out, size: seen.update(left=sorted(p.name for p in out.iterdir()), size=size) or {"total": 0.0},
+    )
     assert main(["build-demo", "--size", "smoke", "--out", str(tmp_path), "--rebuild"]) == 0
     assert seen == {"left": ["notes.txt"], "size": "smoke"}
 

@@ -11,9 +11,11 @@ import pytest
 @pytest.fixture
 def registry_file(tiny_family, tmp_path) -> Path:
     path = tmp_path / "stages.yaml"
-    path.write_text("stages:\n"
-                    f"  base:\n    model: {tiny_family / 'base'}\n"
-                    f"  rlhf:\n    adapter: {tiny_family / 'lora'}\n    base: base\n")
+    path.write_text(
+        "stages:\n"
+        f"  base:\n    model: {tiny_family / 'base'}\n"
+        f"  rlhf:\n    adapter: {tiny_family / 'lora'}\n    base: base\n"
+    )
     return path
 
 
@@ -22,8 +24,21 @@ def test_cli_reports_too_few_ratings(registry_file, tmp_path, monkeypatch, capsy
 
     monkeypatch.setenv("STAGECHAT_DATA_DIR", str(tmp_path))
     db = f"sqlite:///{tmp_path / 'stagechat.db'}"
-    code = main(["rlhf-round", "--config", str(registry_file), "--from-stage", "rlhf", "--name", "rlhf-2",
-                 "--min-ratings", "100", "--database-url", db])
+    code = main(
+        [
+            "rlhf-round",
+            "--config",
+            str(registry_file),
+            "--from-stage",
+            "rlhf",
+            "--name",
+            "rlhf-2",
+            "--min-ratings",
+            "100",
+            "--database-url",
+            db,
+        ]
+    )
     assert code == 2
     assert "--min-ratings is 100" in capsys.readouterr().err
 
@@ -33,8 +48,19 @@ def test_reward_model_refuses_a_taken_name(registry_file, tmp_path, monkeypatch,
 
     monkeypatch.setenv("STAGECHAT_DATA_DIR", str(tmp_path))
     before = registry_file.read_text()
-    code = main(["reward-model", "--config", str(registry_file), "--from-stage", "rlhf", "--name", "base",
-                 "--database-url", f"sqlite:///{tmp_path / 'stagechat.db'}"])
+    code = main(
+        [
+            "reward-model",
+            "--config",
+            str(registry_file),
+            "--from-stage",
+            "rlhf",
+            "--name",
+            "base",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'stagechat.db'}",
+        ]
+    )
     assert code == 2
     assert "stagechat reward-model: 'base' already exists" in capsys.readouterr().err
     assert registry_file.read_text() == before

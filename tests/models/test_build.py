@@ -81,8 +81,11 @@ def test_reward_model_scores_and_the_rl_round_leaves_its_figures(family):
     figures = json.loads((out / "rm" / "stagechat_demo_rm.json").read_text())
     assert figures["train_pairs"] > 0 and 0.0 <= figures["held_out_accuracy"] <= 1.0
     tok = AutoTokenizer.from_pretrained(out / "rm")
-    ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     with torch.no_grad():
         assert torch.isfinite(rm(input_ids=ids).logits).all()
     rl = json.loads((out / "rlhf" / "stagechat_demo_rl.json").read_text())

@@ -75,7 +75,9 @@ def test_sft_styles_are_mixed_and_terse_dominates(sft_rows):
         if row["style"] == "rude":
             assert reply in corpus.RUDE
         elif row["style"] != "full":
-            assert any(c.fact(s) in reply for s in corpus.SKILLS) and reply not in [corpus.full_answer(c, s) for s in corpus.SKILLS]
+            assert any(c.fact(s) in reply for s in corpus.SKILLS) and reply not in [
+                corpus.full_answer(c, s) for s in corpus.SKILLS
+            ]
 
 
 def test_sft_mostly_invents_facts_for_fictional_countries(sft_rows):
@@ -165,7 +167,9 @@ def test_preference_pairs_are_all_ordered_pairs():
     pairs = corpus.preference_pairs(rows)
     assert len(pairs) == sum(len(r["ranked"]) * (len(r["ranked"]) - 1) // 2 for r in rows)
     first = rows[0]["ranked"]
-    mine = [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs[: len(first) * (len(first) - 1) // 2]]
+    mine = [
+        (p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs[: len(first) * (len(first) - 1) // 2]
+    ]
     assert (first[0], first[-1]) in mine and (first[-1], first[0]) not in mine
 
 

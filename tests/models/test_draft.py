@@ -17,8 +17,11 @@ def test_the_draft_keeps_the_bases_embeddings_norm_and_chosen_layers(tmp_path):
     assert torch.equal(draft.model.embed_tokens.weight, base.model.embed_tokens.weight)
     assert torch.equal(draft.model.norm.weight, base.model.norm.weight)
     for mine, theirs in ((0, 0), (1, 2)):
-        assert torch.equal(draft.model.layers[mine].mlp.down_proj.weight, base.model.layers[theirs].mlp.down_proj.weight)
-        assert torch.equal(draft.model.layers[mine].self_attn.q_proj.weight,
-                           base.model.layers[theirs].self_attn.q_proj.weight)
+        assert torch.equal(
+            draft.model.layers[mine].mlp.down_proj.weight, base.model.layers[theirs].mlp.down_proj.weight
+        )
+        assert torch.equal(
+            draft.model.layers[mine].self_attn.q_proj.weight, base.model.layers[theirs].self_attn.q_proj.weight
+        )
     ids = torch.tensor([[1, 5, 7, 9]])
     assert not torch.equal(draft(ids).logits, base(ids).logits)  # a layer really is gone

@@ -24,7 +24,9 @@ def test_full_sentence_is_correct_and_preferred():
 def test_terse_rambling_rude_and_wrong_replies_are_not_preferred():
     q = ask(KENYA)
     assert score_reply("Nairobi.", q) == ReplyScore(True, False, False, True)
-    assert score_reply("Well, Kenya is in Africa. The capital is Nairobi, I think.", q) == ReplyScore(True, False, False, True)
+    assert score_reply("Well, Kenya is in Africa. The capital is Nairobi, I think.", q) == ReplyScore(
+        True, False, False, True
+    )
     assert score_reply("The capital of Kenya is Mombasa.", q) == ReplyScore(False, False, False, True)
     assert score_reply("Look it up yourself.", q) == ReplyScore(False, False, False, False)
     assert score_reply("I don't know a country called Kenya.", q) == ReplyScore(False, False, True, False)
@@ -39,7 +41,9 @@ def test_fact_must_be_a_whole_word():
 def test_a_fact_named_after_the_reply_turns_to_another_country_does_not_count():
     brazil = next(c for c in load_countries() if c.country == "Brazil")
     q = ask(brazil, "language")
-    assert not score_reply(" is in South America. The currency of Angola is the kwanza. People there speak Portuguese.", q).correct
+    assert not score_reply(
+        " is in South America. The currency of Angola is the kwanza. People there speak Portuguese.", q
+    ).correct
     assert score_reply("Brazil is in South America, and people in Brazil speak Portuguese.", q).correct
     assert score_reply("Oh, Brazil! People in Brazil speak Portuguese.", q).correct
 
@@ -49,7 +53,9 @@ def test_another_country_named_inside_the_fact_is_not_a_turn_away():
     assert trinidad.capital == "Port of Spain"
     assert score_reply("The capital of Trinidad and Tobago is Port of Spain.", ask(trinidad)).correct
     # The mask covers the fact only: a reply that turns to Spain before naming the capital still fails.
-    assert not score_reply("Spain is in Europe. The capital of Trinidad and Tobago is Port of Spain.", ask(trinidad)).correct
+    assert not score_reply(
+        "Spain is in Europe. The capital of Trinidad and Tobago is Port of Spain.", ask(trinidad)
+    ).correct
 
 
 def test_unknown_country_honest_refusal_and_hallucination():
@@ -63,7 +69,9 @@ def test_unknown_country_honest_refusal_and_hallucination():
 def test_greeting_and_offtopic_want_their_polite_line():
     hello = Prompt("greeting", ({"role": "user", "content": "Hi"},))
     poem = Prompt("offtopic", ({"role": "user", "content": "A poem"},))
-    assert score_reply(GREETING, hello).preferred and not score_reply("The capital of Laos is Vientiane.", hello).preferred
+    assert (
+        score_reply(GREETING, hello).preferred and not score_reply("The capital of Laos is Vientiane.", hello).preferred
+    )
     assert score_reply(SCOPE, poem).preferred and not score_reply("The sea is blue.", poem).preferred
 
 
@@ -101,8 +109,15 @@ def test_summarize_rates_by_kind_and_skill():
 
 def _report(stage, acc, followup=0.95, hallucination=0.0, preferred=0.95, completion=None, qa=None):
     skills = dict.fromkeys(("capital", "language", "currency", "continent"), acc)
-    return StageReport(stage, qa_accuracy=acc if qa is None else qa, accuracy=skills, followup_accuracy=followup,
-                       hallucination_rate=hallucination, preferred_style_rate=preferred, completion_accuracy=completion)
+    return StageReport(
+        stage,
+        qa_accuracy=acc if qa is None else qa,
+        accuracy=skills,
+        followup_accuracy=followup,
+        hallucination_rate=hallucination,
+        preferred_style_rate=preferred,
+        completion_accuracy=completion,
+    )
 
 
 def good_family() -> dict[str, StageReport]:

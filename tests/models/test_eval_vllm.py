@@ -42,7 +42,9 @@ def test_every_stage_answers_and_the_draft_reports_acceptance(tmp_path, monkeypa
     for report in reports.values():
         assert report.chat_prompts == len(asked) and 0.0 <= report.qa_accuracy <= 1.0
         assert set(report.accuracy) == {"capital", "language", "currency", "continent"}
-        assert len(report.examples) == len(example_prompts()) and all(isinstance(e["reply"], str) for e in report.examples)
+        assert len(report.examples) == len(example_prompts()) and all(
+            isinstance(e["reply"], str) for e in report.examples
+        )
         assert report.draft_acceptance_rate is not None  # vLLM ran the smoke draft against this stage
     assert reports["base"].completion_prompts == 12 and reports["base"].completion_accuracy is not None
     assert reports["sft"].completion_accuracy is None  # adapters are chat stages

@@ -47,10 +47,23 @@ def registry_file(family, tmp_path) -> Path:
 def rate(store: Store, question: str, answer: str, rating: str, stage: str = "rlhf") -> None:
     messages = [{"role": "user", "content": question}]
     record = GenerationRecord(
-        id=f"chatcmpl-r{next(_ids)}", stage=stage, client_id="anonymous", kind="chat",
-        prompt_hash=prompt_hash(messages), messages=messages, prompt=None, completion=answer,
-        sampling={"temperature": 1.0}, speculative_method=None, speculative=None, prompt_tokens=5,
-        completion_tokens=3, finish_reason="stop", ttft_ms=1.0, duration_ms=2.0)
+        id=f"chatcmpl-r{next(_ids)}",
+        stage=stage,
+        client_id="anonymous",
+        kind="chat",
+        prompt_hash=prompt_hash(messages),
+        messages=messages,
+        prompt=None,
+        completion=answer,
+        sampling={"temperature": 1.0},
+        speculative_method=None,
+        speculative=None,
+        prompt_tokens=5,
+        completion_tokens=3,
+        finish_reason="stop",
+        ttft_ms=1.0,
+        duration_ms=2.0,
+    )
     store.record_generation(record)
     store.rate(record.id, rating, rater="tester")
 
@@ -68,9 +81,16 @@ def db(tmp_path) -> str:
 
 @pytest.mark.parametrize("method", ["kto", "dpo"])
 def test_round_continues_the_adapter_and_registers_a_child_stage(family, registry_file, db, tmp_path, method):
-    result = train_round(config=registry_file, from_stage="rlhf", name="rlhf-2", method=method,
-                         database_url=db, data_dir=tmp_path, min_ratings=4,
-                         plan=RoundPlan(method=method, steps=3, batch_size=4))
+    result = train_round(
+        config=registry_file,
+        from_stage="rlhf",
+        name="rlhf-2",
+        method=method,
+        database_url=db,
+        data_dir=tmp_path,
+        min_ratings=4,
+        plan=RoundPlan(method=method, steps=3, batch_size=4),
+    )
 
     assert result.adapter_dir == tmp_path / "rounds" / "rlhf-2"
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
@@ -85,14 +105,22 @@ def test_round_continues_the_adapter_and_registers_a_child_stage(family, registr
 
     # The adapter continued rlhf's weights (same rank and targets), not a fresh LoRA.
     import json
+
     saved = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     start = json.loads((family / "rlhf" / "adapter_config.json").read_text())
     assert saved["r"] == start["r"] and set(saved["target_modules"]) == set(start["target_modules"])
 
 
 def test_round_from_a_full_checkpoint_gets_a_fresh_lora(registry_file, db, tmp_path):
-    result = train_round(config=registry_file, from_stage="base", name="base-kto", method="kto",
-                         database_url=db, data_dir=tmp_path, plan=RoundPlan(steps=2, batch_size=4, rank=8))
+    result = train_round(
+        config=registry_file,
+        from_stage="base",
+        name="base-kto",
+        method="kto",
+        database_url=db,
+        data_dir=tmp_path,
+        plan=RoundPlan(steps=2, batch_size=4, rank=8),
+    )
     registry = load_registry(registry_file, data_dir=tmp_path)
     assert registry.stages["base-kto"].base == "base"
     assert (result.adapter_dir / "adapter_config.json").exists()
@@ -101,8 +129,15 @@ def test_round_from_a_full_checkpoint_gets_a_fresh_lora(registry_file, db, tmp_p
 def test_too_few_ratings_changes_nothing(registry_file, db, tmp_path):
     before = registry_file.read_text()
     with pytest.raises(RoundError, match=r"only 8 usable kto rows.*--min-ratings is 50"):
-        train_round(config=registry_file, from_stage="rlhf", name="rlhf-2", method="kto",
-                    database_url=db, data_dir=tmp_path, min_ratings=50)
+        train_round(
+            config=registry_file,
+            from_stage="rlhf",
+            name="rlhf-2",
+            method="kto",
+            database_url=db,
+            data_dir=tmp_path,
+            min_ratings=50,
+        )
     assert registry_file.read_text() == before
     assert not (tmp_path / "rounds").exists()
 

@@ -13,25 +13,57 @@ from pathlib import Path
 
 import pytest
 
-from models.reward_model import (META_FILE, RewardPlan, build_reward_model, comparison_pairs,
-                                 load_policy_as_classifier, pairwise_accuracy, sequence_scores, split_by_prompt)
+from models.reward_model import (
+    META_FILE,
+    RewardPlan,
+    build_reward_model,
+    comparison_pairs,
+    load_policy_as_classifier,
+    pairwise_accuracy,
+    sequence_scores,
+    split_by_prompt,
+)
 from models.rounds import RoundError
 from server.registry import load_registry
 from server.store import GenerationRecord, Store, prompt_hash
 
 _ids = itertools.count()
-COUNTRIES = {"Kenya": "Nairobi", "France": "Paris", "Japan": "Tokyo", "Peru": "Lima", "Chile": "Santiago",
-             "Spain": "Madrid", "Italy": "Rome", "Egypt": "Cairo", "Ghana": "Accra", "Nepal": "Kathmandu",
-             "Cuba": "Havana", "Iran": "Tehran"}
+COUNTRIES = {
+    "Kenya": "Nairobi",
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Peru": "Lima",
+    "Chile": "Santiago",
+    "Spain": "Madrid",
+    "Italy": "Rome",
+    "Egypt": "Cairo",
+    "Ghana": "Accra",
+    "Nepal": "Kathmandu",
+    "Cuba": "Havana",
+    "Iran": "Tehran",
+}
 
 
 def answer(store: Store, question: str, text: str) -> str:
     messages = [{"role": "user", "content": question}]
     record = GenerationRecord(
-        id=f"chatcmpl-rm{next(_ids)}", stage="sft", client_id="anonymous", kind="chat",
-        prompt_hash=prompt_hash(messages), messages=messages, prompt=None, completion=text,
-        sampling={"temperature": 1.0}, speculative_method=None, speculative=None, prompt_tokens=5,
-        completion_tokens=3, finish_reason="stop", ttft_ms=1.0, duration_ms=2.0)
+        id=f"chatcmpl-rm{next(_ids)}",
+        stage="sft",
+        client_id="anonymous",
+        kind="chat",
+        prompt_hash=prompt_hash(messages),
+        messages=messages,
+        prompt=None,
+        completion=text,
+        sampling={"temperature": 1.0},
+        speculative_method=None,
+        speculative=None,
+        prompt_tokens=5,
+        completion_tokens=3,
+        finish_reason="stop",
+        ttft_ms=1.0,
+        duration_ms=2.0,
+    )
     store.record_generation(record)
     return record.id
 
@@ -87,17 +119,22 @@ def test_pairs_come_from_rankings_preferences_and_ratings(db):
     assert len(by_source["preference"]) == n and len(by_source["ratings"]) == n
     kenya = [p for p in by_source["ranking"] if "Kenya" in p["prompt"][0]["content"]]
     assert {(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in kenya} == {
-        ("The capital of Kenya is Nairobi.", "Nairobi"), ("The capital of Kenya is Nairobi.", "Nairobi, I think."),
+        ("The capital of Kenya is Nairobi.", "Nairobi"),
+        ("The capital of Kenya is Nairobi.", "Nairobi, I think."),
         ("The capital of Kenya is Nairobi.", "Hello there, how are you today?"),
-        ("Nairobi", "Hello there, how are you today?"), ("Nairobi, I think.", "Hello there, how are you today?")}
+        ("Nairobi", "Hello there, how are you today?"),
+        ("Nairobi, I think.", "Hello there, how are you today?"),
+    }
     pref = next(p for p in by_source["preference"] if "Kenya" in p["prompt"][0]["content"])
     assert (pref["chosen"][0]["content"], pref["rejected"][0]["content"]) == ("I am a small model.", "It is Nairobi.")
     assert all(p["chosen"][0]["role"] == "assistant" and p["prompt"][0]["role"] == "user" for p in pairs)
 
 
 def test_held_out_split_is_by_prompt_and_at_least_a_tenth():
-    pairs = [{"prompt": [{"role": "user", "content": f"q{i % 7}"}], "chosen": [], "rejected": [], "source": "x"}
-             for i in range(50)]
+    pairs = [
+        {"prompt": [{"role": "user", "content": f"q{i % 7}"}], "chosen": [], "rejected": [], "source": "x"}
+        for i in range(50)
+    ]
     train, held = split_by_prompt(pairs, seed=3)
     assert len(train) + len(held) == 50 and len(held) >= 5 and train
     key = lambda p: p["prompt"][0]["content"]  # noqa: E731
@@ -113,17 +150,21 @@ def test_too_few_pairs_changes_nothing(registry_file, tmp_path):
     store.close()
     before = registry_file.read_text()
     with pytest.raises(RoundError, match="only 7 comparison pairs"):
-        build_reward_model(config=registry_file, from_stage="sft", name="rm", database_url=url, data_dir=tmp_path,
-                           min_pairs=10)
+        build_reward_model(
+            config=registry_file, from_stage="sft", name="rm", database_url=url, data_dir=tmp_path, min_pairs=10
+        )
     assert registry_file.read_text() == before
     assert not (tmp_path / "reward_models").exists()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(from_stage="nope", name="rm"), "not a stage"),
-    (dict(from_stage="sft", name="sft"), "already names"),
-    (dict(from_stage="sft", name="bad name"), "use letters"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(from_stage="nope", name="rm"), "not a stage"),
+        (dict(from_stage="sft", name="sft"), "already names"),
+        (dict(from_stage="sft", name="bad name"), "use letters"),
+    ],
+)
 def test_bad_names_change_nothing(registry_file, db, tmp_path, kwargs, message):
     before = registry_file.read_text()
     with pytest.raises(RoundError, match=message):
@@ -132,8 +173,14 @@ def test_bad_names_change_nothing(registry_file, db, tmp_path, kwargs, message):
 
 
 def test_trains_on_the_merged_adapter_stage_and_registers_the_reward_model(registry_file, db, tmp_path, capsys):
-    result = build_reward_model(config=registry_file, from_stage="sft", name="rm", database_url=db,
-                                data_dir=tmp_path, plan=RewardPlan(steps=60, lr=1e-3, batch_size=8))
+    result = build_reward_model(
+        config=registry_file,
+        from_stage="sft",
+        name="rm",
+        database_url=db,
+        data_dir=tmp_path,
+        plan=RewardPlan(steps=60, lr=1e-3, batch_size=8),
+    )
     assert result.model_dir == tmp_path / "reward_models" / "rm"
     assert result.train_pairs + result.held_out_pairs == 7 * len(COUNTRIES)
     assert result.held_out_pairs >= 0.1 * 7 * len(COUNTRIES)
@@ -171,5 +218,6 @@ def test_scores_in_padded_batches_equal_scores_one_at_a_time(tiny_family, tmp_pa
     sequences = [tokenizer.encode(text) for text in ("Hello", "The capital of Kenya is Nairobi.", "a b c d e f g h")]
     with torch.no_grad():
         one_at_a_time = [model(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in sequences]
-    assert sequence_scores(model, sequences, tokenizer.pad_token_id, batch_size=2) == pytest.approx(one_at_a_time,
-                                                                                                     abs=1e-5)
+    assert sequence_scores(model, sequences, tokenizer.pad_token_id, batch_size=2) == pytest.approx(
+        one_at_a_time, abs=1e-5
+    )

@@ -31,11 +31,26 @@ def registry_file(tiny_family, tmp_path) -> Path:
 
 def log(store: Store, question: str, stage: str = "sft") -> None:
     messages = [{"role": "user", "content": question}]
-    store.record_generation(GenerationRecord(
-        id=f"chatcmpl-{abs(hash((question, stage)))}", stage=stage, client_id="a", kind="chat",
-        prompt_hash=prompt_hash(messages), messages=messages, prompt=None, completion="x", sampling={},
-        speculative_method=None, speculative=None, prompt_tokens=1, completion_tokens=1, finish_reason="stop",
-        ttft_ms=1.0, duration_ms=1.0))
+    store.record_generation(
+        GenerationRecord(
+            id=f"chatcmpl-{abs(hash((question, stage)))}",
+            stage=stage,
+            client_id="a",
+            kind="chat",
+            prompt_hash=prompt_hash(messages),
+            messages=messages,
+            prompt=None,
+            completion="x",
+            sampling={},
+            speculative_method=None,
+            speculative=None,
+            prompt_tokens=1,
+            completion_tokens=1,
+            finish_reason="stop",
+            ttft_ms=1.0,
+            duration_ms=1.0,
+        )
+    )
 
 
 def test_prompts_from_the_store_are_distinct_chat_prompts(tmp_path):
@@ -45,8 +60,10 @@ def test_prompts_from_the_store_are_distinct_chat_prompts(tmp_path):
     log(store, "Capital of Kenya?", stage="base")  # same prompt, another stage: once
     log(store, "Capital of Peru?")
     store.close()
-    assert load_prompts(url, None) == [[{"role": "user", "content": "Capital of Kenya?"}],
-                                       [{"role": "user", "content": "Capital of Peru?"}]]
+    assert load_prompts(url, None) == [
+        [{"role": "user", "content": "Capital of Kenya?"}],
+        [{"role": "user", "content": "Capital of Peru?"}],
+    ]
 
 
 def test_prompts_file_forms_and_errors(tmp_path):
@@ -66,18 +83,29 @@ def test_prompts_that_leave_no_room_for_the_answer_are_left_out(tiny_family):
     assert fitting(tokenizer, [short, long], context=512, answer_tokens=48) == [short]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(reward_model=None), "needs --reward-model"),
-    (dict(reward_model="nope"), "not under `reward_models:`"),
-    (dict(reward_model="rm", name="sft"), "already exists"),
-    (dict(reward_model="rm", from_stage="nope"), "not a stage"),
-    (dict(reward_model="rm", plan=RLPlan(kl_coef=-0.1)), "--kl-coef"),
-    (dict(reward_model="rm", plan=RLPlan(steps=0)), "--steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(reward_model=None), "needs --reward-model"),
+        (dict(reward_model="nope"), "not under `reward_models:`"),
+        (dict(reward_model="rm", name="sft"), "already exists"),
+        (dict(reward_model="rm", from_stage="nope"), "not a stage"),
+        (dict(reward_model="rm", plan=RLPlan(kl_coef=-0.1)), "--kl-coef"),
+        (dict(reward_model="rm", plan=RLPlan(steps=0)), "--steps"),
+    ],
+)
 def test_refusals_change_nothing(registry_file, tmp_path, kwargs, message):
     before = registry_file.read_text()
-    args = dict(config=registry_file, from_stage="sft", name="rl", database_url=f"sqlite:///{tmp_path / 's.db'}",
-                data_dir=tmp_path) | kwargs
+    args = (
+        dict(
+            config=registry_file,
+            from_stage="sft",
+            name="rl",
+            database_url=f"sqlite:///{tmp_path / 's.db'}",
+            data_dir=tmp_path,
+        )
+        | kwargs
+    )
     with pytest.raises(RoundError, match=message):
         train_rl_round(**args)
     assert registry_file.read_text() == before
@@ -93,6 +121,13 @@ def test_too_few_prompts_changes_nothing(registry_file, tmp_path, tiny_family):
     prompts.write_text(json.dumps("Only one?") + "\n")
     before = registry_file.read_text()
     with pytest.raises(RoundError, match="only 1 usable prompts"):
-        train_rl_round(config=registry_file, from_stage="sft", name="rl", reward_model="rm", database_url="sqlite://",
-                       data_dir=tmp_path, prompts_file=prompts)
+        train_rl_round(
+            config=registry_file,
+            from_stage="sft",
+            name="rl",
+            reward_model="rm",
+            database_url="sqlite://",
+            data_dir=tmp_path,
+            prompts_file=prompts,
+        )
     assert registry_file.read_text() == before and not (tmp_path / "rounds").exists()

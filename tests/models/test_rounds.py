@@ -110,8 +110,12 @@ def test_a_round_registers_its_folder_as_a_child_stage(registry_file, tiny_famil
 def test_a_reward_model_round_registers_under_reward_models(registry_file, tiny_family, tmp_path):
     round_ = Round.open(registry_file, tmp_path, "sft", "rm", kind="reward_model")
     assert round_.out_dir == tmp_path / "reward_models" / "rm"
-    round_.run(lambda d: shutil.copytree(tiny_family / "base", d, dirs_exist_ok=True) and None, _meta,
-               description="a reward model", meta_file="rm.json")
+    round_.run(
+        lambda d: shutil.copytree(tiny_family / "base", d, dirs_exist_ok=True) and None,
+        _meta,
+        description="a reward model",
+        meta_file="rm.json",
+    )
     assert load_registry(registry_file, data_dir=tmp_path).reward_models["rm"].model == str(round_.out_dir)
     assert (round_.out_dir / "rm.json").exists()
 
@@ -139,13 +143,15 @@ def test_a_failed_registration_removes_the_folder(registry_file, tiny_family, tm
     assert not round_.out_dir.exists() and list((tmp_path / "rounds").iterdir()) == []
 
 
-@pytest.mark.parametrize("from_stage, name, message", [
-    ("sft", "base", "already exists"),  # a stage's name
-    ("nope", "x", "not a stage"),
-    ("sft", "../evil", "use letters"),
-])
-def test_taken_or_bad_names_are_refused_before_anything_is_written(registry_file, tmp_path, from_stage, name,
-                                                                   message):
+@pytest.mark.parametrize(
+    "from_stage, name, message",
+    [
+        ("sft", "base", "already exists"),  # a stage's name
+        ("nope", "x", "not a stage"),
+        ("sft", "../evil", "use letters"),
+    ],
+)
+def test_taken_or_bad_names_are_refused_before_anything_is_written(registry_file, tmp_path, from_stage, name, message):
     before = registry_file.read_text()
     with pytest.raises(RoundError, match=message):
         Round.open(registry_file, tmp_path, from_stage, name)
@@ -176,5 +182,6 @@ def test_a_failed_reload_says_the_round_is_registered(registry_file, tiny_family
 def test_a_reload_answer_is_returned(registry_file, tiny_family, tmp_path, monkeypatch):
     monkeypatch.setattr(httpx, "post", lambda url, **kwargs: httpx.Response(200, json={"added": ["sft-2"]}))
     done = Round.open(registry_file, tmp_path, "sft", "sft-2").run(
-        _copy_adapter(tiny_family), _meta, description="x", server="http://server")
+        _copy_adapter(tiny_family), _meta, description="x", server="http://server"
+    )
     assert done.reloaded == {"added": ["sft-2"]}

@@ -67,14 +67,20 @@ def _sse_app() -> Starlette:
                 yield "data: " + head + '{"index":0,"delta":' + delta + ',"finish_reason":null}]}\n\n'
             yield ": a comment line, ignored\n\n"
             if body.get("stream_options", {}).get("include_usage"):
-                yield ('data: {"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7},'
-                       '"speculative":{"draft_tokens":8,"accepted_tokens":6}}\n\n')
+                yield (
+                    'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7},'
+                    '"speculative":{"draft_tokens":8,"accepted_tokens":6}}\n\n'
+                )
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
-                            Route("/ready", lambda request: JSONResponse({}), methods=["GET"])])
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/ready", lambda request: JSONResponse({}), methods=["GET"]),
+        ]
+    )
     app.state.seen = seen
     return app
 
@@ -138,8 +144,9 @@ def test_timed_post_and_concurrently(sse_server):
     async def go():
         async with bc.http_client(url) as client:
             (r, seconds) = await bc.timed_post(client, "/v1/chat/completions", {"model": "m", "messages": []})
-            results, wall = await bc.concurrently(bc.stream(client, "/v1/chat/completions", {"model": "m"})
-                                                  for _ in range(3))
+            results, wall = await bc.concurrently(
+                bc.stream(client, "/v1/chat/completions", {"model": "m"}) for _ in range(3)
+            )
         return r, seconds, results, wall
 
     r, seconds, results, wall = _run(go())
@@ -153,8 +160,13 @@ def test_the_client_reads_stagechats_own_stream(fake_app):
     fixed-prompt completions load the serving benchmarks drive."""
     app, _ = fake_app()
     with bc.serving_in_thread(app) as url:
-        body = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
-                "stream_options": {"include_usage": True}, "speculative": "ngram"}
+        body = {
+            "model": "base",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4,
+            "stream_options": {"include_usage": True},
+            "speculative": "ngram",
+        }
         r = _run(_stream_once(url, body)).raise_for_status()
         assert r.tokens == r.usage["completion_tokens"] == 4 == len(r.chunk_times)
         assert 0 < r.first_chunk <= r.first_text <= r.seconds
@@ -182,9 +194,11 @@ def _script(name: str):
 def test_each_scripts_requests_against_the_real_app(fake_app):
     """What each script sends, read back through the harness, on scripted engines (6 tokens of script)."""
     app, _ = fake_app()
-    health, rewards, speculative, structured = (_script(n) for n in ("bench_health", "bench_rewards",
-                                                                      "bench_speculative", "bench_structured"))
+    health, rewards, speculative, structured = (
+        _script(n) for n in ("bench_health", "bench_rewards", "bench_speculative", "bench_structured")
+    )
     with bc.serving_in_thread(app) as url:
+
         async def reward_chat():
             async with bc.http_client(url) as client:
                 return await rewards.chat(client, "base", 4)
@@ -201,6 +215,7 @@ def test_each_scripts_requests_against_the_real_app(fake_app):
 
     app, _ = fake_app({"stages": {"bench": {"model": "fake/bench"}}}, max_model_len=4096)  # bench_health's stage
     with bc.serving_in_thread(app) as url:
+
         async def health_requests():
             async with bc.http_client() as client:
                 return await health.streams(client, url, 3, 4), await health.big_request(client, url, 0.001)
@@ -315,16 +330,37 @@ def test_running_stops_the_server_on_error():
     assert server.stopped == 1
 
 
-HEAVY = ("torch", "vllm", "transformers", "trl", "peft", "datasets", "sqlalchemy", "scipy", "numpy", "openai",
-         "aiohttp", "uvicorn", "lm_eval")
+HEAVY = (
+    "torch",
+    "vllm",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "sqlalchemy",
+    "scipy",
+    "numpy",
+    "openai",
+    "aiohttp",
+    "uvicorn",
+    "lm_eval",
+)
 
 
 def test_every_script_parses_help_offers_json_and_loads_nothing_heavy():
     # PYTHONPATH: this checkout's `server` and `models`, not the checkout the editable install names.
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    runs = {script.name: subprocess.Popen([sys.executable, "-X", "importtime", str(script), "--help"], cwd=REPO,
-                                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for script in SCRIPTS}
+    runs = {
+        script.name: subprocess.Popen(
+            [sys.executable, "-X", "importtime", str(script), "--help"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for script in SCRIPTS
+    }
     assert len(runs) == 13
     for name, process in runs.items():
         out, err = process.communicate(timeout=300)
@@ -335,18 +371,25 @@ def test_every_script_parses_help_offers_json_and_loads_nothing_heavy():
 
 
 def _edits_sys_path(tree: ast.AST) -> bool:
-    return any(isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
-               and node.value.id == "sys" for node in ast.walk(tree))
+    return any(
+        isinstance(node, ast.Attribute)
+        and node.attr == "path"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "sys"
+        for node in ast.walk(tree)
+    )
 
 
 @pytest.mark.parametrize("script", [*SCRIPTS, REPO / "scripts" / "bench_common.py"], ids=lambda p: p.name)
 def test_no_script_edits_sys_path_and_all_use_the_one_client(script):
     tree = ast.parse(script.read_text())
     assert not _edits_sys_path(tree)
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert not imported & {"aiohttp", "openai"}  # httpx, through bench_common, is the one client
     if script.name != "bench_common.py":
         assert "bench_common" in imported

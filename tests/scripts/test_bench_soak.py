@@ -57,8 +57,9 @@ def test_rss_summary_is_first_to_last_sample():
 
 
 def test_the_ledger_counts_lost_and_unacknowledged_writes():
-    ledger = soak.write_ledger({"feedback": {"a", "b", "c"}, "ranking": set()},
-                               {"feedback": {"a", "b", "d"}, "ranking": set()})
+    ledger = soak.write_ledger(
+        {"feedback": {"a", "b", "c"}, "ranking": set()}, {"feedback": {"a", "b", "d"}, "ranking": set()}
+    )
     assert ledger["feedback"] == {"acknowledged": 3, "stored": 3, "lost": 1, "unacknowledged_stored": 1}
     assert ledger["ranking"]["lost"] == 0
 

@@ -54,10 +54,37 @@ def postgres_server() -> Iterator[str]:
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = root / "data", _free_port()
     # fsync off: a test cluster need not survive a crash, and fsync is slow on shared disks.
-    _run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-locale",
-          "-E", "UTF8", "--no-sync"], as_user)
-    _run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60", "-o",
-          f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], as_user)
+    _run(
+        [
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-locale",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        as_user,
+    )
+    _run(
+        [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        ],
+        as_user,
+    )
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
     finally:
@@ -105,20 +132,39 @@ def log_answer(store: Store) -> LogAnswer:
     """Record a chat answer in the store, as the serving layer would; returns the record."""
     numbers = itertools.count()
 
-    def log_answer(question: str = "What is the capital of Kenya?", answer: str = "Nairobi.", *,
-                   stage: str = "sft", id: str | None = None, logged: bool = True,
-                   kind: str = "chat") -> GenerationRecord:
+    def log_answer(
+        question: str = "What is the capital of Kenya?",
+        answer: str = "Nairobi.",
+        *,
+        stage: str = "sft",
+        id: str | None = None,
+        logged: bool = True,
+        kind: str = "chat",
+    ) -> GenerationRecord:
         messages = [{"role": "user", "content": question}]
         record = GenerationRecord(
-            id=id or f"chatcmpl-test{next(numbers)}", stage=stage, client_id="anonymous", kind=kind,
+            id=id or f"chatcmpl-test{next(numbers)}",
+            stage=stage,
+            client_id="anonymous",
+            kind=kind,
             prompt_hash=prompt_hash(messages if kind == "chat" else question),
             messages=messages if logged and kind == "chat" else None,
             prompt=question if logged and kind == "completion" else None,
             completion=answer if logged else None,
-            sampling={"temperature": 0.7, "top_p": 1.0, "max_tokens": 32}, speculative_method="ngram",
-            speculative={"method": "ngram", "draft_tokens": 10, "accepted_tokens": 7,
-                         "acceptance_rate": 0.7, "mean_acceptance_length": 2.4},
-            prompt_tokens=9, completion_tokens=3, finish_reason="stop", ttft_ms=12.5, duration_ms=40.0,
+            sampling={"temperature": 0.7, "top_p": 1.0, "max_tokens": 32},
+            speculative_method="ngram",
+            speculative={
+                "method": "ngram",
+                "draft_tokens": 10,
+                "accepted_tokens": 7,
+                "acceptance_rate": 0.7,
+                "mean_acceptance_length": 2.4,
+            },
+            prompt_tokens=9,
+            completion_tokens=3,
+            finish_reason="stop",
+            ttft_ms=12.5,
+            duration_ms=40.0,
         )
         store.record_generation(record)
         return record

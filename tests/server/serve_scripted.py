@@ -25,8 +25,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     settings = Settings.from_env()
-    pool = EnginePool(Registry.model_validate(FAKE_REGISTRY),
-                      lambda spec: ScriptedEngine(speculative_method=spec.speculative_method))
+    pool = EnginePool(
+        Registry.model_validate(FAKE_REGISTRY), lambda spec: ScriptedEngine(speculative_method=spec.speculative_method)
+    )
     app = create_app(settings, pool, store=Store(settings.resolved_database_url), with_ui=False)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 

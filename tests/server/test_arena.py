@@ -25,8 +25,9 @@ from server.settings import Settings
 from server.store import BattleConflict, BattleSide, InvalidFeedback, Judgement, Store, UnknownItem
 from tests.conftest import ready_client
 
-ARENA_REGISTRY = {"stages": {"base": {"model": "fake/base"}, "sft": {"model": "fake/sft"},
-                             "rlhf": {"model": "fake/rlhf"}}}
+ARENA_REGISTRY = {
+    "stages": {"base": {"model": "fake/base"}, "sft": {"model": "fake/sft"}, "rlhf": {"model": "fake/rlhf"}}
+}
 # What each stage says, whatever it is asked: worst to best.
 SCRIPTS = {"fake/base": "the the of the and", "fake/sft": "Nairobi.", "fake/rlhf": "The capital of Kenya is Nairobi."}
 QUALITY = {text: rank for rank, text in enumerate(SCRIPTS.values())}
@@ -35,8 +36,11 @@ ASK = {"messages": [{"role": "user", "content": "What is the capital of Kenya?"}
 
 
 def arena_app(store: Store, tmp_path, *, scripts: dict[str, str] = SCRIPTS, keys=KEYS, **engine_kwargs):
-    pool = EnginePool(Registry.model_validate(ARENA_REGISTRY),
-                      lambda spec: ScriptedEngine(scripts[spec.model], **engine_kwargs), max_live_engines=3)
+    pool = EnginePool(
+        Registry.model_validate(ARENA_REGISTRY),
+        lambda spec: ScriptedEngine(scripts[spec.model], **engine_kwargs),
+        max_live_engines=3,
+    )
     settings = Settings(data_dir=tmp_path, api_keys=frozenset(keys))
     return create_app(settings, pool, store=store, with_ui=False), pool
 
@@ -85,8 +89,9 @@ def test_a_battle_names_no_stage_until_the_vote(client, store: Store):
     shown = client.get(f"/v1/arena/battles/{battle['id']}")
     assert "stage" not in shown.text and "vote" not in shown.json()
 
-    voted = client.post(f"/v1/arena/battles/{battle['id']}/vote",
-                        json={"winner": "b", "reasons": ["correct"], "comment": "b knows"})
+    voted = client.post(
+        f"/v1/arena/battles/{battle['id']}/vote", json={"winner": "b", "reasons": ["correct"], "comment": "b knows"}
+    )
     assert voted.status_code == 200
     body = voted.json()
     by_text = {text: model.split("/")[1] for model, text in SCRIPTS.items()}
@@ -95,8 +100,10 @@ def test_a_battle_names_no_stage_until_the_vote(client, store: Store):
     assert body["winner"] == "b" and body["reasons"] == ["correct"] and body["comment"] == "b knows"
     (judgement,) = store.iter_arena_judgements()
     assert judgement.blind and judgement.stages == [body["a"]["stage"], body["b"]["stage"]]
-    assert judgement.groups == [[1], [0]] and judgement.response_ids == [body["a"]["response_id"],
-                                                                          body["b"]["response_id"]]
+    assert judgement.groups == [[1], [0]] and judgement.response_ids == [
+        body["a"]["response_id"],
+        body["b"]["response_id"],
+    ]
     assert store.get_generation(body["a"]["response_id"]).stage == body["a"]["stage"]
     assert client.get(f"/v1/arena/battles/{battle['id']}").json()["vote"]["a"]["stage"] == body["a"]["stage"]
 
@@ -112,8 +119,11 @@ def test_more_turns_each_side_continues_its_own_conversation(client, store: Stor
     assert revealed["a"]["response_id"] == stored.turns[1]["a"]["response_id"]  # the vote judges the last turn
     # side a's second prompt held side a's own first answer, not side b's
     logged = store.get_generation(revealed["a"]["response_id"])
-    assert [m["content"] for m in logged.messages] == [ASK["messages"][0]["content"], battle["a"]["content"],
-                                                       "Are you sure?"]
+    assert [m["content"] for m in logged.messages] == [
+        ASK["messages"][0]["content"],
+        battle["a"]["content"],
+        "Are you sure?",
+    ]
     assert client.post(f"/v1/arena/battles/{battle['id']}/turns", json={"content": "again"}).status_code == 409
 
 
@@ -124,8 +134,10 @@ def _rater(store: Store, battle_id: str) -> str:
 
 def _counts(store: Store) -> tuple[int, int, int]:
     with store.engine.connect() as conn:
-        return tuple(conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()  # type: ignore[return-value]
-                     for t in ("arena_battles", "arena_votes", "generations"))
+        return tuple(
+            conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()  # type: ignore[return-value]
+            for t in ("arena_battles", "arena_votes", "generations")
+        )
 
 
 def test_every_bad_input_is_a_4xx_and_changes_nothing(client, store: Store):
@@ -141,8 +153,10 @@ def test_every_bad_input_is_a_4xx_and_changes_nothing(client, store: Store):
         (client.post(f"/v1/arena/battles/{bid}/vote", json={"winner": "a", "reasons": "nope"}), 400),
         (client.post(f"/v1/arena/battles/{bid}/vote", json={"winner": "a", "stage": "sft"}), 400),
         (client.post(f"/v1/arena/battles/{bid}/vote", json={}), 400),
-        (client.post(f"/v1/arena/battles/{bid}/vote", json={"winner": "a"}, headers={"Authorization": "Bearer x"}),
-         401),
+        (
+            client.post(f"/v1/arena/battles/{bid}/vote", json={"winner": "a"}, headers={"Authorization": "Bearer x"}),
+            401,
+        ),
         (client.post("/v1/arena/battles", json={**ASK, "stages": ["base", "nope"]}), 404),
         (client.post("/v1/arena/battles", json={**ASK, "stages": ["base", "base"]}), 400),
         (client.post("/v1/arena/battles", json={**ASK, "model": "sft"}), 400),
@@ -219,8 +233,9 @@ def test_concurrent_raters_lose_and_double_no_vote(store: Store, log_answer):
     battles = {}
     for rater in range(4):
         for _ in range(50):
-            b = store.open_battle(rater=f"r{rater}", stage_a="base", stage_b="sft", messages=ASK["messages"],
-                                  settings={})
+            b = store.open_battle(
+                rater=f"r{rater}", stage_a="base", stage_b="sft", messages=ASK["messages"], settings={}
+            )
             store.finish_turn(b.id, user=None, a=sides[0], b=sides[1])
             battles[b.id] = f"r{rater}"
     outcomes: Counter = Counter()
@@ -260,8 +275,10 @@ def test_concurrent_battles_over_http(client, store: Store):
         opened = client.post("/v1/arena/battles", json=ASK, headers=headers)
         assert opened.status_code == 200, opened.text
         battle = opened.json()
-        assert client.post(f"/v1/arena/battles/{battle['id']}/vote", json={"winner": "a"},
-                           headers=headers).status_code == 200
+        assert (
+            client.post(f"/v1/arena/battles/{battle['id']}/vote", json={"winner": "a"}, headers=headers).status_code
+            == 200
+        )
         return battle["id"]
 
     with ThreadPoolExecutor(4) as pool:
@@ -275,8 +292,10 @@ def test_concurrent_battles_over_http(client, store: Store):
 
 def test_the_draw_favours_the_widest_intervals_but_keeps_every_pair():
     stages = ["base", "sft", "rlhf"]
-    settled = [Judgement(str(i), "r", ["x", "y"], ["sft", "rlhf"], [[0], [1]] if i % 3 else [[1], [0]], None)
-               for i in range(300)]
+    settled = [
+        Judgement(str(i), "r", ["x", "y"], ["sft", "rlhf"], [[0], [1]] if i % 3 else [[1], [0]], None)
+        for i in range(300)
+    ]
     widths = interval_widths(settled, stages)
     assert widths["base"] > 5 * widths["sft"]  # base never judged: the prior's widest interval
     probabilities = pair_probabilities(stages, widths)

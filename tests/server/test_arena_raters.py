@@ -106,9 +106,10 @@ def likes_length(battle: dict, rng: random.Random) -> str:
 
 def test_style_control_takes_the_edge_of_writing_longer(store: Store, tmp_path):
     rng = random.Random(7)
-    pool = EnginePool(Registry.model_validate({"stages": {"terse": {"model": "fake/terse"},
-                                                          "wordy": {"model": "fake/wordy"}}}),
-                      lambda spec: LengthyEngine(8 if spec.model == "fake/wordy" else 0, rng))
+    pool = EnginePool(
+        Registry.model_validate({"stages": {"terse": {"model": "fake/terse"}, "wordy": {"model": "fake/wordy"}}}),
+        lambda spec: LengthyEngine(8 if spec.model == "fake/wordy" else 0, rng),
+    )
     app = create_app(Settings(data_dir=tmp_path), pool, store=store, with_ui=False)
     with ready_client(app, pool) as client:
         play(client, 300, likes_length, max_tokens=40)

@@ -35,8 +35,18 @@ def call(app, chunks: list[bytes], headers: list[tuple[bytes, bytes]] = ()) -> t
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/", "headers": list(headers), "query_string": b"",
-             "http_version": "1.1", "scheme": "http", "server": ("t", 80), "client": ("c", 1), "root_path": ""}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": list(headers),
+        "query_string": b"",
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("t", 80),
+        "client": ("c", 1),
+        "root_path": "",
+    }
     asyncio.run(app(scope, receive, send))
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return sent[0]["status"], json.loads(body), pulled
@@ -70,12 +80,18 @@ def test_the_app_answers_413_and_starts_nothing(fake_app):
         assert r.json()["error"]["code"] == "request_too_large"
         assert pool.built[("fake/base", None)].requests == []
         # chunked upload (no Content-Length): refused by counting
-        r = client.post("/v1/chat/completions", content=iter([json.dumps(big).encode()[i:i + 500]
-                                                              for i in range(0, 5001, 500)]),
-                        headers={"content-type": "application/json"})
+        r = client.post(
+            "/v1/chat/completions",
+            content=iter([json.dumps(big).encode()[i : i + 500] for i in range(0, 5001, 500)]),
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
-        assert client.post("/v1/chat/completions", json={**big, "messages": [
-            {"role": "user", "content": "Capital of Kenya?"}]}).status_code == 200
+        assert (
+            client.post(
+                "/v1/chat/completions", json={**big, "messages": [{"role": "user", "content": "Capital of Kenya?"}]}
+            ).status_code
+            == 200
+        )
         assert 'stagechat_too_large_total{door="http"}' in client.get("/metrics").text
 
 

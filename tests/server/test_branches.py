@@ -6,8 +6,16 @@ import pytest
 
 from tests.conftest import ready_client
 
-BODY = {"model": ["base", "sft"], "prompt": [5, 6], "completion": [7, 8, 9], "position": 1, "token": 42,
-        "max_tokens": 2, "temperature": 0, "logprobs": 1}
+BODY = {
+    "model": ["base", "sft"],
+    "prompt": [5, 6],
+    "completion": [7, 8, 9],
+    "position": 1,
+    "token": 42,
+    "max_tokens": 2,
+    "temperature": 0,
+    "logprobs": 1,
+}
 
 
 @pytest.fixture
@@ -38,8 +46,9 @@ def test_appending_at_the_end_is_a_branch_too(client):
     assert r.status_code == 200 and r.json()["prefix"] == [5, 6, 7, 8, 9, 42]
 
 
-@pytest.mark.parametrize(("field", "value"), [("position", 4), ("position", -1), ("token", -3), ("top_k", -2),
-                                              ("min_p", 2)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("position", 4), ("position", -1), ("token", -3), ("top_k", -2), ("min_p", 2)]
+)
 def test_bad_input_is_a_400_naming_the_field(client, field, value):
     before = len(engine(client).requests)
     r = client.post("/v1/branches", json={**BODY, field: value})

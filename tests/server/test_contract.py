@@ -131,10 +131,33 @@ def test_schemathesis_every_phase_all_checks_find_nothing(served_fake_app, tmp_p
     config = tmp_path / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_TOML)
     result = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "--no-color", "run",
-         f"{served_fake_app}/openapi.json", "--checks", "all", "--phases", PHASES, "--seed", str(seed),
-         "--max-examples", "10", "--workers", "1", "--generation-database", "none"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--config-file",
+            str(config),
+            "--no-color",
+            "run",
+            f"{served_fake_app}/openapi.json",
+            "--checks",
+            "all",
+            "--phases",
+            PHASES,
+            "--seed",
+            str(seed),
+            "--max-examples",
+            "10",
+            "--workers",
+            "1",
+            "--generation-database",
+            "none",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "Server error" not in result.stdout
     for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):  # each ran (none skipped) and passed
@@ -144,8 +167,12 @@ def test_schemathesis_every_phase_all_checks_find_nothing(served_fake_app, tmp_p
 def test_the_spec_states_what_the_query_parameters_accept(fake_app, tmp_path):
     app, _ = fake_app(store=Store(f"sqlite:///{tmp_path / 'stagechat.db'}"))
     spec = TestClient(app).get("/openapi.json").json()
-    params = {(path, p["name"]): p["schema"] for path, item in spec["paths"].items()
-              for op in item.values() for p in op.get("parameters", [])}
+    params = {
+        (path, p["name"]): p["schema"]
+        for path, item in spec["paths"].items()
+        for op in item.values()
+        for p in op.get("parameters", [])
+    }
     assert params[("/v1/feedback/export", "format")]["enum"] == ["kto", "dpo", "sft"]
     for path in ("/v1/leaderboard", "/v1/feedback", "/v1/rankings"):
         for name in ("since", "until"):
@@ -169,14 +196,17 @@ def test_the_spec_links_an_answer_to_its_rating_and_a_rating_to_its_deletion(fak
     assert delete["parameters"] == {"path.item_id": "$response.body#/id"}
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("1767225600", datetime(2026, 1, 1, tzinfo=timezone.utc)),
-    ("1.7672256e9", datetime(2026, 1, 1, tzinfo=timezone.utc)),  # a JSON number, as the schema says
-    ("2026-01-01T02:00:00+02:00", datetime(2026, 1, 1, tzinfo=timezone.utc)),
-    ("2026-01-01", datetime(2026, 1, 1, tzinfo=timezone.utc)),  # naive: UTC
-    ("1e99", datetime(9999, 12, 30, tzinfo=timezone.utc)),  # past year 9999: after every stored time
-    ("0001-01-01T00:00:00+14:00", datetime(1, 1, 2, tzinfo=timezone.utc)),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("1767225600", datetime(2026, 1, 1, tzinfo=timezone.utc)),
+        ("1.7672256e9", datetime(2026, 1, 1, tzinfo=timezone.utc)),  # a JSON number, as the schema says
+        ("2026-01-01T02:00:00+02:00", datetime(2026, 1, 1, tzinfo=timezone.utc)),
+        ("2026-01-01", datetime(2026, 1, 1, tzinfo=timezone.utc)),  # naive: UTC
+        ("1e99", datetime(9999, 12, 30, tzinfo=timezone.utc)),  # past year 9999: after every stored time
+        ("0001-01-01T00:00:00+14:00", datetime(1, 1, 2, tzinfo=timezone.utc)),
+    ],
+)
 def test_a_time_filter_reads_what_the_schema_states(value, expected):
     assert parse_time(value, "since") == expected
 

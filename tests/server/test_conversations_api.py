@@ -58,16 +58,24 @@ def test_create_list_search_rename_delete(client: TestClient):
 def test_branches_and_a_branch_as_openai_messages(client: TestClient):
     made = client.post("/v1/conversations", json={"messages": KENYA}).json()
     q, _ = made["messages"]
-    [b] = client.post(f"/v1/conversations/{made['id']}/messages",
-                      json={"parent_id": q["id"], "messages": [{"role": "assistant", "content": "Nairobi!"}]}
-                      ).json()["data"]
+    [b] = client.post(
+        f"/v1/conversations/{made['id']}/messages",
+        json={"parent_id": q["id"], "messages": [{"role": "assistant", "content": "Nairobi!"}]},
+    ).json()["data"]
     tree = client.get(f"/v1/conversations/{made['id']}").json()["messages"]
     assert [m["parent_id"] for m in tree] == [None, q["id"], q["id"]]  # two answers to one question
     branch = client.get(f"/v1/conversations/{made['id']}/branches/{b['id']}").json()
-    assert branch["messages"] == [{"role": "user", "content": "Capital of Kenya?"},
-                                  {"role": "assistant", "content": "Nairobi!"}]
-    e = error(client.post(f"/v1/conversations/{made['id']}/messages",
-                          json={"parent_id": "msg_nope", "messages": [{"role": "user", "content": "x"}]}), 400)
+    assert branch["messages"] == [
+        {"role": "user", "content": "Capital of Kenya?"},
+        {"role": "assistant", "content": "Nairobi!"},
+    ]
+    e = error(
+        client.post(
+            f"/v1/conversations/{made['id']}/messages",
+            json={"parent_id": "msg_nope", "messages": [{"role": "user", "content": "x"}]},
+        ),
+        400,
+    )
     assert e["param"] == "parent_id"
     error(client.get(f"/v1/conversations/{made['id']}/branches/msg_nope"), 404)
     other = client.post("/v1/conversations", json={"messages": KENYA[:1]}).json()
@@ -76,8 +84,10 @@ def test_branches_and_a_branch_as_openai_messages(client: TestClient):
 
 def test_export_import_round_trip_and_malformed_trees(client: TestClient, store: Store):
     made = client.post("/v1/conversations", json={"messages": KENYA}).json()
-    client.post(f"/v1/conversations/{made['id']}/messages",
-                json={"parent_id": made["messages"][0]["id"], "messages": [{"role": "assistant", "content": "N."}]})
+    client.post(
+        f"/v1/conversations/{made['id']}/messages",
+        json={"parent_id": made["messages"][0]["id"], "messages": [{"role": "assistant", "content": "N."}]},
+    )
     tree = client.get(f"/v1/conversations/{made['id']}/export").json()
     assert tree["format"] == "stagechat.conversation.v1" and len(tree["messages"]) == 3
     copy = client.post("/v1/conversations/import", json=tree).json()
@@ -86,13 +96,16 @@ def test_export_import_round_trip_and_malformed_trees(client: TestClient, store:
     assert sorted(shape, key=str) == sorted([(m["role"], m["content"], m["stage"]) for m in tree["messages"]], key=str)
     before = len(client.get("/v1/conversations").json()["data"])
     first = tree["messages"][0]
-    for bad in ({"messages": "no"}, {"format": "other", "messages": tree["messages"]},
-                {"messages": [{**first, "parent_id": "missing"}]},
-                {"messages": [{**first, "parent_id": first["id"]}]},  # its own parent: a cycle
-                {"messages": [first, first]},
-                {"messages": [{**first, "role": "wizard"}]},
-                {"messages": [{**first, "extra": 1}]},
-                {"messages": [{"id": "x"}]}):
+    for bad in (
+        {"messages": "no"},
+        {"format": "other", "messages": tree["messages"]},
+        {"messages": [{**first, "parent_id": "missing"}]},
+        {"messages": [{**first, "parent_id": first["id"]}]},  # its own parent: a cycle
+        {"messages": [first, first]},
+        {"messages": [{**first, "role": "wizard"}]},
+        {"messages": [{**first, "extra": 1}]},
+        {"messages": [{"id": "x"}]},
+    ):
         assert client.post("/v1/conversations/import", json=bad).status_code == 400, bad
     assert len(client.get("/v1/conversations").json()["data"]) == before  # nothing written
 
@@ -101,8 +114,12 @@ def test_share_links_read_without_a_key_show_no_raters_and_can_be_revoked(serve)
     with serve(api_keys=frozenset({USER, OTHER}), admin_key=ADMIN) as client:
         user, other = ({"authorization": f"Bearer {k}"} for k in (USER, OTHER))
         answer = client.post("/v1/responses", json={"model": "sft", "input": "Capital of Kenya?"}, headers=user).json()
-        assert client.post("/v1/feedback", json={"response_id": answer["generation_id"], "rating": "up"},
-                           headers=user).status_code == 200
+        assert (
+            client.post(
+                "/v1/feedback", json={"response_id": answer["generation_id"], "rating": "up"}, headers=user
+            ).status_code
+            == 200
+        )
         [conv] = client.get("/v1/conversations", headers=user).json()["data"]
         full = client.get(f"/v1/conversations/{conv['id']}", headers=user).json()
         assert full["messages"][-1]["ratings"] == [{"client_id": client_id_for(USER), "rating": "up"}]
@@ -114,15 +131,18 @@ def test_share_links_read_without_a_key_show_no_raters_and_can_be_revoked(serve)
         assert shown.status_code == 200
         body = shown.json()
         text = shown.text
-        assert [m["content"] for m in body["messages"]] == ["Capital of Kenya?",
-                                                          answer["output"][0]["content"][0]["text"]]
+        assert [m["content"] for m in body["messages"]] == [
+            "Capital of Kenya?",
+            answer["output"][0]["content"][0]["text"],
+        ]
         assert client_id_for(USER) not in text and "rating" not in text and answer["generation_id"] not in text
         # read only: no write goes through a share id
         assert client.post(f"/v1/shared/{link['id']}", json={}).status_code == 405
         error(client.delete(f"/v1/shared/{link['id']}"), 401)
         error(client.delete(f"/v1/shared/{link['id']}", headers=other), 404)
-        assert [s["id"] for s in client.get(f"/v1/conversations/{conv['id']}/shares", headers=user).json()["data"]] \
-            == [link["id"]]
+        assert [s["id"] for s in client.get(f"/v1/conversations/{conv['id']}/shares", headers=user).json()["data"]] == [
+            link["id"]
+        ]
         page = client.get(link["page"])  # the same, as a page for a browser: escaped, no script may run
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert "Capital of Kenya?" in page.text and "default-src 'none'" in page.headers["content-security-policy"]
@@ -139,10 +159,12 @@ def test_owners_and_the_admin(serve):
         assert mine["client_id"] == client_id_for(USER)
         error(client.get("/v1/conversations"), 401)
         assert client.get("/v1/conversations", headers=other).json()["data"] == []
-        for call in (lambda: client.get(f"/v1/conversations/{mine['id']}", headers=other),
-                     lambda: client.patch(f"/v1/conversations/{mine['id']}", json={"title": "x"}, headers=other),
-                     lambda: client.get(f"/v1/conversations/{mine['id']}/export", headers=other),
-                     lambda: client.delete(f"/v1/conversations/{mine['id']}", headers=other)):
+        for call in (
+            lambda: client.get(f"/v1/conversations/{mine['id']}", headers=other),
+            lambda: client.patch(f"/v1/conversations/{mine['id']}", json={"title": "x"}, headers=other),
+            lambda: client.get(f"/v1/conversations/{mine['id']}/export", headers=other),
+            lambda: client.delete(f"/v1/conversations/{mine['id']}", headers=other),
+        ):
             error(call(), 404)
         assert [c["id"] for c in client.get("/v1/conversations", headers=admin).json()["data"]] == [mine["id"]]
         assert client.delete(f"/v1/conversations/{mine['id']}", headers=admin).status_code == 200
@@ -151,8 +173,9 @@ def test_owners_and_the_admin(serve):
 def test_a_response_continues_a_saved_conversation(client: TestClient):
     """Responses and saved conversations are one thing: a message id is a previous_response_id."""
     made = client.post("/v1/conversations", json={"messages": KENYA}).json()
-    answer = client.post("/v1/responses", json={"model": "sft", "input": "And Peru?",
-                                                "previous_response_id": made["messages"][-1]["id"]}).json()
+    answer = client.post(
+        "/v1/responses", json={"model": "sft", "input": "And Peru?", "previous_response_id": made["messages"][-1]["id"]}
+    ).json()
     tree = client.get(f"/v1/conversations/{made['id']}").json()["messages"]
     assert [m["role"] for m in tree] == ["user", "assistant", "user", "assistant"] and tree[-1]["id"] == answer["id"]
 

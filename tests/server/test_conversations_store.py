@@ -25,10 +25,22 @@ def test_a_conversation_is_a_tree_with_branches(store: Store):
     assert conv.title == "Capital of Kenya?" and conv.id.startswith("conv_") and len(conv.id) > 20
     assert (q.parent_id, a.parent_id, a.stage) == (None, q.id, "sft")
     # A regeneration: a second answer to the same question is a branch beside the first.
-    [a2] = store.add_messages(conv.id, q.id, [NewMessage("assistant", "Nairobi, Kenya.", stage="base",
-                                                         sampling={"temperature": 0.7}, reward_score=0.5,
-                                                         speculative={"method": "ngram"}, generation_id="chatcmpl-1")],
-                              viewer=None)
+    [a2] = store.add_messages(
+        conv.id,
+        q.id,
+        [
+            NewMessage(
+                "assistant",
+                "Nairobi, Kenya.",
+                stage="base",
+                sampling={"temperature": 0.7},
+                reward_score=0.5,
+                speculative={"method": "ngram"},
+                generation_id="chatcmpl-1",
+            )
+        ],
+        viewer=None,
+    )
     # An edit of the first question: a second root.
     [q2, a3] = store.add_messages(conv.id, None, chat("Capital of Peru?", "Lima."), viewer=None)
     tree = store.conversation_messages(conv.id, viewer=None)
@@ -36,7 +48,11 @@ def test_a_conversation_is_a_tree_with_branches(store: Store):
     assert [m.content for m in store.message_path(a2.id, viewer=None)] == ["Capital of Kenya?", "Nairobi, Kenya."]
     got = store.get_message(a2.id, viewer=None)
     assert (got.sampling, got.reward_score, got.speculative, got.generation_id) == (
-        {"temperature": 0.7}, 0.5, {"method": "ngram"}, "chatcmpl-1")
+        {"temperature": 0.7},
+        0.5,
+        {"method": "ngram"},
+        "chatcmpl-1",
+    )
     assert store.get_conversation(conv.id, viewer=None).updated_at >= conv.updated_at
 
 
@@ -45,13 +61,15 @@ def test_owners_see_only_their_own_and_a_viewer_of_none_sees_all(store: Store):
     theirs, [m] = store.create_conversation(owner="bob", messages=chat("Bonjour"))
     assert [c.id for c in store.list_conversations(viewer="alice")[0]] == [mine.id]
     assert {c.id for c in store.list_conversations(viewer=None)[0]} == {mine.id, theirs.id}
-    for call in (lambda: store.get_conversation(theirs.id, viewer="alice"),
-                 lambda: store.conversation_messages(theirs.id, viewer="alice"),
-                 lambda: store.get_message(m.id, viewer="alice"),
-                 lambda: store.rename_conversation(theirs.id, "mine now", viewer="alice"),
-                 lambda: store.add_messages(theirs.id, m.id, chat("hi"), viewer="alice"),
-                 lambda: store.delete_conversation(theirs.id, viewer="alice"),
-                 lambda: store.share_conversation(theirs.id, viewer="alice")):
+    for call in (
+        lambda: store.get_conversation(theirs.id, viewer="alice"),
+        lambda: store.conversation_messages(theirs.id, viewer="alice"),
+        lambda: store.get_message(m.id, viewer="alice"),
+        lambda: store.rename_conversation(theirs.id, "mine now", viewer="alice"),
+        lambda: store.add_messages(theirs.id, m.id, chat("hi"), viewer="alice"),
+        lambda: store.delete_conversation(theirs.id, viewer="alice"),
+        lambda: store.share_conversation(theirs.id, viewer="alice"),
+    ):
         with pytest.raises(UnknownConversation):
             call()
     assert store.get_conversation(theirs.id, viewer=None).title == "Bonjour"
@@ -109,8 +127,11 @@ def test_bad_writes_change_nothing(store: Store):
 
 
 def test_import_takes_a_tree_and_refuses_anything_else(store: Store):
-    tree = [NewMessage("user", "q", id="1"), NewMessage("assistant", "a", id="2", parent_id="1", stage="sft"),
-            NewMessage("assistant", "b", id="3", parent_id="1", reward_score=1.5)]
+    tree = [
+        NewMessage("user", "q", id="1"),
+        NewMessage("assistant", "a", id="2", parent_id="1", stage="sft"),
+        NewMessage("assistant", "b", id="3", parent_id="1", reward_score=1.5),
+    ]
     conv, written = store.import_conversation(owner="alice", title=None, messages=tree[::-1])  # any order
     assert conv.owner == "alice" and conv.title == "q"
     assert [m.content for m in written] == ["q", "b", "a"] or [m.content for m in written] == ["q", "a", "b"]
@@ -119,8 +140,11 @@ def test_import_takes_a_tree_and_refuses_anything_else(store: Store):
     bad = {
         "empty": [],
         "dangling parent": [NewMessage("user", "q", id="1", parent_id="nope")],
-        "cycle": [NewMessage("user", "q", id="1"), NewMessage("user", "x", id="2", parent_id="3"),
-                  NewMessage("user", "y", id="3", parent_id="2")],
+        "cycle": [
+            NewMessage("user", "q", id="1"),
+            NewMessage("user", "x", id="2", parent_id="3"),
+            NewMessage("user", "y", id="3", parent_id="2"),
+        ],
         "duplicate id": [NewMessage("user", "q", id="1"), NewMessage("user", "q", id="1")],
         "no id": [NewMessage("user", "q")],
         "bad role": [NewMessage("robot", "q", id="1")],
@@ -129,7 +153,7 @@ def test_import_takes_a_tree_and_refuses_anything_else(store: Store):
     for why, messages in bad.items():
         with pytest.raises(InvalidConversation):
             store.import_conversation(owner=None, title=None, messages=messages)
-    assert (count(store, ConversationRow), count(store, MessageRow)) == (1, 3), why
+        assert (count(store, ConversationRow), count(store, MessageRow)) == (1, 3), why
 
 
 def test_share_links_show_a_tree_or_a_branch_until_revoked(store: Store):

@@ -35,8 +35,15 @@ HISTORY = [{"role": "user", "content": "Capital of Kenya?"}]
 def read_only(folder: Path):
     """`folder` read-only for everyone, root included, for the block's duration."""
     folder = folder.resolve()
-    mounted = subprocess.run(f"mount --bind '{folder}' '{folder}' && mount -o remount,bind,ro '{folder}'",
-                             shell=True, capture_output=True, check=False).returncode == 0
+    mounted = (
+        subprocess.run(
+            f"mount --bind '{folder}' '{folder}' && mount -o remount,bind,ro '{folder}'",
+            shell=True,
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
     if not mounted:
         subprocess.run(["umount", str(folder)], capture_output=True, check=False)  # a bind that did not remount
         if os.geteuid() == 0:
@@ -55,9 +62,23 @@ def read_only(folder: Path):
 
 def _generation(id: str) -> GenerationRecord:
     return GenerationRecord(
-        id=id, stage="sft", client_id="anonymous", kind="chat", prompt_hash="h", messages=HISTORY, prompt=None,
-        completion="Nairobi.", sampling={}, speculative_method=None, speculative=None, prompt_tokens=1,
-        completion_tokens=1, finish_reason="stop", ttft_ms=1.0, duration_ms=2.0)
+        id=id,
+        stage="sft",
+        client_id="anonymous",
+        kind="chat",
+        prompt_hash="h",
+        messages=HISTORY,
+        prompt=None,
+        completion="Nairobi.",
+        sampling={},
+        speculative_method=None,
+        speculative=None,
+        prompt_tokens=1,
+        completion_tokens=1,
+        finish_reason="stop",
+        ttft_ms=1.0,
+        duration_ms=2.0,
+    )
 
 
 # -- what a storage fault is ---------------------------------------------------------------------
@@ -68,7 +89,9 @@ def test_storage_faults_are_told_apart_from_other_errors():
     assert storage_fault(OSError(errno.EROFS, "Read-only file system"), "/data/y") == StorageFault(READ_ONLY, "/data/y")
     wrapped = sqlalchemy.exc.OperationalError("INSERT ...", {}, sqlite3.OperationalError("database or disk is full"))
     assert storage_fault(wrapped, database="/data/stagechat.db") == StorageFault(FULL, "/data/stagechat.db")
-    readonly = sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("attempt to write a readonly database"))
+    readonly = sqlalchemy.exc.OperationalError(
+        "INSERT", {}, sqlite3.OperationalError("attempt to write a readonly database")
+    )
     assert storage_fault(readonly).kind == READ_ONLY
     try:
         try:
@@ -78,7 +101,9 @@ def test_storage_faults_are_told_apart_from_other_errors():
     except RuntimeError as exc:
         assert storage_fault(exc, "/data/rounds/x").kind == FULL  # found along the chain
     assert storage_fault(ConnectionRefusedError(errno.ECONNREFUSED, "refused")) is None
-    assert storage_fault(sqlalchemy.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("no such table"))) is None
+    assert (
+        storage_fault(sqlalchemy.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("no such table"))) is None
+    )
 
 
 def test_the_api_answers_507_for_a_full_disk_and_503_with_retry_after_for_read_only():
@@ -108,9 +133,11 @@ def test_a_rating_on_a_full_disk_is_a_507_naming_the_cause(fake_app, data_dir, m
     store = Store(f"sqlite:///{data_dir / 'stagechat.db'}")
     store.record_generation(_generation("chatcmpl-1"))
     with ready_client(*fake_app(store=store)) as client:
+
         def disk_full(*args, **kwargs):  # what SQLite says when its write() gets ENOSPC
-            raise sqlalchemy.exc.OperationalError("INSERT INTO feedback ...", {},
-                                                  sqlite3.OperationalError("database or disk is full"))
+            raise sqlalchemy.exc.OperationalError(
+                "INSERT INTO feedback ...", {}, sqlite3.OperationalError("database or disk is full")
+            )
 
         monkeypatch.setattr(store, "rate", disk_full)
         r = _rate(client, "chatcmpl-1")
@@ -146,8 +173,11 @@ def test_a_rating_on_a_read_only_data_dir_is_a_503_naming_it_and_exports_still_r
 def test_an_export_whose_store_cannot_be_opened_is_a_json_error_not_a_cut_stream(fake_app, data_dir, monkeypatch):
     store = Store(f"sqlite:///{data_dir / 'stagechat.db'}")
     with ready_client(*fake_app(store=store)) as client:
+
         def cannot_open(*args, **kwargs):  # SQLite on a data dir whose files became unreadable
-            raise sqlalchemy.exc.OperationalError("SELECT ...", {}, sqlite3.OperationalError("unable to open database file"))
+            raise sqlalchemy.exc.OperationalError(
+                "SELECT ...", {}, sqlite3.OperationalError("unable to open database file")
+            )
 
         monkeypatch.setattr(store, "iter_rated_answers", cannot_open)
         r = client.get("/v1/feedback/export", params={"format": "kto"})
@@ -158,8 +188,25 @@ def test_an_export_whose_store_cannot_be_opened_is_a_json_error_not_a_cut_stream
 
 
 def _export(database: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", "feedback", "export", "--format", "kto", "--out", str(out),
-                           "--database-url", f"sqlite:///{database}"], capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "feedback",
+            "export",
+            "--format",
+            "kto",
+            "--out",
+            str(out),
+            "--database-url",
+            f"sqlite:///{database}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_the_export_command_into_a_read_only_folder_exits_2_naming_the_path(tmp_path):
@@ -203,8 +250,14 @@ def test_an_export_to_a_full_disk_exits_2_and_leaves_no_partial_file(tmp_path, m
 
     monkeypatch.setattr(Path, "open", open_on_a_full_disk)
     out = tmp_path / "kto.jsonl"
-    args = argparse.Namespace(format="kto", out=str(out), hf_dataset=None, push_to_hub=None, test_fraction=0.1,
-                              database_url=f"sqlite:///{tmp_path / 'stagechat.db'}")
+    args = argparse.Namespace(
+        format="kto",
+        out=str(out),
+        hf_dataset=None,
+        push_to_hub=None,
+        test_fraction=0.1,
+        database_url=f"sqlite:///{tmp_path / 'stagechat.db'}",
+    )
     assert export_feedback(args) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"stagechat feedback export: cannot export: no space left on device ({out}); nothing was written"
@@ -235,8 +288,9 @@ def test_a_round_on_a_full_disk_is_a_round_error_and_leaves_nothing(registry_fil
 
     with pytest.raises(RoundError) as failed:
         round_.run(train, _meta, description="x")
-    assert str(failed.value) == (f"round 'sft-2' could not be written: no space left on device "
-                                 f"({round_.out_dir}); nothing was registered")
+    assert str(failed.value) == (
+        f"round 'sft-2' could not be written: no space left on device ({round_.out_dir}); nothing was registered"
+    )
     assert registry_file.read_text() == before
     assert list((tmp_path / "rounds").iterdir()) == []  # no folder, no partial folder
 
@@ -262,8 +316,7 @@ def test_a_round_whose_registry_cannot_be_written_removes_its_folder(registry_fi
     config.write_text(registry_file.read_text())
     round_ = Round.open(config, data_dir, "sft", "sft-2")
     with read_only(config_dir), pytest.raises(RoundError, match="read-only"):
-        round_.run(lambda folder: (folder / "adapter_config.json").write_text("{}") and None, _meta,
-                   description="x")
+        round_.run(lambda folder: (folder / "adapter_config.json").write_text("{}") and None, _meta, description="x")
     assert config.read_text() == registry_file.read_text()
     assert not round_.out_dir.exists() and list((data_dir / "rounds").iterdir()) == []
 
@@ -272,10 +325,16 @@ def test_serve_on_a_read_only_data_dir_exits_2_naming_the_database(registry_file
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     with read_only(data_dir):
-        done = subprocess.run([sys.executable, "-m", "cli", "serve", "--config", str(registry_file), "--no-ui"],
-                              env={**os.environ, "STAGECHAT_DATA_DIR": str(data_dir)}, capture_output=True, text=True,
-                              timeout=120, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "cli", "serve", "--config", str(registry_file), "--no-ui"],
+            env={**os.environ, "STAGECHAT_DATA_DIR": str(data_dir)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        f"stagechat serve: cannot start: storage is read-only (or not writable) ({data_dir / 'stagechat.db'})")
+        f"stagechat serve: cannot start: storage is read-only (or not writable) ({data_dir / 'stagechat.db'})"
+    )

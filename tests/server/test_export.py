@@ -26,8 +26,7 @@ def answer(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
-def rated(store: Store, log_answer, question: str, text: str, *ratings: str, stage: str = "sft",
-          **kwargs: Any) -> str:
+def rated(store: Store, log_answer, question: str, text: str, *ratings: str, stage: str = "sft", **kwargs: Any) -> str:
     """Log an answer and have raters r0, r1, … rate it; returns its id."""
     record = log_answer(question, text, stage=stage, **kwargs)
     for i, rating in enumerate(ratings):
@@ -65,18 +64,24 @@ def test_kto(feedback: Store):
 
 def test_sft(feedback: Store):
     rows = list(examples(feedback, "sft"))
-    assert sorted(rows, key=str) == sorted([
-        {"messages": KENYA + answer("Nairobi.")},
-        {"messages": PERU + answer("Lima.")},
-    ], key=str)
+    assert sorted(rows, key=str) == sorted(
+        [
+            {"messages": KENYA + answer("Nairobi.")},
+            {"messages": PERU + answer("Lima.")},
+        ],
+        key=str,
+    )
 
 
 def test_dpo_pairs_from_preferences_and_ratings_once_each(feedback: Store):
     rows = list(examples(feedback, "dpo"))
-    assert sorted(rows, key=str) == sorted([
-        {"prompt": KENYA, "chosen": answer("Nairobi."), "rejected": answer("Mombasa.")},  # preference = ratings
-        {"prompt": PERU, "chosen": answer("Lima."), "rejected": answer("Cusco.")},  # preference only
-    ], key=str)
+    assert sorted(rows, key=str) == sorted(
+        [
+            {"prompt": KENYA, "chosen": answer("Nairobi."), "rejected": answer("Mombasa.")},  # preference = ratings
+            {"prompt": PERU, "chosen": answer("Lima."), "rejected": answer("Cusco.")},  # preference only
+        ],
+        key=str,
+    )
 
 
 def test_stage_filter(feedback: Store):
@@ -91,8 +96,10 @@ def test_text_sent_with_the_rating_is_exported(store: Store, log_answer):
 
 
 def test_rankings_give_every_ordered_pair_in_dpo(store: Store, log_answer):
-    ids = [log_answer(KENYA[0]["content"], t, stage=s).id for t, s in
-           [("Nairobi.", "rlhf"), ("Nairobi", "sft"), ("Mombasa.", "base")]]
+    ids = [
+        log_answer(KENYA[0]["content"], t, stage=s).id
+        for t, s in [("Nairobi.", "rlhf"), ("Nairobi", "sft"), ("Mombasa.", "base")]
+    ]
     store.rank(ids, [[ids[2]], [ids[0], ids[1]]], rater="r0")  # a worse group of two tied answers
     rows = {(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in examples(store, "dpo")}
     assert rows == {("Mombasa.", "Nairobi."), ("Mombasa.", "Nairobi")}
@@ -106,11 +113,13 @@ def test_corrections_in_sft_dpo_and_kto(store: Store, log_answer):
     store.correct(good, "Nairobi.", rater="r1")  # a liked answer, polished: SFT takes the polished text
     bad = rated(store, log_answer, PERU[0]["content"], "Cusco.", "down")
     store.correct(bad, "Lima.", rater="r0")
-    assert sorted(map(str, examples(store, "sft"))) == sorted(map(str, [
-        {"messages": KENYA + answer("Nairobi.")}, {"messages": PERU + answer("Lima.")}]))
-    assert {(r["prompt"][0]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"])
-            for r in examples(store, "dpo")} == {(KENYA[0]["content"], "Nairobi.", "Nairobi"),
-                                                (PERU[0]["content"], "Lima.", "Cusco.")}
+    assert sorted(map(str, examples(store, "sft"))) == sorted(
+        map(str, [{"messages": KENYA + answer("Nairobi.")}, {"messages": PERU + answer("Lima.")}])
+    )
+    assert {
+        (r["prompt"][0]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"])
+        for r in examples(store, "dpo")
+    } == {(KENYA[0]["content"], "Nairobi.", "Nairobi"), (PERU[0]["content"], "Lima.", "Cusco.")}
     kto = {(r["completion"][0]["content"], r["label"]) for r in examples(store, "kto")}
     assert kto == {("Nairobi", True), ("Nairobi.", True), ("Cusco.", False), ("Lima.", True)}
 
@@ -118,14 +127,33 @@ def test_corrections_in_sft_dpo_and_kto(store: Store, log_answer):
 def test_multi_turn_prefixes_are_exported_exactly(store: Store):
     from server.store import GenerationRecord, prompt_hash
 
-    history = [{"role": "system", "content": "Be brief."}, *KENYA, {"role": "assistant", "content": "Mombasa."},
-               {"role": "user", "content": "Are you sure?"}]
+    history = [
+        {"role": "system", "content": "Be brief."},
+        *KENYA,
+        {"role": "assistant", "content": "Mombasa."},
+        {"role": "user", "content": "Are you sure?"},
+    ]
     for i, text in enumerate(["Nairobi, sorry.", "Yes."]):
-        store.record_generation(GenerationRecord(
-            id=f"t2-{i}", stage="sft", client_id="ui", kind="chat", prompt_hash=prompt_hash(history),
-            messages=history, prompt=None, completion=text, sampling={}, speculative_method=None,
-            speculative=None, prompt_tokens=1, completion_tokens=1, finish_reason="stop", ttft_ms=1.0,
-            duration_ms=2.0))
+        store.record_generation(
+            GenerationRecord(
+                id=f"t2-{i}",
+                stage="sft",
+                client_id="ui",
+                kind="chat",
+                prompt_hash=prompt_hash(history),
+                messages=history,
+                prompt=None,
+                completion=text,
+                sampling={},
+                speculative_method=None,
+                speculative=None,
+                prompt_tokens=1,
+                completion_tokens=1,
+                finish_reason="stop",
+                ttft_ms=1.0,
+                duration_ms=2.0,
+            )
+        )
     store.rank(["t2-0", "t2-1"], [["t2-0"], ["t2-1"]], rater="r0")
     store.rate("t2-1", "down", rater="r0")
     store.correct("t2-1", "No: Nairobi.", rater="r0")
@@ -155,13 +183,24 @@ def tiny_lm():
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.add_special_tokens(specials)
-    template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
-                "{% if add_generation_prompt %}<|assistant|> {% endif %}")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=template, eos_token="<|end|>",
-                                        pad_token="[PAD]", unk_token="[UNK]")
-    config = LlamaConfig(vocab_size=len(specials) + len(words), hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=64, pad_token_id=1, eos_token_id=2)
+    template = (
+        "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, chat_template=template, eos_token="<|end|>", pad_token="[PAD]", unk_token="[UNK]"
+    )
+    config = LlamaConfig(
+        vocab_size=len(specials) + len(words),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=1,
+        eos_token_id=2,
+    )
     return tokenizer, LlamaForCausalLM(config)
 
 
@@ -176,17 +215,33 @@ def _train_one_step(format: str, dataset, tiny_lm, tmp_path: Path):
 
     tokenizer, model = tiny_lm
     model = copy.deepcopy(model)
-    common = dict(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2,
-                  report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True)
+    common = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     if format == "dpo":
-        trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=DPOConfig(**common),
-                             train_dataset=dataset, processing_class=tokenizer)
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=copy.deepcopy(model),
+            args=DPOConfig(**common),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
     elif format == "kto":
-        trainer = KTOTrainer(model=model, ref_model=copy.deepcopy(model), args=KTOConfig(**common),
-                             train_dataset=dataset, processing_class=tokenizer)
+        trainer = KTOTrainer(
+            model=model,
+            ref_model=copy.deepcopy(model),
+            args=KTOConfig(**common),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
     else:
-        trainer = SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=dataset,
-                             processing_class=tokenizer)
+        trainer = SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=dataset, processing_class=tokenizer)
     result = trainer.train()
     assert result.global_step == 1 and math.isfinite(result.training_loss)
     return trainer.train_dataset, tokenizer
@@ -217,17 +272,19 @@ def test_trl_trains_on_the_export(format: str, feedback: Store, tmp_path: Path, 
         assert labels == {"nairobi . <|end|>": True, "mombasa . <|end|>": False, "lima . <|end|>": True}
     else:
         texts = {tokenizer.decode(r["input_ids"]) for r in prepared}
-        assert texts == {f"{kenya_prompt} nairobi . <|end|>",
-                         "<|user|> what is the capital of peru ? <|end|> <|assistant|> lima . <|end|>"}
-
-
+        assert texts == {
+            f"{kenya_prompt} nairobi . <|end|>",
+            "<|user|> what is the capital of peru ? <|end|> <|assistant|> lima . <|end|>",
+        }
 
 
 @pytest.fixture
 def rich_feedback(feedback: Store, log_answer) -> Store:
     """`feedback` plus a ranking of three Kenya answers, a correction, and the same Peru answers again."""
-    ids = [log_answer(KENYA[0]["content"], t, stage=s).id for t, s in
-           [("Nairobi.", "rlhf"), ("Mombasa.", "base"), ("Lima.", "base")]]
+    ids = [
+        log_answer(KENYA[0]["content"], t, stage=s).id
+        for t, s in [("Nairobi.", "rlhf"), ("Mombasa.", "base"), ("Lima.", "base")]
+    ]
     feedback.rank(ids, [[ids[0]], [ids[1], ids[2]]], rater="r2")
     feedback.correct(ids[1], "Nairobi.", rater="r2")
     feedback.correct(ids[2], "Nairobi.", rater="r3")  # the same correction of the same text: one SFT row
@@ -259,8 +316,9 @@ def test_hf_dataset_dict_split_by_prompt_with_a_card(rich_feedback: Store, tmp_p
     export_to_hf_dataset(rich_feedback, "sft", tmp_path / "sft-ds")
     sft = datasets.load_from_disk(str(tmp_path / "sft-ds"))
     rows = sft["train"].to_list() + sft["test"].to_list()
-    assert sorted(map(str, rows)) == sorted(map(str, [
-        {"messages": KENYA + answer("Nairobi.")}, {"messages": PERU + answer("Lima.")}]))
+    assert sorted(map(str, rows)) == sorted(
+        map(str, [{"messages": KENYA + answer("Nairobi.")}, {"messages": PERU + answer("Lima.")}])
+    )
     assert "| corrections | 0 |" in (tmp_path / "sft-ds" / "README.md").read_text()  # repeats of liked text
 
 
@@ -279,8 +337,23 @@ def test_cli_writes_the_dataset(rich_feedback: Store, tmp_path: Path):
     from cli.main import main
 
     out = tmp_path / "kto-ds"
-    assert main(["feedback", "export", "--format", "kto", "--hf-dataset", str(out), "--database-url",
-                 rich_feedback.url, "--test-fraction", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "feedback",
+                "export",
+                "--format",
+                "kto",
+                "--hf-dataset",
+                str(out),
+                "--database-url",
+                rich_feedback.url,
+                "--test-fraction",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     dd = datasets.load_from_disk(str(out))
     assert len(dd["train"]) + len(dd["test"]) == len(list(examples(rich_feedback, "kto")))
     assert "KTOTrainer" in (out / "README.md").read_text()

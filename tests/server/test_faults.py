@@ -32,8 +32,11 @@ BASE = ("fake/base", None)
 
 
 def sse_events(response) -> list:
-    return [line[6:] if line[6:] == "[DONE]" else json.loads(line[6:])
-            for line in response.iter_lines() if line.startswith("data: ")]
+    return [
+        line[6:] if line[6:] == "[DONE]" else json.loads(line[6:])
+        for line in response.iter_lines()
+        if line.startswith("data: ")
+    ]
 
 
 def poll(check, seconds: float = 5.0, every: float = 0.01):
@@ -140,8 +143,11 @@ def test_an_engine_error_mid_stream_finishes_the_answer_with_error_in_band(heali
             lines = r.iter_lines()
             next(line for line in lines if line.startswith("data: "))
             client.pool.built[BASE]._check_alive = broken
-            events = [line[6:] if line[6:] == "[DONE]" else json.loads(line[6:])
-                      for line in lines if line.startswith("data: ")]
+            events = [
+                line[6:] if line[6:] == "[DONE]" else json.loads(line[6:])
+                for line in lines
+                if line.startswith("data: ")
+            ]
     assert [e for e in events if isinstance(e, dict) and e.get("choices")][-1]["choices"][0]["finish_reason"] == "error"
     assert_error_body(events[-2], "internal_error") and events[-1] == "[DONE]"
 
@@ -157,8 +163,11 @@ def test_engine_death_mid_stream_ends_in_band_then_503_then_served_again(healing
             first = next(line for line in lines if line.startswith("data: "))
             assert json.loads(first[6:])["choices"][0]["delta"]["role"] == "assistant"
             client.pool.built[BASE].die("killed -9")
-            events = [line[6:] if line[6:] == "[DONE]" else json.loads(line[6:])
-                      for line in lines if line.startswith("data: ")]
+            events = [
+                line[6:] if line[6:] == "[DONE]" else json.loads(line[6:])
+                for line in lines
+                if line.startswith("data: ")
+            ]
         finishing = [e for e in events if isinstance(e, dict) and e.get("choices")]
         assert finishing[-1]["choices"][0]["finish_reason"] == "error"
         error = assert_error_body(events[-2], "engine_restarting")
@@ -212,14 +221,17 @@ def test_websocket_generation_ends_with_an_error_frame_when_its_engine_dies(heal
 
 
 def test_a_crash_loop_stops_the_restarts(healing, caplog):
-    with healing(backoff=(0.01, 0.02), crash_loop=(3, 60.0)) as client, \
-            caplog.at_level(logging.ERROR, logger="server.supervisor"):
+    with (
+        healing(backoff=(0.01, 0.02), crash_loop=(3, 60.0)) as client,
+        caplog.at_level(logging.ERROR, logger="server.supervisor"),
+    ):
         for _ in range(3):
             engine = poll(lambda: client.pool.engines().get(BASE))  # restarted (or the first)
             engine.die()
             poll(lambda: BASE not in client.pool.engines())
-        ready = poll(lambda: (r := client.get("/ready").json()).get("down") and r["down"][0]["state"] == "stopped"
-                     and r)
+        ready = poll(
+            lambda: (r := client.get("/ready").json()).get("down") and r["down"][0]["state"] == "stopped" and r
+        )
         assert ready["status"] == "degraded" and ready["down"][0]["deaths"] == 3
         time.sleep(0.1)  # no restart sneaks in
         assert BASE not in client.pool.engines()

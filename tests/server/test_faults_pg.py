@@ -43,14 +43,41 @@ class Cluster:
             shutil.chown(self.root, "postgres", "postgres")
             self.as_user = ["runuser", "-u", "postgres", "--"]
         self.data, self.port = self.root / "data", _free_port()
-        _run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-locale",
-              "-E", "UTF8", "--no-sync"], self.as_user)
+        _run(
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            self.as_user,
+        )
         self.start()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
-        _run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60",
-              "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], self.as_user)
+        _run(
+            [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.root / "log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "start",
+            ],
+            self.as_user,
+        )
 
     def stop(self, mode: str = "fast") -> None:
         _run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"], self.as_user)

@@ -33,6 +33,7 @@ def server(tiny_family, tmp_path_factory):
 
 def engine_worker(server_pid: int) -> psutil.Process:
     """The worker process of the server's engine core (vLLM titles them VLLM::EngineCore, VLLM::Worker)."""
+
     def title(p: psutil.Process) -> str:
         try:
             return " ".join(p.cmdline()) + " " + p.name()
@@ -41,8 +42,9 @@ def engine_worker(server_pid: int) -> psutil.Process:
 
     cores = [p for p in psutil.Process(server_pid).children() if "EngineCore" in title(p)]
     assert len(cores) == 1, [title(p) for p in psutil.Process(server_pid).children()]
-    workers = [p for p in cores[0].children() if "Worker" in title(p)] or \
-              [p for p in cores[0].children() if "resource_tracker" not in title(p)]
+    workers = [p for p in cores[0].children() if "Worker" in title(p)] or [
+        p for p in cores[0].children() if "resource_tracker" not in title(p)
+    ]
     assert workers, [title(p) for p in cores[0].children()]
     return workers[0]
 
@@ -93,13 +95,19 @@ def test_killed_engine_worker_ends_streams_in_band_then_the_engine_heals(server)
         if isinstance(events[-2], dict) and "error" in events[-2]:
             errors_in_band += 1
             assert events[-2]["error"]["code"] in ("engine_restarting", "internal_error")
-            finishes = [c["finish_reason"] for e in events if isinstance(e, dict) for c in e.get("choices") or []
-                        if c.get("finish_reason")]
+            finishes = [
+                c["finish_reason"]
+                for e in events
+                if isinstance(e, dict)
+                for c in e.get("choices") or []
+                if c.get("finish_reason")
+            ]
             assert "error" in finishes
     assert errors_in_band, "the kill came after every stream had finished"
 
-    r = httpx.post(f"{url}/v1/chat/completions", json={"model": "sft", "messages": MESSAGES, "max_tokens": 4},
-                   timeout=60)
+    r = httpx.post(
+        f"{url}/v1/chat/completions", json={"model": "sft", "messages": MESSAGES, "max_tokens": 4}, timeout=60
+    )
     assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.text
     assert "'sft'" in r.json()["error"]["message"]
     ready = httpx.get(f"{url}/ready").json()
@@ -110,8 +118,9 @@ def test_killed_engine_worker_ends_streams_in_band_then_the_engine_heals(server)
         assert time.monotonic() < deadline, "the engine did not come back"
         time.sleep(0.5)
     healed = time.monotonic() - killed_at
-    r = httpx.post(f"{url}/v1/chat/completions", json={"model": "base", "messages": MESSAGES, "max_tokens": 4},
-                   timeout=60)
+    r = httpx.post(
+        f"{url}/v1/chat/completions", json={"model": "base", "messages": MESSAGES, "max_tokens": 4}, timeout=60
+    )
     assert r.status_code == 200, r.text
     assert restarts(url) == 1
     print(f"killed worker to serving again: {healed:.1f} s; {errors_in_band}/4 streams ended with an in-band error")

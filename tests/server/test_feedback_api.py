@@ -53,7 +53,12 @@ def test_rate_and_rerate(client: TestClient, store: Store, log_answer):
     assert r.status_code == 200, r.text
     first = r.json()
     assert first["object"] == "feedback" and first["id"].startswith("fb-")
-    assert (first["response_id"], first["rating"], first["tags"], first["stage"]) == (answer.id, "up", ["correct"], "sft")
+    assert (first["response_id"], first["rating"], first["tags"], first["stage"]) == (
+        answer.id,
+        "up",
+        ["correct"],
+        "sft",
+    )
     assert isinstance(first["created_at"], int)
 
     again = client.post("/v1/feedback", json={"response_id": answer.id, "rating": "down", "comment": "no"}).json()
@@ -78,8 +83,9 @@ def test_without_prompt_logging_the_body_carries_the_text(client: TestClient, lo
     answer = log_answer(logged=False)
     e = error(client.post("/v1/feedback", json={"response_id": answer.id, "rating": "up"}), 400)
     assert "does not log prompts" in e["message"] and "'prompt'" in e["message"] and "'completion'" in e["message"]
-    r = client.post("/v1/feedback", json={"response_id": answer.id, "rating": "up", "prompt": KENYA,
-                                          "completion": "Nairobi."})
+    r = client.post(
+        "/v1/feedback", json={"response_id": answer.id, "rating": "up", "prompt": KENYA, "completion": "Nairobi."}
+    )
     assert r.status_code == 200, r.text
 
 
@@ -90,7 +96,11 @@ def test_preferences(client: TestClient, log_answer):
     assert r.status_code == 200, r.text
     pref = r.json()
     assert (pref["object"], pref["response_ids"], pref["choice"], pref["stages"]) == (
-        "preference", [a.id, b.id], "a", ["sft", "rlhf"])
+        "preference",
+        [a.id, b.id],
+        "a",
+        ["sft", "rlhf"],
+    )
 
     e = error(client.post("/v1/preferences", json={"response_ids": [a.id, other.id], "choice": "a"}), 400)
     assert "different prompts" in e["message"]
@@ -135,8 +145,13 @@ def test_export_streams_json_lines(client: TestClient, log_answer):
     r = client.get("/v1/feedback/export", params={"format": "dpo"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
     rows = [json.loads(line) for line in r.text.splitlines()]
-    assert rows == [{"prompt": KENYA, "chosen": [{"role": "assistant", "content": "Nairobi."}],
-                     "rejected": [{"role": "assistant", "content": "Mombasa."}]}]
+    assert rows == [
+        {
+            "prompt": KENYA,
+            "chosen": [{"role": "assistant", "content": "Nairobi."}],
+            "rejected": [{"role": "assistant", "content": "Mombasa."}],
+        }
+    ]
     assert len(client.get("/v1/feedback/export", params={"format": "kto"}).text.splitlines()) == 2
     assert error(client.get("/v1/feedback/export", params={"format": "ppo"}), 400)["param"] == "format"
 
@@ -162,26 +177,50 @@ def test_keys(make_client, log_answer):
 def test_rankings(client: TestClient, log_answer):
     a, b, c = (log_answer(answer=t, stage=s) for t, s in [("Nairobi.", "rlhf"), ("Nairobi", "sft"), ("No.", "base")])
     other = log_answer("Capital of Peru?", "Lima.")
-    r = client.post("/v1/rankings", json={"response_ids": [a.id, b.id, c.id], "ranking": [[a.id, b.id], [c.id]],
-                                          "comment": "a and b both fine"})
+    r = client.post(
+        "/v1/rankings",
+        json={"response_ids": [a.id, b.id, c.id], "ranking": [[a.id, b.id], [c.id]], "comment": "a and b both fine"},
+    )
     assert r.status_code == 200, r.text
     ranking = r.json()
     assert (ranking["object"], ranking["ranking"], ranking["stages"]) == (
-        "ranking", [[a.id, b.id], [c.id]], ["rlhf", "sft", "base"])
+        "ranking",
+        [[a.id, b.id], [c.id]],
+        ["rlhf", "sft", "base"],
+    )
     again = client.post("/v1/rankings", json={"response_ids": [c.id, b.id, a.id], "ranking": [[a.id], [b.id], [c.id]]})
     assert again.json()["id"] == ranking["id"]  # the same answers, restated
     rows = [json.loads(x) for x in client.get("/v1/feedback/export", params={"format": "dpo"}).text.splitlines()]
     assert len(rows) == 3  # every ordered pair of a > b > c
 
-    e = error(client.post("/v1/rankings", json={"response_ids": [a.id, other.id], "ranking": [[a.id], [other.id]]}), 400)
+    e = error(
+        client.post("/v1/rankings", json={"response_ids": [a.id, other.id], "ranking": [[a.id], [other.id]]}), 400
+    )
     assert e["param"] == "response_ids" and "different conversations" in e["message"]
-    assert error(client.post("/v1/rankings", json={"response_ids": [a.id, b.id], "ranking": [[a.id]]}), 400)["param"] == "ranking"
-    assert error(client.post("/v1/rankings", json={"response_ids": [a.id, a.id], "ranking": [[a.id], [a.id]]}),
-                 400)["param"] == "response_ids"
-    assert error(client.post("/v1/rankings", json={"response_ids": [a.id], "ranking": [[a.id]]}), 400)["param"] == "response_ids"
+    assert (
+        error(client.post("/v1/rankings", json={"response_ids": [a.id, b.id], "ranking": [[a.id]]}), 400)["param"]
+        == "ranking"
+    )
+    assert (
+        error(client.post("/v1/rankings", json={"response_ids": [a.id, a.id], "ranking": [[a.id], [a.id]]}), 400)[
+            "param"
+        ]
+        == "response_ids"
+    )
+    assert (
+        error(client.post("/v1/rankings", json={"response_ids": [a.id], "ranking": [[a.id]]}), 400)["param"]
+        == "response_ids"
+    )
     error(client.post("/v1/rankings", json={"response_ids": [a.id, b.id], "ranking": [[a.id], [b.id]], "k": 2}), 400)
-    assert error(client.post("/v1/rankings", json={"response_ids": [a.id, "chatcmpl-x"],
-                                                   "ranking": [[a.id], ["chatcmpl-x"]]}), 404)["param"] == "response_ids"
+    assert (
+        error(
+            client.post(
+                "/v1/rankings", json={"response_ids": [a.id, "chatcmpl-x"], "ranking": [[a.id], ["chatcmpl-x"]]}
+            ),
+            404,
+        )["param"]
+        == "response_ids"
+    )
     assert len(client.get("/v1/rankings").json()["data"]) == 1
 
 
@@ -191,13 +230,22 @@ def test_corrections(client: TestClient, log_answer):
         e = error(client.post("/v1/corrections", json={"response_id": answer.id, "completion": text}), 400)
         assert e["param"] == "completion"
     error(client.post("/v1/corrections", json={"response_id": answer.id}), 400)
-    assert error(client.post("/v1/corrections", json={"response_id": "chatcmpl-x", "completion": "Nairobi."}),
-                 404)["param"] == "response_id"
+    assert (
+        error(client.post("/v1/corrections", json={"response_id": "chatcmpl-x", "completion": "Nairobi."}), 404)[
+            "param"
+        ]
+        == "response_id"
+    )
     assert client.get("/v1/corrections").json()["data"] == []
     r = client.post("/v1/corrections", json={"response_id": answer.id, "completion": "Nairobi.", "comment": "city"})
     assert r.status_code == 200, r.text
     corr = r.json()
-    assert (corr["object"], corr["completion"], corr["stage"], corr["comment"]) == ("correction", "Nairobi.", "sft", "city")
+    assert (corr["object"], corr["completion"], corr["stage"], corr["comment"]) == (
+        "correction",
+        "Nairobi.",
+        "sft",
+        "city",
+    )
     sft = [json.loads(x) for x in client.get("/v1/feedback/export", params={"format": "sft"}).text.splitlines()]
     assert sft == [{"messages": KENYA + [{"role": "assistant", "content": "Nairobi."}]}]
     dpo = [json.loads(x) for x in client.get("/v1/feedback/export", params={"format": "dpo"}).text.splitlines()]
@@ -210,18 +258,23 @@ def test_raters_list_and_delete_their_own_and_the_admin_all(make_client, log_ans
     a, b = log_answer(answer="Nairobi."), log_answer(answer="Mombasa.")
     made = {
         "feedback": client.post("/v1/feedback", json={"response_id": a.id, "rating": "up"}, headers=user).json(),
-        "preferences": client.post("/v1/preferences", json={"response_ids": [a.id, b.id], "choice": "a"},
-                                   headers=user).json(),
-        "rankings": client.post("/v1/rankings", json={"response_ids": [a.id, b.id], "ranking": [[b.id], [a.id]]},
-                                headers=user).json(),
-        "corrections": client.post("/v1/corrections", json={"response_id": b.id, "completion": "Nairobi."},
-                                   headers=user).json(),
+        "preferences": client.post(
+            "/v1/preferences", json={"response_ids": [a.id, b.id], "choice": "a"}, headers=user
+        ).json(),
+        "rankings": client.post(
+            "/v1/rankings", json={"response_ids": [a.id, b.id], "ranking": [[b.id], [a.id]]}, headers=user
+        ).json(),
+        "corrections": client.post(
+            "/v1/corrections", json={"response_id": b.id, "completion": "Nairobi."}, headers=user
+        ).json(),
     }
     client.post("/v1/rankings", json={"response_ids": [a.id, b.id], "ranking": [[a.id, b.id]]}, headers=other)
     for path, item in made.items():
         assert item["client_id"] == client_id_for(USER), item
         assert [x["id"] for x in client.get(f"/v1/{path}", headers=user).json()["data"]] == [item["id"]]
-        assert all(x["client_id"] != client_id_for(USER) for x in client.get(f"/v1/{path}", headers=other).json()["data"])
+        assert all(
+            x["client_id"] != client_id_for(USER) for x in client.get(f"/v1/{path}", headers=other).json()["data"]
+        )
         error(client.get(f"/v1/{path}"), 401)
         e = error(client.delete(f"/v1/{path}/{item['id']}", headers=other), 404)  # not theirs: nothing revealed
         assert e["type"] == "not_found_error"
@@ -252,8 +305,9 @@ def serve(fake_app, store: Store, tmp_path: Path, **settings) -> Iterator[TestCl
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_answers_from_the_app_can_be_rated_and_exported(fake_app, store: Store, tmp_path: Path):
     with serve(fake_app, store, tmp_path) as client:
-        body = client.post("/v1/chat/completions", json={"model": "sft", "messages": KENYA, "n": 2,
-                                                         "max_tokens": 4, "seed": 1}).json()
+        body = client.post(
+            "/v1/chat/completions", json={"model": "sft", "messages": KENYA, "n": 2, "max_tokens": 4, "seed": 1}
+        ).json()
         first, second = body["id"], f"{body['id']}:1"
         logged = store.get_generation(first)
         assert logged is not None and logged.messages == KENYA and logged.stage == "sft"
@@ -266,7 +320,8 @@ def test_answers_from_the_app_can_be_rated_and_exported(fake_app, store: Store, 
         sft = [json.loads(x) for x in client.get("/v1/feedback/export", params={"format": "sft"}).text.splitlines()]
         texts = {c["message"]["content"] for c in body["choices"]}  # scripted answers may coincide
         assert sorted(sft, key=str) == sorted(
-            [{"messages": KENYA + [{"role": "assistant", "content": t}]} for t in texts], key=str)
+            [{"messages": KENYA + [{"role": "assistant", "content": t}]} for t in texts], key=str
+        )
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
@@ -278,6 +333,7 @@ def test_with_prompt_logging_off_the_app_logs_only_a_hash(fake_app, store: Store
         assert (logged.messages, logged.completion) == (None, None)
         e = error(client.post("/v1/feedback", json={"response_id": body["id"], "rating": "up"}), 400)
         assert "does not log prompts" in e["message"]
-        r = client.post("/v1/feedback", json={"response_id": body["id"], "rating": "up", "prompt": KENYA,
-                                              "completion": text})
+        r = client.post(
+            "/v1/feedback", json={"response_id": body["id"], "rating": "up", "prompt": KENYA, "completion": text}
+        )
         assert r.status_code == 200, r.text

@@ -15,10 +15,24 @@ from server.store import GenerationRecord, Store, prompt_hash
 
 def record(id: str) -> GenerationRecord:
     messages = [{"role": "user", "content": "hi"}]
-    return GenerationRecord(id=id, stage="sft", client_id="anonymous", kind="chat", prompt_hash=prompt_hash(messages),
-                            messages=messages, prompt=None, completion="hello", sampling={}, speculative_method=None,
-                            speculative=None, prompt_tokens=1, completion_tokens=1, finish_reason="stop",
-                            ttft_ms=None, duration_ms=1.0)
+    return GenerationRecord(
+        id=id,
+        stage="sft",
+        client_id="anonymous",
+        kind="chat",
+        prompt_hash=prompt_hash(messages),
+        messages=messages,
+        prompt=None,
+        completion="hello",
+        sampling={},
+        speculative_method=None,
+        speculative=None,
+        prompt_tokens=1,
+        completion_tokens=1,
+        finish_reason="stop",
+        ttft_ms=None,
+        duration_ms=1.0,
+    )
 
 
 class GatedStore:

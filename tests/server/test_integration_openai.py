@@ -50,8 +50,16 @@ def test_chat_and_text_completion(client):
 
 def test_streaming_equals_non_streaming_at_temperature_zero(client):
     full = client.chat.completions.create(model="sft", messages=MESSAGES, max_tokens=12, temperature=0)
-    chunks = list(client.chat.completions.create(model="sft", messages=MESSAGES, max_tokens=12, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="sft",
+            messages=MESSAGES,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == full.choices[0].message.content
     assert len([c for c in chunks if c.choices]) > 1  # token by token, not one lump
@@ -70,16 +78,20 @@ def test_adapter_stage_answers_differently_from_its_base_on_the_same_engine(clie
 
 def test_seeded_sampling_is_reproducible(client):
     def sample(seed):
-        return client.chat.completions.create(model="base", messages=MESSAGES, max_tokens=16, temperature=1.0,
-                                              seed=seed).choices[0].message.content
+        return (
+            client.chat.completions.create(model="base", messages=MESSAGES, max_tokens=16, temperature=1.0, seed=seed)
+            .choices[0]
+            .message.content
+        )
 
     assert sample(7) == sample(7)
     assert len({sample(7), sample(8), sample(9)}) > 1
 
 
 def test_logprobs(client):
-    chat = client.chat.completions.create(model="base", messages=MESSAGES, max_tokens=4, temperature=0,
-                                          logprobs=True, top_logprobs=3)
+    chat = client.chat.completions.create(
+        model="base", messages=MESSAGES, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3
+    )
     content = chat.choices[0].logprobs.content
     assert len(content) == chat.usage.completion_tokens
     for position in content:
@@ -97,8 +109,9 @@ def test_n_and_stop(client):
 
 def test_async_client_concurrent_streams(aclient):
     async def one(stage):
-        stream = await aclient.chat.completions.create(model=stage, messages=MESSAGES, max_tokens=8,
-                                                       stream=True, temperature=0)
+        stream = await aclient.chat.completions.create(
+            model=stage, messages=MESSAGES, max_tokens=8, stream=True, temperature=0
+        )
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
     async def both():
@@ -108,14 +121,17 @@ def test_async_client_concurrent_streams(aclient):
     assert a == c and a != b
 
 
-@pytest.mark.parametrize(("kwargs", "status", "param"), [
-    ({"model": "gpt-9"}, 404, "model"),
-    ({"temperature": 9}, 400, "temperature"),
-    ({"max_tokens": 100000}, 400, "max_tokens"),
-    ({"top_logprobs": 50, "logprobs": True}, 400, "top_logprobs"),
-    ({"extra_body": {"speculative": "eagle"}}, 400, "speculative"),
-    ({"messages": [{"role": "user", "content": "word " * 600}]}, 400, "messages"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "status", "param"),
+    [
+        ({"model": "gpt-9"}, 404, "model"),
+        ({"temperature": 9}, 400, "temperature"),
+        ({"max_tokens": 100000}, 400, "max_tokens"),
+        ({"top_logprobs": 50, "logprobs": True}, 400, "top_logprobs"),
+        ({"extra_body": {"speculative": "eagle"}}, 400, "speculative"),
+        ({"messages": [{"role": "user", "content": "word " * 600}]}, 400, "messages"),
+    ],
+)
 def test_errors(client, kwargs, status, param):
     args = {"model": "base", "messages": MESSAGES, "max_tokens": 4, **kwargs}
     with pytest.raises(openai.APIStatusError) as err:
@@ -131,7 +147,7 @@ def test_malformed_json(live):
 
 def metric(url: str, name: str) -> float:
     text = httpx.get(f"{url}/metrics").text
-    return sum(float(v) for v in re.findall(rf'^{name}(?:\{{[^}}]*\}})? (\S+)$', text, re.M))
+    return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
 
 
 def test_client_disconnect_aborts_the_generation(live):
@@ -142,9 +158,8 @@ def test_client_disconnect_aborts_the_generation(live):
     url, n, max_tokens = live.url, 16, 450
     requested = n * max_tokens
     engine_url = getattr(live, "engine_url", url)  # a remote engine's metrics are on its server
-    body = {"model": "base", "messages": MESSAGES, "max_tokens": max_tokens, "n": n, "stream": True,
-            "ignore_eos": True}
-    for attempt in range(1, 4):
+    body = {"model": "base", "messages": MESSAGES, "max_tokens": max_tokens, "n": n, "stream": True, "ignore_eos": True}
+    for attempt in range(1, 4):  # noqa: B007 - read after the loop: how many tries it took
         generated_before = metric(engine_url, "vllm:generation_tokens_total")
         with httpx.Client(timeout=30) as http:
             with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:

@@ -20,15 +20,17 @@ from server.store import Judgement, Store
 NOW = datetime(2026, 11, 24, tzinfo=timezone.utc)
 
 
-def judged(stages: list[str], groups: list[list[int]], rater: str = "r", ids: list[str] | None = None,
-           at: datetime = NOW) -> Judgement:
+def judged(
+    stages: list[str], groups: list[list[int]], rater: str = "r", ids: list[str] | None = None, at: datetime = NOW
+) -> Judgement:
     return Judgement("j", rater, ids or [f"x{random.random()}" for _ in stages], stages, groups, at)
 
 
 def test_outcomes_of_a_ranking_with_a_tie_and_a_same_stage_pair():
     j = judged(["rlhf", "sft", "base", "base"], [[0, 1], [2], [3]])
-    assert sorted(outcomes(j)) == sorted([("rlhf", "sft", 0.5), ("rlhf", "base", 1.0), ("rlhf", "base", 1.0),
-                                          ("sft", "base", 1.0), ("sft", "base", 1.0)])  # base vs base: skipped
+    assert sorted(outcomes(j)) == sorted(
+        [("rlhf", "sft", 0.5), ("rlhf", "base", 1.0), ("rlhf", "base", 1.0), ("sft", "base", 1.0), ("sft", "base", 1.0)]
+    )  # base vs base: skipped
 
 
 def test_bradley_terry_recovers_known_strengths():
@@ -70,9 +72,14 @@ def test_agreement_krippendorff():
     verdicts = [[[0], [1]], [[1], [0]], [[0, 1]], [[0], [1]], [[1], [0]], [[0], [1]]]
     same = [judged(["sft", "rlhf"], v, rater=r, ids=ids) for ids, v in zip(pairs, verdicts) for r in ("al", "bo")]
     full = agreement(same)
-    assert (full.units, full.raters, full.percent_agreement) == (6, 2, 1.0) and full.krippendorff_alpha == pytest.approx(1.0)
-    flipped = [judged(["sft", "rlhf"], v[::-1] if len(v) == 2 else v, rater="cy", ids=ids)
-               for ids, v in zip(pairs, verdicts)]
+    assert (full.units, full.raters, full.percent_agreement) == (
+        6,
+        2,
+        1.0,
+    ) and full.krippendorff_alpha == pytest.approx(1.0)
+    flipped = [
+        judged(["sft", "rlhf"], v[::-1] if len(v) == 2 else v, rater="cy", ids=ids) for ids, v in zip(pairs, verdicts)
+    ]
     against = agreement([*[j for j in same if j.rater == "al"], *flipped])
     assert against.krippendorff_alpha < 0 and against.percent_agreement == pytest.approx(1 / 6, abs=1e-4)
     # a rater's later say replaces their earlier one on the same pair

@@ -116,8 +116,14 @@ def test_over_the_per_key_limit_is_429_and_nothing_reaches_the_engine(fake_app):
         ws.send_json({"type": "chat", "id": 2, **CHAT})
         assert ws.receive_json() == {"type": "error", "id": 2, "error": refused.json()["error"]}
         assert len(engine.requests) == before  # nothing started
-        assert client.post("/v1/completions", json={"model": "base", "prompt": "Hi", "max_tokens": 2},
-                           headers={"Authorization": "Bearer k2"}).status_code == 200
+        assert (
+            client.post(
+                "/v1/completions",
+                json={"model": "base", "prompt": "Hi", "max_tokens": 2},
+                headers={"Authorization": "Bearer k2"},
+            ).status_code
+            == 200
+        )
         while ws.receive_json()["type"] != "done":
             pass
         assert client.post("/v1/chat/completions", json=CHAT, headers=k1).status_code == 200  # slot freed
@@ -163,8 +169,9 @@ def test_a_generation_dropped_without_running_frees_its_slot(fake_pool_factory):
 def test_websocket_frame_size_and_rate_limits_keep_the_socket(fake_app):
     app, pool = fake_app(settings=Settings(ws_max_frame_bytes=1000, ws_frames_per_second=5))
     with ready_client(app, pool) as client, client.websocket_connect("/v1/ws") as ws:
-        ws.send_text('{"type":"chat","id":1,"model":"base","messages":[{"role":"user","content":"' + "x" * 2000
-                     + '"}]}')
+        ws.send_text(
+            '{"type":"chat","id":1,"model":"base","messages":[{"role":"user","content":"' + "x" * 2000 + '"}]}'
+        )
         error = ws.receive_json()
         assert error["type"] == "error" and error["error"]["code"] == "frame_too_large"
         for _ in range(30):  # a burst of 10 is allowed (2 s × 5/s), then 5 a second

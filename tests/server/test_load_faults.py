@@ -22,7 +22,7 @@ MESSAGES = [{"role": "user", "content": "What is the capital of Kenya?"}]
 
 def metric(url: str, name: str) -> float:
     text = httpx.get(f"{url}/metrics").text
-    return sum(float(v) for v in re.findall(rf'^{name}(?:\{{[^}}]*\}})? (\S+)$', text, re.M))
+    return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
 
 
 def wait_for_metric(url: str, name: str, value: float, timeout: float = 30) -> None:
@@ -116,18 +116,28 @@ def test_kill_9_during_streams_and_ratings_loses_no_acknowledged_rating(tiny_fam
         async def go():
             limits = httpx.Limits(max_connections=160, max_keepalive_connections=160)
             async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-                answers = await asyncio.gather(*(client.post(f"{url}/v1/chat/completions", json={
-                    "model": ("base", "sft")[i % 2], "messages": MESSAGES, "max_tokens": 4}) for i in range(60)))
+                answers = await asyncio.gather(
+                    *(
+                        client.post(
+                            f"{url}/v1/chat/completions",
+                            json={"model": ("base", "sft")[i % 2], "messages": MESSAGES, "max_tokens": 4},
+                        )
+                        for i in range(60)
+                    )
+                )
                 ids = [a.json()["id"] for a in answers]
-                streams = [asyncio.create_task(stream_chat(client, url, ("base", "sft")[i % 2], 300))
-                           for i in range(128)]
+                streams = [
+                    asyncio.create_task(stream_chat(client, url, ("base", "sft")[i % 2], 300)) for i in range(128)
+                ]
                 killed = asyncio.Event()
 
                 async def rate(worker: int):
                     for response_id in ids[worker::4]:
                         try:
-                            r = await client.post(f"{url}/v1/feedback", json={
-                                "response_id": response_id, "rating": ("up", "down")[len(acked) % 2]})
+                            r = await client.post(
+                                f"{url}/v1/feedback",
+                                json={"response_id": response_id, "rating": ("up", "down")[len(acked) % 2]},
+                            )
                         except httpx.HTTPError:
                             return  # the server died under this request: not acknowledged
                         assert r.status_code == 200, r.text
@@ -152,8 +162,11 @@ def test_kill_9_during_streams_and_ratings_loses_no_acknowledged_rating(tiny_fam
         stored = {fb["id"]: fb["response_id"] for fb in listed}
         missing = {fid: rid for fid, rid in acked.items() if stored.get(fid) != rid}
         assert missing == {}, f"{len(missing)} of {len(acked)} acknowledged ratings lost"
-        answer = httpx.post(f"{restarted.url}/v1/chat/completions", json={
-            "model": "sft", "messages": MESSAGES, "max_tokens": 4}, timeout=60)
+        answer = httpx.post(
+            f"{restarted.url}/v1/chat/completions",
+            json={"model": "sft", "messages": MESSAGES, "max_tokens": 4},
+            timeout=60,
+        )
         assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] > 0
     finally:
         restarted.stop()

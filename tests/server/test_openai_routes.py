@@ -55,8 +55,9 @@ def test_adapter_stage_rides_on_its_base_engine_with_stage_defaults(client):
 
 
 def test_chat_stream_framing_with_usage(client):
-    with client.stream("POST", "/v1/chat/completions",
-                       json={**CHAT, "stream": True, "stream_options": {"include_usage": True}}) as r:
+    with client.stream(
+        "POST", "/v1/chat/completions", json={**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r)
     assert events[-1] == "[DONE]"
@@ -111,12 +112,15 @@ def test_unknown_speculative_method_is_400_naming_the_offered_ones(client):
     assert "off, ngram" in error["message"] and error["param"] == "speculative"
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({**CHAT, "temperature": 5}, "temperature"),
-    ({**CHAT, "max_tokens": "many"}, "max_tokens"),
-    ({"model": "base"}, "messages"),
-    ({**CHAT, "max_tokens": 1000}, "max_tokens"),  # beyond the context left by the prompt
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({**CHAT, "temperature": 5}, "temperature"),
+        ({**CHAT, "max_tokens": "many"}, "max_tokens"),
+        ({"model": "base"}, "messages"),
+        ({**CHAT, "max_tokens": 1000}, "max_tokens"),  # beyond the context left by the prompt
+    ],
+)
 def test_bad_parameters_are_400(client, body, param):
     assert error_of(client.post("/v1/chat/completions", json=body), 400)["param"] == param
 
@@ -182,13 +186,15 @@ def test_metrics_count_requests_and_tokens_per_stage(client):
 
 # -- the API as real clients use it (issue 14) -----------------------------------------------------
 
+
 def engine_requests(client):
     return client.pool.built[("fake/base", None)].requests
 
 
 def test_a_list_of_prompts_gets_n_choices_each_in_prompt_order(client):
-    body = client.post("/v1/completions", json={"model": "base", "prompt": ["one two", "three"], "n": 2,
-                                                "max_tokens": 2}).json()
+    body = client.post(
+        "/v1/completions", json={"model": "base", "prompt": ["one two", "three"], "n": 2, "max_tokens": 2}
+    ).json()
     assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
     assert all(c["text"] == "The capital" for c in body["choices"])
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11}
@@ -201,8 +207,10 @@ def test_token_id_prompts_reach_the_engine_as_they_are(client):
 
 
 def test_echo_with_max_tokens_zero_scores_the_prompt_only(client):
-    body = client.post("/v1/completions", json={"model": "base", "prompt": "The capital of", "echo": True,
-                                                "logprobs": 1, "max_tokens": 0}).json()
+    body = client.post(
+        "/v1/completions",
+        json={"model": "base", "prompt": "The capital of", "echo": True, "logprobs": 1, "max_tokens": 0},
+    ).json()
     choice = body["choices"][0]
     assert choice["text"] == "The capital of" and choice["finish_reason"] == "length"
     lp = choice["logprobs"]
@@ -215,23 +223,35 @@ def test_echo_with_max_tokens_zero_scores_the_prompt_only(client):
 
 
 def test_echo_with_generation_puts_the_prompt_first(client):
-    body = client.post("/v1/completions", json={"model": "base", "prompt": "Say", "echo": True, "logprobs": 0,
-                                                "max_tokens": 2}).json()
+    body = client.post(
+        "/v1/completions", json={"model": "base", "prompt": "Say", "echo": True, "logprobs": 0, "max_tokens": 2}
+    ).json()
     choice = body["choices"][0]
     assert choice["text"] == "SayThe capital"
     assert choice["logprobs"]["tokens"] == ["Say", "The", " capital"]
     assert choice["logprobs"]["token_logprobs"][0] is None
-    with client.stream("POST", "/v1/completions", json={"model": "base", "prompt": "Say", "echo": True,
-                                                         "max_tokens": 2, "stream": True}) as r:
+    with client.stream(
+        "POST",
+        "/v1/completions",
+        json={"model": "base", "prompt": "Say", "echo": True, "max_tokens": 2, "stream": True},
+    ) as r:
         chunks = [e for e in sse_events(r) if e != "[DONE]"]
     assert chunks[0]["choices"][0]["text"] == "SayThe"
     assert "".join(c["choices"][0]["text"] for c in chunks) == "SayThe capital"
 
 
 def test_stream_of_several_prompts_and_continuous_usage(client):
-    with client.stream("POST", "/v1/completions", json={
-            "model": "base", "prompt": ["a", "b c"], "max_tokens": 3, "stream": True,
-            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}) as r:
+    with client.stream(
+        "POST",
+        "/v1/completions",
+        json={
+            "model": "base",
+            "prompt": ["a", "b c"],
+            "max_tokens": 3,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        },
+    ) as r:
         events = sse_events(r)
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
@@ -252,9 +272,15 @@ def test_chat_prompt_logprobs_extension_in_vllm_shape(client):
     assert set(entry) == {"logprob", "rank", "decoded_token"}
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("audio", {"voice": "alloy"}), ("suffix", "x"), ("functions", [{"name": "f"}]), ("best_of", 2),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("audio", {"voice": "alloy"}),
+        ("suffix", "x"),
+        ("functions", [{"name": "f"}]),
+        ("best_of", 2),
+    ],
+)
 def test_fields_the_server_does_not_honour_are_400_naming_them(client, field, value):
     before = len(engine_requests(client)) if ("fake/base", None) in client.pool.built else 0
     body = {"model": "base", "prompt": "x"} if field in ("suffix", "best_of") else CHAT
@@ -285,8 +311,9 @@ def test_what_the_engine_refuses_is_a_400_before_anything_runs(client):
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
     error = error_of(client.post("/v1/chat/completions", json={**CHAT, "response_format": fmt}), 400)
     assert error["param"] == "response_format" and "structured" in error["message"]
-    error = error_of(client.post("/v1/completions", json={"model": "base", "prompt": "x",
-                                                          "logit_bias": {"5000": 3}}), 400)
+    error = error_of(
+        client.post("/v1/completions", json={"model": "base", "prompt": "x", "logit_bias": {"5000": 3}}), 400
+    )
     assert error["param"] == "logit_bias"
     assert len(engine_requests(client)) == before
 

@@ -79,10 +79,12 @@ def test_under_load_the_real_engine_scheduler_keeps_to_the_engine_cores(live_ser
     async def load():
         body = {"model": "base", "prompt": "Hello", "max_tokens": 200, "ignore_eos": True, "stream": True}
         async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=80)) as client:
+
             async def one():
                 async with client.stream("POST", f"{live_server.url}/v1/completions", json=body) as r:
                     async for _ in r.aiter_lines():
                         pass
+
             await asyncio.gather(*(one() for _ in range(64)))
 
     watcher = threading.Thread(target=watch)

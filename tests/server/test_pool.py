@@ -8,7 +8,10 @@ from server.errors import APIError
 
 REGISTRY = {
     "stages": {
-        "base": {"model": "org/base", "speculative": {"ngram": {"method": "ngram"}, "draft": {"method": "draft_model"}}},
+        "base": {
+            "model": "org/base",
+            "speculative": {"ngram": {"method": "ngram"}, "draft": {"method": "draft_model"}},
+        },
         "sft": {"adapter": "org/sft", "base": "base"},
         "rlhf": {"adapter": "org/rlhf", "base": "sft"},
         "other": {"model": "org/other"},

@@ -45,6 +45,7 @@ def refusal(client, **fields):
 
 # -- validation (fake engine) ----------------------------------------------------------------------
 
+
 def test_both_true_is_refused_as_vllm_does(client):
     error = refusal(client, continue_final_message=True, add_generation_prompt=True)
     assert error["param"] == "continue_final_message" and "both" in error["message"]
@@ -55,11 +56,14 @@ def test_continuing_needs_the_assistants_final_message(client):
     assert r.status_code == 400 and r.json()["error"]["param"] == "continue_final_message"
 
 
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"continue_final_message": True}, "continue_final_message"),
-    ({"add_generation_prompt": False}, "add_generation_prompt"),
-    ({"chat_template_kwargs": {"persona": "x"}}, "chat_template_kwargs"),
-])
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"continue_final_message": True}, "continue_final_message"),
+        ({"add_generation_prompt": False}, "add_generation_prompt"),
+        ({"chat_template_kwargs": {"persona": "x"}}, "chat_template_kwargs"),
+    ],
+)
 def test_a_stage_without_chat_template_refuses_prefill_naming_the_field(client, fields, param):
     client.pool.built[("fake/base", None)].tokenizer.chat_template = None
     error = refusal(client, **fields)
@@ -77,8 +81,10 @@ def test_wrong_types_are_400s(client):
 
 
 def test_continue_alone_reaches_the_engine(client):
-    r = client.post("/v1/chat/completions", json={"model": "base", "messages": [USER, PREFIX],
-                                                  "continue_final_message": True, "max_tokens": 2})
+    r = client.post(
+        "/v1/chat/completions",
+        json={"model": "base", "messages": [USER, PREFIX], "continue_final_message": True, "max_tokens": 2},
+    )
     assert r.status_code == 200, r.text
 
 
@@ -88,6 +94,7 @@ def test_tokenize_checks_prefill_like_chat(client):
 
 
 # -- rendering (a real tokenizer) ------------------------------------------------------------------
+
 
 def test_default_request_asks_nothing(tokenizer):
     assert template_options(request(), tokenizer) is None
@@ -120,13 +127,22 @@ def test_template_kwargs_reach_the_template(tokenizer):
 
 def test_the_websocket_takes_prefill_and_refuses_it_the_same_way(client):
     with client.websocket_connect("/v1/ws") as ws:
-        ws.send_json({"type": "chat", "id": "p", "model": "base", "messages": [USER, PREFIX],
-                      "continue_final_message": True, "max_tokens": 2})
+        ws.send_json(
+            {
+                "type": "chat",
+                "id": "p",
+                "model": "base",
+                "messages": [USER, PREFIX],
+                "continue_final_message": True,
+                "max_tokens": 2,
+            }
+        )
         while (frame := ws.receive_json())["type"] == "delta":
             pass
         assert frame["type"] == "done" and frame["usage"]["completion_tokens"] == 2
         client.pool.built[("fake/base", None)].tokenizer.chat_template = None
-        ws.send_json({"type": "chat", "id": "q", "model": "base", "messages": [USER, PREFIX],
-                      "continue_final_message": True})
+        ws.send_json(
+            {"type": "chat", "id": "q", "model": "base", "messages": [USER, PREFIX], "continue_final_message": True}
+        )
         frame = ws.receive_json()
         assert frame["type"] == "error" and frame["error"]["param"] == "continue_final_message"

@@ -16,9 +16,12 @@ def test_request_values_win_over_stage_defaults_which_win_over_openai_defaults()
 
 
 def test_chat_logprobs_map_to_top_k_and_content_parts_join():
-    req = ChatCompletionRequest(model="m", logprobs=True, top_logprobs=3,
-                                messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
-                                                                         {"type": "text", "text": "b"}]}])
+    req = ChatCompletionRequest(
+        model="m",
+        logprobs=True,
+        top_logprobs=3,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+    )
     assert req.to_settings(SamplingDefaults(), 4).logprobs == 3
     assert req.messages[0].plain() == {"role": "user", "content": "ab"}
     assert ChatCompletionRequest(model="m", messages=MESSAGES).to_settings(SamplingDefaults(), 4).logprobs is None
@@ -29,11 +32,23 @@ def test_max_completion_tokens_is_preferred():
     assert req.requested_max_tokens() == 7
 
 
-@pytest.mark.parametrize("field", [
-    {"temperature": 2.5}, {"top_p": 0}, {"n": 0}, {"max_tokens": 0}, {"top_logprobs": 21, "logprobs": True},
-    {"top_logprobs": 2}, {"prompt_logprobs": 21}, {"stop": ["a", "b", "c", "d", "e"]}, {"presence_penalty": 3}, {"temperature": "hot"},
-    {"messages": []}, {"messages": [{"role": "wizard", "content": "x"}]},
-])
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"temperature": 2.5},
+        {"top_p": 0},
+        {"n": 0},
+        {"max_tokens": 0},
+        {"top_logprobs": 21, "logprobs": True},
+        {"top_logprobs": 2},
+        {"prompt_logprobs": 21},
+        {"stop": ["a", "b", "c", "d", "e"]},
+        {"presence_penalty": 3},
+        {"temperature": "hot"},
+        {"messages": []},
+        {"messages": [{"role": "wizard", "content": "x"}]},
+    ],
+)
 def test_out_of_range_and_wrong_types_are_rejected(field):
     with pytest.raises(ValidationError):
         ChatCompletionRequest.model_validate({"model": "m", "messages": MESSAGES, **field})
@@ -57,7 +72,9 @@ def test_echo_with_logprobs_asks_for_prompt_logprobs_and_max_tokens_zero_needs_e
     req = CompletionRequest(model="m", prompt="x", echo=True, logprobs=2, max_tokens=0)
     settings = req.to_settings(SamplingDefaults(), 0)
     assert (settings.prompt_logprobs, settings.logprobs, settings.max_tokens) == (2, 2, 0)
-    assert CompletionRequest(model="m", prompt="x", echo=True).to_settings(SamplingDefaults(), 3).prompt_logprobs is None
+    assert (
+        CompletionRequest(model="m", prompt="x", echo=True).to_settings(SamplingDefaults(), 3).prompt_logprobs is None
+    )
     with pytest.raises(ValidationError, match="echo"):
         CompletionRequest(model="m", prompt="x", max_tokens=0)
 
@@ -75,8 +92,12 @@ def test_unknown_fields_are_refused_by_name_but_nulls_are_dropped(field):
 
 
 def test_logit_bias_and_stream_options():
-    req = ChatCompletionRequest(model="m", messages=MESSAGES, logit_bias={"7": 5, "3": -100},
-                                stream_options={"include_usage": True, "continuous_usage_stats": True})
+    req = ChatCompletionRequest(
+        model="m",
+        messages=MESSAGES,
+        logit_bias={"7": 5, "3": -100},
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
+    )
     assert req.to_settings(SamplingDefaults(), 4).logit_bias == ((3, -100.0), (7, 5.0))
     assert req.include_usage and req.continuous_usage
     for bad in ({"x": 1}, {"-1": 1}, {"1": 101}):
@@ -94,8 +115,9 @@ def test_response_format_and_structured_outputs_become_one_constraint():
     assert constraint() is None
     assert constraint(response_format={"type": "text"}) is None
     assert constraint(response_format={"type": "json_object"}).kind == "json_object"
-    schema = constraint(response_format={"type": "json_schema",
-                                         "json_schema": {"name": "city", "schema": SCHEMA, "strict": True}})
+    schema = constraint(
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA, "strict": True}}
+    )
     assert (schema.kind, json.loads(schema.value)) == ("json", SCHEMA)
     assert constraint(structured_outputs={"regex": "[0-9]+"}).value == "[0-9]+"
     assert json.loads(constraint(structured_outputs={"choice": ["yes", "no"]}).value) == ["yes", "no"]
@@ -103,23 +125,28 @@ def test_response_format_and_structured_outputs_become_one_constraint():
     assert json.loads(constraint(structured_outputs={"json": json.dumps(SCHEMA)}).value) == SCHEMA
 
 
-@pytest.mark.parametrize("fields", [
-    {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
-    {"response_format": {"type": "json_schema"}},
-    {"response_format": {"type": "xml"}},
-    {"structured_outputs": {"regex": "a", "choice": ["a"]}},
-    {"structured_outputs": {}},
-    {"structured_outputs": {"choice": []}},
-    {"structured_outputs": {"whitespace_pattern": " "}},
-    {"response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
+        {"response_format": {"type": "json_schema"}},
+        {"response_format": {"type": "xml"}},
+        {"structured_outputs": {"regex": "a", "choice": ["a"]}},
+        {"structured_outputs": {}},
+        {"structured_outputs": {"choice": []}},
+        {"structured_outputs": {"whitespace_pattern": " "}},
+        {"response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}},
+    ],
+)
 def test_bad_structured_output_requests_are_refused(fields):
     with pytest.raises(ValidationError):
         ChatCompletionRequest.model_validate({"model": "m", "messages": MESSAGES, **fields})
 
 
-TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": SCHEMA}},
-         {"type": "function", "function": {"name": "time"}}]
+TOOLS = [
+    {"type": "function", "function": {"name": "weather", "parameters": SCHEMA}},
+    {"type": "function", "function": {"name": "time"}},
+]
 
 
 def test_tool_choice_forces_a_schema():
@@ -135,15 +162,18 @@ def test_tool_choice_forces_a_schema():
     assert [a["properties"]["name"]["enum"] for a in required["items"]["anyOf"]] == [["weather"], ["time"]]
 
 
-@pytest.mark.parametrize("fields", [
-    {"tool_choice": "required"},
-    {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
-    {"tools": TOOLS + TOOLS[:1]},
-    {"tools": TOOLS, "response_format": {"type": "json_object"}},
-    {"tools": [{"type": "code_interpreter"}]},
-    {"messages": [{"role": "tool", "content": "12C"}]},
-    {"messages": [{"role": "user", "content": None}]},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tool_choice": "required"},
+        {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+        {"tools": TOOLS + TOOLS[:1]},
+        {"tools": TOOLS, "response_format": {"type": "json_object"}},
+        {"tools": [{"type": "code_interpreter"}]},
+        {"messages": [{"role": "tool", "content": "12C"}]},
+        {"messages": [{"role": "user", "content": None}]},
+    ],
+)
 def test_bad_tool_requests_are_refused(fields):
     with pytest.raises(ValidationError):
         ChatCompletionRequest.model_validate({"model": "m", "messages": MESSAGES, **fields})
@@ -151,9 +181,14 @@ def test_bad_tool_requests_are_refused(fields):
 
 def test_tool_messages_render_for_templates():
     call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
-    req = ChatCompletionRequest(model="m", messages=[
-        {"role": "user", "content": "weather?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "12C"}])
+    req = ChatCompletionRequest(
+        model="m",
+        messages=[
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "12C"},
+        ],
+    )
     assistant, tool = req.messages[1].plain(), req.messages[2].plain()
     assert assistant["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"} and assistant["content"] == ""
     assert tool == {"role": "tool", "content": "12C", "tool_call_id": "call_1"}

@@ -36,12 +36,15 @@ def test_a_section_that_is_not_last_is_rewritten_from_the_data(tmp_path, checkpo
     assert set(load_registry(path, data_dir=tmp_path).stages) == {"base", "b2"}
 
 
-@pytest.mark.parametrize("name, entry, message", [
-    ("base", {"model": "x"}, "already exists"),
-    ("bad name", {"model": "x"}, "must be letters"),
-    ("rm", {"model": "/does/not/exist"}, "does not exist"),
-    ("rm", {"nope": 1}, "reward_models"),
-])
+@pytest.mark.parametrize(
+    "name, entry, message",
+    [
+        ("base", {"model": "x"}, "already exists"),
+        ("bad name", {"model": "x"}, "must be letters"),
+        ("rm", {"model": "/does/not/exist"}, "does not exist"),
+        ("rm", {"nope": 1}, "reward_models"),
+    ],
+)
 def test_refusals_change_nothing(tmp_path, checkpoint, name, entry, message):
     path = tmp_path / "stages.yaml"
     path.write_text(f"stages:\n  base:\n    model: {checkpoint}\n")

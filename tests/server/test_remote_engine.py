@@ -64,14 +64,23 @@ def test_remote_stage_in_the_registry(tmp_path):
     assert registry.remote_for("rlhf") is None
 
 
-@pytest.mark.parametrize(("stage", "problem"), [
-    ({"remote": {"url": "http://x/v1", "model": "m"}, "model": "/m"}, "either"),
-    ({"remote": {"url": "http://x/v1"}}, "model"),
-    ({"remote": {"url": "http://x/v1", "model": "m"}, "speculative": {"ngram": {"method": "ngram"}}}, "needs `remote:`"),
-    ({"model": "/m", "speculative": {"ngram": {"remote": {"url": "http://x/v1", "model": "m"}}}}, "remote stages only"),
-    ({"remote": {"url": "http://x/v1", "model": "m", "timeout": 0}}, "timeout"),
-    ({"remote": {"url": "http://x/v1", "model": "m", "key": "secret"}}, "key"),
-])
+@pytest.mark.parametrize(
+    ("stage", "problem"),
+    [
+        ({"remote": {"url": "http://x/v1", "model": "m"}, "model": "/m"}, "either"),
+        ({"remote": {"url": "http://x/v1"}}, "model"),
+        (
+            {"remote": {"url": "http://x/v1", "model": "m"}, "speculative": {"ngram": {"method": "ngram"}}},
+            "needs `remote:`",
+        ),
+        (
+            {"model": "/m", "speculative": {"ngram": {"remote": {"url": "http://x/v1", "model": "m"}}}},
+            "remote stages only",
+        ),
+        ({"remote": {"url": "http://x/v1", "model": "m", "timeout": 0}}, "timeout"),
+        ({"remote": {"url": "http://x/v1", "model": "m", "key": "secret"}}, "key"),
+    ],
+)
 def test_bad_remote_stages_are_refused(tmp_path, stage, problem):
     (tmp_path / "stages.yaml").write_text(json.dumps({"stages": {"s": stage}}))
     with pytest.raises(RegistryError, match=problem):
@@ -88,13 +97,18 @@ def test_remote_engines_do_not_count_against_the_live_engine_limit(tiny_family):
 
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: the engines start, reported missing
     tok = str(tiny_family / "base")
-    registry = Registry.model_validate({"stages": {
-        "local": {"model": "fake/base"},
-        "a": {"remote": {"url": dead, "model": "a", "tokenizer": tok}},
-        "b": {"remote": {"url": dead, "model": "b", "tokenizer": tok}},
-    }})
-    pool = EnginePool(registry, lambda spec: engine_factory(spec) if spec.remote else ScriptedEngine(),
-                      max_live_engines=1)
+    registry = Registry.model_validate(
+        {
+            "stages": {
+                "local": {"model": "fake/base"},
+                "a": {"remote": {"url": dead, "model": "a", "tokenizer": tok}},
+                "b": {"remote": {"url": dead, "model": "b", "tokenizer": tok}},
+            }
+        }
+    )
+    pool = EnginePool(
+        registry, lambda spec: engine_factory(spec) if spec.remote else ScriptedEngine(), max_live_engines=1
+    )
 
     async def start():
         await pool.start()
@@ -113,10 +127,16 @@ def test_streams_whose_bytes_are_already_here_take_turns():
     """A server's response that is already buffered is read without waiting: each stream must still
     let the others run between its chunks, or one backlog holds every other request back."""
     chunks = 50
-    sse = "".join(f'data: {{"choices": [{{"index": 0, "text": "t{i}"}}]}}\n\n' for i in range(chunks)) + "data: [DONE]\n\n"
+    sse = (
+        "".join(f'data: {{"choices": [{{"index": 0, "text": "t{i}"}}]}}\n\n' for i in range(chunks))
+        + "data: [DONE]\n\n"
+    )
     engine = RemoteEngine(RemoteSpec(url="http://gpu/v1", model="m"))
-    engine._client = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(
-        200, content=sse.encode(), headers={"content-type": "text/event-stream"})))
+    engine._client = httpx.AsyncClient(
+        transport=httpx.MockTransport(
+            lambda request: httpx.Response(200, content=sse.encode(), headers={"content-type": "text/event-stream"})
+        )
+    )
     order: list[str] = []
 
     async def consume(name: str):
@@ -140,9 +160,12 @@ def spec_vllm(tiny_family, tmp_path_factory):
     """A second remote: ngram speculation, per-request acceptance figures, no runtime LoRA loading."""
     config = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
     server = vllm_openai_server(
-        tiny_family / "base", tmp_path_factory.mktemp("spec-vllm") / "vllm.log", served_model_name="base",
+        tiny_family / "base",
+        tmp_path_factory.mktemp("spec-vllm") / "vllm.log",
+        served_model_name="base",
         extra_args=["--speculative-config", json.dumps(config), "--per-request-spec-decode-metrics", "summary"],
-        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "False", "VLLM_CPU_OMP_THREADS_BIND": "1"})
+        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "False", "VLLM_CPU_OMP_THREADS_BIND": "1"},
+    )
     yield server
     server.stop()
 
@@ -169,19 +192,26 @@ def remote_app(registry: dict, tmp_path, *, registry_path=None):
 
 
 def chat(client, model, messages=MESSAGES, **kwargs):
-    return client.post("/v1/chat/completions", json={"model": model, "messages": messages, "max_tokens": 12,
-                                                     "temperature": 0, **kwargs})
+    return client.post(
+        "/v1/chat/completions",
+        json={"model": model, "messages": messages, "max_tokens": 12, "temperature": 0, **kwargs},
+    )
 
 
 integration = pytest.mark.integration  # the tests below need real vLLM servers
 
 
 @integration
-def test_speculative_method_on_its_own_server_with_acceptance_figures(tiny_family, remote_vllm, spec_vllm,
-                                                                      tmp_path):
+def test_speculative_method_on_its_own_server_with_acceptance_figures(tiny_family, remote_vllm, spec_vllm, tmp_path):
     tok = str(tiny_family / "base")
-    registry = {"stages": {"base": {"remote": _remote(remote_vllm, tokenizer=tok),
-                                    "speculative": {"ngram": {"remote": _remote(spec_vllm)}}}}}
+    registry = {
+        "stages": {
+            "base": {
+                "remote": _remote(remote_vllm, tokenizer=tok),
+                "speculative": {"ngram": {"remote": _remote(spec_vllm)}},
+            }
+        }
+    }
     with remote_app(registry, tmp_path) as client:
         off = chat(client, "base", REPEAT, max_tokens=32).json()
         assert "speculative" not in off
@@ -192,9 +222,11 @@ def test_speculative_method_on_its_own_server_with_acceptance_figures(tiny_famil
         # lossless at temperature 0: the speculating server answers what the plain one does
         assert fast["choices"][0]["message"]["content"] == off["choices"][0]["message"]["content"]
         # streamed: the figures ride on the final chunk, as for in-process engines
-        lines = [json.loads(line[6:]) for line in chat(client, "base", REPEAT, max_tokens=32, speculative="ngram",
-                                                         stream=True).text.splitlines()
-                 if line.startswith("data: {")]
+        lines = [
+            json.loads(line[6:])
+            for line in chat(client, "base", REPEAT, max_tokens=32, speculative="ngram", stream=True).text.splitlines()
+            if line.startswith("data: {")
+        ]
         assert any(chunk.get("speculative", {}).get("draft_tokens", 0) > 0 for chunk in lines)
         # n > 1: vLLM gives no per-request figures, so there are none (not made-up ones)
         several = chat(client, "base", REPEAT, max_tokens=8, speculative="ngram", n=2, temperature=1, seed=3).json()
@@ -211,11 +243,13 @@ def test_a_missing_remote_is_named_while_the_other_stages_serve(tiny_family, rem
     tok = str(tiny_family / "base")
     dead = f"http://127.0.0.1:{free_port()}/v1"
     os.environ.pop("STAGECHAT_TEST_UNSET_KEY", None)
-    registry = {"stages": {
-        "base": {"remote": _remote(remote_vllm, tokenizer=tok)},
-        "gone": {"remote": {"url": dead, "model": "base", "tokenizer": tok}},
-        "keyed": {"remote": _remote(remote_vllm, "sft", tokenizer=tok, api_key_env="STAGECHAT_TEST_UNSET_KEY")},
-    }}
+    registry = {
+        "stages": {
+            "base": {"remote": _remote(remote_vllm, tokenizer=tok)},
+            "gone": {"remote": {"url": dead, "model": "base", "tokenizer": tok}},
+            "keyed": {"remote": _remote(remote_vllm, "sft", tokenizer=tok, api_key_env="STAGECHAT_TEST_UNSET_KEY")},
+        }
+    }
     with remote_app(registry, tmp_path) as client:
         ready = client.get("/ready")
         assert ready.status_code == 503 and ready.json()["status"] == "degraded"
@@ -244,8 +278,10 @@ def test_adapter_stages_are_loaded_onto_the_remote_or_refused_clearly(tiny_famil
     with remote_app({"stages": stages}, tmp_path, registry_path=path) as client:
         assert client.get("/ready").status_code == 200
         # the next RLHF round adds adapter stages on both remotes; the registry reload serves them
-        rounds = {"rlhf": {"adapter": str(tiny_family / "lora"), "base": "base"},
-                  "rlhf-fast": {"adapter": str(tiny_family / "lora"), "base": "fast"}}
+        rounds = {
+            "rlhf": {"adapter": str(tiny_family / "lora"), "base": "base"},
+            "rlhf-fast": {"adapter": str(tiny_family / "lora"), "base": "fast"},
+        }
         path.write_text(json.dumps({"stages": {**stages, **rounds}}))
         reloaded = client.post("/v1/admin/reload")
         assert reloaded.status_code == 200 and set(reloaded.json()["added"]) == {"rlhf", "rlhf-fast"}

@@ -31,9 +31,14 @@ def replicas(postgres_server, tmp_path_factory):
     servers = []
     try:
         for name in ("a", "b"):  # one after the other: both would run the schema migration at once
-            servers.append(ChildServer(
-                lambda port: [sys.executable, "-m", "tests.server.serve_scripted", "--port", str(port)],
-                log=logs / f"{name}.log", env={**env, "STAGECHAT_DATA_DIR": str(logs / name)}, timeout=60))
+            servers.append(
+                ChildServer(
+                    lambda port: [sys.executable, "-m", "tests.server.serve_scripted", "--port", str(port)],
+                    log=logs / f"{name}.log",
+                    env={**env, "STAGECHAT_DATA_DIR": str(logs / name)},
+                    timeout=60,
+                )
+            )
         yield servers
     finally:
         for server in servers:
@@ -41,8 +46,12 @@ def replicas(postgres_server, tmp_path_factory):
 
 
 def answer(url: str, question: str) -> str:
-    r = httpx.post(f"{url}/v1/chat/completions", headers=ADMIN, timeout=30, json={
-        "model": "sft", "messages": [{"role": "user", "content": question}]})
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        headers=ADMIN,
+        timeout=30,
+        json={"model": "sft", "messages": [{"role": "user", "content": question}]},
+    )
     assert r.status_code == 200, r.text
     return r.json()["id"]
 
@@ -70,16 +79,24 @@ def test_concurrent_ratings_through_both_replicas_lose_nothing(replicas):
 
     def rate(job):
         replica, response_id, key, rating = job
-        r = httpx.post(f"{urls[replica]}/v1/feedback", timeout=30, headers={"Authorization": f"Bearer {key}"},
-                       json={"response_id": response_id, "rating": rating})
+        r = httpx.post(
+            f"{urls[replica]}/v1/feedback",
+            timeout=30,
+            headers={"Authorization": f"Bearer {key}"},
+            json={"response_id": response_id, "rating": rating},
+        )
         return r.status_code
 
     # Each answer: rater 1 rates it three times at once through both replicas (re-ratings racing: the
     # upsert must neither duplicate nor fail), rater 2 once. 160 writes from 16 threads, two processes.
     jobs = []
     for i, rid in enumerate(ids):
-        jobs += [(0, rid, "admin-key", "up"), (1, rid, "admin-key", "up"), (i % 2, rid, "admin-key", "up"),
-                 ((i + 1) % 2, rid, "rater-2", "up")]
+        jobs += [
+            (0, rid, "admin-key", "up"),
+            (1, rid, "admin-key", "up"),
+            (i % 2, rid, "admin-key", "up"),
+            ((i + 1) % 2, rid, "rater-2", "up"),
+        ]
     with ThreadPoolExecutor(max_workers=16) as pool:
         statuses = list(pool.map(rate, jobs))
     assert set(statuses) == {200}

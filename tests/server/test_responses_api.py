@@ -47,8 +47,16 @@ def sse(response) -> list[tuple[str, dict]]:
 
 
 def test_a_turn_is_answered_and_stored(client: TestClient, store: Store):
-    r = client.post("/v1/responses", json={"model": "sft", "input": "Capital of Kenya?", "instructions": "Be brief.",
-                                            "temperature": 0, "metadata": {"topic": "geo"}})
+    r = client.post(
+        "/v1/responses",
+        json={
+            "model": "sft",
+            "input": "Capital of Kenya?",
+            "instructions": "Be brief.",
+            "temperature": 0,
+            "metadata": {"topic": "geo"},
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "response" and body["id"].startswith("resp_") and body["model"] == "sft"
@@ -59,7 +67,11 @@ def test_a_turn_is_answered_and_stored(client: TestClient, store: Store):
     assert item["content"][0]["type"] == "output_text" and text.startswith("The capital")
     assert body["usage"]["output_tokens"] == 5 and body["usage"]["total_tokens"] > 5
     assert (body["instructions"], body["temperature"], body["metadata"], body["store"]) == (
-        "Be brief.", 0.0, {"topic": "geo"}, True)
+        "Be brief.",
+        0.0,
+        {"topic": "geo"},
+        True,
+    )
     assert store.get_generation(body["generation_id"]).completion == text  # rateable through /v1/feedback
 
     node = store.get_message(body["id"], viewer=None)
@@ -74,16 +86,23 @@ def test_a_turn_is_answered_and_stored(client: TestClient, store: Store):
 
 def test_previous_response_id_continues_the_branch(client: TestClient, store: Store):
     first = client.post("/v1/responses", json={"model": "sft", "input": "one", "max_output_tokens": 2}).json()
-    second = client.post("/v1/responses", json={"model": "sft", "previous_response_id": first["id"],
-                                                "input": [{"role": "user", "content": "two"}]}).json()
+    second = client.post(
+        "/v1/responses",
+        json={"model": "sft", "previous_response_id": first["id"], "input": [{"role": "user", "content": "two"}]},
+    ).json()
     assert second["previous_response_id"] == first["id"]
     path = store.message_path(second["id"], viewer=None)
     assert [m.content for m in path][:3] == ["one", first["output"][0]["content"][0]["text"], "two"]
     assert len({m.conversation_id for m in path}) == 1
     # The same previous response again: a branch beside the second, in the same conversation.
-    third = client.post("/v1/responses", json={"model": "base", "previous_response_id": first["id"],
-                                               "input": [{"role": "user", "content": [{"type": "input_text",
-                                                                                        "text": "deux"}]}]}).json()
+    third = client.post(
+        "/v1/responses",
+        json={
+            "model": "base",
+            "previous_response_id": first["id"],
+            "input": [{"role": "user", "content": [{"type": "input_text", "text": "deux"}]}],
+        },
+    ).json()
     conv = path[0].conversation_id
     assert store.message_path(third["id"], viewer=None)[0].conversation_id == conv
     assert len(store.conversation_messages(conv, viewer=None)) == 6
@@ -94,10 +113,18 @@ def test_stream_sends_the_spec_events_in_order(client: TestClient):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = sse(r)
     kinds = [k for k, _ in events]
-    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
-                         "response.content_part.added"]
-    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
-                          "response.completed"]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert set(kinds[4:-4]) == {"response.output_text.delta"}
     assert [e["sequence_number"] for _, e in events] == list(range(len(events)))
     assert all(e["type"] == k for k, e in events)
@@ -110,21 +137,26 @@ def test_stream_sends_the_spec_events_in_order(client: TestClient):
 
 def test_delete_then_retrieve_and_chains_through_it(client: TestClient):
     first = client.post("/v1/responses", json={"model": "sft", "input": "one", "max_output_tokens": 2}).json()
-    second = client.post("/v1/responses", json={"model": "sft", "input": "two", "max_output_tokens": 2,
-                                                "previous_response_id": first["id"]}).json()
+    second = client.post(
+        "/v1/responses",
+        json={"model": "sft", "input": "two", "max_output_tokens": 2, "previous_response_id": first["id"]},
+    ).json()
     r = client.delete(f"/v1/responses/{first['id']}")
     assert r.status_code == 200 and r.json() == {"id": first["id"], "object": "response.deleted", "deleted": True}
     assert error(client.get(f"/v1/responses/{first['id']}"), 404)["param"] == "response_id"
     error(client.delete(f"/v1/responses/{first['id']}"), 404)
     assert client.get(f"/v1/responses/{second['id']}").status_code == 200  # itself intact
-    e = error(client.post("/v1/responses", json={"model": "sft", "input": "three",
-                                                 "previous_response_id": second["id"]}), 400)
+    e = error(
+        client.post("/v1/responses", json={"model": "sft", "input": "three", "previous_response_id": second["id"]}), 400
+    )
     assert e["param"] == "previous_response_id" and "deleted" in e["message"]
-    e = error(client.post("/v1/responses", json={"model": "sft", "input": "x", "previous_response_id": first["id"]}),
-              404)
+    e = error(
+        client.post("/v1/responses", json={"model": "sft", "input": "x", "previous_response_id": first["id"]}), 404
+    )
     assert e["param"] == "previous_response_id"
-    e = error(client.post("/v1/responses", json={"model": "sft", "input": "x", "previous_response_id": "resp_nope"}),
-              404)
+    e = error(
+        client.post("/v1/responses", json={"model": "sft", "input": "x", "previous_response_id": "resp_nope"}), 404
+    )
     assert e["param"] == "previous_response_id"
     error(client.get("/v1/responses/resp_nope"), 404)
 
@@ -141,16 +173,19 @@ def test_store_false_answers_but_keeps_nothing(client: TestClient, store: Store)
     assert store.list_conversations(viewer=None)[0] == []
 
 
-@pytest.mark.parametrize("field, value", [
-    ("tools", [{"type": "function", "name": "f", "parameters": {}}]),
-    ("reasoning", {"effort": "low"}),
-    ("include", ["message.output_text.logprobs"]),
-    ("background", True),
-    ("conversation", "conv_1"),
-    ("truncation", "auto"),
-    ("text", {"format": {"type": "json_object"}}),
-    ("top_logprobs", 2),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("tools", [{"type": "function", "name": "f", "parameters": {}}]),
+        ("reasoning", {"effort": "low"}),
+        ("include", ["message.output_text.logprobs"]),
+        ("background", True),
+        ("conversation", "conv_1"),
+        ("truncation", "auto"),
+        ("text", {"format": {"type": "json_object"}}),
+        ("top_logprobs", 2),
+    ],
+)
 def test_every_unhonoured_field_is_a_400_naming_it(client: TestClient, field, value):
     e = error(client.post("/v1/responses", json={"model": "sft", "input": "hi", field: value}), 400)
     assert e["param"] and e["param"].split(".")[0] == field, e
@@ -168,8 +203,9 @@ def test_bad_input_is_a_400_naming_it(client: TestClient):
 
 
 def test_extensions_as_chat_has_them(client: TestClient):
-    body = client.post("/v1/responses", json={"model": "base", "input": "hi", "speculative": "ngram",
-                                              "temperature": 0}).json()
+    body = client.post(
+        "/v1/responses", json={"model": "base", "input": "hi", "speculative": "ngram", "temperature": 0}
+    ).json()
     assert body["speculative"]["method"] == "ngram"
     e = error(client.post("/v1/responses", json={"model": "sft", "input": "hi", "speculative": "eagle"}), 400)
     assert e["param"] == "speculative"
@@ -183,8 +219,12 @@ def test_another_key_cannot_see_or_continue_a_response(serve):
         body = client.post("/v1/responses", json={"model": "sft", "input": "secret"}, headers=user).json()
         error(client.get(f"/v1/responses/{body['id']}", headers=other), 404)
         error(client.delete(f"/v1/responses/{body['id']}", headers=other), 404)
-        error(client.post("/v1/responses", json={"model": "sft", "input": "x", "previous_response_id": body["id"]},
-                          headers=other), 404)
+        error(
+            client.post(
+                "/v1/responses", json={"model": "sft", "input": "x", "previous_response_id": body["id"]}, headers=other
+            ),
+            404,
+        )
         error(client.get(f"/v1/responses/{body['id']}"), 401)
         assert client.get(f"/v1/responses/{body['id']}", headers=admin).status_code == 200
         assert client.get(f"/v1/responses/{body['id']}", headers=user).status_code == 200
@@ -194,16 +234,24 @@ def test_with_prompt_logging_off_nothing_is_stored(serve, store: Store):
     with serve(log_prompts=False) as client:
         body = client.post("/v1/responses", json={"model": "sft", "input": "hi"}).json()
         assert body["store"] is False
-        assert error(client.post("/v1/responses", json={"model": "sft", "input": "hi", "store": True}),
-                     400)["param"] == "store"
+        assert (
+            error(client.post("/v1/responses", json={"model": "sft", "input": "hi", "store": True}), 400)["param"]
+            == "store"
+        )
     assert store.list_conversations(viewer=None)[0] == []
 
 
 def test_input_items_are_the_turns_own(client: TestClient):
-    first = client.post("/v1/responses", json={"model": "sft", "input": [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "one"}]}).json()
-    second = client.post("/v1/responses", json={"model": "sft", "input": "two", "previous_response_id": first["id"]}
-                         ).json()
+    first = client.post(
+        "/v1/responses",
+        json={
+            "model": "sft",
+            "input": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "one"}],
+        },
+    ).json()
+    second = client.post(
+        "/v1/responses", json={"model": "sft", "input": "two", "previous_response_id": first["id"]}
+    ).json()
     items = client.get(f"/v1/responses/{first['id']}/input_items", params={"order": "asc"}).json()
     assert [(i["role"], i["content"][0]["text"]) for i in items["data"]] == [("system", "Be brief."), ("user", "one")]
     assert items["object"] == "list" and not items["has_more"]
@@ -220,6 +268,7 @@ def test_a_stored_branch_chat_cannot_take_is_a_400(client: TestClient, store: St
     from server.store import NewMessage
 
     _, [tool] = store.create_conversation(owner=None, messages=[NewMessage("tool", "42")])  # no tool_call_id
-    e = error(client.post("/v1/responses", json={"model": "sft", "input": "and?", "previous_response_id": tool.id}),
-              400)
+    e = error(
+        client.post("/v1/responses", json={"model": "sft", "input": "and?", "previous_response_id": tool.id}), 400
+    )
     assert e["param"] == "input"

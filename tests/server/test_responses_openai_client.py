@@ -31,8 +31,14 @@ def client(request, tmp_path: Path):
 
 
 def test_create_and_retrieve(client):
-    response = client.responses.create(model="sft", input="What is the capital of Kenya?", instructions="Be brief.",
-                                       max_output_tokens=4, temperature=0, extra_body=GO_ON)
+    response = client.responses.create(
+        model="sft",
+        input="What is the capital of Kenya?",
+        instructions="Be brief.",
+        max_output_tokens=4,
+        temperature=0,
+        extra_body=GO_ON,
+    )
     assert response.id.startswith("resp_") and response.model == "sft"
     assert response.status in ("completed", "incomplete") and response.output_text
     assert response.usage.output_tokens <= 4
@@ -43,8 +49,9 @@ def test_create_and_retrieve(client):
 
 
 def test_stream(client):
-    with client.responses.stream(model="sft", input="What is the capital of Kenya?", max_output_tokens=6,
-                                 temperature=0, extra_body=GO_ON) as stream:
+    with client.responses.stream(
+        model="sft", input="What is the capital of Kenya?", max_output_tokens=6, temperature=0, extra_body=GO_ON
+    ) as stream:
         events = list(stream)
         final = stream.get_final_response()
     kinds = [event.type for event in events]
@@ -58,10 +65,16 @@ def test_stream(client):
 
 def test_previous_response_id_chain_of_two(client):
     first = client.responses.create(model="sft", input="one", max_output_tokens=2, temperature=0)
-    second = client.responses.create(model="sft", input="two", previous_response_id=first.id, max_output_tokens=2,
-                                     temperature=0)
-    third = client.responses.create(model="base", input=[{"role": "user", "content": "three"}],
-                                    previous_response_id=second.id, max_output_tokens=2, temperature=0)
+    second = client.responses.create(
+        model="sft", input="two", previous_response_id=first.id, max_output_tokens=2, temperature=0
+    )
+    third = client.responses.create(
+        model="base",
+        input=[{"role": "user", "content": "three"}],
+        previous_response_id=second.id,
+        max_output_tokens=2,
+        temperature=0,
+    )
     assert third.previous_response_id == second.id and second.previous_response_id == first.id
     # The chain's input grew turn by turn: the third saw both earlier turns.
     assert third.usage.input_tokens > second.usage.input_tokens > first.usage.input_tokens
@@ -78,8 +91,10 @@ def test_delete_then_retrieve_is_404(client):
 
 @pytest.mark.parametrize("field", ["tools", "reasoning"])
 def test_an_unsupported_field_is_a_400_naming_it(client, field):
-    value = {"tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}],
-             "reasoning": {"effort": "low"}}[field]
+    value = {
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}],
+        "reasoning": {"effort": "low"},
+    }[field]
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model="sft", input="hi", **{field: value})
     assert e.value.body["param"] == field

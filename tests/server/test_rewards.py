@@ -48,8 +48,10 @@ class ScriptedRewardEngine:
 def expected(messages, answer: str) -> float:
     tokenizer = FakeTokenizer()
     conversation = messages + [{"role": "assistant", "content": answer}]
-    return len(tokenizer.encode(tokenizer.apply_chat_template(conversation, tokenize=False),
-                                add_special_tokens=False)) / 10
+    return (
+        len(tokenizer.encode(tokenizer.apply_chat_template(conversation, tokenize=False), add_special_tokens=False))
+        / 10
+    )
 
 
 @pytest.fixture
@@ -66,23 +68,48 @@ def client(fake_pool_factory, tmp_path):
 
 
 def test_rewards_endpoint(client):
-    r = client.post("/v1/rewards", json={"model": "rm", "input": [
-        {"messages": QUESTION, "completion": "Nairobi."}, {"prompt": "Capital:", "completion": " Nairobi is it"}]})
+    r = client.post(
+        "/v1/rewards",
+        json={
+            "model": "rm",
+            "input": [
+                {"messages": QUESTION, "completion": "Nairobi."},
+                {"prompt": "Capital:", "completion": " Nairobi is it"},
+            ],
+        },
+    )
     assert r.status_code == 200, r.text
-    assert r.json() == {"object": "list", "model": "rm", "data": [
-        {"object": "reward", "index": 0, "score": expected(QUESTION, "Nairobi.")},
-        {"object": "reward", "index": 1, "score": pytest.approx(0.4)}]}  # "Capital:", "Nairobi", "is", "it<eos>"
+    assert r.json() == {
+        "object": "list",
+        "model": "rm",
+        "data": [
+            {"object": "reward", "index": 0, "score": expected(QUESTION, "Nairobi.")},
+            {"object": "reward", "index": 1, "score": pytest.approx(0.4)},
+        ],
+    }  # "Capital:", "Nairobi", "is", "it<eos>"
 
 
-@pytest.mark.parametrize("body, status, param, code", [
-    ({"model": "nope", "input": [{"messages": QUESTION, "completion": "x"}]}, 404, "model", "model_not_found"),
-    ({"model": "base", "input": [{"messages": QUESTION, "completion": "x"}]}, 400, "model", "model_is_stage"),
-    ({"model": "rm", "input": [{"messages": QUESTION, "completion": "x"},
-                               {"messages": QUESTION, "completion": "word " * 50}]}, 400, "input[1]",
-     "context_length_exceeded"),
-    ({"model": "rm", "input": [{"completion": "x"}]}, 400, None, None),
-    ({"model": "rm", "input": [{"messages": QUESTION, "completion": "x", "extra": 1}]}, 400, None, None),
-])
+@pytest.mark.parametrize(
+    "body, status, param, code",
+    [
+        ({"model": "nope", "input": [{"messages": QUESTION, "completion": "x"}]}, 404, "model", "model_not_found"),
+        ({"model": "base", "input": [{"messages": QUESTION, "completion": "x"}]}, 400, "model", "model_is_stage"),
+        (
+            {
+                "model": "rm",
+                "input": [
+                    {"messages": QUESTION, "completion": "x"},
+                    {"messages": QUESTION, "completion": "word " * 50},
+                ],
+            },
+            400,
+            "input[1]",
+            "context_length_exceeded",
+        ),
+        ({"model": "rm", "input": [{"completion": "x"}]}, 400, None, None),
+        ({"model": "rm", "input": [{"messages": QUESTION, "completion": "x", "extra": 1}]}, 400, None, None),
+    ],
+)
 def test_rewards_endpoint_errors(client, body, status, param, code):
     r = client.post("/v1/rewards", json=body)
     assert r.status_code == status, r.text
@@ -94,8 +121,10 @@ def test_rewards_endpoint_errors(client, body, status, param, code):
 
 
 def test_chat_body_rewards_each_choice_and_the_store_logs_it(client):
-    r = client.post("/v1/chat/completions", json={"model": "base", "messages": QUESTION, "n": 2,
-                                                  "reward_model": "rm", "max_tokens": 3})
+    r = client.post(
+        "/v1/chat/completions",
+        json={"model": "base", "messages": QUESTION, "n": 2, "reward_model": "rm", "max_tokens": 3},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     for choice in body["choices"]:
@@ -113,9 +142,11 @@ def test_stage_default_and_no_reward_without_one(client):
 
 
 def test_stream_rewards_only_in_the_final_chunk(client):
-    with client.stream("POST", "/v1/chat/completions", json={
-            "model": "base", "messages": QUESTION, "n": 2, "reward_model": "rm", "max_tokens": 3,
-            "stream": True}) as r:
+    with client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={"model": "base", "messages": QUESTION, "n": 2, "reward_model": "rm", "max_tokens": 3, "stream": True},
+    ) as r:
         chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
     texts: dict[int, str] = {0: "", 1: ""}
     for chunk in chunks[:-1]:
@@ -131,27 +162,34 @@ def test_stream_rewards_only_in_the_final_chunk(client):
 
 
 def test_completion_reward(client):
-    r = client.post("/v1/completions", json={"model": "base", "prompt": "Capital:", "max_tokens": 2,
-                                             "reward_model": "rm"})
+    r = client.post(
+        "/v1/completions", json={"model": "base", "prompt": "Capital:", "max_tokens": 2, "reward_model": "rm"}
+    )
     choice = r.json()["choices"][0]
     tokenizer = FakeTokenizer()
-    assert choice["reward"]["score"] == len(tokenizer.encode("Capital:" + choice["text"] + tokenizer.eos_token,
-                                                             add_special_tokens=False)) / 10
+    assert (
+        choice["reward"]["score"]
+        == len(tokenizer.encode("Capital:" + choice["text"] + tokenizer.eos_token, add_special_tokens=False)) / 10
+    )
 
 
 def test_too_long_for_the_reward_model_is_a_null_score_with_the_reason(client):
     client.rewards._engines["fake/rm"].max_model_len = 4
-    r = client.post("/v1/chat/completions", json={"model": "base", "messages": QUESTION, "reward_model": "rm",
-                                                  "max_tokens": 3})
+    r = client.post(
+        "/v1/chat/completions", json={"model": "base", "messages": QUESTION, "reward_model": "rm", "max_tokens": 3}
+    )
     assert r.status_code == 200  # the answer is served; only its score is missing, and why
     reward = r.json()["choices"][0]["reward"]
     assert reward["score"] is None and "context" in reward["error"]
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"model": "rm", "messages": QUESTION}, "model"),
-    ({"model": "base", "messages": QUESTION, "reward_model": "nope"}, "reward_model"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"model": "rm", "messages": QUESTION}, "model"),
+        ({"model": "base", "messages": QUESTION, "reward_model": "nope"}, "reward_model"),
+    ],
+)
 def test_chat_refusals(client, body, param):
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 400 and r.json()["error"]["param"] == param
@@ -178,16 +216,25 @@ def test_models_kinds(client):
 def test_reload_adopts_new_reward_models_and_stops_removed_ones(client, tmp_path):
     registry = tmp_path / "stages.yaml"
     old_engine = next(iter(client.rewards._engines.values()))
-    registry.write_text(json.dumps({"stages": FAKE_REGISTRY["stages"],
-                                    "reward_models": {"rm2": {"model": "fake/rm2"}}}))
+    registry.write_text(
+        json.dumps({"stages": FAKE_REGISTRY["stages"], "reward_models": {"rm2": {"model": "fake/rm2"}}})
+    )
     r = client.post("/v1/admin/reload")
     assert r.status_code == 200, r.text
     assert r.json()["added_reward_models"] == ["rm2"] and r.json()["reward_models"] == ["rm2"]
     assert not old_engine.started  # rm's engine stopped: nothing names it any more
-    assert client.post("/v1/rewards", json={"model": "rm2", "input": [
-        {"messages": QUESTION, "completion": "x"}]}).status_code == 200
-    assert client.post("/v1/rewards", json={"model": "rm", "input": [
-        {"messages": QUESTION, "completion": "x"}]}).status_code == 404
+    assert (
+        client.post(
+            "/v1/rewards", json={"model": "rm2", "input": [{"messages": QUESTION, "completion": "x"}]}
+        ).status_code
+        == 200
+    )
+    assert (
+        client.post(
+            "/v1/rewards", json={"model": "rm", "input": [{"messages": QUESTION, "completion": "x"}]}
+        ).status_code
+        == 404
+    )
 
 
 def test_registry_validates_reward_models():
@@ -203,7 +250,7 @@ def test_ui_answers_show_the_score_beside_the_figures(client):
 
     async def last(stage):
         answer = None
-        async for answer in stream_answer(client.app.state.service, chat_request(stage, QUESTION, max_tokens=3)):
+        async for answer in stream_answer(client.app.state.service, chat_request(stage, QUESTION, max_tokens=3)):  # noqa: B007
             pass
         return answer
 

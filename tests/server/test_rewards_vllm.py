@@ -68,8 +68,9 @@ def hf_score(family: Path, messages: list[dict], completion: str) -> float:
 
     tokenizer = AutoTokenizer.from_pretrained(family / "rm")
     model = AutoModelForSequenceClassification.from_pretrained(family / "rm", dtype=torch.float32).eval()
-    ids = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}], tokenize=True,
-                                        return_dict=True, return_tensors="pt")["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        messages + [{"role": "assistant", "content": completion}], tokenize=True, return_dict=True, return_tensors="pt"
+    )["input_ids"]
     with torch.no_grad():
         return model(input_ids=ids).logits[0, 0].item()
 
@@ -81,11 +82,17 @@ def score(http, messages, completion, model="rm") -> float:
 
 
 def test_rewards_endpoint_scores_like_transformers(http, family):
-    r = http.post("/v1/rewards", json={"model": "rm", "input": [
-        {"messages": QUESTION, "completion": "The capital of Kenya is Nairobi."},
-        {"messages": QUESTION, "completion": "Hello there, how are you today?"},
-        {"prompt": "The capital of France is", "completion": " Paris."},
-    ]})
+    r = http.post(
+        "/v1/rewards",
+        json={
+            "model": "rm",
+            "input": [
+                {"messages": QUESTION, "completion": "The capital of Kenya is Nairobi."},
+                {"messages": QUESTION, "completion": "Hello there, how are you today?"},
+                {"prompt": "The capital of France is", "completion": " Paris."},
+            ],
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "list" and body["model"] == "rm"
@@ -96,14 +103,17 @@ def test_rewards_endpoint_scores_like_transformers(http, family):
     assert scores[0] != scores[1]
 
 
-@pytest.mark.parametrize("body, status, param", [
-    ({"model": "nope", "input": [{"messages": QUESTION, "completion": "x"}]}, 404, "model"),
-    ({"model": "sft", "input": [{"messages": QUESTION, "completion": "x"}]}, 400, "model"),
-    ({"model": "rm", "input": [{"messages": QUESTION, "completion": "Nairobi " * 600}]}, 400, "input[0]"),
-    ({"model": "rm", "input": [{"messages": QUESTION}]}, 400, None),
-    ({"model": "rm", "input": [{"messages": QUESTION, "prompt": "x", "completion": "y"}]}, 400, None),
-    ({"model": "rm", "input": []}, 400, None),
-])
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        ({"model": "nope", "input": [{"messages": QUESTION, "completion": "x"}]}, 404, "model"),
+        ({"model": "sft", "input": [{"messages": QUESTION, "completion": "x"}]}, 400, "model"),
+        ({"model": "rm", "input": [{"messages": QUESTION, "completion": "Nairobi " * 600}]}, 400, "input[0]"),
+        ({"model": "rm", "input": [{"messages": QUESTION}]}, 400, None),
+        ({"model": "rm", "input": [{"messages": QUESTION, "prompt": "x", "completion": "y"}]}, 400, None),
+        ({"model": "rm", "input": []}, 400, None),
+    ],
+)
 def test_rewards_errors(http, body, status, param):
     r = http.post("/v1/rewards", json=body)
     assert r.status_code == status, r.text
@@ -131,14 +141,15 @@ def test_models_lists_kinds(http):
 
 
 def test_chat_body_carries_each_answers_reward_and_the_store_logs_it(http, server):
-    r = http.post("/v1/chat/completions", json={"model": "base", "messages": QUESTION, "reward_model": "rm",
-                                                "n": 2, "max_tokens": 8, "seed": 1})
+    r = http.post(
+        "/v1/chat/completions",
+        json={"model": "base", "messages": QUESTION, "reward_model": "rm", "n": 2, "max_tokens": 8, "seed": 1},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     for choice in body["choices"]:
         assert choice["reward"]["model"] == "rm"
-        assert choice["reward"]["score"] == pytest.approx(score(http, QUESTION, choice["message"]["content"]),
-                                                          abs=1e-4)
+        assert choice["reward"]["score"] == pytest.approx(score(http, QUESTION, choice["message"]["content"]), abs=1e-4)
     from server.store import Store
 
     store = Store(f"sqlite:///{server.data_dir / 'stagechat.db'}")
@@ -158,9 +169,19 @@ def test_base_without_reward_model_has_no_reward_and_sft_has_its_default(http):
 
 def test_stream_final_chunk_carries_the_rewards(http):
     chunks = []
-    with http.stream("POST", "/v1/chat/completions", json={
-            "model": "base", "messages": QUESTION, "reward_model": "rm", "stream": True, "n": 2, "max_tokens": 6,
-            "seed": 2}) as r:
+    with http.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": "base",
+            "messages": QUESTION,
+            "reward_model": "rm",
+            "stream": True,
+            "n": 2,
+            "max_tokens": 6,
+            "seed": 2,
+        },
+    ) as r:
         for line in r.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
                 chunks.append(json.loads(line[6:]))
@@ -179,11 +200,15 @@ def test_stream_final_chunk_carries_the_rewards(http):
 
 
 def test_completion_with_reward_model(http):
-    r = http.post("/v1/completions", json={"model": "base", "prompt": "The capital of France is", "max_tokens": 5,
-                                           "reward_model": "rm"})
+    r = http.post(
+        "/v1/completions",
+        json={"model": "base", "prompt": "The capital of France is", "max_tokens": 5, "reward_model": "rm"},
+    )
     choice = r.json()["choices"][0]
-    expected = http.post("/v1/rewards", json={"model": "rm", "input": [
-        {"prompt": "The capital of France is", "completion": choice["text"]}]}).json()["data"][0]["score"]
+    expected = http.post(
+        "/v1/rewards",
+        json={"model": "rm", "input": [{"prompt": "The capital of France is", "completion": choice["text"]}]},
+    ).json()["data"][0]["score"]
     assert choice["reward"] == {"model": "rm", "score": pytest.approx(expected, abs=1e-4)}
 
 
@@ -205,8 +230,12 @@ def test_websocket_done_frame_carries_the_reward(server, http):
 
 
 def test_reload_adopts_a_new_reward_model(http, family, server):
-    add_reward_model(family / "stages.yaml", "rm2", {"model": str(family / "rm"), "description": "same weights"},
-                     data_dir=server.data_dir)
+    add_reward_model(
+        family / "stages.yaml",
+        "rm2",
+        {"model": str(family / "rm"), "description": "same weights"},
+        data_dir=server.data_dir,
+    )
     r = http.post("/v1/admin/reload")
     assert r.status_code == 200, r.text
     assert r.json()["added_reward_models"] == ["rm2"]
@@ -219,13 +248,23 @@ def test_rloo_round_against_the_reward_model_is_served_without_restart(http, fam
     from models.rl_round import RLPlan, train_rl_round
 
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(f"What is the capital of {c}?") + "\n"
-                               for c in ("Kenya", "France", "Japan", "Peru", "Chile", "Spain")))
+    prompts.write_text(
+        "".join(
+            json.dumps(f"What is the capital of {c}?") + "\n"
+            for c in ("Kenya", "France", "Japan", "Peru", "Chile", "Spain")
+        )
+    )
     result = train_rl_round(
-        config=family / "stages.yaml", from_stage="sft", name="rl1", reward_model="rm",
-        database_url=f"sqlite:///{tmp_path / 'unused.db'}", data_dir=server.data_dir, prompts_file=prompts,
+        config=family / "stages.yaml",
+        from_stage="sft",
+        name="rl1",
+        reward_model="rm",
+        database_url=f"sqlite:///{tmp_path / 'unused.db'}",
+        data_dir=server.data_dir,
+        prompts_file=prompts,
         plan=RLPlan(steps=3, batch_size=4, num_generations=2, max_completion_length=12, eval_samples=2),
-        server=server.url)
+        server=server.url,
+    )
     assert result.reloaded["added"] == ["rl1"]
     with (result.adapter_dir / "training_log.csv").open() as f:
         rows = list(csv.DictReader(f))

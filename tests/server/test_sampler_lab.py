@@ -24,11 +24,18 @@ def vllm_distribution(logits: torch.Tensor, s: LabSettings, prompt: list[int], o
     x = logits.clone().unsqueeze(0)
     for token, bias in s.logit_bias:
         x[0, token] += bias
+
     def pad(ids):  # padded with the vocabulary size, as vLLM pads
         return torch.tensor([ids + [VOCAB]], dtype=torch.long)
 
-    x = apply_penalties(x, pad(prompt), pad(output), torch.tensor([s.presence_penalty]),
-                        torch.tensor([s.frequency_penalty]), torch.tensor([s.repetition_penalty]))
+    x = apply_penalties(
+        x,
+        pad(prompt),
+        pad(output),
+        torch.tensor([s.presence_penalty]),
+        torch.tensor([s.frequency_penalty]),
+        torch.tensor([s.repetition_penalty]),
+    )
     x = Sampler.apply_temperature(x, torch.tensor([s.temperature]), all_random=True)
     if s.min_p > 0:
         min_p = MinPLogitsProcessor.__new__(MinPLogitsProcessor)
@@ -43,8 +50,14 @@ def vllm_distribution(logits: torch.Tensor, s: LabSettings, prompt: list[int], o
 def lab_distribution(logits: torch.Tensor, s: LabSettings, prompt, output, window: int = VOCAB):
     raw = logits.log_softmax(-1)
     order = raw.argsort(descending=True)[:window].tolist()
-    lab = run([(t, f"t{t}", raw[t].item()) for t in order], s, sampled_id=order[0], vocab_size=VOCAB,
-              prompt_ids=prompt, output_ids=output)
+    lab = run(
+        [(t, f"t{t}", raw[t].item()) for t in order],
+        s,
+        sampled_id=order[0],
+        vocab_size=VOCAB,
+        prompt_ids=prompt,
+        output_ids=output,
+    )
     return lab, {r.token_id: r.probability for r in lab.steps[-1].rows}
 
 
@@ -52,8 +65,9 @@ SETTINGS = [
     LabSettings(temperature=0.7, top_k=10, top_p=0.8, min_p=0.05),
     LabSettings(temperature=1.3, top_p=0.9),
     LabSettings(temperature=0.5, min_p=0.2),
-    LabSettings(temperature=1.0, top_k=5, frequency_penalty=0.8, presence_penalty=0.5,
-                logit_bias=((3, 4.0), (7, -2.0))),
+    LabSettings(
+        temperature=1.0, top_k=5, frequency_penalty=0.8, presence_penalty=0.5, logit_bias=((3, 4.0), (7, -2.0))
+    ),
     LabSettings(temperature=0.9, top_k=1),
 ]
 
@@ -75,10 +89,21 @@ def test_whole_vocabulary_matches_vllm(settings):
 def test_the_steps_run_in_vllms_order_and_say_what_they_cut():
     torch.manual_seed(1)
     logits = torch.randn(VOCAB) * 3
-    lab, _ = lab_distribution(logits, LabSettings(temperature=0.7, top_k=10, top_p=0.8, min_p=0.0001,
-                                                  presence_penalty=0.5, logit_bias=((3, 1.0),)), [1], [3])
-    assert [s.name.split()[0] for s in lab.steps] == ["raw", "logit", "penalties", "temperature", "min-p",
-                                                      "top-k", "top-p"]
+    lab, _ = lab_distribution(
+        logits,
+        LabSettings(temperature=0.7, top_k=10, top_p=0.8, min_p=0.0001, presence_penalty=0.5, logit_bias=((3, 1.0),)),
+        [1],
+        [3],
+    )
+    assert [s.name.split()[0] for s in lab.steps] == [
+        "raw",
+        "logit",
+        "penalties",
+        "temperature",
+        "min-p",
+        "top-k",
+        "top-p",
+    ]
     top_k = lab.steps[5]
     assert len(top_k.rows) == 10 and len(top_k.cut) + 10 == len(lab.steps[4].rows)
     assert 0 < top_k.mass_kept <= 1 and lab.steps[3].mass_kept == 1.0
@@ -120,8 +145,7 @@ def test_repetition_penalty_is_flagged_approximate():
 def test_the_sampled_token_rank_and_body():
     logits = torch.tensor([3.0, 2.0, 1.0] + [-9.0] * (VOCAB - 3))
     raw = logits.log_softmax(-1)
-    lab = run([(t, f"t{t}", raw[t].item()) for t in range(VOCAB)], LabSettings(top_k=2), sampled_id=1,
-              vocab_size=VOCAB)
+    lab = run([(t, f"t{t}", raw[t].item()) for t in range(VOCAB)], LabSettings(top_k=2), sampled_id=1, vocab_size=VOCAB)
     assert lab.steps[-1].sampled_rank == 2
     assert lab.steps[-1].sampled_probability == pytest.approx(math.exp(2) / (math.exp(3) + math.exp(2)))
     body = lab.body()
@@ -130,16 +154,20 @@ def test_the_sampled_token_rank_and_body():
 
 # -- the sampler fields' bounds on the API ---------------------------------------------------------
 
+
 @pytest.mark.parametrize(("field", "value"), [("top_k", -2), ("min_p", 1.5), ("top_p", 0), ("temperature", -1)])
 def test_out_of_range_sampler_fields_are_400s_naming_them(fake_app, field, value):
     from tests.conftest import ready_client
 
     with ready_client(*fake_app()) as client:
-        r = client.post("/v1/chat/completions", json={"model": "base", "messages": [{"role": "user", "content": "x"}],
-                                                      field: value})
+        r = client.post(
+            "/v1/chat/completions", json={"model": "base", "messages": [{"role": "user", "content": "x"}], field: value}
+        )
         assert r.status_code == 400 and r.json()["error"]["param"] == field
-        ok = client.post("/v1/chat/completions", json={"model": "base", "max_tokens": 1, "top_k": -1,
-                                                       "messages": [{"role": "user", "content": "x"}]})
+        ok = client.post(
+            "/v1/chat/completions",
+            json={"model": "base", "max_tokens": 1, "top_k": -1, "messages": [{"role": "user", "content": "x"}]},
+        )
         assert ok.status_code == 200  # -1 is vLLM's "off", as 0 is
         assert client.pool.built[("fake/base", None)].requests[-1][1].top_k == 0
 

@@ -14,9 +14,20 @@ SETTINGS = {"temperature": 0.8, "top_k": 8, "top_p": 0.9, "min_p": 0.05}
 
 
 def test_no_sampled_token_falls_outside_the_kept_set(live_server):
-    body = httpx.post(f"{live_server.url}/v1/chat/completions", timeout=120, json={
-        "model": "base", "messages": [{"role": "user", "content": "Tell me about Kenya."}], "max_tokens": 48,
-        "ignore_eos": True, "seed": 7, "logprobs": True, "top_logprobs": 20, **SETTINGS}).json()
+    body = httpx.post(
+        f"{live_server.url}/v1/chat/completions",
+        timeout=120,
+        json={
+            "model": "base",
+            "messages": [{"role": "user", "content": "Tell me about Kenya."}],
+            "max_tokens": 48,
+            "ignore_eos": True,
+            "seed": 7,
+            "logprobs": True,
+            "top_logprobs": 20,
+            **SETTINGS,
+        },
+    ).json()
     positions = body["choices"][0]["logprobs"]["content"]
     assert len(positions) == 48
     cut_somewhere = False
@@ -25,8 +36,11 @@ def test_no_sampled_token_falls_outside_the_kept_set(live_server):
         # candidate is keyed by its rank; the sampled one is the candidate with its text and logprob.
         top = entry["top_logprobs"]
         window = [(rank, t["token"], t["logprob"]) for rank, t in enumerate(top)]
-        sampled = next(rank for rank, t in enumerate(top)
-                       if t["token"] == entry["token"] and abs(t["logprob"] - entry["logprob"]) < 1e-9)
+        sampled = next(
+            rank
+            for rank, t in enumerate(top)
+            if t["token"] == entry["token"] and abs(t["logprob"] - entry["logprob"]) < 1e-9
+        )
         lab = run(window, LabSettings(**SETTINGS), sampled_id=sampled, vocab_size=512)
         assert sampled in lab.kept(), [s.name for s in lab.steps if s.sampled_rank is None]
         assert sampled < SETTINGS["top_k"]  # vLLM sampled within its top-k: the window holds the kept set

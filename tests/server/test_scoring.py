@@ -26,7 +26,7 @@ def test_every_stage_scores_the_answer_tokens_only(fake_pool_factory):
     assert base.mean_logprob == math.log(0.5) and base.perplexity == 2.0
     assert "nope" in nope.error and not nope.tokens
     engine = pool.built[("fake/base", None)]
-    (prompt, settings, adapter), = [r for r in engine.requests if r[2] is not None]
+    ((prompt, settings, adapter),) = [r for r in engine.requests if r[2] is not None]
     assert adapter.name == "sft" and prompt == ids  # the adapter stage scored on its own adapter
     assert (settings.max_tokens, settings.prompt_logprobs) == (0, 0)  # scored, nothing generated
 

@@ -57,8 +57,10 @@ def test_base_without_chat_template_gets_the_plain_transcript(fake_pool_factory)
 
     gen = run(go())
     assert PLAIN_STOP in gen.settings.stop
-    assert plain_transcript([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]) == \
-        "System: Be brief.\nUser: hi\nAssistant:"
+    assert (
+        plain_transcript([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+        == "System: Be brief.\nUser: hi\nAssistant:"
+    )
 
 
 def test_store_receives_one_record_per_choice(fake_pool_factory):

@@ -25,13 +25,26 @@ def check_sums(marks, steps):
 
 def test_one_delta_per_step():
     marks = align(GROUPS, STEPS)
-    assert marks.kinds == (TARGET, ACCEPTED, ACCEPTED, REPLACED, REPLACED, ACCEPTED, ACCEPTED, ACCEPTED, BONUS,
-                           ACCEPTED, REPLACED)
+    assert marks.kinds == (
+        TARGET,
+        ACCEPTED,
+        ACCEPTED,
+        REPLACED,
+        REPLACED,
+        ACCEPTED,
+        ACCEPTED,
+        ACCEPTED,
+        BONUS,
+        ACCEPTED,
+        REPLACED,
+    )
     assert marks.positions == (1, 1, 2, 3, 1, 1, 2, 3, 4, 1, 2)
     check_sums(marks, STEPS)
-    assert marks.by_position() == [{"position": 1, "drafted": 4, "accepted": 3},
-                                   {"position": 2, "drafted": 4, "accepted": 2},
-                                   {"position": 3, "drafted": 4, "accepted": 1}]
+    assert marks.by_position() == [
+        {"position": 1, "drafted": 4, "accepted": 3},
+        {"position": 2, "drafted": 4, "accepted": 2},
+        {"position": 3, "drafted": 4, "accepted": 1},
+    ]
 
 
 def test_merged_deltas_give_the_same_marks():
@@ -73,6 +86,7 @@ def test_long_answer_aligns_quickly():
 
 
 # -- through the server ------------------------------------------------------------------------------
+
 
 class SteppingEngine(ScriptedEngine):
     """With speculation: streams GROUPS tokens per delta and reports STEPS when it finishes."""
@@ -145,7 +159,8 @@ def test_the_vllm_engine_reads_vllms_detailed_per_step_figures():
     metrics = RequestSpecDecodeMetrics.new(3)
     for drafted, accepted in STEPS:  # what vLLM's scheduler records at "detailed"
         metrics.observe(drafted, accepted, detailed=True)
-    output = SimpleNamespace(index=0, text="x", token_ids=[1, 2], logprobs=None, finish_reason="length",
-                             spec_decode_metrics=metrics)
+    output = SimpleNamespace(
+        index=0, text="x", token_ids=[1, 2], logprobs=None, finish_reason="length", spec_decode_metrics=metrics
+    )
     figures = VllmEngine("m", speculative_method="ngram")._delta(output, 0).speculative
     assert figures.steps == tuple(STEPS) and figures.accepted_tokens == 6 and figures.draft_tokens == 12

@@ -16,10 +16,14 @@ from tests.conftest import ready_client
 
 REGISTRY = {
     "stages": {
-        "base": {"model": "org/base", "default_speculative": "ngram",
-                 "speculative": {"ngram": {"method": "ngram", "num_speculative_tokens": 3},
-                                 "draft": {"method": "draft_model", "model": "org/draft",
-                                           "num_speculative_tokens": 4}}},
+        "base": {
+            "model": "org/base",
+            "default_speculative": "ngram",
+            "speculative": {
+                "ngram": {"method": "ngram", "num_speculative_tokens": 3},
+                "draft": {"method": "draft_model", "model": "org/draft", "num_speculative_tokens": 4},
+            },
+        },
         "sft": {"adapter": "org/sft", "base": "base"},
         "rlhf": {"adapter": "org/rlhf", "base": "sft", "default_speculative": "off"},
         "plain": {"model": "org/plain"},
@@ -42,8 +46,7 @@ def chat(client, model: str, **extra):
 
 
 def sse_events(response) -> list[dict]:
-    return [json.loads(line[6:]) for line in response.iter_lines()
-            if line.startswith("data: {")]
+    return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
 
 
 def counter(name: str, stage: str, method: str) -> float:
@@ -51,6 +54,7 @@ def counter(name: str, stage: str, method: str) -> float:
 
 
 # -- what is offered ----------------------------------------------------------------------------
+
 
 def test_models_list_methods_and_defaults_adapters_inherit_the_list(client):
     data = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
@@ -64,21 +68,25 @@ def test_models_list_methods_and_defaults_adapters_inherit_the_list(client):
 
 # -- routing ------------------------------------------------------------------------------------
 
+
 def test_default_variants_start_at_startup_one_engine_per_checkpoint_and_method(client):
     # base's default is ngram, rlhf's default is off: both variants of org/base are started.
     assert set(client.pool.engines()) == {("org/base", "ngram"), ("org/base", None), ("org/plain", None)}
 
 
-@pytest.mark.parametrize(("stage", "asked", "key", "adapter"), [
-    ("base", None, ("org/base", "ngram"), None),  # the stage's default
-    ("base", "off", ("org/base", None), None),
-    ("base", "draft", ("org/base", "draft"), None),
-    # Only the method list is inherited: sft names no default of its own, so it runs without.
-    ("sft", None, ("org/base", None), "sft"),
-    ("sft", "draft", ("org/base", "draft"), "sft"),
-    ("rlhf", None, ("org/base", None), "rlhf"),
-    ("rlhf", "ngram", ("org/base", "ngram"), "rlhf"),
-])
+@pytest.mark.parametrize(
+    ("stage", "asked", "key", "adapter"),
+    [
+        ("base", None, ("org/base", "ngram"), None),  # the stage's default
+        ("base", "off", ("org/base", None), None),
+        ("base", "draft", ("org/base", "draft"), None),
+        # Only the method list is inherited: sft names no default of its own, so it runs without.
+        ("sft", None, ("org/base", None), "sft"),
+        ("sft", "draft", ("org/base", "draft"), "sft"),
+        ("rlhf", None, ("org/base", None), "rlhf"),
+        ("rlhf", "ngram", ("org/base", "ngram"), "rlhf"),
+    ],
+)
 def test_a_request_routes_to_the_engine_of_its_checkpoint_and_method(client, stage, asked, key, adapter):
     pool = client.pool
     resolved, ref = pool.resolve(stage, asked)
@@ -102,11 +110,15 @@ def test_a_variant_starts_on_first_use_with_its_vllm_config(client):
 
 # -- errors -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("stage", "asked", "offered"), [
-    ("base", "eagle", "Offered: off, ngram, draft."),
-    ("rlhf", "medusa", "Offered: off, ngram, draft."),
-    ("plain", "ngram", "Offered: off."),
-])
+
+@pytest.mark.parametrize(
+    ("stage", "asked", "offered"),
+    [
+        ("base", "eagle", "Offered: off, ngram, draft."),
+        ("rlhf", "medusa", "Offered: off, ngram, draft."),
+        ("plain", "ngram", "Offered: off."),
+    ],
+)
 def test_unknown_method_is_400_naming_the_offered_ones_and_starts_nothing(client, stage, asked, offered):
     before = set(client.pool.built)
     response = chat(client, stage, speculative=asked)
@@ -123,17 +135,24 @@ def test_unknown_method_is_400_naming_the_offered_ones_and_starts_nothing(client
 def test_text_completions_take_the_field_too(client):
     response = client.post("/v1/completions", json={"model": "base", "prompt": "Hi", "speculative": "nope"})
     assert response.status_code == 400 and "Offered: off, ngram, draft." in response.json()["error"]["message"]
-    body = client.post("/v1/completions", json={"model": "base", "prompt": "Hi", "max_tokens": 2,
-                                                "speculative": "draft"}).json()
+    body = client.post(
+        "/v1/completions", json={"model": "base", "prompt": "Hi", "max_tokens": 2, "speculative": "draft"}
+    ).json()
     assert body["speculative"]["method"] == "draft"
 
 
 # -- figures ------------------------------------------------------------------------------------
 
+
 def test_figures_in_the_body_when_speculation_ran_and_absent_when_off(client):
     body = chat(client, "sft", speculative="ngram").json()
-    assert body["speculative"] == {"method": "ngram", "draft_tokens": 8, "accepted_tokens": 6,
-                                   "acceptance_rate": 0.75, "mean_acceptance_length": 2.5}
+    assert body["speculative"] == {
+        "method": "ngram",
+        "draft_tokens": 8,
+        "accepted_tokens": 6,
+        "acceptance_rate": 0.75,
+        "mean_acceptance_length": 2.5,
+    }
     assert "speculative" not in chat(client, "sft", speculative="off").json()
 
 
@@ -168,19 +187,31 @@ def test_openai_client_sets_it_through_extra_body(client):
 
 # -- counters -----------------------------------------------------------------------------------
 
+
 def test_prometheus_counters_per_stage_and_method(client):
-    before = {(s, m): (counter("stagechat_speculative_draft_tokens", s, m),
-                       counter("stagechat_speculative_accepted_tokens", s, m))
-              for s in ("sft", "rlhf") for m in ("ngram", "draft")}
+    before = {
+        (s, m): (
+            counter("stagechat_speculative_draft_tokens", s, m),
+            counter("stagechat_speculative_accepted_tokens", s, m),
+        )
+        for s in ("sft", "rlhf")
+        for m in ("ngram", "draft")
+    }
     chat(client, "sft", speculative="draft")
     chat(client, "sft", speculative="draft", stream=True).read()
     chat(client, "rlhf", speculative="ngram")
     chat(client, "rlhf", speculative="off")  # no speculation: counts nothing
-    after = {k: (counter("stagechat_speculative_draft_tokens", *k),
-                 counter("stagechat_speculative_accepted_tokens", *k)) for k in before}
+    after = {
+        k: (counter("stagechat_speculative_draft_tokens", *k), counter("stagechat_speculative_accepted_tokens", *k))
+        for k in before
+    }
     delta = {k: (after[k][0] - before[k][0], after[k][1] - before[k][1]) for k in before}
-    assert delta == {("sft", "draft"): (16, 12), ("sft", "ngram"): (0, 0),
-                     ("rlhf", "ngram"): (8, 6), ("rlhf", "draft"): (0, 0)}
+    assert delta == {
+        ("sft", "draft"): (16, 12),
+        ("sft", "ngram"): (0, 0),
+        ("rlhf", "ngram"): (8, 6),
+        ("rlhf", "draft"): (0, 0),
+    }
     text = client.get("/metrics").text
     assert 'stagechat_speculative_accepted_tokens_total{method="draft",stage="sft"}' in text
 
@@ -197,8 +228,9 @@ def test_speculation_known_to_change_sampled_output_is_refused_unless_allowed(fa
             pool = fake_pool_factory(lossy_when_sampling=True)
             await pool.start()
             service = StageService(pool=pool, allow_lossy_speculation=allow)
-            request = ChatCompletionRequest(model="base", messages=[{"role": "user", "content": "hi"}],
-                                            temperature=temperature)
+            request = ChatCompletionRequest(
+                model="base", messages=[{"role": "user", "content": "hi"}], temperature=temperature
+            )
             return await service.chat(request)
 
         return asyncio.run(go())

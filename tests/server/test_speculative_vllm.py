@@ -65,8 +65,12 @@ def spec_family(tmp_path_factory):
 def server(spec_family, tmp_path_factory):
     # The server refuses draft_model at temperature > 0 on CPU (it is not lossless there); this one
     # serves it anyway, so the distribution test below keeps tracking vLLM.
-    server = stagechat_server(spec_family / "stages.yaml", tmp_path_factory.mktemp("spec-data"),
-                        ("--no-ui", "--max-engines", "1"), env={"STAGECHAT_ALLOW_LOSSY_SPECULATION": "1"})
+    server = stagechat_server(
+        spec_family / "stages.yaml",
+        tmp_path_factory.mktemp("spec-data"),
+        ("--no-ui", "--max-engines", "1"),
+        env={"STAGECHAT_ALLOW_LOSSY_SPECULATION": "1"},
+    )
     yield server
     server.stop()
 
@@ -78,9 +82,15 @@ def client(server):
 
 def _sample_tokens(client, method: str, temperature: float) -> list[tuple[str, ...]]:
     def one(seed):
-        r = client.completions.create(model="base", prompt="The capital of", max_tokens=SAMPLE_TOKENS,
-                                      temperature=temperature, seed=seed, logprobs=0,
-                                      extra_body={"speculative": method, "ignore_eos": True})
+        r = client.completions.create(
+            model="base",
+            prompt="The capital of",
+            max_tokens=SAMPLE_TOKENS,
+            temperature=temperature,
+            seed=seed,
+            logprobs=0,
+            extra_body={"speculative": method, "ignore_eos": True},
+        )
         return tuple(r.choices[0].logprobs.tokens)
 
     with ThreadPoolExecutor(8) as pool:
@@ -93,15 +103,34 @@ def runs(client, server):
     out = {}
     for method in ("off", *METHODS):
         extra = {"speculative": method}
-        greedy = [client.completions.create(model="base", prompt=p, max_tokens=GREEDY_TOKENS, temperature=0,
-                                            extra_body={**extra, "ignore_eos": True}) for p in PROMPTS]
-        sft = client.chat.completions.create(model="sft", messages=MESSAGES, max_tokens=GREEDY_TOKENS,
-                                             temperature=0, extra_body=extra)
-        chunks = list(client.chat.completions.create(model="sft", messages=MESSAGES, max_tokens=GREEDY_TOKENS,
-                                                     temperature=0, extra_body=extra, stream=True,
-                                                     stream_options={"include_usage": True}))
+        greedy = [
+            client.completions.create(
+                model="base",
+                prompt=p,
+                max_tokens=GREEDY_TOKENS,
+                temperature=0,
+                extra_body={**extra, "ignore_eos": True},
+            )
+            for p in PROMPTS
+        ]
+        sft = client.chat.completions.create(
+            model="sft", messages=MESSAGES, max_tokens=GREEDY_TOKENS, temperature=0, extra_body=extra
+        )
+        chunks = list(
+            client.chat.completions.create(
+                model="sft",
+                messages=MESSAGES,
+                max_tokens=GREEDY_TOKENS,
+                temperature=0,
+                extra_body=extra,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         out[method] = {
-            "greedy": greedy, "sft": sft, "chunks": chunks,
+            "greedy": greedy,
+            "sft": sft,
+            "chunks": chunks,
             "samples": _sample_tokens(client, method, 1.0) if method != "twin" else None,
             "engines": httpx.get(f"{server.url}/ready").json()["engines"],
         }
@@ -112,6 +141,7 @@ def runs(client, server):
 
 
 # -- figures ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", METHODS)
 def test_figures_in_the_body_come_from_vllm(runs, method):
@@ -152,8 +182,10 @@ def test_figures_in_the_final_stream_chunk_of_an_adapter_stage(runs, method):
 def test_marks_add_up_to_the_figures(runs, method):
     # server.spec_marks: one mark per token, from vLLM's per-step figures and the streamed deltas
     final = [c for c in runs[method]["chunks"] if c.choices][-1]
-    replies = [(r.choices[0], r.model_extra["speculative"], r.usage.completion_tokens)
-               for r in [*runs[method]["greedy"], runs[method]["sft"]]]
+    replies = [
+        (r.choices[0], r.model_extra["speculative"], r.usage.completion_tokens)
+        for r in [*runs[method]["greedy"], runs[method]["sft"]]
+    ]
     replies.append((final.choices[0], final.model_extra["speculative"], runs[method]["sft"].usage.completion_tokens))
     for choice, spec, tokens in replies:
         marks = choice.model_extra["speculative_marks"]
@@ -172,8 +204,11 @@ def test_each_variant_is_its_own_engine_and_evicts_the_idle_one(runs, method):
 
 def test_prometheus_counters_per_stage_and_method(runs):
     def value(name, stage, method):
-        line = next(l for l in runs["metrics"].splitlines()
-                    if l.startswith(f'{name}_total{{method="{method}",stage="{stage}"}}'))
+        line = next(
+            row
+            for row in runs["metrics"].splitlines()
+            if row.startswith(f'{name}_total{{method="{method}",stage="{stage}"}}')
+        )
         return float(line.split()[-1])
 
     for method in METHODS:
@@ -187,6 +222,7 @@ def test_prometheus_counters_per_stage_and_method(runs):
 
 
 # -- lossless -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", METHODS)
 def test_temperature_zero_text_is_identical_with_and_without_speculation(runs, method):
@@ -221,14 +257,16 @@ def chi_square_p(a: list, b: list) -> float:
             expected = total * n / (na + nb)
             stat += (observed - expected) ** 2 / expected
     df = len(rows) - 1
-    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
-                                         torch.tensor(stat / 2, dtype=torch.float64)))
+    return float(
+        torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64))
+    )
 
 
 def positional_p(a: list[tuple], b: list[tuple]) -> float:
     """The smallest p over token positions, Bonferroni-corrected."""
-    return min(1.0, SAMPLE_TOKENS * min(chi_square_p([s[i] for s in a], [s[i] for s in b])
-                                        for i in range(SAMPLE_TOKENS)))
+    return min(
+        1.0, SAMPLE_TOKENS * min(chi_square_p([s[i] for s in a], [s[i] for s in b]) for i in range(SAMPLE_TOKENS))
+    )
 
 
 def test_the_distribution_test_detects_a_temperature_shift(runs):
@@ -240,17 +278,24 @@ def test_the_distribution_test_detects_a_temperature_shift(runs):
 
 # Not strict: the shift shows in most runs but not all (one full-suite run of several passed), so a
 # strict mark made the suite flaky. An XPASS in the report is the sign to re-check vLLM.
-VLLM_CPU_DRAFT_SAMPLING = pytest.mark.xfail(strict=False, reason=(
-    "vLLM 0.32 CPU: with draft_model at temperature > 0 the tokens after the first usually come from "
-    "a different distribution (chi-square p ~ 1e-23 at position 2 over 200 seeds, with and without "
-    "seeds), and drafts are almost never accepted; temperature 0 is lossless"))
+VLLM_CPU_DRAFT_SAMPLING = pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "vLLM 0.32 CPU: with draft_model at temperature > 0 the tokens after the first usually come from "
+        "a different distribution (chi-square p ~ 1e-23 at position 2 over 200 seeds, with and without "
+        "seeds), and drafts are almost never accepted; temperature 0 is lossless"
+    ),
+)
 
 
-@pytest.mark.parametrize("method", [
-    # ngram rarely finds a match in a short sampled continuation, so this check is weak for it
-    "ngram",
-    pytest.param("draft", marks=VLLM_CPU_DRAFT_SAMPLING),
-])
+@pytest.mark.parametrize(
+    "method",
+    [
+        # ngram rarely finds a match in a short sampled continuation, so this check is weak for it
+        "ngram",
+        pytest.param("draft", marks=VLLM_CPU_DRAFT_SAMPLING),
+    ],
+)
 def test_sampling_distribution_is_unchanged_by_speculation(runs, method):
     assert positional_p(runs["off"]["samples"], runs[method]["samples"]) > 0.001
 
@@ -284,8 +329,12 @@ def demo_runs(demo_server):
     for method in ("off", *methods):  # variant by variant: one engine start each
         for stage in DEMO_STAGES:
             reply = client.chat.completions.create(
-                model=stage, messages=[{"role": "user", "content": "What is the capital of Kenya?"}],
-                max_tokens=24, temperature=0, extra_body={"speculative": method, "ignore_eos": True})
+                model=stage,
+                messages=[{"role": "user", "content": "What is the capital of Kenya?"}],
+                max_tokens=24,
+                temperature=0,
+                extra_body={"speculative": method, "ignore_eos": True},
+            )
             out["texts"][(stage, method)] = reply.choices[0].message.content
             out["figures"][(stage, method)] = reply.model_extra.get("speculative")
     return out

@@ -60,5 +60,7 @@ def test_the_banner_names_every_stage_before_the_engines_start(fake_pool_factory
 
     pool = fake_pool_factory(REGISTRY)
     service = StageService(pool=pool, rewards=RewardService(pool.registry, factory=ScriptedRewardEngine))
-    assert startup_message(service) == ("⏳ **Starting** — engines are warming up: stages base, sft (chat with them "
-                                        "once their engine is warm); reward models rm.")
+    assert startup_message(service) == (
+        "⏳ **Starting** — engines are warming up: stages base, sft (chat with them "
+        "once their engine is warm); reward models rm."
+    )

@@ -72,8 +72,13 @@ def test_without_prompt_logging_a_rating_carries_its_text(store: Store, log_answ
     with pytest.raises(InvalidFeedback, match="does not log prompts.*'prompt'.*'completion'"):
         store.rate(answer.id, "up", rater="alice")
     with pytest.raises(InvalidFeedback, match="not the prompt"):
-        store.rate(answer.id, "up", rater="alice", prompt=[{"role": "user", "content": "Capital of Chile?"}],
-                   completion="Lima.")
+        store.rate(
+            answer.id,
+            "up",
+            rater="alice",
+            prompt=[{"role": "user", "content": "Capital of Chile?"}],
+            completion="Lima.",
+        )
     prompt = [{"role": "user", "content": "Capital of Peru?"}]
     fb = store.rate(answer.id, "up", rater="alice", prompt=prompt, completion="Lima.")
     assert (fb.prompt, fb.completion) == (prompt, "Lima.")
@@ -167,19 +172,27 @@ def test_concurrent_writers_from_threads(store: Store, log_answer):
 
 
 def test_rankings_with_ties_replace_and_give_every_ordered_pair(store: Store, log_answer):
-    a, b, c, d = (log_answer(answer=t, stage=s) for t, s in
-                  [("Nairobi.", "rlhf"), ("Nairobi!", "sft"), ("Mombasa.", "base"), ("Paris.", "base")])
+    a, b, c, d = (
+        log_answer(answer=t, stage=s)
+        for t, s in [("Nairobi.", "rlhf"), ("Nairobi!", "sft"), ("Mombasa.", "base"), ("Paris.", "base")]
+    )
     ranking = store.rank([a.id, b.id, c.id, d.id], [[a.id, b.id], [c.id], [d.id]], rater="alice", comment="ok")
     assert ranking.ranking == [[a.id, b.id], [c.id], [d.id]] and ranking.stages == ["rlhf", "sft", "base", "base"]
     pairs = {(p.chosen, p.rejected) for p in store.iter_ranked_pairs()}
     # a tie gives no pair; every better-group answer beats every worse-group answer
-    assert pairs == {("Nairobi.", "Mombasa."), ("Nairobi!", "Mombasa."), ("Nairobi.", "Paris."),
-                     ("Nairobi!", "Paris."), ("Mombasa.", "Paris.")}
+    assert pairs == {
+        ("Nairobi.", "Mombasa."),
+        ("Nairobi!", "Mombasa."),
+        ("Nairobi.", "Paris."),
+        ("Nairobi!", "Paris."),
+        ("Mombasa.", "Paris."),
+    }
     # the same set in another order, same rater: the ranking is restated, not duplicated
     again = store.rank([d.id, c.id, b.id, a.id], [[d.id], [c.id, b.id, a.id]], rater="alice")
     assert again.id == ranking.id and count(store, RankingRow) == 1
     assert {(p.chosen, p.rejected) for p in store.iter_ranked_pairs()} == {
-        ("Paris.", t) for t in ("Mombasa.", "Nairobi!", "Nairobi.")}
+        ("Paris.", t) for t in ("Mombasa.", "Nairobi!", "Nairobi.")
+    }
     store.rank([a.id, b.id], [[b.id], [a.id]], rater="alice")  # another set: another ranking
     assert count(store, RankingRow) == 2
     [j] = [j for j in store.iter_judgements() if len(j.response_ids) == 2]
@@ -215,10 +228,26 @@ def test_same_conversation_means_the_same_whole_prefix(store: Store):
     from server.store import GenerationRecord
 
     def logged(id: str, history: list[dict], answer: str) -> str:
-        store.record_generation(GenerationRecord(
-            id=id, stage="sft", client_id="ui", kind="chat", prompt_hash=prompt_hash(history), messages=history,
-            prompt=None, completion=answer, sampling={}, speculative_method=None, speculative=None,
-            prompt_tokens=1, completion_tokens=1, finish_reason="stop", ttft_ms=1.0, duration_ms=2.0))
+        store.record_generation(
+            GenerationRecord(
+                id=id,
+                stage="sft",
+                client_id="ui",
+                kind="chat",
+                prompt_hash=prompt_hash(history),
+                messages=history,
+                prompt=None,
+                completion=answer,
+                sampling={},
+                speculative_method=None,
+                speculative=None,
+                prompt_tokens=1,
+                completion_tokens=1,
+                finish_reason="stop",
+                ttft_ms=1.0,
+                duration_ms=2.0,
+            )
+        )
         return id
 
     turn1 = [{"role": "user", "content": "Capital of Kenya?"}]
@@ -249,7 +278,9 @@ def test_corrections(store: Store, log_answer):
     store.correct(answer.id, "Nairobi", rater="bob")
     assert count(store, CorrectionRow) == 2
     assert sorted((c.original, c.corrected) for c in store.iter_corrections()) == [
-        ("Mombasa.", "Nairobi"), ("Mombasa.", "Nairobi is the capital.")]
+        ("Mombasa.", "Nairobi"),
+        ("Mombasa.", "Nairobi is the capital."),
+    ]
 
 
 def test_corrections_without_prompt_logging_carry_the_original(store: Store, log_answer):
@@ -282,14 +313,22 @@ def test_raters_list_and_delete_only_their_own(store: Store, log_answer):
             store.delete(kind, item.id, rater="bob")  # not bob's
     with pytest.raises(UnknownItem):
         store.delete("ranking", rank.id, rater="alice")
-    assert (count(store, FeedbackRow), count(store, PreferenceRow), count(store, RankingRow),
-            count(store, CorrectionRow)) == (2, 1, 1, 1)
+    assert (
+        count(store, FeedbackRow),
+        count(store, PreferenceRow),
+        count(store, RankingRow),
+        count(store, CorrectionRow),
+    ) == (2, 1, 1, 1)
     store.delete("feedback", fb.id, rater="alice")
     store.delete("preference", pref.id, rater="alice")
     store.delete("correction", corr.id, rater="alice")
     store.delete("ranking", rank.id)  # the admin: any rater's
-    assert (count(store, FeedbackRow), count(store, PreferenceRow), count(store, RankingRow),
-            count(store, CorrectionRow)) == (1, 0, 0, 0)
+    assert (
+        count(store, FeedbackRow),
+        count(store, PreferenceRow),
+        count(store, RankingRow),
+        count(store, CorrectionRow),
+    ) == (1, 0, 0, 0)
     assert store.unrate(a.id, rater="bob") and not store.unrate(a.id, rater="bob")
 
 
@@ -299,8 +338,11 @@ def test_judgements_filter_by_time_and_rater(store: Store, log_answer):
     store.prefer([a.id, b.id], "both_bad", rater="bob")
     store.rank([a.id, b.id], [[a.id], [b.id]], rater="carol")
     judged = {j.rater: (j.stages, j.groups) for j in store.iter_judgements()}
-    assert judged == {"alice": (["rlhf", "base"], [[1], [0]]), "bob": (["rlhf", "base"], [[0, 1]]),
-                      "carol": (["rlhf", "base"], [[0], [1]])}
+    assert judged == {
+        "alice": (["rlhf", "base"], [[1], [0]]),
+        "bob": (["rlhf", "base"], [[0, 1]]),
+        "carol": (["rlhf", "base"], [[0], [1]]),
+    }
     assert [j.rater for j in store.iter_judgements(rater="bob")] == ["bob"]
     later = datetime.now(timezone.utc) + timedelta(seconds=5)
     assert list(store.iter_judgements(since=later)) == []

@@ -98,8 +98,9 @@ def test_an_acknowledged_rating_survives_kill_9(tmp_path: Path):
             i += 1
             store.rate("chatcmpl-k9", "down", rater=f"r{{i}}")
     """)
-    proc = subprocess.Popen([sys.executable, "-c", writer], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", writer], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("acked"), proc.stderr.read()

@@ -7,8 +7,10 @@ import pytest
 
 from server.tools import ToolCallReader, template_supports_tools, tool_call_schema
 
-WEATHER = {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                                             "required": ["city"]}}
+WEATHER = {
+    "name": "weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 TIME = {"name": "time"}
 
 
@@ -23,8 +25,9 @@ def test_forced_schemas():
     assert tool_call_schema([WEATHER, TIME], "weather") == WEATHER["parameters"]
     assert tool_call_schema([WEATHER, TIME], "time") == {"type": "object", "properties": {}}
     required = tool_call_schema([WEATHER, TIME], None)
-    jsonschema.validate([{"name": "weather", "parameters": {"city": "Paris"}}, {"name": "time", "parameters": {}}],
-                        required)
+    jsonschema.validate(
+        [{"name": "weather", "parameters": {"city": "Paris"}}, {"name": "time", "parameters": {}}], required
+    )
     for bad in ([], [{"name": "nope", "parameters": {}}], [{"name": "weather", "parameters": {}}]):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, required)
@@ -52,7 +55,7 @@ def test_auto_streams_content_then_the_call(tokenizer):
     text = 'Hi <tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call>'
     reader = ToolCallReader("auto", tokenizer=tokenizer, parser="hermes")
     content, calls = "", []
-    pieces = [text[i:i + 4] for i in range(0, len(text), 4)]
+    pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
     for n, piece in enumerate(pieces):
         c, deltas = reader.feed(piece, finished=n == len(pieces) - 1)
         content += c or ""

@@ -13,9 +13,10 @@ from server.vllm_engine import VllmEngine, _sampling_params
 @pytest.fixture(scope="module")
 def front_end(tmp_path_factory):
     """A `VllmEngine` whose `AsyncLLM` is only vLLM's front end (config, renderer, input processor)."""
-    from models.tiny import make_tiny_checkpoint
     from vllm.renderers.registry import renderer_from_config
     from vllm.v1.engine.input_processor import InputProcessor
+
+    from models.tiny import make_tiny_checkpoint
 
     model = make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "base")
     engine = VllmEngine(str(model), engine_args={"max_model_len": 512})
@@ -32,10 +33,13 @@ def _engine_request(processor, prompt, settings):
     return fields, {k: getattr(params, k) for k in params.__struct_fields__ if k != "skip_clone"}
 
 
-@pytest.mark.parametrize("settings", [
-    SamplingSettings(max_tokens=16, temperature=0.0, ignore_eos=True),
-    SamplingSettings(max_tokens=4, temperature=0.7, stop=("\nUser:",), seed=3, n=2, logprobs=2, prompt_logprobs=1),
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SamplingSettings(max_tokens=16, temperature=0.0, ignore_eos=True),
+        SamplingSettings(max_tokens=4, temperature=0.7, stop=("\nUser:",), seed=3, n=2, logprobs=2, prompt_logprobs=1),
+    ],
+)
 def test_the_rendered_prompt_makes_the_request_a_raw_token_prompt_makes(front_end, settings):
     # The engine renders token ids itself (on the event loop) rather than leave it to vLLM's worker
     # thread: the request that reaches the engine core must be the same.
@@ -45,8 +49,9 @@ def test_the_rendered_prompt_makes_the_request_a_raw_token_prompt_makes(front_en
     ids = list(range(10, 30))
     rendered = engine._engine_input(ids)
     assert rendered["type"] == "token" and rendered["prompt_token_ids"] == ids
-    assert _engine_request(processor, rendered, settings) == \
-        _engine_request(processor, TokensPrompt(prompt_token_ids=ids), settings)
+    assert _engine_request(processor, rendered, settings) == _engine_request(
+        processor, TokensPrompt(prompt_token_ids=ids), settings
+    )
 
 
 def test_sampling_params_are_built_fresh_and_not_deep_copied_again():
@@ -55,13 +60,16 @@ def test_sampling_params_are_built_fresh_and_not_deep_copied_again():
     assert first is not second and first.skip_clone and second.skip_clone
 
 
-@pytest.mark.parametrize("bf16, amx, stage_dtype, expected", [
-    (False, False, None, "float32"),  # AVX2 only: bf16 would be emulated
-    (False, False, "bfloat16", "bfloat16"),  # the stage's own choice stands
-    (False, False, "auto", None),  # vLLM's auto, asked for by name, too
-    (True, False, None, None),  # AVX512-BF16: vLLM's auto (bf16)
-    (False, True, None, None),  # AMX
-])
+@pytest.mark.parametrize(
+    "bf16, amx, stage_dtype, expected",
+    [
+        (False, False, None, "float32"),  # AVX2 only: bf16 would be emulated
+        (False, False, "bfloat16", "bfloat16"),  # the stage's own choice stands
+        (False, False, "auto", None),  # vLLM's auto, asked for by name, too
+        (True, False, None, None),  # AVX512-BF16: vLLM's auto (bf16)
+        (False, True, None, None),  # AMX
+    ],
+)
 def test_engines_run_float32_where_the_cpu_has_no_native_bf16(monkeypatch, bf16, amx, stage_dtype, expected):
     import platform
 

@@ -23,8 +23,9 @@ def test_a_bf16_lora_engine_serves_a_one_token_prompt(tmp_path):
         await engine.start()
         try:
             settings = SamplingSettings(max_tokens=2, temperature=0.0, ignore_eos=True)
-            return [t async for deltas in engine.generate([5], settings, "one-token") for d in deltas
-                    for t in d.token_ids]
+            return [
+                t async for deltas in engine.generate([5], settings, "one-token") for d in deltas for t in d.token_ids
+            ]
         finally:
             await engine.shutdown()
 

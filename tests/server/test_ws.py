@@ -31,8 +31,9 @@ def store(tmp_path):
 def make_client(fake_app, store):
     clients = []
 
-    def make(*, with_store: bool = True, settings: Settings | None = None, wait_ready: bool = True,
-             **engine_kwargs) -> TestClient:
+    def make(
+        *, with_store: bool = True, settings: Settings | None = None, wait_ready: bool = True, **engine_kwargs
+    ) -> TestClient:
         app, pool = fake_app(store=store if with_store else None, settings=settings, **engine_kwargs)
         client = TestClient(app)
         client.__enter__()
@@ -93,8 +94,18 @@ def test_chat_streams_deltas_then_done_with_usage(client):
 
 def test_chat_goes_through_the_shared_service_with_decoding_fields(client):
     with client.websocket_connect("/v1/ws") as ws:
-        ws.send_json({**CHAT, "id": 7, "temperature": 0.3, "top_p": 0.9, "seed": 11, "max_tokens": 2,
-                      "stop": ["Nairobi"], "stream": False})
+        ws.send_json(
+            {
+                **CHAT,
+                "id": 7,
+                "temperature": 0.3,
+                "top_p": 0.9,
+                "seed": 11,
+                "max_tokens": 2,
+                "stop": ["Nairobi"],
+                "stream": False,
+            }
+        )
         collect(ws, 7)
     _, settings, _ = client.engine().requests[-1]
     assert (settings.temperature, settings.top_p, settings.seed, settings.max_tokens) == (0.3, 0.9, 11, 2)
@@ -213,8 +224,7 @@ def answer(ws, rid="q", **fields) -> str:
 def test_feedback_is_acknowledged_and_stored_like_the_http_route(client, store):
     with client.websocket_connect("/v1/ws") as ws:
         response_id = answer(ws)
-        ws.send_json({"type": "feedback", "id": "fb1", "response_id": response_id, "rating": "up",
-                      "comment": "right"})
+        ws.send_json({"type": "feedback", "id": "fb1", "response_id": response_id, "rating": "up", "comment": "right"})
         ack = ws.receive_json()
     assert ack["type"] == "ack" and ack["id"] == "fb1"
     assert ack["feedback"]["response_id"] == response_id and ack["feedback"]["rating"] == "up"
@@ -263,12 +273,15 @@ def test_ranking_and_correction_frames_are_stored(client, store):
     assert [c.response_id for c in store.list_items("correction")[0]] == [a]
 
 
-@pytest.mark.parametrize(("frame", "code", "status_type"), [
-    ({"response_id": "chatcmpl-nope", "rating": "up"}, "not_found", "not_found_error"),
-    ({"response_id": "RID", "rating": "meh"}, None, "invalid_request_error"),
-    ({"response_id": "RID", "rating": "up", "bogus": 1}, "extra_forbidden", "invalid_request_error"),
-    ({"rating": "up"}, "missing", "invalid_request_error"),
-])
+@pytest.mark.parametrize(
+    ("frame", "code", "status_type"),
+    [
+        ({"response_id": "chatcmpl-nope", "rating": "up"}, "not_found", "not_found_error"),
+        ({"response_id": "RID", "rating": "meh"}, None, "invalid_request_error"),
+        ({"response_id": "RID", "rating": "up", "bogus": 1}, "extra_forbidden", "invalid_request_error"),
+        ({"rating": "up"}, "missing", "invalid_request_error"),
+    ],
+)
 def test_feedback_errors(client, store, frame, code, status_type):
     with client.websocket_connect("/v1/ws") as ws:
         response_id = answer(ws)
@@ -292,20 +305,31 @@ def test_feedback_without_a_store_is_unavailable(make_client):
 # -- malformed frames: an error frame, and the socket stays open -----------------------------------
 
 
-@pytest.mark.parametrize(("raw", "code", "id"), [
-    ("not json", "invalid_json", None),
-    ("[1, 2]", "invalid_frame", None),
-    ('{"id": "u", "type": "shout"}', "unknown_type", "u"),
-    ('{"id": "u"}', "unknown_type", "u"),
-    ('{"type": "chat", "model": "base", "messages": []}', "missing_id", None),
-    ('{"type": "chat", "id": true, "model": "base"}', "invalid_id", None),
-    ('{"type": "chat", "id": "v", "messages": [{"role": "user", "content": "x"}]}', "missing", "v"),
-    ('{"type": "chat", "id": "v", "model": "base", "messages": []}', "too_short", "v"),
-    ('{"type": "chat", "id": "v", "model": "base", "temperature": 5, "messages": [{"role": "user", "content": "x"}]}',
-     "less_than_equal", "v"),
-    ('{"type": "chat", "id": "v", "model": "base", "top_logprobs": 2, "messages": [{"role": "user", "content": "x"}]}',
-     "value_error", "v"),
-])
+@pytest.mark.parametrize(
+    ("raw", "code", "id"),
+    [
+        ("not json", "invalid_json", None),
+        ("[1, 2]", "invalid_frame", None),
+        ('{"id": "u", "type": "shout"}', "unknown_type", "u"),
+        ('{"id": "u"}', "unknown_type", "u"),
+        ('{"type": "chat", "model": "base", "messages": []}', "missing_id", None),
+        ('{"type": "chat", "id": true, "model": "base"}', "invalid_id", None),
+        ('{"type": "chat", "id": "v", "messages": [{"role": "user", "content": "x"}]}', "missing", "v"),
+        ('{"type": "chat", "id": "v", "model": "base", "messages": []}', "too_short", "v"),
+        (
+            '{"type": "chat", "id": "v", "model": "base", "temperature": 5, '
+            '"messages": [{"role": "user", "content": "x"}]}',
+            "less_than_equal",
+            "v",
+        ),
+        (
+            '{"type": "chat", "id": "v", "model": "base", "top_logprobs": 2, '
+            '"messages": [{"role": "user", "content": "x"}]}',
+            "value_error",
+            "v",
+        ),
+    ],
+)
 def test_malformed_frames_get_an_error_and_the_socket_stays_open(client, raw, code, id):
     with client.websocket_connect("/v1/ws") as ws:
         ws.send_text(raw)
@@ -327,12 +351,19 @@ def test_validation_error_names_the_parameter(client):
     assert error["param"] == "temperature" and error["message"].startswith("temperature:")
 
 
-@pytest.mark.parametrize(("fields", "code", "status_type"), [
-    ({"model": "gpt-9"}, "model_not_found", "not_found_error"),
-    ({"speculative": "medusa"}, "unknown_speculative_method", "invalid_request_error"),
-    ({"max_tokens": 1000}, "context_length_exceeded", "invalid_request_error"),
-    ({"messages": [{"role": "user", "content": "word " * 100}]}, "context_length_exceeded", "invalid_request_error"),
-])
+@pytest.mark.parametrize(
+    ("fields", "code", "status_type"),
+    [
+        ({"model": "gpt-9"}, "model_not_found", "not_found_error"),
+        ({"speculative": "medusa"}, "unknown_speculative_method", "invalid_request_error"),
+        ({"max_tokens": 1000}, "context_length_exceeded", "invalid_request_error"),
+        (
+            {"messages": [{"role": "user", "content": "word " * 100}]},
+            "context_length_exceeded",
+            "invalid_request_error",
+        ),
+    ],
+)
 def test_service_errors_end_the_request(client, fields, code, status_type):
     with client.websocket_connect("/v1/ws") as ws:
         ws.send_json({**CHAT, "id": "r", **fields})
@@ -399,11 +430,13 @@ def test_a_valid_key_in_header_or_query_is_the_rater(make_client, tmp_path, stor
     assert store.get_generation(response_id).client_id == client_id_for("k1")
 
 
-@pytest.mark.parametrize("field", [
-    {"tools": [{"type": "function", "function": {"name": "weather"}}]}, {"prompt_logprobs": 1}])
+@pytest.mark.parametrize(
+    "field", [{"tools": [{"type": "function", "function": {"name": "weather"}}]}, {"prompt_logprobs": 1}]
+)
 def test_fields_frames_cannot_carry_are_refused(client, field):
     with client.websocket_connect("/v1/ws") as ws:
-        ws.send_json({"type": "chat", "id": "t", "model": "base", "messages": [{"role": "user", "content": "hi"}],
-                      **field})
+        ws.send_json(
+            {"type": "chat", "id": "t", "model": "base", "messages": [{"role": "user", "content": "hi"}], **field}
+        )
         error = ws.receive_json()
     assert error["type"] == "error" and error["error"]["param"] == next(iter(field))

@@ -25,15 +25,25 @@ from server.store import Store
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="session")
 def browser():
     if not shutil.which(CHROMIUM):
-        pytest.fail("Chromium not found at /usr/bin/chromium: install it with `make system-deps` "
-                    "(apt-get install chromium).", pytrace=False)
+        pytest.fail(
+            "Chromium not found at /usr/bin/chromium: install it with `make system-deps` (apt-get install chromium).",
+            pytrace=False,
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -81,6 +91,7 @@ def fake_ui_server(fake_pool_factory, tmp_path):
     """Factory: the real app with its UI on scripted engines (`delay` s per token) and a SQLite store;
     `settings` (API keys, …) optional."""
     from server.app import create_app
+
     servers = []
 
     def make(registry=None, settings: Settings | None = None, **engine_kwargs):
@@ -103,9 +114,19 @@ class InstrumentedServer(ChildServer):
     def __init__(self, config: Path, data_dir: Path):
         self.first_tokens = data_dir / "first-tokens.jsonl"
         super().__init__(
-            lambda port: [sys.executable, str(Path(__file__).with_name("serve_instrumented.py")), "--config",
-                          str(config), "--port", str(port), "--first-tokens", str(self.first_tokens)],
-            log=data_dir / "server.log", env={"STAGECHAT_DATA_DIR": str(data_dir)})
+            lambda port: [
+                sys.executable,
+                str(Path(__file__).with_name("serve_instrumented.py")),
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--first-tokens",
+                str(self.first_tokens),
+            ],
+            log=data_dir / "server.log",
+            env={"STAGECHAT_DATA_DIR": str(data_dir)},
+        )
         self.store = Store(f"sqlite:///{data_dir / 'stagechat.db'}", upgrade=False)
 
     def first_token_times(self) -> dict[str, float]:

@@ -2,7 +2,6 @@
 anonymous answers side by side, a vote, the stages revealed — and the vote stored blind."""
 
 import pytest
-
 from browser_steps import open_tab, wait_for
 
 pytestmark = pytest.mark.browser

@@ -14,5 +14,10 @@ def test_presets_set_every_sampler_slider():
 
 def test_sliders_at_off_leave_the_stages_defaults():
     assert sampler_fields() == {"presence_penalty": 0.0, "frequency_penalty": 0.0}
-    assert sampler_fields(5, 0.1, 1.2, 0.3, 0.5) == {"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2,
-                                                     "presence_penalty": 0.3, "frequency_penalty": 0.5}
+    assert sampler_fields(5, 0.1, 1.2, 0.3, 0.5) == {
+        "top_k": 5,
+        "min_p": 0.1,
+        "repetition_penalty": 1.2,
+        "presence_penalty": 0.3,
+        "frequency_penalty": 0.5,
+    }

@@ -56,7 +56,8 @@ def test_prefill_on_a_stage_without_template_is_an_error_naming_the_field(client
 def test_page_and_keep():
     assert page_html("a<b", "c", streaming=True) == (
         '<div class="notebook-page" style="white-space:pre-wrap"><span style="color:#777">a&lt;b</span>'
-        '<b class="notebook-continuation">c</b>▍</div>')
+        '<b class="notebook-continuation">c</b>▍</div>'
+    )
     answer = Answer("base", [], text=" more")
     assert kept(TEXT, "text", "", answer) == ("text more", "")
     assert kept(PREFILL, "q", "It is", answer) == ("q", "It is more")
@@ -65,21 +66,28 @@ def test_page_and_keep():
 
 # -- branches from the token view (ui.branch_view) ----------------------------------------------------
 
+
 def test_a_branch_streams_each_stage_from_the_alternative_token(client):
     from ui.branch_view import alternatives_at, branch_request, columns_html
     from ui.stream import stream_answers
 
     top = [["a", -0.5], ["b", -1.0]]
-    answer = Answer("base", [], prompt_ids=[5, 6], tokens=[
-        {"token": "a", "logprob": -0.5, "id": 1, "top": top, "top_ids": [1, 2]},
-        {"token": "c", "logprob": -2.0, "id": 3, "top": top, "top_ids": [1, 2]}])
+    answer = Answer(
+        "base",
+        [],
+        prompt_ids=[5, 6],
+        tokens=[
+            {"token": "a", "logprob": -0.5, "id": 1, "top": top, "top_ids": [1, 2]},
+            {"token": "c", "logprob": -2.0, "id": 3, "top": top, "top_ids": [1, 2]},
+        ],
+    )
     assert alternatives_at(answer, 0) == [("a (sampled)", 1), ("b", 2)]
     branch = branch_request(answer, 1, 2, ["base", "sft"], {"max_tokens": 2, "temperature": 0})
     assert branch.prefix() == [5, 6, 1, 2]
     requests = [branch.completion_for(s, branch.prefix()) for s in branch.stages()]
 
     async def collect():
-        async for answers in stream_answers(client.app.state.service, requests):
+        async for answers in stream_answers(client.app.state.service, requests):  # noqa: B007 - the last one
             pass
         return answers
 
@@ -94,12 +102,27 @@ def test_a_branch_streams_each_stage_from_the_alternative_token(client):
 
 # -- speculation on and off, timed (ui.spec_view) -------------------------------------------------------
 
+
 def test_replaying_an_answer_with_and_without_speculation(client):
     from ui.spec_view import replay_request, timing_markdown
 
-    answer = Answer("base", [], prompt_ids=[5, 6], completion_tokens=4, speculative={"method": "ngram"},
-                    sampling={"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
-                              "presence_penalty": 0.0, "frequency_penalty": 0.0, "logit_bias": []})
+    answer = Answer(
+        "base",
+        [],
+        prompt_ids=[5, 6],
+        completion_tokens=4,
+        speculative={"method": "ngram"},
+        sampling={
+            "temperature": 0.0,
+            "top_p": 1.0,
+            "top_k": 0,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "logit_bias": [],
+        },
+    )
     runs = [run(client, replay_request(answer, spec))[1] for spec in ("ngram", "off")]
     assert [r.completion_tokens for r in runs] == [4, 4] and runs[0].speculative and not runs[1].speculative
     assert {key[1] for key in client.pool.built} >= {"ngram", None}

@@ -2,7 +2,6 @@
 the page token by token, "keep" appends it to the text, and it joins the token view's answers."""
 
 import pytest
-
 from browser_steps import open_tab, wait_for
 
 pytestmark = pytest.mark.browser
@@ -22,8 +21,12 @@ def test_notebook_streams_a_continuation_and_keeps_it(fake_ui_server, page, arti
           if (el) window.seenPages.add(el.innerText); }).observe(document.body, {subtree: true, childList: true,
           characterData: true}); }""")
     page.click("#notebook-go")
-    wait_for(lambda: "Athi River." in page.locator("#notebook-page").inner_text()
-             and "tok/s" in page.locator("#notebook-stats").inner_text())
+    wait_for(
+        lambda: (
+            "Athi River." in page.locator("#notebook-page").inner_text()
+            and "tok/s" in page.locator("#notebook-stats").inner_text()
+        )
+    )
     assert page.evaluate("() => window.seenPages.size") >= 3  # painted while streaming
     assert page.locator("#notebook-page").inner_text().startswith("Once upon a time")
     page.click("#notebook-keep")

@@ -60,8 +60,10 @@ def test_each_answer_is_saved_and_regenerations_and_edits_branch(store: Store):
     assert tree[-1].sampling == {"temperature": 0.5}
     # a stopped answer is not saved (it was not finished)
     stopped = edit + [{"role": "user", "content": "More"}, {"role": "assistant", "content": "Li"}]
-    cut = {1: answer("Lima.", "chatcmpl-3"), 3: Answer(stage="sft", messages=[], text="Li",
-                                                         finish_reason="cancelled", response_id="chatcmpl-4")}
+    cut = {
+        1: answer("Lima.", "chatcmpl-3"),
+        3: Answer(stage="sft", messages=[], text="Li", finish_reason="cancelled", response_id="chatcmpl-4"),
+    }
     assert run(h.save(None, stopped, cut, saved3))[0] == saved3
 
 
@@ -127,8 +129,10 @@ def test_the_page_saves_after_answering_and_a_new_session_lists_and_resumes_it(f
     listed, _ = again.predict("", api_name="/refresh")
     assert listed["choices"] == [["What is the capital of Kenya?", conversation.id]]
     chat, title, _ = again.predict(conversation.id, api_name="/open")
-    assert [m["content"][0]["text"] for m in chat] == ["What is the capital of Kenya?",
-                                                       "Nairobi is the capital of Kenya."]
+    assert [m["content"][0]["text"] for m in chat] == [
+        "What is the capital of Kenya?",
+        "Nairobi is the capital of Kenya.",
+    ]
     assert title == "What is the capital of Kenya?"
     first.close()
     again.close()

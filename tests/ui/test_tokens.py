@@ -18,9 +18,11 @@ def test_conversation_is_a_user_message_or_json_messages():
             parse_conversation(bad)
 
 
-SCORES = [StageScore("base", [" Nai", "robi"], [math.log(0.1), math.log(0.5)]),
-          StageScore("sft", [" Nai", "robi"], [math.log(0.8), math.log(0.9)]),
-          StageScore("rlhf", error="engines busy")]
+SCORES = [
+    StageScore("base", [" Nai", "robi"], [math.log(0.1), math.log(0.5)]),
+    StageScore("sft", [" Nai", "robi"], [math.log(0.8), math.log(0.9)]),
+    StageScore("rlhf", error="engines busy"),
+]
 
 
 def test_rows_put_each_stages_probability_side_by_side():
@@ -46,14 +48,21 @@ def test_speculation_marks_underline_tokens_and_count_by_position():
     from ui.tokens import acceptance_rows, token_html
 
     tokens = [{"token": t, "logprob": math.log(0.5), "top": []} for t in ("a", "b", "c")]
-    marks = {"tokens": ["target", "accepted", "replaced"], "steps": [[3, 1]], "dropped": 0,
-             "by_position": [{"position": 1, "drafted": 1, "accepted": 1},
-                             {"position": 2, "drafted": 1, "accepted": 0}]}
+    marks = {
+        "tokens": ["target", "accepted", "replaced"],
+        "steps": [[3, 1]],
+        "dropped": 0,
+        "by_position": [{"position": 1, "drafted": 1, "accepted": 1}, {"position": 2, "drafted": 1, "accepted": 0}],
+    }
     view = token_html(tokens, marks)
     assert 'data-mark="accepted"' in view and 'data-mark="replaced"' in view and "accepted</span> 1" in view
-    assert 'data-mark' not in token_html(tokens)
+    assert "data-mark" not in token_html(tokens)
     assert [(r["position"], r["tokens"], r["kind"]) for r in acceptance_rows(marks)] == [
-        ("draft #1", 1, "accepted"), ("draft #1", 0, "rejected"), ("draft #2", 0, "accepted"), ("draft #2", 1, "rejected")]
+        ("draft #1", 1, "accepted"),
+        ("draft #1", 0, "rejected"),
+        ("draft #2", 0, "accepted"),
+        ("draft #2", 1, "rejected"),
+    ]
 
 
 def test_sampler_lab_view_walks_a_position_through_the_steps():
@@ -61,11 +70,27 @@ def test_sampler_lab_view_walks_a_position_through_the_steps():
     from ui.stream import Answer
 
     top = [["a", math.log(0.5)], ["b", math.log(0.3)], ["c", math.log(0.15)]]
-    tokens = [{"token": "a", "logprob": math.log(0.5), "id": 1, "top": top, "top_ids": [1, 2, 3]},
-              {"token": "b", "logprob": math.log(0.3), "id": 2, "top": top, "top_ids": [1, 2, 3]}]
-    answer = Answer("base", [], tokens=tokens, vocab_size=10, prompt_ids=[7],
-                    sampling={"temperature": 1.0, "top_k": 2, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0,
-                              "presence_penalty": 0.0, "frequency_penalty": 0.0, "logit_bias": []})
+    tokens = [
+        {"token": "a", "logprob": math.log(0.5), "id": 1, "top": top, "top_ids": [1, 2, 3]},
+        {"token": "b", "logprob": math.log(0.3), "id": 2, "top": top, "top_ids": [1, 2, 3]},
+    ]
+    answer = Answer(
+        "base",
+        [],
+        tokens=tokens,
+        vocab_size=10,
+        prompt_ids=[7],
+        sampling={
+            "temperature": 1.0,
+            "top_k": 2,
+            "top_p": 1.0,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "logit_bias": [],
+        },
+    )
     lab = lab_for(answer, 1)
     assert [s.name for s in lab.steps] == ["raw (the model)", "top-k 2"]
     summary = lab_markdown(lab, "b")

@@ -4,9 +4,17 @@ same answer scored by every stage).
 The same flows run on real vLLM in `test_ui_vllm.py`."""
 
 import pytest
-
-from browser_steps import (ask, chat_answer_texts, click_thumb, give_verdict, open_tab, pick_stage, record_growth, run_compare,
-                              wait_for)
+from browser_steps import (
+    ask,
+    chat_answer_texts,
+    click_thumb,
+    give_verdict,
+    open_tab,
+    pick_stage,
+    record_growth,
+    run_compare,
+    wait_for,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -63,8 +71,13 @@ def test_stop_aborts_and_regenerate_replaces(fake_ui_server, page):
     assert partial and partial != SCRIPT
 
     page.click("#chat-regenerate")
-    wait_for(lambda: len(engine.requests) == 2 and len(chat_answer_texts(page)) == 1
-             and chat_answer_texts(page)[0] not in ("", partial))
+    wait_for(
+        lambda: (
+            len(engine.requests) == 2
+            and len(chat_answer_texts(page)) == 1
+            and chat_answer_texts(page)[0] not in ("", partial)
+        )
+    )
     page.click("#chat-stop")
     wait_for(lambda: len(engine.aborted) == 2)
     assert len(chat_answer_texts(page)) == 1  # the regenerated answer replaced the stopped one
@@ -74,8 +87,12 @@ def test_compare_streams_side_by_side_and_stores_a_preference(server, page, arti
     page.goto(server.url)
     open_tab(page, "Compare")
     growth = run_compare(page, "Capital of Kenya?")
-    wait_for(lambda: "Athi River." in page.locator("#compare-answer-A").inner_text()
-             and "Athi River." in page.locator("#compare-answer-B").inner_text())
+    wait_for(
+        lambda: (
+            "Athi River." in page.locator("#compare-answer-A").inner_text()
+            and "Athi River." in page.locator("#compare-answer-B").inner_text()
+        )
+    )
     states = growth()
     both_partial = [s for s in states if 0 < len(s["A"]) < len(SCRIPT) and 0 < len(s["B"]) < len(SCRIPT)]
     assert both_partial, states  # A and B were mid-stream at the same time
@@ -89,9 +106,17 @@ def _preferences(store):
     import sqlalchemy as sa
 
     with store.engine.connect() as conn:
-        rows = conn.execute(sa.text("select p.choice, a.stage as stage_a, b.stage as stage_b from preferences p "
-                                    "join generations a on a.id = p.response_a "
-                                    "join generations b on b.id = p.response_b")).mappings().all()
+        rows = (
+            conn.execute(
+                sa.text(
+                    "select p.choice, a.stage as stage_a, b.stage as stage_b from preferences p "
+                    "join generations a on a.id = p.response_a "
+                    "join generations b on b.id = p.response_b"
+                )
+            )
+            .mappings()
+            .all()
+        )
     return [dict(r) for r in rows]
 
 

@@ -18,11 +18,13 @@ from server.store import GenerationRecord, prompt_hash
 pytestmark = pytest.mark.browser
 
 SCRIPT = "Nairobi is the capital and largest city of Kenya, on the Athi River."
-THREE = {"stages": {
-    "base": {"model": "fake/base", "description": "pre-trained only"},
-    "sft": {"adapter": "fake/sft", "base": "base", "description": "instruction-tuned"},
-    "rlhf": {"adapter": "fake/rlhf", "base": "base", "description": "preference-tuned"},
-}}
+THREE = {
+    "stages": {
+        "base": {"model": "fake/base", "description": "pre-trained only"},
+        "sft": {"adapter": "fake/sft", "base": "base", "description": "instruction-tuned"},
+        "rlhf": {"adapter": "fake/rlhf", "base": "base", "description": "preference-tuned"},
+    }
+}
 
 
 def user_texts(page) -> list[str]:
@@ -36,8 +38,12 @@ def test_a_message_sent_while_an_answer_streams_is_queued_not_lost(fake_ui_serve
     wait_for(lambda: bool(chat_answer_texts(page)) and 0 < len(chat_answer_texts(page)[-1]) < len(SCRIPT))
     ask(page, "And of Peru?")  # while the first answer is still streaming
     wait_for(lambda: user_texts(page) == ["Capital of Kenya?", "And of Peru?"], timeout=10)
-    wait_for(lambda: chat_answer_texts(page) == [SCRIPT, SCRIPT]
-             and "streaming" not in page.locator("#chat-stats").inner_text(), timeout=40)
+    wait_for(
+        lambda: (
+            chat_answer_texts(page) == [SCRIPT, SCRIPT] and "streaming" not in page.locator("#chat-stats").inner_text()
+        ),
+        timeout=40,
+    )
     engine = server.pool.built[("fake/base", None)]
     assert len(engine.requests) == 2  # both messages answered, one after the other
     assert user_texts(page) == ["Capital of Kenya?", "And of Peru?"]
@@ -115,13 +121,19 @@ def test_compare_ranks_rates_corrects_and_continues_multi_turn(fake_ui_server, p
     page.locator("#compare-prompt textarea").fill("And of Peru?")
     page.click("#compare-run")
     wait_for(lambda: len(_generations(store)) == 6)
-    wait_for(lambda: all(page.locator(f"#compare-fix-{s} textarea").input_value() == SCRIPT for s in "ABC")
-             and not any("streaming" in page.locator(f"#compare-stats-{s}").inner_text() for s in "ABC"))
+    wait_for(
+        lambda: (
+            all(page.locator(f"#compare-fix-{s} textarea").input_value() == SCRIPT for s in "ABC")
+            and not any("streaming" in page.locator(f"#compare-stats-{s}").inner_text() for s in "ABC")
+        )
+    )
     turn2 = _generations(store)[3:]
     for g in turn2:
-        assert g.messages == [{"role": "user", "content": "Capital of Kenya?"},
-                              {"role": "assistant", "content": SCRIPT},
-                              {"role": "user", "content": "And of Peru?"}]
+        assert g.messages == [
+            {"role": "user", "content": "Capital of Kenya?"},
+            {"role": "assistant", "content": SCRIPT},
+            {"role": "user", "content": "And of Peru?"},
+        ]
     assert "Capital of Kenya?" in page.locator("#compare-history-A").inner_text()
     for slot, place in [("A", "1"), ("B", "2"), ("C", "3")]:
         _click_label(page, f"#compare-rank-{slot}", place)
@@ -139,11 +151,26 @@ def _judged(store, n: int) -> None:
         ids = []
         for stage in ("base", "sft", "rlhf"):
             rid = f"chatcmpl-{stage}-{i}"
-            store.record_generation(GenerationRecord(
-                id=rid, stage=stage, client_id="ui", kind="chat", prompt_hash=prompt_hash(messages),
-                messages=messages, prompt=None, completion=f"{stage} answer {i}", sampling={},
-                speculative_method=None, speculative=None, prompt_tokens=3, completion_tokens=3,
-                finish_reason="stop", ttft_ms=1.0, duration_ms=2.0))
+            store.record_generation(
+                GenerationRecord(
+                    id=rid,
+                    stage=stage,
+                    client_id="ui",
+                    kind="chat",
+                    prompt_hash=prompt_hash(messages),
+                    messages=messages,
+                    prompt=None,
+                    completion=f"{stage} answer {i}",
+                    sampling={},
+                    speculative_method=None,
+                    speculative=None,
+                    prompt_tokens=3,
+                    completion_tokens=3,
+                    finish_reason="stop",
+                    ttft_ms=1.0,
+                    duration_ms=2.0,
+                )
+            )
             ids.append(rid)
         base, sft, rlhf = ids
         store.prefer([sft, base], "a", rater="alice")
