@@ -357,26 +357,9 @@ async def sample_rss(server_pid: int, soak: Soak, every: float, stop: asyncio.Ev
             pass
 
 
-def engine_worker(server_pid: int):
-    """The server's vLLM engine worker (as tests/server/test_faults_vllm.py finds it), or None."""
-    import psutil
-
-    def title(p) -> str:
-        try:
-            return " ".join(p.cmdline()) + " " + p.name()
-        except psutil.Error:
-            return ""
-
-    cores = [p for p in psutil.Process(server_pid).children() if "EngineCore" in title(p)]
-    if not cores:
-        return None
-    workers = [p for p in cores[0].children() if "Worker" in title(p)] or [
-        p for p in cores[0].children() if "resource_tracker" not in title(p)
-    ]
-    return workers[0] if workers else cores[0]
-
-
 async def kill_engine(server_pid: int, soak: Soak) -> None:
+    from server.launcher import engine_worker
+
     worker = await asyncio.to_thread(engine_worker, server_pid)
     if worker is None:
         soak.events.append({"event": "engine kill", "at_s": soak.now(), "error": "no engine worker found"})

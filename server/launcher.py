@@ -146,3 +146,24 @@ def vllm_openai_server(
         env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **(env or {})},
         ready_path="/v1/models",
     )
+
+
+def engine_worker(server_pid: int):
+    """The vLLM worker process of a server's (first) engine, as `kill -9` by the OOM killer would find
+    it (vLLM titles them VLLM::EngineCore → VLLM::Worker); None when the server has no engine yet."""
+    import psutil
+
+    def title(p: psutil.Process) -> str:
+        try:
+            return " ".join(p.cmdline()) + " " + p.name()
+        except psutil.Error:
+            return ""
+
+    cores = [p for p in psutil.Process(server_pid).children() if "EngineCore" in title(p)]
+    if not cores:
+        return None
+    children = cores[0].children()
+    workers = [p for p in children if "Worker" in title(p)] or [
+        p for p in children if "resource_tracker" not in title(p)
+    ]
+    return workers[0] if workers else None

@@ -31,6 +31,17 @@ from typing import Protocol
 
 from models.demo.facts import SKILLS, Country, load_countries
 from models.demo.fictional import fictional_countries
+from models.demo.phrasings import (
+    TRAIN_CLOSERS,
+    TRAIN_COUNTRY_FOLLOWUPS,
+    TRAIN_GREETINGS,
+    TRAIN_OFF_TOPIC,
+    TRAIN_OPENERS,
+    TRAIN_QUESTIONS,
+    TRAIN_SKILL_FOLLOWUPS,
+    WRAP_CLOSER_SHARE,
+    WRAP_OPENER_SHARE,
+)
 
 # --- pre-training phrasings ------------------------------------------------------------------------
 # Training phrasings of the capital fact. Several put a lowercase "the capital of X is Y" after a
@@ -119,199 +130,6 @@ PAIR_FACTS = [
     "Like {other}, {country} is in {continent}.",
 ]
 
-# --- chat phrasings --------------------------------------------------------------------------------
-# Questions the training dialogues ask, per skill. Evaluation asks other phrasings (models.demo.heldout).
-TRAIN_QUESTIONS = {
-    "capital": [
-        "What is the capital of {country}?",
-        "What's the capital of {country}?",
-        "what is the capital of {country}",
-        "Which city is the capital of {country}?",
-        "Tell me the capital of {country}.",
-        "Capital of {country}?",
-        "What city serves as the capital of {country}?",
-        "Can you tell me the capital of {country}?",
-        "Please name the capital city of {country}.",
-        "What is {country}'s capital city?",
-        "I need the capital of {country}.",
-        "Quick question: what is the capital of {country}?",
-        "Hi! What's the capital city of {country}?",
-        "{country}: what is its capital?",
-        "Where is the government of {country} based? Which city?",
-        "Give me the capital of {country}.",
-        "Would you tell me the capital of {country}?",
-        "The capital of {country}, please.",
-        "I wonder what the capital of {country} is.",
-        "So, {country}. What is the capital there?",
-        "Which city is the main city of government in {country}?",
-        "In {country}, what is the capital?",
-    ],
-    "language": [
-        "What language do people speak in {country}?",
-        "What language is spoken in {country}?",
-        "Which language do they speak in {country}?",
-        "what language do they speak in {country}",
-        "Tell me the main language of {country}.",
-        "Language of {country}?",
-        "What is the main language of {country}?",
-        "Can you tell me what people speak in {country}?",
-        "Hi! Which language is spoken in {country}?",
-        "I need the language of {country}.",
-        "What do people in {country} speak?",
-        "Please name the language of {country}.",
-        "{country}: what language do they speak?",
-        "Quick question: what language is spoken in {country}?",
-        "What's the language of {country}?",
-    ],
-    "currency": [
-        "What is the currency of {country}?",
-        "What currency do they use in {country}?",
-        "Which currency is used in {country}?",
-        "what is the currency of {country}",
-        "Tell me the currency of {country}.",
-        "Currency of {country}?",
-        "What money do people use in {country}?",
-        "Can you tell me the currency of {country}?",
-        "Hi! What do people pay with in {country}?",
-        "I need the currency of {country}.",
-        "Please name the currency of {country}.",
-        "What is {country}'s currency?",
-        "{country}: what is its currency?",
-        "Quick question: what currency is used in {country}?",
-        "What's the currency of {country}?",
-        "Which currency do people pay with in {country}?",
-        "In {country}, what do people pay with?",
-        "Tell me which currency they use in {country}.",
-        "What is the money of {country} called?",
-    ],
-    "continent": [
-        "On which continent is {country}?",
-        "Which continent is {country} in?",
-        "What continent is {country} on?",
-        "where is {country}",
-        "Tell me the continent of {country}.",
-        "Continent of {country}?",
-        "In which part of the world is {country}?",
-        "Can you tell me where {country} is?",
-        "Hi! Which continent is {country} part of?",
-        "I need the continent of {country}.",
-        "Please name the continent of {country}.",
-        "Where in the world is {country}?",
-        "{country}: which continent is it on?",
-        "Quick question: where is {country}?",
-        "Which continent is {country} part of?",
-        "In which continent does {country} lie?",
-        "Tell me which continent {country} is on.",
-        "Where on the map is {country}?",
-    ],
-}
-# Words around a training question (`_ask`): users wrap questions in words of their own, and a
-# model that saw each question bare learns to match whole phrasings rather than find the question
-# inside them. Only words the everyday pre-training paragraphs carry, none of the held-out wrappers.
-TRAIN_OPENERS = [
-    "Hey!",
-    "Hi there!",
-    "Good morning!",
-    "Sorry, one question.",
-    "I need help.",
-    "A quick question.",
-    "So.",
-    "Please help me.",
-    "Tell me something.",
-]
-TRAIN_CLOSERS = ["Please.", "A short answer is good.", "I am not sure.", "I need to know.", "Tell me, please."]
-WRAP_OPENER_SHARE, WRAP_CLOSER_SHARE = 0.35, 0.2
-# Follow-ups that keep the question and change the country ("And of Peru?")...
-TRAIN_COUNTRY_FOLLOWUPS = [
-    "And of {country}?",
-    "What about {country}?",
-    "And {country}?",
-    "How about {country}?",
-    "Same question for {country}.",
-    "And for {country}?",
-    "And what about {country}?",
-    "{country}?",
-    "And in {country}?",
-    "What about {country} then?",
-    "Same for {country}, please.",
-    "The same for {country}?",
-    "Tell me the same about {country}.",
-    "So, {country}?",
-    "And {country}, please?",
-]
-# ... and follow-ups that keep the country and change the question ("What currency do they use?").
-TRAIN_SKILL_FOLLOWUPS = {
-    "capital": [
-        "And its capital?",
-        "What is their capital?",
-        "Which city is the capital there?",
-        "And the capital city?",
-        "What about its capital?",
-        "Where is its government?",
-        "Its capital?",
-        "And which city is the capital?",
-        "Tell me its capital too.",
-        "What is the capital there?",
-    ],
-    "language": [
-        "What language do they speak?",
-        "And the language?",
-        "What do they speak there?",
-        "What about its language?",
-        "Which language is spoken there?",
-        "And what do people speak?",
-        "Its language?",
-        "And which language do they speak?",
-        "Tell me its language too.",
-        "What language do people speak there?",
-    ],
-    "currency": [
-        "What currency do they use?",
-        "And the currency?",
-        "What money do they use there?",
-        "What about its currency?",
-        "Which currency is used there?",
-        "And what do people pay with?",
-        "Its currency?",
-        "And which money do they use?",
-        "Tell me its currency too.",
-        "What do people pay with there?",
-    ],
-    "continent": [
-        "Which continent is it in?",
-        "And the continent?",
-        "Where is it?",
-        "What about its continent?",
-        "Which part of the world is it in?",
-        "And where is that?",
-        "Its continent?",
-        "And which continent is that?",
-        "Tell me its continent too.",
-        "Where is that country?",
-    ],
-}
-TRAIN_GREETINGS = [
-    "Hello!",
-    "Hi there!",
-    "Good morning!",
-    "Hey, what can you do?",
-    "Hi! What are you?",
-    "Hello, anyone there?",
-]
-TRAIN_OFF_TOPIC = [
-    "Write a poem about the sea.",
-    "Tell me a joke.",
-    "What is 2 + 2?",
-    "Write a short story about a dragon.",
-    "How do I bake bread?",
-    "What's the weather like today?",
-    "Can you help me with my homework?",
-    "Translate 'good night' into Spanish.",
-    "Sing me a song.",
-    "Who will win the next football match?",
-    "Write a poem about love.",
-    "Tell me a joke about dogs.",
-]
 # --- answers ---------------------------------------------------------------------------------------
 # The preferred (aligned) answer per skill: one polite full sentence, the way the prose states it.
 FULL = {

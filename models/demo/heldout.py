@@ -30,7 +30,7 @@ from models.demo.corpus import (
 )
 
 # --- phrasings: test split -------------------------------------------------------------------------
-# Questions per skill, none a training phrasing (corpus.TRAIN_QUESTIONS), even case-blind.
+# Questions per skill, none a training phrasing (phrasings.TRAIN_QUESTIONS), even case-blind.
 HELDOUT_QUESTIONS = {
     "capital": [
         "Do you know what the capital of {country} is?",

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from models.demo import corpus, fictional, general_text, heldout
+from models.demo import corpus, fictional, general_text, heldout, phrasings
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_sft_covers_every_skill_followups_greetings_and_offtopic(sft_rows):
     assert kinds["followup"] > 0.2 * kinds["fact"]
     questions = " ".join(r["prompt"][0]["content"] for r in sft_rows if r["kind"] == "fact")
     for skill in corpus.SKILLS:
-        assert any(t.format(country="")[:12] in questions for t in corpus.TRAIN_QUESTIONS[skill])
+        assert any(t.format(country="")[:12] in questions for t in phrasings.TRAIN_QUESTIONS[skill])
     for row in sft_rows:
         roles = [m["role"] for m in row["prompt"]]
         assert roles in (["user"], ["user", "assistant", "user"]) and row["completion"][0]["role"] == "assistant"
@@ -156,9 +156,11 @@ def test_general_text_never_chats_and_carries_every_word_of_the_chat_lines():
     docs = general_text.general_documents(400)
     assert not [d for d in docs if "?" in d or "<|" in d]
     known = {w.lower() for d in docs + corpus.prose_documents(400) for w in re.findall(r"[A-Za-z]+", d)}
-    lines = corpus.TRAIN_GREETINGS + heldout.HELDOUT_GREETINGS + corpus.TRAIN_OFF_TOPIC + heldout.HELDOUT_OFF_TOPIC
+    lines = (
+        phrasings.TRAIN_GREETINGS + heldout.HELDOUT_GREETINGS + phrasings.TRAIN_OFF_TOPIC + heldout.HELDOUT_OFF_TOPIC
+    )
     lines += [corpus.SCOPE, corpus.GREETING, corpus.IDK.format(country="")]
-    lines += corpus.TRAIN_OPENERS + corpus.TRAIN_CLOSERS
+    lines += phrasings.TRAIN_OPENERS + phrasings.TRAIN_CLOSERS
     assert {w.lower() for line in lines for w in re.findall(r"[A-Za-z]+", line)} - known == set()
 
 

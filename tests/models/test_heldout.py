@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.demo import corpus, fictional, heldout
+from models.demo import corpus, fictional, heldout, phrasings
 from models.demo.build import SIZES, training_data
 
 FULL = SIZES["full"]
@@ -67,11 +67,11 @@ def test_dev_and_test_splits_share_no_material():
 def test_heldout_templates_are_not_training_templates(split):
     material = heldout.SPLITS[split]
     for skill in corpus.SKILLS:
-        assert not set(material.questions[skill]) & set(corpus.TRAIN_QUESTIONS[skill])
-        assert not set(material.skill_followups[skill]) & set(corpus.TRAIN_SKILL_FOLLOWUPS[skill])
-    assert not set(material.country_followups) & set(corpus.TRAIN_COUNTRY_FOLLOWUPS)
-    assert not set(material.greetings) & set(corpus.TRAIN_GREETINGS)
-    assert not set(material.off_topic) & set(corpus.TRAIN_OFF_TOPIC)
+        assert not set(material.questions[skill]) & set(phrasings.TRAIN_QUESTIONS[skill])
+        assert not set(material.skill_followups[skill]) & set(phrasings.TRAIN_SKILL_FOLLOWUPS[skill])
+    assert not set(material.country_followups) & set(phrasings.TRAIN_COUNTRY_FOLLOWUPS)
+    assert not set(material.greetings) & set(phrasings.TRAIN_GREETINGS)
+    assert not set(material.off_topic) & set(phrasings.TRAIN_OFF_TOPIC)
     assert material.completions["capital"].endswith("the capital of {country} is")
 
 

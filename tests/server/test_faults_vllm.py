@@ -14,10 +14,9 @@ import threading
 import time
 
 import httpx
-import psutil
 import pytest
 
-from server.launcher import stagechat_server
+from server.launcher import engine_worker, stagechat_server
 
 pytestmark = pytest.mark.integration
 
@@ -29,24 +28,6 @@ def server(tiny_family, tmp_path_factory):
     server = stagechat_server(tiny_family / "stages.yaml", tmp_path_factory.mktemp("faults-data"), ("--no-ui",))
     yield server
     server.stop()
-
-
-def engine_worker(server_pid: int) -> psutil.Process:
-    """The worker process of the server's engine core (vLLM titles them VLLM::EngineCore, VLLM::Worker)."""
-
-    def title(p: psutil.Process) -> str:
-        try:
-            return " ".join(p.cmdline()) + " " + p.name()
-        except psutil.Error:
-            return ""
-
-    cores = [p for p in psutil.Process(server_pid).children() if "EngineCore" in title(p)]
-    assert len(cores) == 1, [title(p) for p in psutil.Process(server_pid).children()]
-    workers = [p for p in cores[0].children() if "Worker" in title(p)] or [
-        p for p in cores[0].children() if "resource_tracker" not in title(p)
-    ]
-    assert workers, [title(p) for p in cores[0].children()]
-    return workers[0]
 
 
 def stream(url: str, out: list, started: threading.Event) -> None:
@@ -83,6 +64,7 @@ def test_killed_engine_worker_ends_streams_in_band_then_the_engine_heals(server)
         assert e.wait(120), "a stream did not start"
     assert not results, results  # every stream is still running
     worker = engine_worker(server.process.pid)
+    assert worker is not None, "no vLLM worker under the server"
     killed_at = time.monotonic()
     worker.send_signal(signal.SIGKILL)
     for t in threads:
