@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
@@ -70,9 +71,11 @@ class Outage:
 
 
 class Supervisor:
-    def __init__(self, *, backoff: tuple[float, float] = RESTART_BACKOFF, crash_loop: tuple[int, float] = CRASH_LOOP):
+    def __init__(self, *, backoff: tuple[float, float] = RESTART_BACKOFF, crash_loop: tuple[int, float] | None = None):
         self.backoff = backoff
-        self.crash_loop = crash_loop
+        # STAGECHAT_CRASH_LOOP_DEATHS lowers the count (a test sees a crash loop in two deaths, not five).
+        deaths = int(os.environ.get("STAGECHAT_CRASH_LOOP_DEATHS") or CRASH_LOOP[0])
+        self.crash_loop = crash_loop or (deaths, CRASH_LOOP[1])
         self.down: dict[Hashable, Outage] = {}
         self._deaths: dict[Hashable, deque[float]] = {}
         self._tasks: dict[Hashable, asyncio.Task] = {}

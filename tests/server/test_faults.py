@@ -370,3 +370,11 @@ def test_ready_reports_a_database_that_does_not_answer(fake_app, tmp_path):
         r = poll(lambda: (r := client.get("/ready")).json().get("store") and r)
         assert r.status_code == 503 and r.json()["status"] == "degraded"
         assert "OperationalError" in r.json()["store"]["error"]
+
+
+def test_the_crash_loop_count_can_be_lowered_from_the_environment(monkeypatch):
+    from server.supervisor import CRASH_LOOP, Supervisor
+
+    assert Supervisor().crash_loop == CRASH_LOOP
+    monkeypatch.setenv("STAGECHAT_CRASH_LOOP_DEATHS", "2")
+    assert Supervisor().crash_loop == (2, CRASH_LOOP[1])

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from server.launcher import engine_worker, stagechat_server
+from server.supervisor import WATCH_SECONDS
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,13 @@ MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
 
 @pytest.fixture(scope="module")
 def server(tiny_family, tmp_path_factory):
-    server = stagechat_server(tiny_family / "stages.yaml", tmp_path_factory.mktemp("faults-data"), ("--no-ui",))
+    # A crash loop after two deaths: the first test's kill is healed, the second test's is not.
+    server = stagechat_server(
+        tiny_family / "stages.yaml",
+        tmp_path_factory.mktemp("faults-data"),
+        ("--no-ui",),
+        env={"STAGECHAT_CRASH_LOOP_DEATHS": "2"},
+    )
     yield server
     server.stop()
 
@@ -106,3 +113,24 @@ def test_killed_engine_worker_ends_streams_in_band_then_the_engine_heals(server)
     assert r.status_code == 200, r.text
     assert restarts(url) == 1
     print(f"killed worker to serving again: {healed:.1f} s; {errors_in_band}/4 streams ended with an in-band error")
+
+
+def test_a_second_death_in_the_window_is_a_crash_loop_and_is_not_restarted(server):
+    """Runs after the heal above: the same engine's second death within the window stops the restarts."""
+    url = server.url
+    assert httpx.get(f"{url}/ready", timeout=10).status_code == 200
+    worker = engine_worker(server.process.pid)
+    assert worker is not None, "no vLLM worker under the server"
+    worker.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (ready := httpx.get(f"{url}/ready", timeout=10).json()).get("status") != "degraded":
+        assert time.monotonic() < deadline, ready
+        time.sleep(0.2)
+    assert ready["down"][0]["state"] == "stopped", ready
+    r = httpx.post(
+        f"{url}/v1/chat/completions", json={"model": "sft", "messages": MESSAGES, "max_tokens": 4}, timeout=60
+    )
+    assert r.status_code == 503 and "retry-after" not in r.headers, r.text
+    assert r.json()["error"]["code"] == "engine_crash_loop"
+    time.sleep(2 * WATCH_SECONDS)  # a watcher tick: still no restart
+    assert restarts(url) == 1 and httpx.get(f"{url}/ready", timeout=10).json()["down"][0]["state"] == "stopped"
