@@ -69,8 +69,8 @@ class VllmRewardEngine:
         if (reason := self.dead()) is not None:
             raise EngineDead(reason)
         try:
-            async for _ in self._llm.encode(TokensPrompt(prompt_token_ids=ids), params, f"rm-{next(_ids)}"):
-                pass
+            async for result in self._llm.encode(TokensPrompt(prompt_token_ids=ids), params, f"rm-{next(_ids)}"):  # noqa: B007
+                pass  # the last output is the finished one
         except Exception as exc:
             if (reason := self.dead()) is not None:  # the supervisor restarts it (server/rewards.py)
                 raise EngineDead(reason) from exc
