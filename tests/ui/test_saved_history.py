@@ -6,6 +6,7 @@ keeps the history, and a saved conversation resumes and can be rated."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,7 +36,10 @@ def answer(text: str, generation: str) -> Answer:
 
 
 def run(coro):
-    return asyncio.run(coro)
+    # A loop of its own in another thread: the browser tests' Playwright (sync API) keeps a loop
+    # running in this thread for the whole session, and asyncio.run() refuses to start beside it.
+    with ThreadPoolExecutor(1) as worker:
+        return worker.submit(asyncio.run, coro).result()
 
 
 def test_each_answer_is_saved_and_regenerations_and_edits_branch(store: Store):
