@@ -32,12 +32,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.demo.build import STEPS, build_demo
-    from server.settings import Settings
+    from models.demo.build import STEPS, build_demo, default_out_dir
 
     if args.ship and args.size != "full":
         return fail("build-demo", "--ship ships a full build only")
-    out = Path(args.out) if args.out else Settings.from_env().data_dir / "demo"
+    out = Path(args.out) if args.out else default_out_dir()
     if args.rebuild:
         for step in STEPS:
             shutil.rmtree(out / step, ignore_errors=True)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -422,23 +423,31 @@ def evaluate(
     return asyncio.run(_evaluate(config, kl_samples, split, stages))
 
 
-async def _evaluate(config: Path, kl_samples: int, split: str, stages: list[str] | None) -> dict[str, StageReport]:
+@asynccontextmanager
+async def serving_one_engine_at_a_time(registry):
+    """A `StageService` on vLLM engines for `registry`, at most one alive at a time (two engines on two
+    cores starve each other); the engines are shut down on leaving."""
     from server.pool import EnginePool, vllm_factory
-    from server.registry import load_registry
     from server.serving import StageService
+
+    pool = EnginePool(registry, vllm_factory, max_live_engines=1)
+    await pool.start()
+    try:
+        yield StageService(pool=pool)
+    finally:
+        await pool.shutdown()
+
+
+async def _evaluate(config: Path, kl_samples: int, split: str, stages: list[str] | None) -> dict[str, StageReport]:
+    from server.registry import load_registry
 
     registry = load_registry(config)
     unknown = sorted(set(stages or ()) - set(registry.stages))
     if unknown:
         raise EvalError(f"no stage {', '.join(unknown)} in {config}")
-    # One live engine at a time: two engines on two cores starve each other.
-    pool = EnginePool(registry, vllm_factory, max_live_engines=1)
-    await pool.start()
     replies: dict[str, list[tuple[Prompt, str]]] = {}
-    try:
-        reports = await run_eval(StageService(pool=pool), keep_replies=replies, split=split, stages=stages)
-    finally:
-        await pool.shutdown()
+    async with serving_one_engine_at_a_time(registry) as service:
+        reports = await run_eval(service, keep_replies=replies, split=split, stages=stages)
     if registry.reward_models:  # scored after generation, so only one engine runs at a time
         name = "rm" if "rm" in registry.reward_models else next(iter(registry.reward_models))
         for stage, mean in (await mean_rewards(registry, replies, name)).items():

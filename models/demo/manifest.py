@@ -62,23 +62,24 @@ def cpu_description() -> dict:
     return {"model": model, "machine": platform.machine(), "extensions": [f for f in wanted if f in flags]}
 
 
-def step_seconds(built: Path) -> dict[str, float]:
-    """Each step's training time, as its completion marker recorded it."""
-    return {
-        s: json.loads((built / s / MARKER).read_text()).get("seconds") for s in STEPS if (built / s / MARKER).exists()
-    }
-
-
 def ship(built: Path, family: Path, *, evaluation: dict | None = None, quick: dict | None = None) -> dict:
-    """Copy the full build in `built` into `family` (replacing it) and write its manifest; returns it."""
+    """Copy the full build in `built` into `family` (replacing it) and write its manifest; returns it.
+
+    Refused unless every step is a finished full build of this recipe version and its data folder holds
+    exactly today's training text: a build resumed after a corpus change without a version bump keeps
+    its old steps, and must not ship under the new recipe's hash."""
     built, family = Path(built), Path(family)
     missing = [s for s in SHIPPED_STEPS if not (built / s / MARKER).exists()]
     if missing:
         raise ValueError(f"{built} is not a complete build: no finished {', '.join(missing)}")
+    markers = {s: json.loads((built / s / MARKER).read_text()) for s in STEPS if (built / s / MARKER).exists()}
     for s in SHIPPED_STEPS:
-        done = json.loads((built / s / MARKER).read_text())
-        if done.get("size") != "full" or done.get("recipe") != RECIPE_VERSION:
-            raise ValueError(f"{built / s} was built by another recipe or size ({done}); rebuild it first")
+        if markers[s].get("size") != "full" or markers[s].get("recipe") != RECIPE_VERSION:
+            raise ValueError(f"{built / s} was built by another recipe or size ({markers[s]}); rebuild it first")
+    data = [path for path in (built / "data").glob("*.json") if path.name != MARKER]
+    trained_on = {path.stem: json.loads(path.read_text()) for path in data}
+    if _sha256(trained_on) != recipe()["training_data_sha256"]:
+        raise ValueError(f"{built} was trained on other data than the recipe makes today: build it with --rebuild")
     staging = family.with_name(family.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     for s in SHIPPED_STEPS:
@@ -88,7 +89,7 @@ def ship(built: Path, family: Path, *, evaluation: dict | None = None, quick: di
         "recipe_version": RECIPE_VERSION,
         "built_on": cpu_description(),
         "shipped_at": time.strftime("%Y-%m-%d"),
-        "step_seconds": step_seconds(built),
+        "step_seconds": {s: done.get("seconds") for s, done in markers.items()},
         "bytes": {s: sum(f.stat().st_size for f in (staging / s).rglob("*") if f.is_file()) for s in SHIPPED_STEPS},
         "eval": evaluation,  # `stagechat eval --json` on the test split
         "quick_check": quick,
@@ -118,29 +119,19 @@ QUICK_FIGURES = (
 
 
 def evaluate_quick(config: Path) -> dict[str, dict[str, float | None]]:
-    """The quick subset's figures for the registry `config`, through vLLM engines started here one at a time."""
+    """The quick subset's figures per stage of the registry `config`, through vLLM engines started here."""
     return asyncio.run(_evaluate_quick(config))
 
 
 async def _evaluate_quick(config: Path) -> dict[str, dict[str, float | None]]:
-    from server.pool import EnginePool, vllm_factory
-    from server.registry import load_registry
-    from server.serving import StageService
-
-    pool = EnginePool(load_registry(config), vllm_factory, max_live_engines=1)
-    await pool.start()
-    try:
-        return await quick_check(StageService(pool=pool))
-    finally:
-        await pool.shutdown()
-
-
-async def quick_check(service) -> dict[str, dict[str, float | None]]:
-    """The quick subset's figures per stage of `service`'s registry."""
     from models.demo.corpus import load_countries
-    from models.eval import run_eval
+    from models.eval import run_eval, serving_one_engine_at_a_time
+    from server.registry import load_registry
 
-    reports = await run_eval(service, countries=tuple(load_countries()[:QUICK_COUNTRIES]), fictional=QUICK_FICTIONAL)
+    async with serving_one_engine_at_a_time(load_registry(config)) as service:
+        reports = await run_eval(
+            service, countries=tuple(load_countries()[:QUICK_COUNTRIES]), fictional=QUICK_FICTIONAL
+        )
     return {
         stage: {**{k: getattr(r, k) for k in QUICK_FIGURES}, **{f"accuracy.{k}": v for k, v in r.accuracy.items()}}
         for stage, r in reports.items()

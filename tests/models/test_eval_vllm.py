@@ -10,7 +10,7 @@ import pytest
 from models.demo.build import build_demo
 from models.demo.corpus import load_countries
 from models.demo.heldout import eval_prompts, example_prompts
-from models.eval import run_eval
+from models.eval import run_eval, serving_one_engine_at_a_time
 
 pytestmark = pytest.mark.integration  # builds the smoke family and starts two vLLM engines, one at a time
 
@@ -18,9 +18,7 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def test_every_stage_answers_and_the_draft_reports_acceptance(tmp_path, monkeypatch):
-    from server.pool import EnginePool, vllm_factory
     from server.registry import load_registry
-    from server.serving import StageService
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     build_demo(tmp_path / "data" / "demo", size="smoke")
@@ -28,12 +26,8 @@ def test_every_stage_answers_and_the_draft_reports_acceptance(tmp_path, monkeypa
     countries = load_countries()[:3]
 
     async def evaluate():
-        pool = EnginePool(registry, vllm_factory, max_live_engines=1)
-        await pool.start()
-        try:
-            return await run_eval(StageService(pool=pool), countries, fictional=2)
-        finally:
-            await pool.shutdown()
+        async with serving_one_engine_at_a_time(registry) as service:
+            return await run_eval(service, countries, fictional=2)
 
     reports = asyncio.run(evaluate())
     assert list(reports) == ["base", "sft", "dpo", "rlhf"]

@@ -72,6 +72,17 @@ def test_ship_refuses_an_incomplete_build_and_leaves_the_family_alone(tmp_path):
     assert (family / "keep").exists() and not (tmp_path / "family.partial").exists()
 
 
+def test_ship_refuses_a_build_trained_on_other_data(tmp_path):
+    built = tmp_path / "built"
+    for step in manifest.STEPS:
+        (built / step).mkdir(parents=True)
+        (built / step / MARKER).write_text(json.dumps({"size": "full", "recipe": RECIPE_VERSION, "seconds": 1}))
+    (built / "data" / "prose.json").write_text('["an older corpus"]')
+    with pytest.raises(ValueError, match="other data"):
+        manifest.ship(built, tmp_path / "family")
+    assert not (tmp_path / "family").exists() and not (tmp_path / "family.partial").exists()
+
+
 @pytest.mark.integration  # two vLLM engines, one at a time (the base with its adapters, then its draft)
 def test_a_quick_eval_of_the_shipped_family_reproduces_its_manifest(monkeypatch):
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
