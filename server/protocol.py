@@ -444,8 +444,10 @@ class TokenizeRequest(_Strict):
     def _one_input(self):
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give either prompt or messages")
-        if self.tools and self.messages is None:
-            raise ValueError("tools go with messages")
+        if self.messages is None:  # a text prompt has no chat template: its fields would change nothing
+            for name in ("tools", "add_generation_prompt", "continue_final_message", "chat_template_kwargs"):
+                if name in self.model_fields_set and getattr(self, name) not in (None, False, []):
+                    raise ValueError(f"{name} goes with messages")
         return self
 
 

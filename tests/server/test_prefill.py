@@ -56,6 +56,12 @@ def test_continuing_needs_the_assistants_final_message(client):
     assert r.status_code == 400 and r.json()["error"]["param"] == "continue_final_message"
 
 
+@pytest.mark.parametrize("field", [{"continue_final_message": True}, {"chat_template_kwargs": {"x": 1}}])
+def test_tokenize_refuses_chat_fields_with_a_text_prompt(client, field):
+    r = client.post("/tokenize", json={"model": "base", "prompt": "The capital of Kenya is", **field})
+    assert r.status_code == 400 and next(iter(field)) in r.json()["error"]["message"], r.text
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
