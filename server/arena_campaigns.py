@@ -25,6 +25,7 @@ from server.arena import ArenaService, Decoding
 from server.errors import bad_request
 from server.leaderboard import agreement
 from server.protocol import ChatMessage, _Strict
+from server.serving import drain
 from server.store.records import Battle, BattleSide, Campaign, CampaignItem
 
 MAX_ITEMS = 10_000
@@ -146,12 +147,7 @@ class CampaignService:
         request stored its own first: then everyone gets those."""
         stage_x, stage_y = await self.arena.draw(campaign.stages)
         gens = await self.arena.start_pair(stage_x, stage_y, item.messages, item.messages, campaign.settings, rater)
-
-        async def drain(gen) -> None:
-            async for _ in gen:
-                pass
-
-        await asyncio.gather(*(drain(g) for g in gens))
+        await drain(*gens)
         x, y = (asdict(BattleSide(g.id, g.choices[0].text, g.choices[0].finish_reason)) for g in gens)
         return await asyncio.to_thread(
             self.store.set_item_answers, item.id, stage_x=stage_x, stage_y=stage_y, answer_x=x, answer_y=y

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from server.errors import bad_request
 from server.protocol import CompletionRequest, TokenIds, _SamplingRequest
@@ -31,6 +31,14 @@ class BranchRequest(_SamplingRequest):
     token: int = Field(ge=0)  # what the branch puts there
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = True
+
+    @model_validator(mode="after")
+    def _one_body(self):
+        # The branches come back in one body (each is reproducible as its own streamed completion).
+        for name in ("stream", "stream_options"):
+            if name in self.model_fields_set and getattr(self, name):
+                raise ValueError(f"{name}: branches answer in one body; stream a branch as a completion instead")
+        return self
 
     def stages(self) -> list[str]:
         return [self.model] if isinstance(self.model, str) else list(self.model)
@@ -53,5 +61,4 @@ class BranchRequest(_SamplingRequest):
         fields: dict[str, Any] = self.model_dump(
             exclude_unset=True, by_alias=True, exclude={"model", "prompt", "completion", "position", "token"}
         )
-        fields.pop("stream", None)
         return CompletionRequest.model_validate({**fields, "model": stage, "prompt": prefix, "echo": self.echo})

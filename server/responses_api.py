@@ -28,7 +28,7 @@ from server.errors import APIError, bad_request, from_validation_errors, not_fou
 from server.protocol import ChatCompletionRequest, speculative_body
 from server.protocol_responses import CHAT_TO_RESPONSES_PARAM, ResponsesRequest
 from server.responses import reward_body
-from server.serving import Generation, StageService
+from server.serving import Generation, StageService, drain
 from server.store.conversations import new_id
 from server.store.records import ConversationMessage, NewMessage, StoreError
 
@@ -243,8 +243,7 @@ def _plain(value: Any) -> Any:
 
 async def run(service: StageService, turn: Turn) -> dict[str, Any]:
     """The whole turn, not streamed: generate, save, answer."""
-    async for _ in turn.gen:
-        pass
+    await drain(turn.gen)
     await _save_or_raise(service, turn)
     return response_object(turn)
 

@@ -115,6 +115,16 @@ class Generation:
         return self._service._run(self)
 
 
+async def drain(*gens: Generation) -> None:
+    """Run generations to their end, side by side: for answers sent whole, not streamed."""
+
+    async def one(gen: Generation) -> None:
+        async for _ in gen:
+            pass
+
+    await asyncio.gather(*(one(gen) for gen in gens))
+
+
 class StageService:
     def __init__(
         self,

@@ -3,21 +3,14 @@ stages side by side (`server.branches`); each branch is the plain completions re
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
 
 from server.auth import authenticate
 from server.branches import BranchRequest
 from server.responses import Rendering, completion_body
-from server.serving import Generation
+from server.serving import drain
 
 router = APIRouter(prefix="/v1")
-
-
-async def _drain(gen: Generation) -> None:
-    async for _ in gen:
-        pass
 
 
 @router.post("/branches")
@@ -32,8 +25,8 @@ async def branches(body: BranchRequest, request: Request):
         if hasattr(tokenizer, "__len__"):
             body.prefix(len(tokenizer))  # the token in this stage's vocabulary (a dropped gen frees its slot)
         gens.append(gen)
-    await asyncio.gather(*(_drain(g) for g in gens))
-    how = Rendering(echo=body.echo)
+    await drain(*gens)
+    how = Rendering(echo=body.echo, prompt_logprobs=body.prompt_logprobs is not None)
     return {
         "object": "branches",
         "prefix": prefix,

@@ -14,7 +14,7 @@ from server.errors import APIError
 from server.internal_errors import internal_error, request_id
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.responses import DONE, ChunkWriter, Rendering, chat_body, completion_body, sse_error
-from server.serving import Generation, StageService
+from server.serving import Generation, StageService, drain
 from server.tools import ToolCallReader
 
 log = logging.getLogger(__name__)
@@ -81,17 +81,9 @@ def _tool_reader(service: StageService, body: ChatCompletionRequest, gen: Genera
     )
 
 
-async def _drain(gen: Generation) -> None:
-    async for _ in gen:
-        pass
-
-
 async def _respond(gens: list[Generation], stream: bool, how: Rendering, render):
     if not stream:
-        if len(gens) == 1:
-            await _drain(gens[0])
-        else:
-            await asyncio.gather(*(_drain(g) for g in gens))
+        await drain(*gens)
         return JSONResponse(render(gens))
     return StreamingResponse(
         _sse(gens, how),

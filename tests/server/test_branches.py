@@ -58,3 +58,18 @@ def test_bad_input_is_a_400_naming_the_field(client, field, value):
 
 def test_unknown_stage_is_a_404(client):
     assert client.post("/v1/branches", json={**BODY, "model": ["base", "nope"]}).status_code == 404
+
+
+@pytest.mark.parametrize("field", [{"stream": True}, {"stream_options": {"include_usage": True}}])
+def test_a_streamed_branch_is_refused_not_answered_whole(client, field):
+    before = len(engine(client).requests)
+    r = client.post("/v1/branches", json={**BODY, **field})
+    assert r.status_code == 400 and next(iter(field)) in r.json()["error"]["message"], r.text
+    assert len(engine(client).requests) == before
+
+
+def test_prompt_logprobs_come_back_with_each_branch(client):
+    body = client.post("/v1/branches", json={**BODY, "prompt_logprobs": 0}).json()
+    for branch in body["branches"]:
+        prompt_lp = branch["choices"][0]["prompt_logprobs"]
+        assert prompt_lp[0] is None and len(prompt_lp) == len(body["prefix"])
