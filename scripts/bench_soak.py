@@ -233,7 +233,7 @@ async def post_json(client, soak: Soak, path: str, body: dict, kind: str) -> dic
     return r.json()
 
 
-async def streams_worker(client, soak: Soak, stages: list[str], args, stop: asyncio.Event, n: int) -> None:
+async def streams_worker(client, soak: Soak, stages: list[str], args, stop: asyncio.Event) -> None:
     """Streams back to back; each answer rated; every 5th request a ranked pair; every 7th a drop."""
     i = 0
     while not stop.is_set():
@@ -456,9 +456,7 @@ async def soak_traffic(args, server, config: Path, data_dir: Path, database_url:
     sampler = asyncio.create_task(sample_rss(server.process.pid, soak, args.sample_seconds, sampler_stop))
     limits = httpx.Limits(max_connections=args.streams + 4, keepalive_expiry=4)
     async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
-        workers = [
-            asyncio.create_task(streams_worker(client, soak, stages, args, stop, i)) for i in range(args.streams)
-        ]
+        workers = [asyncio.create_task(streams_worker(client, soak, stages, args, stop)) for _ in range(args.streams)]
         workers += [
             asyncio.create_task(websocket_worker(server.url, soak, stages, args, stop)) for _ in range(args.websockets)
         ]
@@ -534,7 +532,7 @@ def main() -> None:
     args = parse_args()
     random.seed(args.seed)
     engine_env_defaults("2")
-    from server.launcher import ChildServer
+    from server.launcher import stagechat_server
 
     with output(args) as figures, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -554,27 +552,7 @@ def main() -> None:
             )
         database_url = args.database_url or f"sqlite:///{data_dir / 'stagechat.db'}"
         env = {"STAGECHAT_DATABASE_URL": database_url, "VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]}
-        data_dir.mkdir(parents=True)
-        # `server.launcher.stagechat_server`'s command, with more time to come up: a busy machine can
-        # take over its 300 s to start an engine.
-        server = ChildServer(
-            lambda port: [
-                sys.executable,
-                "-m",
-                "cli",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-ui",
-            ],
-            log=data_dir / "server.log",
-            env={"STAGECHAT_DATA_DIR": str(data_dir), **env},
-            timeout=args.start_timeout,
-        )
+        server = stagechat_server(config, data_dir, ("--no-ui",), env=env, timeout=args.start_timeout)
         with running(server):
             import yaml
 

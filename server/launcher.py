@@ -87,9 +87,14 @@ class ChildServer:
 
 
 def stagechat_server(
-    config: Path, data_dir: Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None
+    config: Path,
+    data_dir: Path,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
 ) -> ChildServer:
-    """`stagechat serve --config CONFIG` with its data (store, rounds) in `data_dir`."""
+    """`stagechat serve --config CONFIG` with its data (store, rounds) in `data_dir`; `timeout`: seconds
+    it may take to answer `/ready` (a busy machine can take minutes to start an engine)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     return ChildServer(
         lambda port: [
@@ -107,6 +112,7 @@ def stagechat_server(
         ],
         log=data_dir / "server.log",
         env={"STAGECHAT_DATA_DIR": str(data_dir), **(env or {})},
+        timeout=timeout,
     )
 
 

@@ -20,7 +20,7 @@ from server.branches import BranchRequest
 from server.errors import APIError
 from server.serving import StageService
 from ui import controls
-from ui.stream import Answer, stream_answers
+from ui.stream import Answer, shown, stream_answers
 
 MAX_COLUMNS = 4
 
@@ -33,11 +33,7 @@ def alternatives_at(answer: Answer, position: int) -> list[tuple[str, int]]:
     ids = entry.get("top_ids") or []
     if len(ids) != len(entry["top"]):
         return []
-    return [(f"{_shown(t)}{' (sampled)' if i == entry.get('id') else ''}", i) for i, (t, _) in zip(ids, entry["top"])]
-
-
-def _shown(token: str) -> str:
-    return token.replace(" ", "␣").replace("\n", "⏎") or "∅"
+    return [(f"{shown(t)}{' (sampled)' if i == entry.get('id') else ''}", i) for i, (t, _) in zip(ids, entry["top"])]
 
 
 def branch_request(
@@ -112,10 +108,10 @@ def build(
         ]
         before = "".join(t["token"] for t in answer.tokens[:pos])
         entry = answer.tokens[pos]
-        shown = next((t for i, (t, _) in zip(entry["top_ids"], entry["top"]) if i == int(token)), str(token))
+        alternative = next((t for i, (t, _) in zip(entry["top_ids"], entry["top"]) if i == int(token)), str(token))
         async with aclosing(stream_answers(service, requests)) as snapshots:
             async for answers in snapshots:
-                yield columns_html(before, shown, answers)
+                yield columns_html(before, alternative, answers)
 
     pick.change(offer, [history, pick, position], alternative)
     position.change(offer, [history, pick, position], alternative)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from server.sampler_lab import TAIL, Lab, LabSettings, run
-from ui.stream import Answer
+from ui.stream import Answer, shown
 
 
 def lab_for(answer: Answer, position: int) -> Lab | None:
@@ -48,7 +48,8 @@ def lab_for(answer: Answer, position: int) -> Lab | None:
 
 
 def _shown(token: str) -> str:
-    return token.replace(" ", "␣").replace("\n", "⏎").replace("|", "\\|") or "∅"
+    """`stream.shown`, safe inside a Markdown table cell."""
+    return shown(token).replace("|", "\\|")
 
 
 def lab_markdown(lab: Lab | None, sampled: str = "") -> str:

@@ -25,6 +25,11 @@ from server.serving import StageService
 TOP_LOGPROBS = 20  # the UI always asks for them: the token view and its sampler lab need the alternatives
 
 
+def shown(token: str) -> str:
+    """A token made visible: spaces, newlines and tabs would otherwise vanish from a label."""
+    return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
+
+
 @dataclass
 class Answer:
     """What the UI shows of one answer; plain data, so it can live in a `gr.State`."""

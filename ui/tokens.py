@@ -25,12 +25,7 @@ import gradio as gr
 
 from server.scoring import StageScore, score_everywhere
 from ui.sampler_view import lab_for, lab_markdown, lab_rows
-from ui.stream import Answer
-
-
-def shown(token: str) -> str:
-    """A token made visible: spaces and newlines would otherwise vanish from a label."""
-    return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
+from ui.stream import Answer, shown
 
 
 def alternatives(entry: dict[str, Any]) -> list[tuple[str, float]]:
