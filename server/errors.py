@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.store.records import StoreError, UnknownItem, UnknownResponse
+from server.store.records import BattleConflict, StoreError
 
 
 class APIError(Exception):
@@ -57,9 +57,12 @@ def too_large(message: str, param: str | None = None, code: str = "request_too_l
 
 
 def from_store_error(error: StoreError) -> APIError:
-    """A refusal of the store as the API answers it: an unknown response or item is a 404, the rest 400."""
-    if isinstance(error, (UnknownResponse, UnknownItem, LookupError)):  # LookupError: unknown conversations too
+    """A refusal of the store as the API answers it: an unknown id is a 404, a battle not in the state
+    the action needs (voted, still generating) a 409, the rest 400."""
+    if isinstance(error, LookupError):  # unknown responses, items, conversations, battles
         return not_found(error.message, param=error.param)
+    if isinstance(error, BattleConflict):
+        return APIError(409, error.message, param=error.param, code="battle_conflict")
     return bad_request(error.message, param=error.param)
 
 

@@ -9,8 +9,9 @@ gives the caller their next battle (and progress); `GET /v1/arena/campaigns/{id}
 caller's progress; `GET /v1/arena/campaigns/{id}/report` (admin) every rater's progress and accuracy
 on gold, and the agreement.
 
-Thin: authentication (the caller's client id is the rater: another key's battle is a 404), the
-`BattleConflict` → 409 mapping, and nothing about the stages on any response before the vote.
+Thin: authentication (the caller's client id is the rater: another key's battle is a 404) and
+nothing about the stages on any response before the vote; the app's store-error handler answers a
+battle in the wrong state (`BattleConflict`) with 409.
 """
 
 from __future__ import annotations
@@ -22,18 +23,13 @@ from fastapi import APIRouter, Request
 from server.arena import ArenaService, BattleRequest, TurnRequest, VoteRequest, blind_battle, reveal
 from server.arena_campaigns import CampaignRequest, CampaignService, campaign_object
 from server.auth import authenticate, require_admin
-from server.errors import APIError, error_responses
-from server.store.records import BattleConflict
+from server.errors import error_responses
 
 router = APIRouter(prefix="/v1/arena")
 
 
 def arena(request: Request) -> ArenaService:
     return request.app.state.arena
-
-
-def _conflict(exc: BattleConflict) -> APIError:
-    return APIError(409, exc.message, type="invalid_request_error", param=exc.param, code="battle_conflict")
 
 
 @router.post("/battles", responses=error_responses(400, 401, 404, 429, 503))
@@ -48,11 +44,7 @@ async def open_battle(body: BattleRequest, request: Request) -> dict[str, Any]:
 async def next_turn(battle_id: str, body: TurnRequest, request: Request) -> dict[str, Any]:
     rater = authenticate(request, request.app.state.settings)
     service = arena(request)
-    try:
-        started = await service.turn(battle_id, body, rater)
-    except BattleConflict as exc:
-        raise _conflict(exc) from None
-    return blind_battle(await service.complete(started))
+    return blind_battle(await service.complete(await service.turn(battle_id, body, rater)))
 
 
 @router.get("/battles/{battle_id}", responses=error_responses(401, 404))
@@ -70,10 +62,7 @@ def get_battle(battle_id: str, request: Request) -> dict[str, Any]:
 @router.post("/battles/{battle_id}/vote", responses=error_responses(400, 401, 404, 409))
 async def vote(battle_id: str, body: VoteRequest, request: Request) -> dict[str, Any]:
     rater = authenticate(request, request.app.state.settings)
-    try:
-        return await arena(request).vote(battle_id, body, rater)
-    except BattleConflict as exc:
-        raise _conflict(exc) from None
+    return await arena(request).vote(battle_id, body, rater)
 
 
 # -- campaigns --------------------------------------------------------------------------------------

@@ -25,16 +25,10 @@ from pydantic import ValidationError
 
 from server.arena import BattleRequest, TurnRequest, VoteRequest, arena_for
 from server.errors import APIError, bad_request, from_store_error, from_validation_errors
-from server.store.records import BattleConflict, StoreError
+from server.store.records import StoreError
 
 KINDS = ("arena", "arena_turn", "arena_vote")
 _ENVELOPE = ("type", "id", "battle_id")
-
-
-def _error(exc: StoreError) -> APIError:
-    if isinstance(exc, BattleConflict):
-        return APIError(409, exc.message, param=exc.param, code="battle_conflict")
-    return from_store_error(exc)
 
 
 async def dispatch(conn, fid: str | int | None, kind: str, frame: dict[str, Any]) -> None:
@@ -68,7 +62,7 @@ async def dispatch(conn, fid: str | int | None, kind: str, frame: dict[str, Any]
         try:
             revealed = await arena.vote(battle_id, body, conn.client_id)
         except StoreError as exc:
-            return await conn.error(fid, _error(exc))
+            return await conn.error(fid, from_store_error(exc))
         return await conn.send({"type": "ack", "id": fid, "arena_vote": revealed})
     conn.running[fid] = asyncio.create_task(_run(conn, arena, fid, kind, battle_id, body))
 
@@ -104,7 +98,7 @@ async def _run(conn, arena, fid, kind: str, battle_id: str | None, body) -> None
             )
         raise
     except StoreError as exc:
-        await conn.error(fid, _error(exc))
+        await conn.error(fid, from_store_error(exc))
     except APIError as exc:
         await conn.error(fid, exc)
     except Exception as exc:  # noqa: BLE001 - reported in-band, as ws.py reports a failed chat
