@@ -32,7 +32,7 @@ from scipy.optimize import minimize
 from scipy.special import log_expit
 
 from server.store.records import Judgement
-from server.style_control import position_bias, style_controlled
+from server.style_control import StyleControlled, position_bias, style_controlled
 
 PRIOR = 0.01  # L2 weight on θ: a weak prior, so a stage with only wins still has a finite strength
 BOOTSTRAP = 200
@@ -240,18 +240,18 @@ def leaderboard(judgements: Iterable[Judgement], *, bootstrap: int = BOOTSTRAP, 
 
 def read_judgements(
     store, votes: str | None, *, min_gold_accuracy: float | None = None, **filters
-) -> tuple[str, list[Judgement]]:
-    """(the votes read, the judgements) from a `Store`: blind = arena votes only; all = arena + named.
-    No `votes`: blind as soon as one blind vote exists, else all. With `min_gold_accuracy`, every
-    judgement of a rater whose accuracy on gold questions is below it is left out (raters who
-    answered no gold question stay in)."""
+) -> tuple[str, list[Judgement], list[str]]:
+    """(the votes read, the judgements, the raters left out) from a `Store`: blind = arena votes only;
+    all = arena + named. No `votes`: blind as soon as one blind vote exists, else all. With
+    `min_gold_accuracy`, every judgement of a rater whose accuracy on gold questions is below it is
+    left out (raters who answered no gold question stay in)."""
     if votes is None:
         votes = "blind" if store.count_arena_votes() else "all"
-    excluded = set(gold_excluded(store, min_gold_accuracy))
-    judgements = list(store.iter_arena_judgements(**filters, exclude_raters=excluded))
+    excluded = gold_excluded(store, min_gold_accuracy)
+    judgements = list(store.iter_arena_judgements(**filters, exclude_raters=set(excluded)))
     if votes == "all":
         judgements = [j for j in store.iter_judgements(**filters) if j.rater not in excluded] + judgements
-    return votes, judgements
+    return votes, judgements, excluded
 
 
 def gold_excluded(store, threshold: float | None) -> list[str]:
@@ -261,11 +261,15 @@ def gold_excluded(store, threshold: float | None) -> list[str]:
     return sorted(r for r, (right, voted) in store.gold_accuracy().items() if voted and right / voted < threshold)
 
 
-def board_body(store, judgements: list[Judgement], *, bootstrap: int, seed: int) -> dict[str, Any]:
-    """`GET /v1/leaderboard`'s body: the raw fit, the style-controlled fit (answer texts from the store's
-    log) and the position bias. CPU work and SQL: callers run it off the event loop."""
-    body = leaderboard(judgements, bootstrap=bootstrap, seed=seed).to_dict()
+def fits(store, judgements: list[Judgement], **fit) -> tuple[Leaderboard, StyleControlled, dict[str, Any]]:
+    """What the route and the UI show: the raw fit, the style-controlled fit (answer texts from the
+    store's log) and the position bias; `fit` (bootstrap, seed) goes to both fits. CPU work and SQL:
+    callers run it off the event loop."""
     texts = store.completions_of(rid for j in judgements for rid in j.response_ids)
-    body["style_controlled"] = style_controlled(judgements, texts, bootstrap=bootstrap, seed=seed).to_dict()
-    body["position_bias"] = position_bias(judgements)
-    return body
+    return leaderboard(judgements, **fit), style_controlled(judgements, texts, **fit), position_bias(judgements)
+
+
+def board_body(store, judgements: list[Judgement], **fit) -> dict[str, Any]:
+    """`GET /v1/leaderboard`'s body: `fits` as plain data."""
+    board, styled, bias = fits(store, judgements, **fit)
+    return {**board.to_dict(), "style_controlled": styled.to_dict(), "position_bias": bias}

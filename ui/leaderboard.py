@@ -3,7 +3,7 @@ matrix plot and rater agreement, filtered by time, rater and kind of vote (blind
 beside the style-controlled strengths and the arena's position bias — what `GET /v1/leaderboard`
 returns.
 
-Reads through `server.leaderboard.read_judgements` and `board_body`, the code behind the route, in a
+Reads through `server.leaderboard.read_judgements` and `fits`, the code behind the route, in a
 worker thread (the statistics are CPU work and must not block the event loop). Knows Gradio and
 matplotlib; nothing about HTTP.
 """
@@ -11,34 +11,28 @@ matplotlib; nothing about HTTP.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import gradio as gr
 
-from server.leaderboard import Leaderboard, leaderboard, read_judgements
+from server.errors import APIError
+from server.leaderboard import ELO_SCALE, Leaderboard, fits, read_judgements
+from server.routes import params
 from server.serving import StageService
-from server.style_control import position_bias, style_controlled
 
 COLUMNS = ["rank", "stage", "strength", "95% interval", "Elo", "Elo 95% interval", "votes", "win rate"]
 
 
 def parse_time(value: str | None, name: str) -> datetime | None:
-    """Unix seconds or ISO 8601 (naive = UTC); empty means no bound."""
+    """The API's time filter (`server.routes.params.parse_time`), empty meaning no bound; a bad value
+    is the same message as a Gradio error."""
     if not value or not value.strip():
         return None
-    value = value.strip()
     try:
-        return datetime.fromtimestamp(float(value), timezone.utc)
-    except ValueError:
-        pass
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        raise gr.Error(
-            f"'{name}' must be Unix seconds or an ISO 8601 time, e.g. 2026-11-24T09:00; got {value!r}."
-        ) from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+        return params.parse_time(value.strip(), name)
+    except APIError as exc:
+        raise gr.Error(exc.message) from None
 
 
 def table(board: Leaderboard) -> list[list[Any]]:
@@ -49,7 +43,7 @@ def table(board: Leaderboard) -> list[list[Any]]:
             round(r.strength, 3),
             f"[{r.ci[0]:.2f}, {r.ci[1]:.2f}]",
             round(r.elo),
-            f"[{1000 + 400 / 2.302585 * r.ci[0]:.0f}, {1000 + 400 / 2.302585 * r.ci[1]:.0f}]",
+            f"[{1000 + ELO_SCALE * r.ci[0]:.0f}, {1000 + ELO_SCALE * r.ci[1]:.0f}]",
             r.votes,
             "–" if r.win_rate is None else f"{r.win_rate:.0%}",
         ]
@@ -162,9 +156,8 @@ def build(service: StageService) -> tuple[gr.Button, Any]:
         who = rater_.strip() or None
 
         def work():
-            chosen, judgements = read_judgements(store, votes_ or None, since=low, until=high, rater=who)
-            texts = store.completions_of(rid for j in judgements for rid in j.response_ids)
-            return (chosen, leaderboard(judgements), style_controlled(judgements, texts), position_bias(judgements))
+            chosen, judgements, _ = read_judgements(store, votes_ or None, since=low, until=high, rater=who)
+            return (chosen, *fits(store, judgements))
 
         chosen, board, styled, bias = await asyncio.to_thread(work)
         figure = await asyncio.to_thread(win_rate_figure, board) if board.stages else None

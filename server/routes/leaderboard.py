@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 
 from server.auth import authenticate
-from server.leaderboard import BOOTSTRAP, board_body, gold_excluded, read_judgements
+from server.leaderboard import BOOTSTRAP, board_body, read_judgements
 from server.routes.params import TIME, parse_time
 
 router = APIRouter()
@@ -40,7 +40,7 @@ def get_leaderboard(
 ) -> dict[str, Any]:
     authenticate(request, request.app.state.settings)
     store = request.app.state.store
-    chosen, judgements = read_judgements(
+    chosen, judgements, excluded = read_judgements(
         store,
         votes,
         since=parse_time(since, "since"),
@@ -50,7 +50,7 @@ def get_leaderboard(
     )
     body = board_body(store, judgements, bootstrap=bootstrap, seed=seed)
     body["votes"] = chosen
-    body["excluded_raters"] = gold_excluded(store, min_gold_accuracy)
+    body["excluded_raters"] = excluded
     body["filters"] = {
         "since": since,
         "until": until,
