@@ -70,6 +70,17 @@ def is_database_outage(exc: BaseException) -> bool:
     )
 
 
+def unexpected_error(exc: Exception, *, app, what: str, rid: str | None = None) -> APIError:
+    """What a client gets for an exception nobody expected, logged with its traceback and request id:
+    507/503 for a full disk or read-only storage, 503 for a database outage, else a 500."""
+    rid = rid or request_id()
+    fault = storage_fault(exc, database=database_path(app))
+    outage = fault is None and is_database_outage(exc)
+    cause = f" ({fault.describe()})" if fault else " (database unreachable)" if outage else ""
+    log.error("request %s: %s failed%s: %s: %s", rid, what, cause, type(exc).__name__, exc, exc_info=exc)
+    return storage_error(fault, rid) if fault else database_unavailable(rid) if outage else internal_error(rid)
+
+
 def _headers_of(scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
 
@@ -96,22 +107,10 @@ class InternalErrorMiddleware:
         try:
             await self.app(scope, receive, tracking)
         except Exception as exc:
-            rid = request_id(_headers_of(scope))
-            fault = storage_fault(exc, database=database_path(scope.get("app")))  # a full disk, read-only storage
-            outage = fault is None and is_database_outage(exc)
-            log.error(
-                "request %s: %s %s failed%s: %s: %s",
-                rid,
-                scope.get("method"),
-                scope.get("path"),
-                f" ({fault.describe()})" if fault else " (database unreachable)" if outage else "",
-                type(exc).__name__,
-                exc,
-                exc_info=exc,
-            )
+            what = f"{scope.get('method')} {scope.get('path')}"
+            error = unexpected_error(exc, app=scope.get("app"), what=what, rid=request_id(_headers_of(scope)))
             if started:  # the status went out already: nothing to do but let the server close it
                 raise
-            error = storage_error(fault, rid) if fault else database_unavailable(rid) if outage else internal_error(rid)
             body = json.dumps(error.body()).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (error.headers or {}).items()]

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from server.arena import BattleRequest, TurnRequest, VoteRequest, arena_for
 from server.errors import APIError, bad_request, from_store_error, from_validation_errors
+from server.internal_errors import unexpected_error
 from server.store.records import StoreError
 
 KINDS = ("arena", "arena_turn", "arena_vote")
@@ -101,9 +102,9 @@ async def _run(conn, arena, fid, kind: str, battle_id: str | None, body) -> None
         await conn.error(fid, from_store_error(exc))
     except APIError as exc:
         await conn.error(fid, exc)
-    except Exception as exc:  # noqa: BLE001 - reported in-band, as ws.py reports a failed chat
-        if type(exc).__name__ == "_Gone":  # the socket closed under a send
+    except Exception as exc:  # reported in-band (and logged), as ws.py reports a failed chat
+        if conn.closed:  # the socket closed under a send: nobody to tell
             return
-        await conn.error(fid, APIError(500, "The battle failed.", type="server_error", code="internal_error"))
+        await conn.error(fid, unexpected_error(exc, app=conn.ws.app, what=f"websocket arena {fid}"))
     finally:
         conn.running.pop(fid, None)

@@ -33,12 +33,11 @@ from pydantic import BaseModel, ValidationError
 from server import metrics
 from server.auth import authenticate
 from server.errors import APIError, bad_request, from_store_error, from_validation_errors, not_found, too_large
-from server.internal_errors import database_unavailable, internal_error, is_database_outage, request_id
+from server.internal_errors import internal_error, request_id, unexpected_error
 from server.limits import RateLimited, TokenBucket
 from server.protocol import ChatCompletionRequest, speculative_body
 from server.responses import chat_logprobs, reward_body
 from server.serving import Generation, StageService
-from server.storage_errors import database_path, storage_error, storage_fault
 
 log = logging.getLogger(__name__)
 
@@ -346,23 +345,7 @@ class Connection:
         except StoreError as exc:
             return await self.error(fid, from_store_error(exc))
         except Exception as exc:  # an error frame, never a task that dies silently: nothing was stored
-            rid = request_id()
-            fault = storage_fault(exc, database=database_path(self.ws.app))  # a full disk, read-only storage
-            outage = fault is None and is_database_outage(exc)
-            log.error(
-                "request %s: websocket %s %s failed%s: %s: %s",
-                rid,
-                kind,
-                fid,
-                f" ({fault.describe()})" if fault else " (database unreachable)" if outage else "",
-                type(exc).__name__,
-                exc,
-                exc_info=exc,
-            )
-            return await self.error(
-                fid,
-                storage_error(fault, rid) if fault else database_unavailable(rid) if outage else internal_error(rid),
-            )
+            return await self.error(fid, unexpected_error(exc, app=self.ws.app, what=f"websocket {kind} {fid}"))
         try:
             await self.send({"type": "ack", "id": fid, kind: obj})
         except _Gone:
