@@ -267,9 +267,6 @@ class EnginePool:
             for key, outage in self.supervisor.down.items()
         ]
 
-    def outage(self, key: EngineKey) -> Outage | None:
-        return self.supervisor.outage(key)
-
     async def _start(self, key: EngineKey, spec: EngineSpec) -> Engine:
         async with self._lock:  # one engine starts at a time: two starting at once starve each other
             if key in self._engines:

@@ -216,13 +216,12 @@ async def save(service: StageService, turn: Turn) -> None:
     meta = response_object(turn, with_output=False)
     meta.pop("output")
     meta["item_id"] = turn.item_id
-    spec = choice.speculative
     answer = NewMessage(
         "assistant",
         choice.text,
         stage=gen.stage,
         sampling=_plain(asdict(gen.settings)),
-        speculative=asdict(spec) if spec else None,
+        speculative=speculative_body(choice.speculative),  # the figures the body shows, not vLLM's per-step pairs
         reward_score=choice.reward.score if choice.reward else None,
         generation_id=gen.id,
         meta={"response": meta},

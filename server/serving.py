@@ -307,6 +307,7 @@ class StageService:
     async def _run(self, gen: Generation) -> AsyncIterator[list[Delta]]:
         stage = gen.stage
         itl = metrics.ITL.labels(stage)  # resolved once: this loop runs once per streamed batch
+        speculative = gen.route.speculative_method is not None
         began = time.perf_counter()
         last = began
         outcome = "error"
@@ -327,7 +328,7 @@ class StageService:
                     choice = gen.choices[delta.index]
                     choice.text += delta.text
                     choice.tokens += len(delta.token_ids)
-                    if delta.token_ids:
+                    if delta.token_ids and speculative:  # only speculation's marks read them
                         choice.groups.append(len(delta.token_ids))
                     if delta.logprobs:
                         choice.logprobs.extend(delta.logprobs)

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from server.errors import APIError
-from server.protocol import ChatCompletionRequest, CompletionRequest
+from server.protocol import ChatCompletionRequest, CompletionRequest, speculative_body
 from server.serving import StageService
 
 TOP_LOGPROBS = 20  # the UI always asks for them: the token view and its sampler lab need the alternatives
@@ -203,14 +203,7 @@ async def stream_answer(
         raise
     answer.finish_reason = choice.finish_reason or "stop"
     answer.duration_ms = gen.duration_ms
-    spec = gen.speculative
-    if spec is not None:
-        answer.speculative = {
-            "method": spec.method,
-            "draft_tokens": spec.draft_tokens,
-            "accepted_tokens": spec.accepted_tokens,
-            "acceptance_rate": spec.acceptance_rate,
-        }
+    answer.speculative = speculative_body(gen.speculative)  # the API's figures (None: it did not run)
     if choice.marks is not None:
         answer.marks = choice.marks.body()
     if choice.reward is not None:  # the stage's default reward model scored it
