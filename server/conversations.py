@@ -148,7 +148,7 @@ def import_messages(tree: Any) -> tuple[str | None, list[NewMessage]]:
             raise bad_request(f"messages[{i}] needs 'role' and 'content'.", param="messages")
         messages.append(NewMessage(**{k: m.get(k) for k in _IMPORTED}))
     title = tree.get("title")
-    return (title if title is not None else None), messages
+    return title, messages
 
 
 def openai_messages(path: list[ConversationMessage]) -> list[dict[str, str]]:

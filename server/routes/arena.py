@@ -16,6 +16,7 @@ battle in the wrong state (`BattleConflict`) with 409.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -101,13 +102,18 @@ async def next_in_campaign(campaign_id: str, request: Request) -> dict[str, Any]
     service = campaigns(request)
     battle = await service.next_battle(campaign_id, rater)
     store = request.app.state.store
-    campaign = store.get_campaign(campaign_id)
+
+    def read() -> tuple[Any, dict[str, Any]]:  # store reads (a scan of the campaign): off the event loop
+        campaign = store.get_campaign(campaign_id)
+        return campaign, _progress(store, campaign_id, rater, campaign)
+
+    campaign, progress = await asyncio.to_thread(read)
     return {
         "object": "arena.campaign.next",
         "campaign": campaign_id,
         "guidelines": campaign.guidelines,
         "battle": blind_battle(battle) if battle else None,
-        "progress": _progress(store, campaign_id, rater, campaign),
+        "progress": progress,
     }
 
 

@@ -2,7 +2,7 @@
 (prompt sets with overlap and gold questions).
 
 Revision ID: 0005
-Revises: 0003 (the merge may chain it after another 0004: nothing here depends on what came between)
+Revises: 0004 (conversations)
 Create Date: 2026-12-06
 """
 
