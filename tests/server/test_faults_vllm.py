@@ -69,7 +69,8 @@ def test_killed_engine_worker_ends_streams_in_band_then_the_engine_heals(server)
         t.start()
     for e in starts:
         assert e.wait(120), "a stream did not start"
-    assert not results, results  # every stream is still running
+    # Killed as soon as the last stream has its first token, so at least that one is cut (asserted
+    # below); on a loaded machine the first may already have finished: it must then end cleanly.
     worker = engine_worker(server.process.pid)
     assert worker is not None, "no vLLM worker under the server"
     killed_at = time.monotonic()
@@ -80,7 +81,7 @@ def test_killed_engine_worker_ends_streams_in_band_then_the_engine_heals(server)
     errors_in_band = 0
     for events in results:
         assert not any(isinstance(e, Exception) for e in events), events[-1]  # never a bare reset
-        assert events[-1] == "[DONE]"
+        assert events[-1] == "[DONE]", events[-1]
         if isinstance(events[-2], dict) and "error" in events[-2]:
             errors_in_band += 1
             assert events[-2]["error"]["code"] in ("engine_restarting", "internal_error")
