@@ -1,10 +1,13 @@
 """The Chat tab's saved history: a sidebar that lists, searches, resumes, renames and deletes saved
-conversations, and moves between a conversation's branches (‹ 2/3 ›).
+conversations, and moves between a conversation's branches — in the sidebar (‹ branch 2/3 ›, every leaf
+in turn) and beside each edited question or regenerated answer in the chat (‹ 2/3 ›, its siblings).
 
 What it knows: that the chat is saved after each answer, as a chain under the longest prefix already
 saved (`save`): so a regenerated answer, or an edited question, is written beside the earlier one — a
 branch — without the chat tab keeping any tree itself; that a branch is a leaf of the tree and its path
-(`leaves`, `load_branch`); and the owner rules of the API (with keys, a browser session sees the
+(`leaves`, `load_branch`); where each message of the branch shown stands among its siblings
+(`sibling_map`), which a small script draws beside the chat's messages (`BRANCH_NAV_JS`: the Chatbot
+has no per-message slot for it); and the owner rules of the API (with keys, a browser session sees the
 conversations of its login's key; without keys, all). Store calls go through the very `Store` methods
 the Conversations API calls, in a worker thread.
 
@@ -15,6 +18,7 @@ or HTTP.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +59,9 @@ class Sidebar:
     branch: gr.Markdown
     next: gr.Button
     note: gr.Markdown
+    siblings: gr.Textbox  # hidden: the branch shown, as `sibling_map` JSON, which BRANCH_NAV_JS draws
+    target: gr.Textbox  # hidden: "message index:step" of a ‹ › clicked in the chat
+    go: gr.Button  # hidden: what that click presses
 
 
 def build() -> Sidebar:
@@ -73,7 +80,12 @@ def build() -> Sidebar:
         delete = gr.Button("Delete", elem_id="history-delete", size="sm", variant="stop")
         share = gr.Button("Share", elem_id="history-share", size="sm")
     note = gr.Markdown(elem_id="history-note")
-    return Sidebar(search, conversations, title, rename, delete, share, new, previous, branch, nxt, note)
+    siblings = gr.Textbox("{}", visible="hidden", elem_id="chat-branch-map", show_label=False)
+    target = gr.Textbox("", visible="hidden", elem_id="chat-branch-target", show_label=False)
+    go = gr.Button("go", visible="hidden", elem_id="chat-branch-go")
+    return Sidebar(
+        search, conversations, title, rename, delete, share, new, previous, branch, nxt, note, siblings, target, go
+    )
 
 
 class History:
@@ -136,39 +148,41 @@ class History:
         while same < min(len(keys), len(saved["keys"])) and keys[same] == saved["keys"][same]:
             same += 1
         if not self.enabled or end == 0 or same == end:
-            return saved, gr.skip(), gr.skip()
+            return saved, gr.skip(), gr.skip(), gr.skip()
         owner, viewer = self.scope(request)
         new = [_message(i, m, turns) for i, m in enumerate(conv[same:end], start=same)]
         if saved["id"] is None:
             made = await self._call(self.store.create_conversation, owner=owner, messages=new)
             if made is None:
-                return saved, gr.skip(), gr.skip()
+                return saved, gr.skip(), gr.skip(), gr.skip()
             conversation_id, written = made[0].id, made[1]
         else:
             parent = saved["ids"][same - 1] if same else None
             written = await self._call(self.store.add_messages, saved["id"], parent, new, viewer=viewer)
             if written is None:
-                return saved, gr.skip(), gr.skip()
+                return saved, gr.skip(), gr.skip(), gr.skip()
             conversation_id = saved["id"]
         saved = {"id": conversation_id, "ids": saved["ids"][:same] + [m.id for m in written], "keys": keys}
         tree = await asyncio.to_thread(self.store.conversation_messages, conversation_id, viewer=viewer)
         choices = await self.choices(request, None)
-        return saved, gr.update(choices=choices, value=conversation_id), branch_label(tree, saved["ids"][-1])
+        leaf = saved["ids"][-1]
+        listed = gr.update(choices=choices, value=conversation_id)
+        return saved, listed, branch_label(tree, leaf), sibling_map(tree, load_branch(tree, leaf))
 
     # -- resuming and moving between branches -------------------------------------------------------
 
     async def open(self, request: gr.Request, conversation_id: str | None, leaf: str | None = None):
         """The chat for a saved conversation's branch (its newest, unless `leaf` names one):
-        (chatbot, conversation, turns, saved, title, branch label)."""
+        (chatbot, conversation, turns, saved, title, branch label, sibling map)."""
         if not conversation_id or not self.enabled:
-            return [], [], {}, empty(), "", ""
+            return [], [], {}, empty(), "", "", NO_SIBLINGS
         _, viewer = self.scope(request)
         try:
             conversation = await asyncio.to_thread(self.store.get_conversation, conversation_id, viewer=viewer)
             tree = await asyncio.to_thread(self.store.conversation_messages, conversation_id, viewer=viewer)
         except StoreError as exc:
             gr.Warning(exc.message)
-            return [], [], {}, empty(), "", ""
+            return [], [], {}, empty(), "", "", NO_SIBLINGS
         ends = leaves(tree)
         leaf = leaf if leaf in {m.id for m in ends} else (ends[-1].id if ends else None)
         path = load_branch(tree, leaf) if leaf else []
@@ -179,18 +193,43 @@ class History:
             "ids": [m.id for m in path],
             "keys": [_key(i, c, turns) for i, c in enumerate(conv)],
         }
-        return conv, list(conv), turns, saved, conversation.title, branch_label(tree, leaf)
+        return conv, list(conv), turns, saved, conversation.title, branch_label(tree, leaf), sibling_map(tree, path)
 
     async def step(self, request: gr.Request, saved: Saved, delta: int):
         """The branch before (-1) or after (+1) the one shown."""
         if not saved["id"] or not self.enabled:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return (gr.skip(),) * 7
         _, viewer = self.scope(request)
         tree = await asyncio.to_thread(self.store.conversation_messages, saved["id"], viewer=viewer)
         ends = [m.id for m in leaves(tree)]
         here = _leaf_of(tree, saved["ids"][-1] if saved["ids"] else None)
         at = ends.index(here) if here in ends else 0
         return await self.open(request, saved["id"], ends[(at + delta) % len(ends)])
+
+    async def sibling(self, request: gr.Request, target: str, saved: Saved):
+        """A ‹ › beside a chat message: `target` is "index:step"; the chat moves to that message's sibling
+        before (-1) or after (+1) it — to the newest branch below that sibling. Out of range: nothing."""
+        index, _, step = (target or "").partition(":")
+        if not saved["id"] or not self.enabled or not index.isdigit() or step not in ("-1", "1", "+1"):
+            return (gr.skip(),) * 7
+        i = int(index)
+        if i >= len(saved["ids"]):
+            return (gr.skip(),) * 7
+        _, viewer = self.scope(request)
+        try:
+            tree = await asyncio.to_thread(self.store.conversation_messages, saved["id"], viewer=viewer)
+        except StoreError as exc:
+            gr.Warning(exc.message)
+            return (gr.skip(),) * 7
+        by_id = {m.id: m for m in tree}
+        node = by_id.get(saved["ids"][i])
+        if node is None:
+            return (gr.skip(),) * 7
+        siblings = _siblings(tree, node)
+        at = siblings.index(node.id) + int(step)
+        if not 0 <= at < len(siblings):
+            return (gr.skip(),) * 7
+        return await self.open(request, saved["id"], _leaf_of(tree, siblings[at]))
 
     # -- rename and delete ----------------------------------------------------------------------------
 
@@ -219,7 +258,16 @@ class History:
         if saved["id"] and self.enabled:
             _, viewer = self.scope(request)
             await self._call(self.store.delete_conversation, saved["id"], viewer=viewer)
-        return ([], [], {}, empty(), "", "", gr.update(choices=await self.choices(request, query), value=None))
+        return (
+            [],
+            [],
+            {},
+            empty(),
+            "",
+            "",
+            NO_SIBLINGS,
+            gr.update(choices=await self.choices(request, query), value=None),
+        )
 
 
 def _message(i: int, message: dict[str, str], turns: dict[int, Answer]) -> NewMessage:
@@ -270,11 +318,34 @@ def _leaf_of(tree: list[ConversationMessage], message_id: str | None) -> str | N
     """The newest leaf below (or at) a message: where the chat is, in branch terms."""
     children: dict[str | None, list[str]] = {}
     for m in tree:
-        children.setdefault(m.parent_id, []).append(m.id)
+        if not m.deleted:  # a deleted response ends no branch one can show
+            children.setdefault(m.parent_id, []).append(m.id)
     node = message_id
     while node in children:
         node = children[node][-1]
     return node
+
+
+def _siblings(tree: list[ConversationMessage], node: ConversationMessage) -> list[str]:
+    """The message and its siblings — children of its parent in the same role (edits of a question, or
+    regenerations of an answer) — in the order they were written."""
+    return [m.id for m in tree if m.parent_id == node.parent_id and m.role == node.role and not m.deleted]
+
+
+NO_SIBLINGS = json.dumps({"at": {}})
+
+
+def sibling_map(tree: list[ConversationMessage], path: list[ConversationMessage]) -> str:
+    """Where each message of the branch shown stands among its siblings, for those that have some: JSON
+    `{"at": {index: {"pos", "of", "role", "text"}}}` (`text`: the message's start, which the script
+    matches against the message it draws beside, so a chat changed since — edited, regenerated, not yet
+    saved — shows no stale ‹ ›)."""
+    at = {}
+    for i, m in enumerate(path):
+        siblings = _siblings(tree, m)
+        if len(siblings) > 1 and m.id in siblings:
+            at[str(i)] = {"pos": siblings.index(m.id) + 1, "of": len(siblings), "role": m.role, "text": m.content[:60]}
+    return json.dumps({"at": at}, ensure_ascii=False)
 
 
 def branch_label(tree: list[ConversationMessage], message_id: str | None) -> str:
@@ -296,7 +367,8 @@ def wire(
     answered: list,
 ) -> None:
     """The sidebar's events, and a save after every answering event in `answered` (send, regenerate, edit)."""
-    chat_out = [chatbot, conversation, turns, saved, sidebar.title, sidebar.branch]
+    chat_out = [chatbot, conversation, turns, saved, sidebar.title, sidebar.branch, sidebar.siblings]
+    gr.on(None, None, js=BRANCH_NAV_JS)  # on load: draw ‹ n/m › beside the chat's messages from here on
     # No triggers: on every page load (a reload lists what was saved), and as the search text changes.
     gr.on(
         None,
@@ -315,8 +387,15 @@ def wire(
 
     sidebar.previous.click(previous, saved, chat_out)
     sidebar.next.click(following, saved, chat_out)
+    # The script puts the clicked message's "index:step" in `target` as the click goes out.
+    sidebar.go.click(
+        history.sibling,
+        [sidebar.target, saved],
+        chat_out,
+        js="(target, saved) => [window.__stagechatBranchTarget || '', saved]",
+    )
     sidebar.new.click(
-        lambda: ([], [], {}, empty(), "", "", gr.update(value=None)),
+        lambda: ([], [], {}, empty(), "", "", NO_SIBLINGS, gr.update(value=None)),
         None,
         [*chat_out, sidebar.conversations],
         queue=False,
@@ -325,4 +404,79 @@ def wire(
     sidebar.share.click(history.share, saved, sidebar.note)
     sidebar.delete.click(history.delete, [saved, sidebar.search], [*chat_out, sidebar.conversations])
     for event in answered:
-        event.then(history.save, [conversation, turns, saved], [saved, sidebar.conversations, sidebar.branch])
+        event.then(
+            history.save,
+            [conversation, turns, saved],
+            [saved, sidebar.conversations, sidebar.branch, sidebar.siblings],
+        )
+
+
+# Draws ‹ n/m › into each chat message that has siblings, from the hidden `#chat-branch-map` (`sibling_map`);
+# a click puts "index:step" where the `#chat-branch-go` event reads it, and presses it. The Chatbot
+# re-renders its messages at will, so the drawing is redone after each change of the page (idempotent:
+# a drawn navigator that is still right is left alone). A message whose text no longer matches the map
+# (the chat moved on since the last save) gets none.
+BRANCH_NAV_JS = """
+() => {
+  if (window.__stagechatBranchNav) return;
+  window.__stagechatBranchNav = true;
+  const squash = (s) => (s || "").replace(/\\s+/g, " ").trim();
+  const readMap = () => {
+    const box = document.querySelector("#chat-branch-map textarea, #chat-branch-map input");
+    try { return JSON.parse((box && box.value) || "{}").at || {}; } catch (e) { return {}; }
+  };
+  const press = (index, step) => {
+    window.__stagechatBranchTarget = index + ":" + step;
+    const go = document.querySelector("#chat-branch-go");
+    if (go) go.click();
+  };
+  const button = (text, name, disabled, onclick) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = text;
+    b.disabled = disabled;
+    b.className = "branch-step";
+    b.setAttribute("aria-label", name);
+    b.addEventListener("click", (ev) => { ev.preventDefault(); ev.stopPropagation(); onclick(); });
+    return b;
+  };
+  const draw = () => {
+    const log = document.querySelector("#chat-log");
+    if (!log) return;
+    const at = readMap();
+    log.querySelectorAll("[data-testid=user], [data-testid=bot]").forEach((node, i) => {
+      const entry = at[String(i)];
+      const role = node.getAttribute("data-testid") === "user" ? "user" : "assistant";
+      const label = squash(node.getAttribute("aria-label"));
+      const fits = entry && entry.role === role && label.includes(squash(entry.text));
+      const want = fits ? i + ":" + entry.pos + "/" + entry.of : "";
+      let nav = node.querySelector(":scope > .branch-nav");
+      if (!want) { if (nav) nav.remove(); return; }
+      if (nav && nav.dataset.at === want) return;
+      if (!nav) {
+        nav = document.createElement("div");
+        nav.className = "branch-nav";
+        nav.style.cssText = "font-size:0.85em;opacity:0.8;user-select:none;margin-top:0.3em";
+        node.appendChild(nav);
+      }
+      nav.dataset.at = want;
+      const pos = document.createElement("span");
+      pos.className = "branch-pos";
+      pos.textContent = " " + entry.pos + "/" + entry.of + " ";
+      nav.replaceChildren(
+        button("\u2039", "Previous branch", entry.pos <= 1, () => press(i, -1)),
+        pos,
+        button("\u203a", "Next branch", entry.pos >= entry.of, () => press(i, 1)),
+      );
+    });
+  };
+  let queued = false;
+  const soon = () => {
+    if (queued) return;
+    queued = true;
+    requestAnimationFrame(() => { queued = false; draw(); });
+  };
+  new MutationObserver(soon).observe(document.body, {subtree: true, childList: true, characterData: true});
+  setInterval(draw, 500);  // the map's value changes without a DOM mutation
+}
+"""
