@@ -6,7 +6,9 @@ that key, or the admin key, sees it; without keys there are no owners and every 
 conversation. And the JSON shapes: a conversation, a message (with its stage, decoding settings,
 speculation figures, reward score and the generation it came from), a whole tree for export (and back,
 for import), a branch as OpenAI chat messages, and what a share link shows (no client ids, no ratings,
-no generation ids).
+no generation ids). And the one way a front door that generated an answer saves its turn — the answer as
+a message (`answer_message`) and the turn written under the branch it continued (`save_turn`) — which
+the Responses API and the WebSocket share.
 
 What it does not know: SQL (`server/store/conversations.py`) or how answers are produced.
 """
@@ -14,16 +16,23 @@ What it does not know: SQL (`server/store/conversations.py`) or how answers are 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import HTTPConnection
 
 from server.auth import authenticate, bearer_token
 from server.errors import bad_request
+from server.protocol import speculative_body
 from server.settings import Settings
 from server.store.records import Conversation, ConversationMessage, NewMessage, Share
+
+if TYPE_CHECKING:
+    from server.serving import Generation
+    from server.store import Store
 
 EXPORT_FORMAT = "stagechat.conversation.v1"
 
@@ -171,3 +180,38 @@ def shared_page(title: str, messages: list[ConversationMessage]) -> str:
         f"<body><h1>{html.escape(title)}</h1><p><i>A shared stagechat conversation (read only).</i></p>"
         f"{rows}</body></html>"
     )
+
+
+# -- saving a generated turn ----------------------------------------------------------------------------
+
+
+def answer_message(gen: Generation, *, id: str | None = None, meta: dict[str, Any] | None = None) -> NewMessage:
+    """A finished generation's (first) answer as a message: its stage, its decoding settings, the speculation
+    figures the API shows (not vLLM's per-step pairs), its reward score and the logged generation's id."""
+    choice = gen.choices[0]
+    return NewMessage(
+        "assistant",
+        choice.text,
+        stage=gen.stage,
+        sampling=json.loads(json.dumps(asdict(gen.settings))),  # JSON-ready: tuples (stop strings) as lists
+        speculative=speculative_body(choice.speculative),
+        reward_score=choice.reward.score if choice.reward else None,
+        generation_id=gen.id,
+        meta=meta,
+        id=id,
+    )
+
+
+def save_turn(
+    store: Store, who: Caller, history: Sequence[ConversationMessage], new: Sequence[NewMessage]
+) -> tuple[str, list[ConversationMessage]]:
+    """Write a turn's messages (its input, then its answer) as a chain under the branch `history` ends —
+    in the same conversation, a branch when that leaf has a child already — or, with no history, as a new
+    conversation owned by the caller. One transaction (blocking: call it in a worker thread). Returns the
+    conversation's id and the messages written. A leaf deleted meanwhile, or not the caller's, is the
+    store's refusal (`StoreError`), nothing written."""
+    if history:
+        leaf = history[-1]
+        return leaf.conversation_id, store.add_messages(leaf.conversation_id, leaf.id, new, viewer=who.viewer)
+    conversation, written = store.create_conversation(owner=who.owner, messages=new)
+    return conversation.id, written

@@ -18,12 +18,12 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from server.conversations import Caller
+from server.conversations import Caller, answer_message, save_turn
 from server.errors import APIError, bad_request, from_validation_errors, not_found
 from server.protocol import ChatCompletionRequest, speculative_body
 from server.protocol_responses import CHAT_TO_RESPONSES_PARAM, ResponsesRequest
@@ -211,33 +211,12 @@ async def save(service: StageService, turn: Turn) -> None:
     """Write the turn's input and answer under the branch it continued (one transaction)."""
     if not turn.store:
         return
-    gen, choice = turn.gen, turn.gen.choices[0]
     inputs = [NewMessage(m["role"], m["content"]) for m in turn.request.input_messages()]
     meta = response_object(turn, with_output=False)
     meta.pop("output")
     meta["item_id"] = turn.item_id
-    answer = NewMessage(
-        "assistant",
-        choice.text,
-        stage=gen.stage,
-        sampling=_plain(asdict(gen.settings)),
-        speculative=speculative_body(choice.speculative),  # the figures the body shows, not vLLM's per-step pairs
-        reward_score=choice.reward.score if choice.reward else None,
-        generation_id=gen.id,
-        meta={"response": meta},
-        id=turn.id,
-    )
-    store, who = service.store, turn.caller
-    if turn.history:
-        leaf = turn.history[-1]
-        await asyncio.to_thread(store.add_messages, leaf.conversation_id, leaf.id, inputs + [answer], viewer=who.viewer)
-    else:
-        await asyncio.to_thread(store.create_conversation, owner=who.owner, messages=inputs + [answer])
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready: tuples as lists (the settings' stop strings and logit biases)."""
-    return json.loads(json.dumps(value))
+    answer = answer_message(turn.gen, id=turn.id, meta={"response": meta})  # as the WebSocket saves its answers
+    await asyncio.to_thread(save_turn, service.store, turn.caller, turn.history, inputs + [answer])
 
 
 async def run(service: StageService, turn: Turn) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 Frames are JSON text. The client sends:
 - `{"type":"chat","id":ID,"model":STAGE,"messages":[...], ...}`: the fields of a chat completion
   (validated by `ChatCompletionRequest`, run through `StageService.chat`, like `POST /v1/chat/completions`);
+  opt-in, as the Responses API has them, `"store": true` saves the turn as a conversation and
+  `"previous_response_id"` continues a saved one (its branch is put before `messages`), both with the
+  owner rules of `server/conversations.py`, saved by its `save_turn` (as `/v1/responses` saves);
 - `{"type":"cancel","id":ID}`: abort that generation in the engine;
 - `{"type":"feedback","response_id":...,"rating":"up"|"down","comment"?, "id"?}`: stored by `Store.rate`,
   exactly as `POST /v1/feedback` stores it; `{"type":"preference","response_ids":[A,B],"choice":...}`,
@@ -15,6 +18,8 @@ when asked, plus `index` when n > 1) and ends every request with exactly one `do
 A cancelled request's `done` says `"finish_reason":"cancelled"`; a generation whose engine died mid-way
 ends with an `error` frame carrying `"finish_reason":"error"`, its `response_id` and `usage`. Feedback
 gets one `ack` or `error`.
+A saved turn's `done` also carries `conversation_id` and `message_id` (the answer's, the next
+`previous_response_id`); a cancelled or failed generation saves nothing.
 Anything malformed gets an `error` frame (`id` null when it has none) and the socket stays open; a
 closed socket aborts all of its generations. This module renders frames; it knows nothing of
 engines or templates beyond what `StageService` and `Generation` expose.
@@ -25,19 +30,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ValidationError
 
 from server import metrics
-from server.auth import authenticate
+from server.conversations import Caller, answer_message, caller, save_turn
 from server.errors import APIError, bad_request, from_store_error, from_validation_errors, not_found, too_large
 from server.internal_errors import internal_error, request_id, unexpected_error
 from server.limits import RateLimited, TokenBucket
 from server.protocol import ChatCompletionRequest, speculative_body
 from server.responses import chat_logprobs, reward_body
 from server.serving import Generation, StageService
+from server.store.records import ConversationMessage, NewMessage, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,16 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _ENVELOPE = ("type", "id")
 # WebSocket close code for a refused credential (RFC 6455 "policy violation").
 POLICY_VIOLATION = 1008
+# The chat frame's fields that say whether and where its turn is saved (not chat-completion fields).
+_SAVING = ("store", "previous_response_id")
+
+
+@dataclass
+class Saving:
+    """Where a chat frame's turn goes: nowhere (`store` false), or under the branch `history` ends."""
+
+    store: bool = False
+    history: list[ConversationMessage] = field(default_factory=list)
 
 
 def _frame_id(frame: dict[str, Any]) -> str | int | None:
@@ -69,10 +86,12 @@ class Connection:
         service: StageService,
         client_id: str,
         *,
+        who: Caller | None = None,
         max_frame_bytes: int = 0,
         frames_per_second: float = 0.0,
     ):
         self.ws = websocket
+        self.who = who or Caller(client_id, None, None)  # whose conversations a saved turn joins
         # Frame limits (0 = off): a frame over them gets an error frame and is dropped; the socket stays.
         self.max_frame_bytes = max_frame_bytes
         self.frames = TokenBucket(frames_per_second, 2 * frames_per_second)
@@ -196,10 +215,21 @@ class Connection:
             return await self.error(
                 fid, bad_request(f"A generation with id {fid!r} is still running.", param="id", code="duplicate_id")
             )
+        fields = {k: v for k, v in frame.items() if k not in _ENVELOPE and k not in _SAVING}
         try:
-            request = ChatCompletionRequest.model_validate({k: v for k, v in frame.items() if k not in _ENVELOPE})
+            saving = await self.saving(frame)
+        except APIError as exc:
+            return await self.error(fid, exc)
+        if saving.history and isinstance(fields.get("messages"), list):
+            fields["messages"] = [{"role": m.role, "content": m.content} for m in saving.history] + fields["messages"]
+        try:
+            request = ChatCompletionRequest.model_validate(fields)
         except ValidationError as exc:
             return await self.error(fid, from_validation_errors(exc.errors()))
+        if saving.store and request.n > 1:
+            return await self.error(
+                fid, bad_request("A saved turn keeps one answer: send n 1 with store.", param="n", code="invalid_n")
+            )
         # What this socket's frames cannot carry is refused, never dropped (use the HTTP API for them).
         unsupported = next((f for f in ("tools", "prompt_logprobs") if getattr(request, f)), None)
         if unsupported:
@@ -212,9 +242,48 @@ class Connection:
             )
         self.seen.add(fid)
         # A task per generation, so one slow stream (or a starting engine) never blocks the others.
-        self.running[fid] = asyncio.create_task(self.run_chat(fid, request))
+        self.running[fid] = asyncio.create_task(self.run_chat(fid, request, saving))
 
-    async def run_chat(self, fid: str | int, request: ChatCompletionRequest) -> None:
+    async def saving(self, frame: dict[str, Any]) -> Saving:
+        """Whether and where the chat frame's turn is saved, as the Responses API decides it: `store`
+        (here off unless asked, or unless continuing a saved conversation) and `previous_response_id`
+        (any saved message the caller may see; a branch through a deleted one is refused)."""
+        store = self.service.store
+        wants, previous = frame.get("store"), frame.get("previous_response_id")
+        if wants is not None and not isinstance(wants, bool):
+            raise bad_request(f"'store' must be true or false; got {wants!r}.", param="store", code="invalid_store")
+        if previous is not None and (not isinstance(previous, str) or not previous):
+            raise bad_request(
+                f"'previous_response_id' must be a message id (a non-empty string); got {previous!r}.",
+                param="previous_response_id",
+            )
+        if wants and store is None:
+            raise APIError(503, "This server keeps no conversations.", param="store", type="service_unavailable")
+        if wants and not self.service.log_prompts:
+            raise bad_request(
+                "This server does not keep prompts or answers (prompt logging is off): send store false.", param="store"
+            )
+        saving = Saving(store=wants if wants is not None else previous is not None and self.service.log_prompts)
+        if previous is not None:
+            if store is None:
+                raise not_found("This server stores no conversations.", param="previous_response_id")
+            try:
+                saving.history = await asyncio.to_thread(
+                    store.message_path, previous, viewer=self.who.viewer, param="previous_response_id"
+                )
+            except StoreError as exc:
+                raise from_store_error(exc) from None
+        return saving
+
+    async def save(self, request: ChatCompletionRequest, saving: Saving, gen: Generation) -> dict[str, Any]:
+        """Write the turn (the frame's own messages, then the answer) under its branch, as `/v1/responses`
+        does; the ids go into the done frame."""
+        new = [NewMessage(m.role, m.text()) for m in request.messages[len(saving.history) :]]
+        new.append(answer_message(gen))
+        conversation_id, written = await asyncio.to_thread(save_turn, self.service.store, self.who, saving.history, new)
+        return {"conversation_id": conversation_id, "message_id": written[-1].id}
+
+    async def run_chat(self, fid: str | int, request: ChatCompletionRequest, saving: Saving | None = None) -> None:
         gen: Generation | None = None
         try:
             gen = await self.service.chat(request, self.client_id)
@@ -230,7 +299,15 @@ class Connection:
                         out["logprobs"] = chat_logprobs(delta.logprobs or [])
                     await self.send(out)
             self.running.pop(fid, None)  # finished: a cancel from now on is too late, not an error
-            await self.send(done_frame(fid, gen))
+            done = done_frame(fid, gen)
+            if saving is not None and saving.store:
+                try:
+                    done.update(await self.save(request, saving, gen))
+                except StoreError as exc:  # say, the previous message was deleted while this one was generated
+                    error = bad_request(f"The answer could not be stored: {exc.message}", param=exc.param)
+                    await self.send({**done, "type": "error", "error": error.body()["error"]})
+                    return
+            await self.send(done)
         except asyncio.CancelledError:
             # Leaving the `async for` closed the generation, which aborted it in the engine.
             if fid in self.cancelled:
@@ -403,7 +480,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     app = websocket.app
     await websocket.accept()
     try:
-        client_id = authenticate(websocket, app.state.settings)
+        who = caller(websocket, app.state.settings)  # the client id, and its conversations' owner and scope
     except APIError as exc:
         # Accept first, so a browser (which cannot read a refused handshake) sees why.
         await websocket.send_text(_dumps({"type": "error", "id": None, "error": exc.body()["error"]}))
@@ -413,7 +490,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     await Connection(
         websocket,
         app.state.service,
-        client_id,
+        who.client_id,
+        who=who,
         max_frame_bytes=settings.ws_max_frame_bytes,
         frames_per_second=settings.ws_frames_per_second,
     ).serve()
