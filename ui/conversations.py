@@ -436,6 +436,8 @@ BRANCH_NAV_JS = """
     b.textContent = text;
     b.disabled = disabled;
     b.className = "branch-step";
+    b.style.cssText = "padding:0 0.4em;font-size:1.15em;line-height:1;"
+      + (disabled ? "cursor:default;opacity:0.35" : "cursor:pointer");
     b.setAttribute("aria-label", name);
     b.addEventListener("click", (ev) => { ev.preventDefault(); ev.stopPropagation(); onclick(); });
     return b;
@@ -456,7 +458,7 @@ BRANCH_NAV_JS = """
       if (!nav) {
         nav = document.createElement("div");
         nav.className = "branch-nav";
-        nav.style.cssText = "font-size:0.85em;opacity:0.8;user-select:none;margin-top:0.3em";
+        nav.style.cssText = "font-size:0.9em;opacity:0.85;user-select:none;margin-top:0.3em";
         node.appendChild(nav);
       }
       nav.dataset.at = want;

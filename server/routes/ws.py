@@ -67,6 +67,16 @@ class Saving:
     history: list[ConversationMessage] = field(default_factory=list)
 
 
+def _frame_param(error: APIError, before: int) -> APIError:
+    """A validation error's `param` as the frame has it: `messages.N…` counts the frame's own messages,
+    not the saved ones put before them."""
+    head, _, rest = (error.param or "").partition(".")
+    index, dot, tail = rest.partition(".")
+    if before and head == "messages" and index.isdigit() and int(index) >= before:
+        error.param = f"messages.{int(index) - before}{dot}{tail}"
+    return error
+
+
 def _frame_id(frame: dict[str, Any]) -> str | int | None:
     value = frame.get("id")
     # bool is an int in Python; an id of `true` is a client bug, not id 1.
@@ -225,7 +235,7 @@ class Connection:
         try:
             request = ChatCompletionRequest.model_validate(fields)
         except ValidationError as exc:
-            return await self.error(fid, from_validation_errors(exc.errors()))
+            return await self.error(fid, _frame_param(from_validation_errors(exc.errors()), len(saving.history)))
         if saving.store and request.n > 1:
             return await self.error(
                 fid, bad_request("A saved turn keeps one answer: send n 1 with store.", param="n", code="invalid_n")

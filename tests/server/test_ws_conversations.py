@@ -121,6 +121,16 @@ def test_bad_values_are_refused_naming_the_field_and_nothing_is_saved(make_clien
     assert store.list_conversations(viewer=None)[0] == []
 
 
+def test_a_bad_message_after_a_saved_branch_is_named_by_its_place_in_the_frame(make_client, store):
+    client = make_client()
+    with client.websocket_connect("/v1/ws") as ws:
+        first = chat(ws, "a", KENYA, store=True)
+        bad = [{"role": "user", "content": "And Peru?"}, {"role": "user"}]  # the frame's messages[1]: no content
+        error = chat(ws, "b", bad, previous_response_id=first["message_id"])
+    assert error["type"] == "error" and error["error"]["param"].startswith("messages.1"), error
+    assert len(store.conversation_messages(first["conversation_id"], viewer=None)) == 2
+
+
 def test_a_foreign_conversation_is_unknown_and_the_admin_sees_all(make_client, store):
     client = make_client(**KEYS)
     with client.websocket_connect("/v1/ws?api_key=alice-key") as ws:

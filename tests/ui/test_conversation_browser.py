@@ -36,7 +36,7 @@ def branch_of(page, n: int = 0) -> str:
     return nav.inner_text().strip() if nav.count() else ""
 
 
-def test_editing_an_earlier_question_makes_a_branch_and_both_stay_reachable(fake_ui_server, page):
+def test_editing_an_earlier_question_makes_a_branch_and_both_stay_reachable(fake_ui_server, page, artifacts):
     from browser_steps import ask, chat_answer_texts, wait_for
 
     server = fake_ui_server(script=SCRIPT, delay=0.005, max_model_len=256)
@@ -71,6 +71,7 @@ def test_editing_an_earlier_question_makes_a_branch_and_both_stay_reachable(fake
     wait_for(lambda: user_texts(page) == [peru] and branch_of(page) == "2/2")
     page.locator("#chat-log [data-testid=user]").first.get_by_role("button", name="Previous branch").click()
     wait_for(lambda: user_texts(page) == [kenya] and chat_answer_texts(page) == [SCRIPT] and branch_of(page) == "1/2")
+    page.screenshot(path=str(artifacts / "chat-branches.png"), full_page=True)
 
 
 def test_a_share_link_opens_in_another_context_without_a_key_shows_no_ratings_and_cannot_write(
