@@ -78,10 +78,14 @@ class RaterData(StoreBase):
 
     def rater_data(self, rater: str) -> dict[str, Any]:
         """Everything `rater` gave, one section per table (every column of each row), their owned
-        conversations with `messages` and `shares` inside, and `counts` per section. Read in one
-        transaction, so the sections agree with each other."""
+        conversations with `messages` and `shares` inside, and `counts` per section. Read from one
+        snapshot, so the sections agree with each other."""
         doc: dict[str, Any] = {"object": "rater.data", "rater": rater, "exported_at": utcnow().isoformat()}
-        with self._read() as session, session.begin():
+        with self._read() as session:
+            # One snapshot for every section: PostgreSQL's default (read committed) gives each statement
+            # its own; SQLite's read transaction is one snapshot already.
+            postgres = self.engine.dialect.name == "postgresql"
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"} if postgres else {})
             for section, (model, column) in OWNED.items():
                 rows = session.scalars(
                     sa.select(model).where(getattr(model, column) == rater).order_by(*model.__table__.primary_key)
