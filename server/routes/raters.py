@@ -10,6 +10,8 @@ other key). Without a key every caller is `anonymous`, shared by all keyless cal
 refused (403): nobody's data is theirs alone; the admin reaches it as `/v1/raters/anonymous/data`.
 As for every admin endpoint, with no admin key configured anyone counts as the admin.
 
+No parameters and no body: anything sent is a 400 naming it, never ignored (a deletion above all).
+
 Thin: the store knows which rows are a rater's (`server/store/raters.py`). Plain `def` handlers:
 FastAPI runs the store's synchronous reads and writes in its thread pool.
 """
@@ -31,7 +33,18 @@ def _forbidden(message: str, code: str) -> APIError:
     return APIError(403, message, type="permission_error", code=code)
 
 
+def _nothing_else(request: Request) -> None:
+    """These routes take no parameters and no body: one sent (a `dry_run` a client hoped for) is a 400,
+    never ignored — least of all by a deletion."""
+    for name in request.query_params:
+        if name != "api_key":  # the key, for clients that cannot set headers
+            raise bad_request(f"Unsupported parameter '{name}': this endpoint takes none.", name, "extra_forbidden")
+    if int(request.headers.get("content-length") or 0) or request.headers.get("transfer-encoding"):
+        raise bad_request("This endpoint takes no request body.", None, "extra_forbidden")
+
+
 def _me(request: Request) -> str:
+    _nothing_else(request)
     rater = authenticate(request, request.app.state.settings)
     if rater == ANONYMOUS:
         raise _forbidden(
@@ -44,6 +57,7 @@ def _me(request: Request) -> str:
 
 def _any(request: Request, rater: str) -> str:
     """`rater` when the caller is that rater or the admin; 403 for any other key."""
+    _nothing_else(request)
     if not 1 <= len(rater) <= MAX_RATER:
         raise bad_request(f"'rater' must be a client id of 1 to {MAX_RATER} characters.", "rater")
     settings = request.app.state.settings

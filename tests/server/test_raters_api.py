@@ -86,3 +86,16 @@ def test_without_keys_me_is_nobody_in_particular(store: Store, tmp_path: Path):
     assert store.rater_data("anonymous")["counts"]["feedback"] == 1  # nothing deleted
     # With no admin key configured anyone is the admin, as for every admin endpoint.
     assert client.get("/v1/raters/anonymous/data").json()["counts"]["feedback"] == 1
+
+
+def test_a_parameter_or_a_body_is_refused_and_deletes_nothing(client: TestClient, store: Store):
+    me = client_id_for(USER)
+    e = error(client.delete("/v1/raters/me/data", params={"dry_run": "1"}, headers=auth(USER)), 400, "extra_forbidden")
+    assert e["param"] == "dry_run"
+    e = error(client.request("DELETE", "/v1/raters/me/data", json={"keep": ["feedback"]}, headers=auth(USER)), 400)
+    assert e["code"] == "extra_forbidden"
+    assert error(client.get(f"/v1/raters/{me}/data", params={"section": "x"}, headers=auth(ADMIN)), 400)["param"] == (
+        "section"
+    )
+    assert store.rater_data(me)["counts"]["feedback"] == 1
+    assert client.get("/v1/raters/me/data", params={"api_key": USER}).status_code == 200  # the key as a parameter
