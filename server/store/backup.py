@@ -101,6 +101,7 @@ def backup(url: str, out: str | os.PathLike[str]) -> Done:
     try:
         path = _sqlite_path(url)
         if path is not None:
+            _not_itself(path, out)
             _sqlite_backup(path, tmp)
             rows = _rows_of_file(tmp)
         else:
@@ -115,6 +116,11 @@ def backup(url: str, out: str | os.PathLike[str]) -> Done:
         tmp.unlink(missing_ok=True)  # no half-written backup left behind
         raise
     return Done(out, out.stat().st_size, time.monotonic() - started, rows)
+
+
+def _not_itself(database: Path, file: Path) -> None:
+    if database.exists() and file.exists() and database.resolve() == file.resolve():
+        raise BackupError(f"{file} is the store's database itself: back up to (or restore from) another file")
 
 
 def _sqlite_backup(path: Path, tmp: Path) -> None:
@@ -161,6 +167,7 @@ def restore(url: str, src: str | os.PathLike[str], *, force: bool = False) -> Do
         raise BackupError(f"no backup file at {src}")
     path = _sqlite_path(url)
     if path is not None:
+        _not_itself(path, src)
         _check_sqlite_backup(src)
         path.parent.mkdir(parents=True, exist_ok=True)
     else:

@@ -136,6 +136,16 @@ def test_missing_files_and_bad_backups_are_exit_2_naming_them(tmp_path: Path, ca
     assert f"{junk} is not a pg_dump archive" in capsys.readouterr().err
 
 
+def test_the_database_itself_is_no_backup_file(sqlite_url: str, capsys):
+    filled(sqlite_url).close()
+    before = rows_of(sqlite_url)
+    path = sqlite_url.removeprefix("sqlite:///")
+    assert main(["backup", path, "--database-url", sqlite_url]) == 2
+    assert main(["restore", path, "--database-url", sqlite_url, "--force"]) == 2
+    assert capsys.readouterr().err.count("is the store's database itself") == 2
+    assert rows_of(sqlite_url) == before
+
+
 def test_an_unreachable_database_is_exit_2_naming_it(tmp_path: Path, capsys):
     url = "postgresql+psycopg://user:secret@127.0.0.1:1/stagechat"
     assert main(["backup", str(tmp_path / "b.dump"), "--database-url", url]) == 2
