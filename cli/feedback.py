@@ -26,6 +26,13 @@ def add_parser(sub) -> None:
         metavar="REPO",
         help="also push the DatasetDict and its card to this Hugging Face Hub repo (private)",
     )
+    export.add_argument(
+        "--min-gold-accuracy",
+        type=float,
+        default=None,
+        metavar="X",
+        help="leave out raters whose accuracy on arena gold questions is below X (0..1), as the leaderboard does",
+    )
     export.add_argument("--database-url", default=None)
     export.set_defaults(func=export_feedback)
 
@@ -38,6 +45,8 @@ def export_feedback(args: argparse.Namespace) -> int:
 
     if not (args.out or args.hf_dataset or args.push_to_hub):
         return fail(None, "give --out FILE, --hf-dataset DIR and/or --push-to-hub REPO")
+    if args.min_gold_accuracy is not None and not 0 <= args.min_gold_accuracy <= 1:
+        return fail("feedback export", f"--min-gold-accuracy must be between 0 and 1; got {args.min_gold_accuracy:g}")
     url = Settings.from_env(database_url=args.database_url).resolved_database_url
     try:
         return _export(args, Store(url), export_to_file, export_to_hf_dataset)
@@ -49,9 +58,14 @@ def export_feedback(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace, store, export_to_file, export_to_hf_dataset) -> int:
+    from server.export import RaterFilter
+
     try:
+        raters = RaterFilter.read(store, args.min_gold_accuracy)
+        if args.min_gold_accuracy is not None:
+            print(raters.describe())
         if args.out:
-            count = export_to_file(store, args.format, Path(args.out))
+            count = export_to_file(store, args.format, Path(args.out), raters=raters)
             print(f"wrote {count} {args.format} rows to {args.out}")
         if args.hf_dataset or args.push_to_hub:
             count = export_to_hf_dataset(
@@ -60,6 +74,7 @@ def _export(args: argparse.Namespace, store, export_to_file, export_to_hf_datase
                 Path(args.hf_dataset) if args.hf_dataset else None,
                 test_fraction=args.test_fraction,
                 push_to_hub=args.push_to_hub,
+                raters=raters,
             )
             where = " and ".join(x for x in (args.hf_dataset, args.push_to_hub and f"hub:{args.push_to_hub}") if x)
             print(f"saved a {count}-row dataset (train/test, with README.md) to {where}")

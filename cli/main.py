@@ -1,4 +1,4 @@
-"""The `stagechat` command: serve, build-demo, eval, feedback export, rlhf-round, reward-model.
+"""The `stagechat` command: serve, build-demo, eval, feedback export, rlhf-round, reward-model, backup/restore.
 
 Each subcommand is a module of this package that adds its parser and runs; nothing runs at import time,
 and `--help` imports no torch.
@@ -11,10 +11,10 @@ import logging
 import os
 import sys
 
-from cli import build_demo, feedback, reward_model, rlhf_round, serve
+from cli import backup, build_demo, feedback, reward_model, rlhf_round, serve
 from cli import eval as eval_  # the module, not the builtin
 
-COMMANDS = (serve, build_demo, eval_, feedback, rlhf_round, reward_model)
+COMMANDS = (serve, build_demo, eval_, feedback, rlhf_round, reward_model, backup)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -125,10 +125,12 @@ def create_app(
     if store is not None:
         from server.arena import arena_for
         from server.routes import arena, conversations, feedback, leaderboard
+        from server.routes import raters as raters_routes  # a rater's data: download, delete
 
         app.include_router(conversations.router)  # saved conversations and share links (server/conversations.py)
         app.include_router(conversations.pages)  # /shared/{id}: before the UI's mount at /
         app.include_router(feedback.router)
+        app.include_router(raters_routes.router)
         app.include_router(leaderboard.router)
         app.state.arena = arena_for(service)  # the blind arena (server/arena.py), shared with the UI
         app.include_router(arena.router)

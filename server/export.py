@@ -19,6 +19,11 @@ What it knows: TRL's dataset formats, and how feedback becomes training examples
 Every row's prompt is the exact conversation prefix the answer was generated for (the generation
 log's messages). Exact duplicate rows are written once.
 
+**Raters left out**: with a gold-accuracy threshold (`RaterFilter.read`, the leaderboard's
+`min_gold_accuracy`), everything a rater whose accuracy on the arena's gold questions is below it
+gave is left out before verdicts are counted; raters who answered no gold question stay in. The
+dataset card, the route's header and the CLI name who was left out.
+
 What it does not know: SQL (it reads the store's `iter_*` methods), HTTP, or training. Only chat
 answers are exported; completions-API answers have no messages.
 """
@@ -70,6 +75,30 @@ def prompt_messages(messages: list[dict[str, Any]]) -> list[Message]:
 
 def _assistant(text: str) -> list[Message]:
     return [{"role": "assistant", "content": text}]
+
+
+@dataclass(frozen=True)
+class RaterFilter:
+    """The raters an export leaves out: those below `min_gold_accuracy` on gold questions, read once."""
+
+    min_gold_accuracy: float | None = None
+    excluded: tuple[str, ...] = ()
+
+    @classmethod
+    def read(cls, store: Store, min_gold_accuracy: float | None) -> RaterFilter:
+        if min_gold_accuracy is not None and not 0 <= min_gold_accuracy <= 1:
+            raise ValueError(f"the gold-accuracy threshold must be between 0 and 1; got {min_gold_accuracy}")
+        return cls(min_gold_accuracy, tuple(store.gold_excluded(min_gold_accuracy)))
+
+    def describe(self) -> str:
+        """One line for people: who was left out and why."""
+        if self.min_gold_accuracy is None:
+            return "no rater left out (no gold-accuracy threshold)"
+        who = f": {', '.join(self.excluded)}" if self.excluded else ""
+        return f"{len(self.excluded)} rater(s) below gold accuracy {self.min_gold_accuracy:g} left out{who}"
+
+
+ALL_RATERS = RaterFilter()
 
 
 @dataclass
@@ -203,30 +232,41 @@ def unique(rows: Iterable[Row]) -> Iterator[Row]:
             yield row
 
 
-def rows(store: Store, format: str, *, stage: str | None = None) -> Iterator[Row]:
-    """The store's feedback as TRL rows of `format`, each once, with provenance; streamed."""
+def rows(store: Store, format: str, *, stage: str | None = None, raters: RaterFilter = ALL_RATERS) -> Iterator[Row]:
+    """The store's feedback as TRL rows of `format`, each once, with provenance; streamed. What the
+    raters `raters` leaves out gave is not read."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
-    answers = store.iter_rated_answers(stage=stage)
-    corrections = store.iter_corrections(stage=stage)
+    left_out = set(raters.excluded)
+    answers = store.iter_rated_answers(stage=stage, exclude_raters=left_out)
+    corrections = store.iter_corrections(stage=stage, exclude_raters=left_out)
     if format == "kto":
         return unique(kto_rows(answers, corrections))
     if format == "sft":
         return unique(sft_rows(answers, corrections))
 
     def pairs() -> Iterator[PreferredPair]:
-        yield from store.iter_preferred_pairs(stage=stage)
-        yield from store.iter_ranked_pairs(stage=stage)
+        yield from store.iter_preferred_pairs(stage=stage, exclude_raters=left_out)
+        yield from store.iter_ranked_pairs(stage=stage, exclude_raters=left_out)
 
     return unique(dpo_rows(pairs(), answers, corrections))
 
 
-def examples(store: Store, format: str, *, stage: str | None = None) -> Iterator[dict[str, Any]]:
+def examples(
+    store: Store, format: str, *, stage: str | None = None, raters: RaterFilter = ALL_RATERS
+) -> Iterator[dict[str, Any]]:
     """The store's feedback as TRL examples of `format` ("kto", "dpo" or "sft"), streamed."""
-    return (row.example for row in rows(store, format, stage=stage))
+    return (row.example for row in rows(store, format, stage=stage, raters=raters))
 
 
-def export_to_file(store: Store, format: str, out_path: str | os.PathLike[str], *, stage: str | None = None) -> int:
+def export_to_file(
+    store: Store,
+    format: str,
+    out_path: str | os.PathLike[str],
+    *,
+    stage: str | None = None,
+    raters: RaterFilter = ALL_RATERS,
+) -> int:
     """Write JSON lines to `out_path` (atomically: a reader never sees half a file); returns the count."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -234,7 +274,7 @@ def export_to_file(store: Store, format: str, out_path: str | os.PathLike[str], 
     count = 0
     try:
         with tmp.open("w", encoding="utf-8") as f:
-            for example in examples(store, format, stage=stage):
+            for example in examples(store, format, stage=stage, raters=raters):
                 f.write(json.dumps(example, ensure_ascii=False) + "\n")
                 count += 1
         tmp.replace(out)
@@ -284,7 +324,14 @@ FORMAT_NOTES = {
 }
 
 
-def dataset_card(format: str, all_rows: list[Row], splits: dict[str, int], *, stage: str | None = None) -> str:
+def dataset_card(
+    format: str,
+    all_rows: list[Row],
+    splits: dict[str, int],
+    *,
+    stage: str | None = None,
+    raters: RaterFilter = ALL_RATERS,
+) -> str:
     """README.md for the dataset: counts per source, stages, time range, format, splits."""
     sources = Counter(r.source for r in all_rows)
     stages = Counter(s for r in all_rows for s in r.stages)
@@ -340,21 +387,36 @@ def dataset_card(format: str, all_rows: list[Row], splits: dict[str, int], *, st
         "",
         f"Feedback given {span}.",
         "",
+        "## Raters left out",
+        "",
+        (
+            "None: no gold-accuracy threshold was set."
+            if raters.min_gold_accuracy is None
+            else f"Raters whose accuracy on the arena's gold questions is below {raters.min_gold_accuracy:g} "
+            f"were left out: {len(raters.excluded)}"
+            + (" (" + ", ".join(f"`{r}`" for r in raters.excluded) + ")." if raters.excluded else ".")
+        ),
+        "",
     ]
     return "\n".join(lines)
 
 
 def build_dataset_dict(
-    store: Store, format: str, *, stage: str | None = None, test_fraction: float = TEST_FRACTION
+    store: Store,
+    format: str,
+    *,
+    stage: str | None = None,
+    test_fraction: float = TEST_FRACTION,
+    raters: RaterFilter = ALL_RATERS,
 ) -> tuple[Any, str]:
     """(`datasets.DatasetDict` with train and test, dataset card text)."""
     import datasets  # heavy; only the dataset export needs it
 
-    all_rows = list(rows(store, format, stage=stage))
+    all_rows = list(rows(store, format, stage=stage, raters=raters))
     full = datasets.Dataset.from_list([r.example for r in all_rows])
     train_idx, test_idx = split_by_prompt(all_rows, test_fraction)
     dd = datasets.DatasetDict(train=full.select(train_idx), test=full.select(test_idx))
-    card = dataset_card(format, all_rows, {name: len(ds) for name, ds in dd.items()}, stage=stage)
+    card = dataset_card(format, all_rows, {name: len(ds) for name, ds in dd.items()}, stage=stage, raters=raters)
     return dd, card
 
 
@@ -368,11 +430,12 @@ def export_to_hf_dataset(
     push_to_hub: str | None = None,
     private: bool = True,
     token: str | None = None,
+    raters: RaterFilter = ALL_RATERS,
 ) -> int:
     """Save a `DatasetDict` (train/test) with its card to `out_dir` (`datasets.load_from_disk` reads
     it; the card is `README.md` beside it) and/or push both to the Hub repo `push_to_hub`.
     Returns the row count."""
-    dd, card = build_dataset_dict(store, format, stage=stage, test_fraction=test_fraction)
+    dd, card = build_dataset_dict(store, format, stage=stage, test_fraction=test_fraction, raters=raters)
     if out_dir is not None:
         out = Path(out_dir)
         dd.save_to_disk(str(out))

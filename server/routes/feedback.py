@@ -8,7 +8,8 @@ plain `def`: the store is synchronous, so FastAPI runs them in its thread pool.
 
 Who sees what: anyone with an API key may rate, and list and delete their own ratings, preferences,
 rankings and corrections; the admin key (when one is configured) lists and deletes everyone's and
-exports.
+exports. An export with `min_gold_accuracy` leaves out raters below it on gold questions, as the
+leaderboard does, and names them in the `x-stagechat-excluded-raters` header (comma-separated).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from server.auth import authenticate, require_admin
 from server.errors import APIError, bad_request
-from server.export import FORMATS, examples
+from server.export import FORMATS, RaterFilter, examples
 from server.routes.params import CURSOR, TIME, parse_time
 from server.settings import Settings
 from server.store.records import CHOICES, MAX_RANKED, RATINGS, Correction, Feedback, Preference, Ranking
@@ -38,6 +39,7 @@ router = APIRouter()
 ExportFormat = Annotated[str, WithJsonSchema({"type": "string", "enum": list(FORMATS), "default": "kto"})]
 
 Messages = list[dict[str, Any]]
+EXCLUDED_HEADER = "x-stagechat-excluded-raters"  # the raters an export left out, comma-separated
 
 
 # The request models state in the schema (`json_schema_extra`) what the store checks, so a client
@@ -333,11 +335,23 @@ def list_feedback(
         }
     },
 )
-def export_feedback(request: Request, format: ExportFormat = "kto", stage: str | None = None) -> StreamingResponse:
+def export_feedback(
+    request: Request,
+    format: ExportFormat = "kto",
+    stage: str | None = None,
+    min_gold_accuracy: float | None = Query(
+        None,
+        ge=0,
+        le=1,
+        description="Leave out raters whose accuracy on arena gold questions is below this (as the leaderboard "
+        "does); the `x-stagechat-excluded-raters` header names them.",
+    ),
+) -> StreamingResponse:
     require_admin(request, _settings(request))
     if format not in FORMATS:
         raise bad_request(f"'format' must be one of {', '.join(FORMATS)}; got {format!r}.", "format")
-    rows = examples(_store(request), format, stage=stage)
+    raters = RaterFilter.read(_store(request), min_gold_accuracy)
+    rows = examples(_store(request), format, stage=stage, raters=raters)
     # The first row is read before the answer starts: a store that cannot be read (down, a data dir
     # gone read-only) is still a 503 with a JSON body, not a 200 cut short.
     first = next(rows, None)
@@ -350,5 +364,8 @@ def export_feedback(request: Request, format: ExportFormat = "kto", stage: str |
     return StreamingResponse(
         lines(),
         media_type="application/x-ndjson",
-        headers={"content-disposition": f'attachment; filename="{filename}"'},
+        headers={
+            "content-disposition": f'attachment; filename="{filename}"',
+            EXCLUDED_HEADER: ",".join(raters.excluded),
+        },
     )

@@ -10,7 +10,7 @@ What it does not know: TRL's formats (`server/export.py`), the leaderboard's sta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -118,7 +118,9 @@ class FeedbackReads(StoreBase):
 
     # -- export inputs (formats live in server/export.py) -------------------------------------
 
-    def iter_rated_answers(self, *, stage: str | None = None) -> Iterator[RatedAnswer]:
+    def iter_rated_answers(
+        self, *, stage: str | None = None, exclude_raters: Collection[str] = ()
+    ) -> Iterator[RatedAnswer]:
         """Every rating of a chat answer, with its text, grouped by prompt (ordered by prompt_hash).
 
         Completions-API answers (base-model prompts, no chat messages) are left out: the export
@@ -132,6 +134,8 @@ class FeedbackReads(StoreBase):
         )
         if stage is not None:
             query = query.where(GenerationRow.stage == stage)
+        if exclude_raters:
+            query = query.where(FeedbackRow.rater.not_in(list(exclude_raters)))
         with self._read() as session:
             for fb, gen in session.execute(query.execution_options(yield_per=500)):
                 prompt = fb.prompt if fb.prompt is not None else gen.messages
@@ -142,7 +146,9 @@ class FeedbackReads(StoreBase):
                     gen.id, gen.stage, gen.prompt_hash, prompt, completion, fb.rating == "up", rated_at=fb.updated_at
                 )
 
-    def iter_preferred_pairs(self, *, stage: str | None = None) -> Iterator[PreferredPair]:
+    def iter_preferred_pairs(
+        self, *, stage: str | None = None, exclude_raters: Collection[str] = ()
+    ) -> Iterator[PreferredPair]:
         """Every preference with a winner (choice a or b) between two chat answers, with text."""
         gen_a, gen_b = aliased(GenerationRow), aliased(GenerationRow)
         query = (
@@ -154,6 +160,8 @@ class FeedbackReads(StoreBase):
         )
         if stage is not None:
             query = query.where(sa.or_(gen_a.stage == stage, gen_b.stage == stage))
+        if exclude_raters:
+            query = query.where(PreferenceRow.rater.not_in(list(exclude_raters)))
         with self._read() as session:
             for pref, a, b in session.execute(query.execution_options(yield_per=500)):
                 prompt = pref.prompt if pref.prompt is not None else a.messages
@@ -165,10 +173,14 @@ class FeedbackReads(StoreBase):
                 stages = (a.stage, b.stage) if pref.choice == "a" else (b.stage, a.stage)
                 yield PreferredPair(pref.prompt_hash, prompt, chosen, rejected, stages=stages, rated_at=pref.updated_at)
 
-    def iter_ranked_pairs(self, *, stage: str | None = None) -> Iterator[PreferredPair]:
+    def iter_ranked_pairs(
+        self, *, stage: str | None = None, exclude_raters: Collection[str] = ()
+    ) -> Iterator[PreferredPair]:
         """Every ordered pair of every ranking of chat answers: each answer of a better group is chosen
         over each answer of every worse group (answers in one group tie and give no pair)."""
         query = sa.select(RankingRow).order_by(RankingRow.prompt_hash, RankingRow.seq)
+        if exclude_raters:
+            query = query.where(RankingRow.rater.not_in(list(exclude_raters)))
         with self._read() as session:
             for ranking in session.scalars(query).all():  # .all(): the loop queries the same session
                 if stage is not None and stage not in ranking.stages:
@@ -205,7 +217,9 @@ class FeedbackReads(StoreBase):
                                     rated_at=ranking.updated_at,
                                 )
 
-    def iter_corrections(self, *, stage: str | None = None) -> Iterator[CorrectedAnswer]:
+    def iter_corrections(
+        self, *, stage: str | None = None, exclude_raters: Collection[str] = ()
+    ) -> Iterator[CorrectedAnswer]:
         """Every correction of a chat answer, with the prompt and the original text resolved."""
         query = (
             sa.select(CorrectionRow, GenerationRow)
@@ -215,6 +229,8 @@ class FeedbackReads(StoreBase):
         )
         if stage is not None:
             query = query.where(GenerationRow.stage == stage)
+        if exclude_raters:
+            query = query.where(CorrectionRow.rater.not_in(list(exclude_raters)))
         with self._read() as session:
             for corr, gen in session.execute(query.execution_options(yield_per=500)):
                 prompt = corr.prompt if corr.prompt is not None else gen.messages

@@ -4,7 +4,8 @@ What it knows: which mixin holds which methods — `GenerationLog` (generations.
 answers), `FeedbackWrites` (feedback.py: rate, prefer, rank, correct, unrate, delete) and
 `FeedbackReads` (reads.py: list pages, export inputs, judgements), `Conversations` (conversations.py:
 saved conversation trees and share links), `ArenaStore` (arena.py: blind battles and their votes),
-`CampaignStore` (arena_campaigns.py: campaigns, queues, gold) — all on `StoreBase` (base.py:
+`CampaignStore` (arena_campaigns.py: campaigns, queues, gold), `RaterData` (raters.py: one rater's
+data, read and deleted; the gold threshold) — all on `StoreBase` (base.py:
 the engine and its sessions). `Store(url)` upgrades the schema to head unless `upgrade=False`.
 
 What it does not know: anything the mixins do not; this module only joins them.
@@ -17,8 +18,9 @@ from server.store.arena_campaigns import CampaignStore
 from server.store.conversations import Conversations
 from server.store.feedback import FeedbackWrites
 from server.store.generations import GenerationLog
+from server.store.raters import RaterData
 from server.store.reads import FeedbackReads
 
 
-class Store(GenerationLog, FeedbackWrites, FeedbackReads, Conversations, ArenaStore, CampaignStore):
+class Store(GenerationLog, FeedbackWrites, FeedbackReads, Conversations, ArenaStore, CampaignStore, RaterData):
     """Generation log + feedback over one SQLAlchemy engine. Safe to share between threads."""

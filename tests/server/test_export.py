@@ -357,3 +357,88 @@ def test_cli_writes_the_dataset(rich_feedback: Store, tmp_path: Path):
     dd = datasets.load_from_disk(str(out))
     assert len(dd["train"]) + len(dd["test"]) == len(list(examples(rich_feedback, "kto")))
     assert "KTOTrainer" in (out / "README.md").read_text()
+
+
+# -- raters left out below a gold-accuracy threshold (as the leaderboard leaves them out) --------------
+
+
+@pytest.fixture
+def gold_raters(store: Store, log_answer) -> Store:
+    """r0 answers gold right (9/10), r1 at random (5/10); r0 likes Nairobi, r1 likes Mombasa and
+    prefers it, ranks it first and corrects Nairobi into it."""
+    from tests.server.raters_data import gold_campaign, gold_vote
+
+    campaign = gold_campaign(store, questions=10)
+    for i in range(10):
+        gold_vote(store, campaign, "r0", right=i > 0)
+        gold_vote(store, campaign, "r1", right=i % 2 == 0)
+    nairobi = log_answer(KENYA[0]["content"], "Nairobi.").id
+    mombasa = log_answer(KENYA[0]["content"], "Mombasa.", stage="base").id
+    store.rate(nairobi, "up", rater="r0")
+    store.rate(mombasa, "up", rater="r1")
+    store.prefer([nairobi, mombasa], "b", rater="r1")
+    store.rank([nairobi, mombasa], [[mombasa], [nairobi]], rater="r1")
+    store.correct(nairobi, "Mombasa.", rater="r1")
+    return store
+
+
+def test_exports_leave_out_raters_below_the_gold_threshold(gold_raters: Store, tmp_path: Path):
+    from server.export import RaterFilter
+
+    everyone = {f: list(examples(gold_raters, f)) for f in FORMATS}
+    assert any(r["completion"][0]["content"] == "Mombasa." for r in everyone["kto"])
+    careful = RaterFilter.read(gold_raters, 0.75)
+    assert careful.excluded == ("r1",) and "r1" in careful.describe()
+    assert RaterFilter.read(gold_raters, 0.5).excluded == ()
+    assert RaterFilter.read(gold_raters, None) == RaterFilter()
+    with pytest.raises(ValueError):
+        RaterFilter.read(gold_raters, 1.5)
+    kept = {f: list(examples(gold_raters, f, raters=careful)) for f in FORMATS}
+    nairobi = answer("Nairobi.")
+    assert kept["kto"] == [{"prompt": KENYA, "completion": nairobi, "label": True}]
+    assert kept["sft"] == [{"messages": KENYA + nairobi}]
+    assert kept["dpo"] == []  # every pair was r1's
+    assert all("Mombasa." in json.dumps(everyone[f]) for f in FORMATS)
+    assert export_to_file(gold_raters, "kto", tmp_path / "kto.jsonl", raters=careful) == 1
+
+
+def test_the_dataset_card_names_the_raters_left_out(gold_raters: Store, tmp_path: Path):
+    from server.export import RaterFilter, dataset_card, rows
+
+    careful = RaterFilter.read(gold_raters, 0.75)
+    card = dataset_card("kto", list(rows(gold_raters, "kto", raters=careful)), {"train": 1}, raters=careful)
+    assert "below 0.75 were left out: 1 (`r1`)." in card
+    assert "None: no gold-accuracy threshold was set." in dataset_card("kto", [], {"train": 0})
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_route_and_cli_take_the_threshold(gold_raters: Store, tmp_path: Path, capsys):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from cli.main import main
+    from server.app import install_error_handlers
+    from server.routes.feedback import EXCLUDED_HEADER, router
+    from server.settings import Settings
+
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(router)
+    app.state.store, app.state.settings = gold_raters, Settings(data_dir=tmp_path)
+    client = TestClient(app)
+    r = client.get("/v1/feedback/export", params={"format": "sft", "min_gold_accuracy": 0.75})
+    assert r.status_code == 200 and r.headers[EXCLUDED_HEADER] == "r1"
+    assert [json.loads(x) for x in r.text.splitlines()] == [{"messages": KENYA + answer("Nairobi.")}]
+    everyone = client.get("/v1/feedback/export", params={"format": "sft"})
+    assert everyone.headers[EXCLUDED_HEADER] == ""  # r1 corrected Nairobi into Mombasa: its text wins
+    assert [json.loads(x) for x in everyone.text.splitlines()] == [{"messages": KENYA + answer("Mombasa.")}]
+    bad = client.get("/v1/feedback/export", params={"format": "sft", "min_gold_accuracy": 2})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "query.min_gold_accuracy"
+
+    out = tmp_path / "sft.jsonl"
+    argv = ["feedback", "export", "--format", "sft", "--out", str(out), "--database-url", gold_raters.url]
+    assert main([*argv, "--min-gold-accuracy", "0.75"]) == 0
+    assert "1 rater(s) below gold accuracy 0.75 left out: r1" in capsys.readouterr().out
+    assert out.read_text().count("\n") == 1
+    assert main([*argv, "--min-gold-accuracy", "7"]) == 2
+    assert "--min-gold-accuracy must be between 0 and 1" in capsys.readouterr().err
