@@ -1,6 +1,6 @@
 """Load and faults on loopback, real vLLM on the tiny family: 512 mixed streams without an error,
 100 streams dropped at once free every engine slot, and `kill -9` during 128 streams loses no
-acknowledged rating (the restarted server is ready and serves)."""
+acknowledged rating (the restarted server is ready, serves, and SIGTERM stops it and its engine)."""
 
 import asyncio
 import json
@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from server.launcher import stagechat_server
+from tests.server.test_lifecycle import assert_a_signal_stops_every_engine
 
 pytestmark = pytest.mark.integration
 
@@ -168,5 +169,6 @@ def test_kill_9_during_streams_and_ratings_loses_no_acknowledged_rating(tiny_fam
             timeout=60,
         )
         assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] > 0
+        assert_a_signal_stops_every_engine(restarted, signal.SIGTERM)  # test_lifecycle.py's other signal
     finally:
         restarted.stop()
