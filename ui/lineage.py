@@ -92,6 +92,8 @@ def lineage_figure(body: dict[str, Any]):
             _tree(mid, rows, x, value, marker="s", label=model)
         if models:
             mid.legend(fontsize=8)
+        else:
+            mid.text(0.5, 0.5, "no reward model", transform=mid.transAxes, ha="center", va="center", color="grey")
         mid.set_ylabel("mean reward")
         _tree(bottom, rows, x, lambda r: r["kl_to_parent"], marker="^", color="tab:red")
         bottom.set_ylabel("KL to parent")
