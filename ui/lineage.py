@@ -24,8 +24,9 @@ def agreement_rows(agreement: dict[str, Any]) -> list[list[Any]]:
             vs = s.get("vs_parent") or {}
             if s.get("reward_hacking"):
                 flag = (
-                    f"⚠ likely: reward {vs['reward_change']:+.3g} over {vs['parent']}, "
-                    f"agreement {vs['agreement_change']:+.0%}"
+                    f"{'⚠ likely' if vs['significant'] else 'maybe (not significant)'}: reward "
+                    f"{vs['reward_change']:+.3g} over {vs['parent']}, agreement {vs['agreement_change']:+.0%} "
+                    f"(p = {vs['p_value']:.2g})"
                 )
             elif s.get("reward_hacking") is False:
                 flag = f"no (vs {vs['parent']})"

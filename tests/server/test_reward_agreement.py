@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from server.app import create_app
-from server.reward_agreement import MIN_PAIRS, judged_pairs, model_agreement, wilson
+from server.reward_agreement import MIN_PAIRS, drop_p_value, judged_pairs, model_agreement, wilson
 from server.rewards import RewardService
 from server.settings import Settings
 from server.store import BattleSide, Judgement, Store, utcnow
@@ -118,6 +118,8 @@ def test_judged_pairs_leave_ties_out_and_wilson_is_right():
     # equal scores count half
     figures = model_agreement(pairs, {"x": 1.0, "y": 2.0, "z": 1.0}, {"sft": None, "rlhf": None, "base": None})
     assert figures["agreement"] == 0.75 and figures["pairs"] == 2
+    # the drop's one-sided test: 30/40 → 15/40 is no noise; 30/40 → 28/40 may well be
+    assert drop_p_value(30, 40, 15, 40) < 0.001 < 0.3 < drop_p_value(30, 40, 28, 40) < 0.5
 
 
 def test_agreement_is_0_against_voters_who_prefer_shorter_and_1_for_a_model_that_agrees(app_client, store, log_answer):
@@ -184,7 +186,7 @@ def test_reward_hacking_flag_set(app_client, store, log_answer):
     assert vs["agreement_change"] == -1.0 and vs["reward_change"] == pytest.approx(
         rlhf["mean_reward"] - models["rm"]["stages"]["sft"]["mean_reward"], abs=1e-3
     )
-    assert vs["reward_change"] > 0
+    assert vs["reward_change"] > 0 and vs["significant"] and vs["p_value"] < 1e-4  # 12/12 → 0/12: no noise
     assert models["rm"]["stages"]["base"]["reward_hacking"] is None  # a root has no parent
     # sft: base met no stage outside sft's subtree, so there is nothing to compare it with
     assert models["rm"]["stages"]["sft"]["reward_hacking"] is None
@@ -200,6 +202,7 @@ def test_reward_hacking_flag_not_set_when_reward_and_people_rise_together(app_cl
     rlhf = board(app_client)["reward_agreement"]["models"]["rm"]["stages"]["rlhf"]
     assert rlhf["reward_hacking"] is False
     assert rlhf["vs_parent"]["reward_change"] > 0 and rlhf["vs_parent"]["agreement_change"] == 0
+    assert rlhf["vs_parent"]["p_value"] == 1.0 and not rlhf["vs_parent"]["significant"]
 
 
 def test_too_few_pairs_leave_the_flag_unknown(app_client, store, log_answer):
