@@ -14,8 +14,10 @@ before child, siblings in registry order. Per stage it joins three sources:
   reward model, reward before and after, and the per-step history (reward, KL). KL to the parent is
   the last KL the RL trainer logged (TRL's KL to the starting policy, which is the parent the round
   was registered on); else, for the demo family, its manifest's evaluation `kl_to_sft` when the parent
-  is the family's sft folder; else null with `kl_missing` saying why (a full checkpoint has no parent;
-  a DPO/KTO round logs no KL; a stage without a local folder has no record).
+  is the family's sft folder; else null with `kl_source` saying why (a full checkpoint has no parent;
+  a DPO/KTO round logs no KL; a stage without a local folder has no record);
+- `eval`: for a stage of a family with a manifest (the demo's), `stagechat eval`'s figures for it —
+  mean reward on the evaluation prompts, KL to sft, accuracy — a second mean reward that needs no vote.
 
 What it does not know: HTTP, SQL, or how the figures it joins are computed.
 """
@@ -115,16 +117,33 @@ def _read_record(meta_path: Path | None, log_path: Path) -> dict[str, Any]:
     }
 
 
+def manifest_eval(folder: Path | None) -> dict[str, Any] | None:
+    """The demo manifest's evaluation of the stage in `folder` (`stagechat eval`'s figures for it), if any."""
+    if folder is None:
+        return None
+    path = folder.parent / MANIFEST
+    try:
+        key = (str(path), path.stat().st_mtime)
+    except OSError:
+        return None
+    if key not in _meta_cache:
+        try:
+            _meta_cache[key] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            _meta_cache[key] = None
+    stages = ((_meta_cache[key] or {}).get("eval") or {}).get("stages") or {}
+    figures = stages.get(folder.name)
+    if not isinstance(figures, dict):
+        return None
+    return {k: _number(figures.get(k)) for k in ("mean_reward", "kl_to_sft", "qa_accuracy")}
+
+
 def _manifest_kl(registry, name: str, parent: str) -> float | None:
     """The demo family's evaluation KL(stage ‖ sft), when the parent is that family's sft folder."""
     mine, theirs = _folder(registry, name), _folder(registry, parent)
     if mine is None or theirs is None or theirs != mine.parent / "sft":
         return None
-    try:
-        manifest = json.loads((mine.parent / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return _number(((manifest.get("eval") or {}).get("stages") or {}).get(mine.name, {}).get("kl_to_sft"))
+    return (manifest_eval(mine) or {}).get("kl_to_sft")
 
 
 def _kl(registry, name: str, parent: str | None, record: dict[str, Any] | None) -> tuple[float | None, str]:
@@ -175,6 +194,7 @@ def lineage(registry, board: dict[str, Any], agreement: dict[str, Any], *, famil
                     "kl_to_parent": kl,
                     "kl_source": source,
                     "round": record,
+                    "eval": manifest_eval(_folder(registry, name)),
                 }
             )
         out.append({"root": members[0], "stages": rows})

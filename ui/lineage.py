@@ -4,7 +4,8 @@ and the leaderboard's `reward_agreement` hold, drawn and tabulated.
 What it knows: matplotlib (the object API, no pyplot: it runs in a worker thread) and the shape of
 those two bodies. One figure per family, three panels sharing the stages on x (parent before child):
 human strength (Bradley–Terry, 95% interval as error bars), each reward model's mean reward over the
-stage's judged answers, and KL to the parent; a line joins each stage to its parent, so sibling rounds
+stage's judged answers (and, grey, the demo manifest's mean reward on the evaluation prompts), and
+KL to the parent; a line joins each stage to its parent, so sibling rounds
 (dpo and rlhf on sft) branch. A figure missing for a stage is left out of its panel, and the text
 under the plot says which and why. What it does not know: Gradio, HTTP or how the figures are computed.
 """
@@ -91,12 +92,20 @@ def lineage_figure(body: dict[str, Any]):
         for model in models:
             value = lambda r, m=model: r["rewards"].get(m, {}).get("mean_reward")  # noqa: E731
             _tree(mid, rows, x, value, marker="s", label=model)
+        if any(r.get("eval") and r["eval"].get("mean_reward") is not None for r in rows):
+            value = lambda r: (r.get("eval") or {}).get("mean_reward")  # noqa: E731
+            _tree(mid, rows, x, value, marker="D", label="eval prompts (manifest)", color="grey")
+            models.append("eval")
         if models:
             mid.legend(fontsize=8)
         else:
             mid.text(0.5, 0.5, "no reward model", transform=mid.transAxes, ha="center", va="center", color="grey")
         mid.set_ylabel("mean reward")
         _tree(bottom, rows, x, lambda r: r["kl_to_parent"], marker="^", color="tab:red")
+        for r in rows:  # two kinds of KL share this axis: say which each point is
+            if r["kl_to_parent"] is not None:
+                kind = "eval" if r["kl_source"].startswith("manifest") else "training"
+                bottom.annotate(kind, (x[r["stage"]], r["kl_to_parent"]), textcoords="offset points", xytext=(6, 4))
         bottom.set_ylabel("KL to parent")
         bottom.set_xticks(range(len(rows)), [r["stage"] for r in rows], rotation=20)
     fig.tight_layout()

@@ -36,7 +36,8 @@ def family(tmp: Path) -> dict:
     root = tmp / "family"
     for name in WORDS:
         (root / name).mkdir(parents=True)
-    (root / "manifest.json").write_text(json.dumps({"eval": {"stages": {"dpo": {"kl_to_sft": 3.29}}}}))
+    figures = {"dpo": {"kl_to_sft": 3.29, "mean_reward": 0.95}, "base": {"mean_reward": 0.7, "kl_to_sft": None}}
+    (root / "manifest.json").write_text(json.dumps({"eval": {"stages": figures}}))
     rlhf = {"method": "rloo", "from_stage": "sft", "reward_model": "rm", "reward_before": 0.1, "reward_after": 1.2}
     (root / "rlhf" / "stagechat_round.json").write_text(json.dumps({**rlhf, "final_kl": 0.17}))
     (root / "rlhf" / "training_log.csv").write_text(
@@ -111,6 +112,8 @@ def test_lineage_joins_strength_reward_and_kl(client, store: Store, log_answer, 
     assert rows["base"]["kl_to_parent"] is None and "root" in rows["base"]["kl_source"]
     assert rows["rlhf"]["round"]["reward_after"] == 1.2 and len(rows["rlhf"]["round"]["history"]) == 3
     assert rows["dpo"]["round"]["method"] == "dpo" and rows["dpo"]["round"]["history"] == []
+    assert rows["dpo"]["eval"]["mean_reward"] == 0.95 and rows["base"]["eval"]["kl_to_sft"] is None
+    assert rows["sft"]["eval"] is None  # the manifest has no figures for it
     other = body["families"][1]["stages"][0]
     assert other["strength"] is None and other["votes"] == 0 and other["round"] is None
 
