@@ -1,7 +1,9 @@
 """The Leaderboard tab: Bradley–Terry strengths per stage with 95% intervals, votes, a win-rate
 matrix plot and rater agreement, filtered by time, rater and kind of vote (blind arena votes, or all),
 beside the style-controlled strengths and the arena's position bias — what `GET /v1/leaderboard`
-returns.
+returns — and below them the reward model against people (its agreement with voters per stage, the
+reward-hacking flag) and the lineage plot (`GET /v1/leaderboard/lineage`; drawn by `ui/lineage.py`).
+A button scores the judged answers not scored yet (`POST /v1/leaderboard/reward_scores`'s code).
 
 Reads through `server.leaderboard.read_judgements` and `fits`, the code behind the route, in a
 worker thread (the statistics are CPU work and must not block the event loop). Knows Gradio and
@@ -18,8 +20,11 @@ import gradio as gr
 
 from server.errors import APIError
 from server.leaderboard import ELO_SCALE, Leaderboard, fits, read_judgements
+from server.lineage import lineage
+from server.reward_agreement import read_agreement, score_judged
 from server.routes import params
 from server.serving import StageService
+from ui.lineage import AGREEMENT_COLUMNS, agreement_rows, agreement_summary, lineage_figure, lineage_notes
 
 COLUMNS = ["rank", "stage", "strength", "95% interval", "Elo", "Elo 95% interval", "votes", "win rate"]
 
@@ -147,20 +152,33 @@ def build(service: StageService) -> tuple[gr.Button, Any]:
     styled_md = gr.Markdown(elem_id="leaderboard-style")
     styled_table = gr.Dataframe(headers=STYLE_COLUMNS, value=[], interactive=False, elem_id="leaderboard-style-table")
     plot = gr.Plot(label="win-rate matrix", elem_id="leaderboard-plot")
+    with gr.Row():
+        agreement_md = gr.Markdown(elem_id="leaderboard-rm-summary")
+        score = gr.Button("Score judged answers", elem_id="leaderboard-rm-score", scale=0)
+    agreement_table = gr.Dataframe(
+        headers=AGREEMENT_COLUMNS, value=[], interactive=False, elem_id="leaderboard-rm-table"
+    )
+    lineage_plot = gr.Plot(label="lineage: strength, mean reward, KL to the parent", elem_id="leaderboard-lineage")
+    lineage_md = gr.Markdown(elem_id="leaderboard-lineage-notes")
 
     async def compute(since_: str, until_: str, rater_: str, votes_: str):
         store = service.store
         if store is None:
-            return "This server keeps no feedback store.", [], "", [], None
+            return "This server keeps no feedback store.", [], "", [], None, "", [], None, ""
         low, high = parse_time(since_, "since"), parse_time(until_, "until")
         who = rater_.strip() or None
+        registry = service.pool.registry
 
         def work():
             chosen, judgements, _ = read_judgements(store, votes_ or None, since=low, until=high, rater=who)
-            return (chosen, *fits(store, judgements))
+            board, styled, bias = fits(store, judgements)
+            agreement = read_agreement(store, registry, judgements)
+            family = lineage(registry, {**board.to_dict(), "votes": chosen}, agreement)
+            return chosen, board, styled, bias, agreement, family
 
-        chosen, board, styled, bias = await asyncio.to_thread(work)
+        chosen, board, styled, bias, agreement, family = await asyncio.to_thread(work)
         figure = await asyncio.to_thread(win_rate_figure, board) if board.stages else None
+        tree = await asyncio.to_thread(lineage_figure, family) if family["families"] else None
         head = f"Votes: **{chosen}**" + (" (arena only)" if chosen == "blind" else " (arena + named)") + ". "
         return (
             head + summary(board),
@@ -168,12 +186,31 @@ def build(service: StageService) -> tuple[gr.Button, Any]:
             style_summary(styled.to_dict(), bias),
             [[r["stage"], r["strength"], f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"] for r in styled.stages],
             figure,
+            agreement_summary(agreement),
+            agreement_rows(agreement),
+            tree,
+            lineage_notes(family),
         )
 
-    event = dict(
-        fn=compute,
-        inputs=[since, until, rater, votes],
-        outputs=[summary_md, board_table, styled_md, styled_table, plot],
-    )
+    async def score_then(*filters: str):
+        """Score every judged answer not scored yet (as the API's POST does), then refresh."""
+        if service.store is not None and service.rewards is not None and service.rewards.names():
+            _, judgements, _ = await asyncio.to_thread(read_judgements, service.store, "all")
+            await score_judged(service.rewards, service.store, judgements)
+        return await compute(*filters)
+
+    outputs = [
+        summary_md,
+        board_table,
+        styled_md,
+        styled_table,
+        plot,
+        agreement_md,
+        agreement_table,
+        lineage_plot,
+        lineage_md,
+    ]
+    event = dict(fn=compute, inputs=[since, until, rater, votes], outputs=outputs)
     refresh.click(**event)
+    score.click(fn=score_then, inputs=[since, until, rater, votes], outputs=outputs)
     return refresh, event

@@ -27,6 +27,7 @@ The modules, bottom up:
     conversations.py  saved conversation trees, share links
     arena.py        blind battles and their votes
     arena_campaigns.py  arena campaigns: queues, overlap, gold questions
+    reward_scores.py  reward-model scores of judged answers (the leaderboard's cache)
 
 `from server.store import X` works for every public name of these modules. The plain records are
 imported here at once; everything that needs SQLAlchemy on first use (PEP 562), so importing

@@ -374,3 +374,21 @@ def message_record(row: MessageRow) -> ConversationMessage:
 
 def share_record(row: ShareRow) -> Share:
     return Share(id=row.id, conversation_id=row.conversation_id, message_id=row.message_id, created_at=row.created_at)
+
+
+# -- reward scores of judged answers (migration 0006; server/store/reward_scores.py) -------------
+
+
+class RewardScoreRow(Base):
+    """A reward model's score of one logged answer, kept so the leaderboard's reward-agreement figures
+    read scores instead of rescoring every answer on every request."""
+
+    __tablename__ = "reward_scores"
+
+    # No foreign key: an answer's log entry may be deleted (a rater's data) and its score with it later.
+    generation_id: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    reward_model: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    checkpoint: Mapped[str] = mapped_column(sa.Text)  # what served the name then: a changed one is rescored
+    score: Mapped[float | None] = mapped_column(sa.Float)
+    error: Mapped[str | None] = mapped_column(sa.Text)  # why there is no score (too long for its context)
+    scored_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -5,7 +5,8 @@ answers), `FeedbackWrites` (feedback.py: rate, prefer, rank, correct, unrate, de
 `FeedbackReads` (reads.py: list pages, export inputs, judgements), `Conversations` (conversations.py:
 saved conversation trees and share links), `ArenaStore` (arena.py: blind battles and their votes),
 `CampaignStore` (arena_campaigns.py: campaigns, queues, gold), `RaterData` (raters.py: one rater's
-data, read and deleted; the gold threshold) — all on `StoreBase` (base.py:
+data, read and deleted; the gold threshold), `RewardScoreStore` (reward_scores.py: the reward-score cache
+of judged answers) — all on `StoreBase` (base.py:
 the engine and its sessions). `Store(url)` upgrades the schema to head unless `upgrade=False`.
 
 What it does not know: anything the mixins do not; this module only joins them.
@@ -20,7 +21,17 @@ from server.store.feedback import FeedbackWrites
 from server.store.generations import GenerationLog
 from server.store.raters import RaterData
 from server.store.reads import FeedbackReads
+from server.store.reward_scores import RewardScoreStore
 
 
-class Store(GenerationLog, FeedbackWrites, FeedbackReads, Conversations, ArenaStore, CampaignStore, RaterData):
+class Store(
+    GenerationLog,
+    FeedbackWrites,
+    FeedbackReads,
+    Conversations,
+    ArenaStore,
+    CampaignStore,
+    RaterData,
+    RewardScoreStore,
+):
     """Generation log + feedback over one SQLAlchemy engine. Safe to share between threads."""

@@ -361,7 +361,7 @@ def test_every_script_parses_help_offers_json_and_loads_nothing_heavy():
         )
         for script in SCRIPTS
     }
-    assert len(runs) == 13
+    assert len(runs) == 14
     for name, process in runs.items():
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0, f"{name}: {err[-2000:]}"

@@ -277,3 +277,38 @@ def test_rloo_round_against_the_reward_model_is_served_without_restart(http, fam
     r = http.post("/v1/chat/completions", json={"model": "rl1", "messages": QUESTION, "max_tokens": 6})
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["reward"]["model"] == "rm"  # inherited sft's default reward model
+
+
+def test_leaderboard_reward_agreement_scores_judged_answers_with_the_real_reward_model(http, server):
+    """A named preference between a base and an sft answer: `POST /v1/leaderboard/reward_scores` scores
+    base's answer on the real engine (as /v1/rewards does) and takes sft's from the log (scored when
+    served, sft's default); the leaderboard and the lineage read them. Runs last: rl1, when the RLOO
+    test above registered it, shows its KL to sft from its round record."""
+    import time
+
+    messages = [{"role": "user", "content": "What is the capital of Peru?"}]
+    answers = {}
+    for stage in ("base", "sft"):
+        r = http.post("/v1/chat/completions", json={"model": stage, "messages": messages, "max_tokens": 6, "seed": 3})
+        assert r.status_code == 200, r.text
+        answers[stage] = (r.json()["id"], r.json()["choices"][0]["message"]["content"])
+    deadline = time.monotonic() + 10
+    while True:  # the generation log commits in groups: the answers are there within a moment
+        r = http.post("/v1/preferences", json={"response_ids": [answers["sft"][0], answers["base"][0]], "choice": "a"})
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 200, r.text
+    done = http.post("/v1/leaderboard/reward_scores", json={"reward_models": ["rm"]}).json()["models"]["rm"]
+    assert done["from_log"] >= 1 and done["scored"] >= 1 and done["remaining"] == 0, done
+    body = http.get("/v1/leaderboard", params={"votes": "all", "bootstrap": 0}).json()["reward_agreement"]
+    rm = body["models"]["rm"]
+    assert rm["pairs"] >= 1 and rm["unscored_pairs"] == 0 and 0 <= rm["agreement"] <= 1
+    # the cached score is what the reward model says of that answer (base's only judged answer)
+    assert rm["stages"]["base"]["mean_reward"] == pytest.approx(score(http, messages, answers["base"][1]), abs=1e-3)
+    lineage = http.get("/v1/leaderboard/lineage", params={"votes": "all", "bootstrap": 0}).json()
+    rows = {r["stage"]: r for f in lineage["families"] for r in f["stages"]}
+    assert rows["sft"]["parent"] == "base" and rows["sft"]["rewards"]["rm"]["mean_reward"] is not None
+    if "rl1" in rows:
+        assert rows["rl1"]["parent"] == "sft" and rows["rl1"]["kl_source"].startswith("stagechat_round.json")
+        assert rows["rl1"]["round"]["method"] == "rloo" and len(rows["rl1"]["round"]["history"]) == 3

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_schema_is_the_migrations_and_matches_the_models(store: Store):
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0005"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0006"
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     Store(store.url).close()  # opening again is a no-op upgrade
 

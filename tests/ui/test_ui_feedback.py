@@ -189,6 +189,9 @@ def test_leaderboard_tab_shows_strengths_intervals_and_the_win_rate_plot(fake_ui
     text = page.locator("#leaderboard-table").inner_text()
     assert text.index("rlhf") < text.index("sft") < text.index("base")  # strongest first
     wait_for(lambda: page.locator("#leaderboard-plot img, #leaderboard-plot svg, #leaderboard-plot canvas").count() > 0)
+    # the lineage plot (base → sft, base → rlhf), and no reward model to hold against people here
+    wait_for(lambda: page.locator("#leaderboard-lineage img, #leaderboard-lineage svg").count() > 0)
+    assert "names no reward model" in page.locator("#leaderboard-rm-summary").inner_text()
     page.screenshot(path=str(artifacts / "leaderboard-fake.png"), full_page=True)
 
     page.locator("#leaderboard-rater textarea, #leaderboard-rater input").first.fill("alice")
