@@ -247,18 +247,11 @@ def read_judgements(
     left out (raters who answered no gold question stay in)."""
     if votes is None:
         votes = "blind" if store.count_arena_votes() else "all"
-    excluded = gold_excluded(store, min_gold_accuracy)
+    excluded = store.gold_excluded(min_gold_accuracy)
     judgements = list(store.iter_arena_judgements(**filters, exclude_raters=set(excluded)))
     if votes == "all":
         judgements = [j for j in store.iter_judgements(**filters) if j.rater not in excluded] + judgements
     return votes, judgements, excluded
-
-
-def gold_excluded(store, threshold: float | None) -> list[str]:
-    """Raters whose accuracy on gold questions is below `threshold`."""
-    if threshold is None:
-        return []
-    return sorted(r for r, (right, voted) in store.gold_accuracy().items() if voted and right / voted < threshold)
 
 
 def fits(store, judgements: list[Judgement], **fit) -> tuple[Leaderboard, StyleControlled, dict[str, Any]]:

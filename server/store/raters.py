@@ -35,6 +35,7 @@ from server.store.schema import (
     MessageRow,
     PreferenceRow,
     RankingRow,
+    RewardScoreRow,
     ShareRow,
 )
 
@@ -134,6 +135,10 @@ class RaterData(StoreBase):
             gone = [g for g in own if g not in kept]
             deleted["generations"] = sum(
                 _delete(session, GenerationRow, GenerationRow.id.in_(chunk)) for chunk in _chunks(gone)
+            )
+            # The reward-score cache of those answers (no foreign key: see RewardScoreRow) goes with them.
+            deleted["reward_scores"] = sum(
+                _delete(session, RewardScoreRow, RewardScoreRow.generation_id.in_(chunk)) for chunk in _chunks(gone)
             )
             deleted["generations_kept"] = len(kept)
         return deleted

@@ -45,6 +45,8 @@ def test_a_raters_data_is_everything_they_gave_and_nothing_else(store: Store):
 def test_deleting_a_raters_data_leaves_everyone_elses(store: Store):
     ids = write_everything(store, RATER, OTHER)
     others_before = store.rater_data(OTHER)
+    answers = [g["id"] for g in store.rater_data(RATER)["generations"]]
+    store.save_reward_scores("rm", "ckpt", [(g, 0.5, None) for g in answers])  # the leaderboard's cache
     deleted = store.delete_rater_data(RATER)
     assert deleted == {
         "conversation_shares": 1,
@@ -58,7 +60,9 @@ def test_deleting_a_raters_data_leaves_everyone_elses(store: Store):
         "corrections": 1,
         "generations": 4,
         "generations_kept": 1,  # the answer the other rater rated
+        "reward_scores": 4,  # the deleted answers' cached scores; the kept answer's stays
     }
+    assert set(store.cached_reward_scores("rm", "ckpt", answers)) == {ids[RATER]}
     after = store.rater_data(RATER)
     assert after["counts"] == {**dict.fromkeys(after["counts"], 0), "generations": 1}
     assert after["generations"][0]["id"] == ids[RATER]
