@@ -1,5 +1,5 @@
-"""The documentation: the MkDocs site builds with no warning, every page is in its navigation, and the
-README stays a front page.
+"""The documentation: the MkDocs site builds with no warning, every page is in its navigation, the
+README stays a front page and its Layout names every module.
 
 Strict mode turns every broken link and missing anchor between pages into a failure; it does not
 check what the pages say.
@@ -52,3 +52,20 @@ def test_every_page_is_in_the_nav():
 def test_readme_is_a_front_page():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines (at most {README_MAX_LINES})"
+
+
+def test_the_readme_layout_names_every_module():
+    """Every module of the packages and scripts is named in the README's Layout section (it had fallen
+    40 modules behind once)."""
+    import re
+
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1]
+    named = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", layout))
+    modules = [
+        p
+        for folder in ("cli", "server", "server/routes", "server/store", "models", "models/demo", "ui", "scripts")
+        for p in sorted((ROOT / folder).glob("*.py"))
+        if not p.stem.startswith("__")
+    ]
+    missing = [str(p.relative_to(ROOT)) for p in modules if p.stem not in named]
+    assert not missing, f"not in the README's Layout: {missing}"
