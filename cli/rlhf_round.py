@@ -23,15 +23,32 @@ def add_parser(sub) -> None:
         help="kto/dpo: offline, on ratings; rloo: online RL against --reward-model",
     )
     rr.add_argument("--name", required=True)
-    rr.add_argument("--min-ratings", type=int, default=1)
+    rr.add_argument("--min-ratings", type=int, default=None, help="kto/dpo: refuse with fewer rows (default 1)")
     rr.add_argument("--steps", type=int, default=None, help="training steps (default: about 4 epochs, 20-200)")
     rr.add_argument("--lr", type=float, default=5e-4, help="learning rate")
     rr.add_argument("--database-url", default=None)
     rr.add_argument("--server", default=None, help="URL of a running server to reload (POST /v1/admin/reload)")
     rr.add_argument("--reward-model", default=None, help="rloo: the reward model to optimise against")
-    rr.add_argument("--kl-coef", type=float, default=0.05, help="rloo: KL penalty to the starting policy")
+    rr.add_argument("--kl-coef", type=float, default=None, help="rloo: KL penalty to the starting policy (0.05)")
     rr.add_argument("--prompts", default=None, help="rloo: a JSON-lines file of prompts (default: the store's)")
     rr.set_defaults(func=run)
+
+
+# The flags only one kind of round reads: given to the other kind, they are refused, never ignored.
+ONLY_FOR = {
+    "--min-ratings": ("kto", "dpo"),
+    "--reward-model": ("rloo",),
+    "--kl-coef": ("rloo",),
+    "--prompts": ("rloo",),
+}
+
+
+def unused_flag(args: argparse.Namespace) -> str | None:
+    """The first flag given that `--method` does not read."""
+    for flag, methods in ONLY_FOR.items():
+        if getattr(args, flag[2:].replace("-", "_")) is not None and args.method not in methods:
+            return f"{flag} is for --method {'/'.join(methods)}, not {args.method}"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from server.registry import RegistryError
     from server.settings import Settings
 
+    if unused := unused_flag(args):
+        return fail("rlhf-round", unused)
     settings = Settings.from_env(database_url=args.database_url)
     try:
         if args.method == "rloo":
@@ -60,7 +79,7 @@ def _preference_round(args: argparse.Namespace, settings) -> None:
         method=args.method,
         database_url=settings.resolved_database_url,
         data_dir=settings.data_dir,
-        min_ratings=args.min_ratings,
+        min_ratings=1 if args.min_ratings is None else args.min_ratings,
         server=args.server,
         admin_key=settings.admin_key,
         plan=RoundPlan(method=args.method, steps=args.steps, lr=args.lr),
@@ -82,7 +101,11 @@ def _rl_round(args: argparse.Namespace, settings) -> None:
         reward_model=args.reward_model,
         database_url=settings.resolved_database_url,
         data_dir=settings.data_dir,
-        plan=RLPlan(steps=args.steps or RLPlan.steps, kl_coef=args.kl_coef, lr=args.lr),
+        plan=RLPlan(
+            steps=args.steps or RLPlan.steps,
+            kl_coef=RLPlan.kl_coef if args.kl_coef is None else args.kl_coef,
+            lr=args.lr,
+        ),
         prompts_file=Path(args.prompts) if args.prompts else None,
         server=args.server,
         admin_key=settings.admin_key,

@@ -64,3 +64,23 @@ def test_reward_model_refuses_a_taken_name(registry_file, tmp_path, monkeypatch,
     assert code == 2
     assert "stagechat reward-model: 'base' already exists" in capsys.readouterr().err
     assert registry_file.read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("method", "flags", "named"),
+    [
+        ("kto", ["--kl-coef", "0.1"], "--kl-coef is for --method rloo, not kto"),
+        ("dpo", ["--reward-model", "rm"], "--reward-model is for --method rloo, not dpo"),
+        ("kto", ["--prompts", "p.jsonl"], "--prompts is for --method rloo, not kto"),
+        ("rloo", ["--min-ratings", "5"], "--min-ratings is for --method kto/dpo, not rloo"),
+    ],
+)
+def test_a_flag_the_method_does_not_read_is_refused(registry_file, tmp_path, monkeypatch, capsys, method, flags, named):
+    from cli.main import main
+
+    monkeypatch.setenv("STAGECHAT_DATA_DIR", str(tmp_path))
+    before = registry_file.read_text()
+    argv = ["rlhf-round", "--config", str(registry_file), "--name", "rlhf-2", "--method", method, *flags]
+    assert main(argv) == 2
+    assert named in capsys.readouterr().err
+    assert registry_file.read_text() == before and not list(tmp_path.glob("rounds/*"))
