@@ -27,7 +27,17 @@ from pydantic import Field
 
 from server.arena_pairs import draw_pair, interval_widths
 from server.errors import APIError, bad_request, not_ready
-from server.protocol import ChatCompletionRequest, ChatMessage, _Strict
+from server.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    MinP,
+    Penalty,
+    RepetitionPenalty,
+    Temperature,
+    TopK,
+    TopP,
+    _Strict,
+)
 from server.serving import Generation, StageService
 from server.store.records import ArenaVote, Battle, BattleSide
 
@@ -39,17 +49,17 @@ class Decoding(_Strict):
     """The decoding settings of a chat completion that an arena battle takes (the same for both sides;
     a stage's own defaults fill what is not set)."""
 
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    min_p: MinP | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    repetition_penalty: RepetitionPenalty | None = None
 
 
 class BattleRequest(Decoding):

@@ -24,6 +24,15 @@ from server.tools import tool_call_schema
 MAX_PROMPTS = 64  # prompts in one completions request
 
 
+# The sampling fields' ranges, declared once: chat, the arena's `Decoding` and the Responses API take them.
+Temperature = Annotated[float, Field(ge=0, le=2)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+TopK = Annotated[int, Field(ge=-1)]  # 0 or -1 (vLLM's): off
+MinP = Annotated[float, Field(ge=0, le=1)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]  # presence and frequency
+RepetitionPenalty = Annotated[float, Field(gt=0, le=2)]
+
+
 class _Strict(BaseModel):
     """Unknown fields are a 400 naming them; a `null` one is dropped (it asks for nothing)."""
 
@@ -205,20 +214,20 @@ class _SamplingRequest(_Strict):
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
     max_tokens: int | None = Field(None, ge=1)
-    presence_penalty: float = Field(0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     seed: int | None = None
     user: str | None = None  # accepted; stagechat identifies clients by their API key
     # extensions (vLLM's names)
-    top_k: int | None = Field(None, ge=-1)  # 0 or -1 (vLLM's): off
-    min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
     ignore_eos: bool = False
     prompt_logprobs: int | None = Field(None, ge=0, le=20)
     structured_outputs: StructuredOutputs | None = None

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from server.protocol import _Strict
+from server.protocol import MinP, Penalty, RepetitionPenalty, Temperature, TopK, TopP, _Strict
 
 MAX_METADATA = 16  # OpenAI's limit: 16 pairs, keys up to 64 characters, values up to 512
 
@@ -59,8 +59,8 @@ class ResponsesRequest(_Strict):
     previous_response_id: str | None = None
     store: bool | None = True  # null: the default (true), as OpenAI's spec has it
     stream: bool | None = False
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     max_output_tokens: int | None = Field(None, ge=1)
     metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = None
     user: str | None = None  # accepted; stagechat identifies clients by their API key
@@ -70,11 +70,11 @@ class ResponsesRequest(_Strict):
     # extensions, as chat has them
     speculative: str | None = None
     reward_model: str | None = None
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    repetition_penalty: RepetitionPenalty | None = None
     seed: int | None = None
     ignore_eos: bool | None = None
 

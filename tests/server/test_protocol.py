@@ -192,3 +192,21 @@ def test_tool_messages_render_for_templates():
     assistant, tool = req.messages[1].plain(), req.messages[2].plain()
     assert assistant["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"} and assistant["content"] == ""
     assert tool == {"role": "tool", "content": "12C", "tool_call_id": "call_1"}
+
+
+def test_chat_the_arena_and_the_responses_api_take_the_same_sampling_ranges():
+    """Declared once (protocol.TopK …): the three request types cannot drift apart again."""
+    from server.arena import Decoding
+    from server.protocol_responses import ResponsesRequest
+
+    def bounds(model, field: str) -> dict:
+        schema = model.model_json_schema()["properties"][field]
+        options = schema.get("anyOf", [schema])
+        numeric = next(o for o in options if o.get("type") in ("number", "integer"))
+        return {k: v for k, v in numeric.items() if k in ("type", "minimum", "maximum", "exclusiveMinimum")}
+
+    fields = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+    for field in fields:
+        chat = bounds(ChatCompletionRequest, field)
+        assert bounds(Decoding, field) == chat == bounds(ResponsesRequest, field), field
+    assert bounds(ChatCompletionRequest, "top_k")["minimum"] == -1  # vLLM's "off", everywhere
