@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -227,7 +226,7 @@ class ArenaService:
                 request = ChatCompletionRequest(model=stage, messages=messages, **settings)
                 gens.append(await self.service.chat(request, rater))
             except APIError as exc:
-                raise _anonymous(exc, (stage_a, stage_b)) from None
+                raise _anonymous(exc) from None
         return gens[0], gens[1]
 
     async def _run(
@@ -258,11 +257,7 @@ class ArenaService:
                 if isinstance(item, tuple):
                     if item[1] is not None:
                         error = item[1]
-                        raise (
-                            _anonymous(error, (battle.stage_a, battle.stage_b))
-                            if isinstance(error, APIError)
-                            else error
-                        )
+                        raise _anonymous(error) if isinstance(error, APIError) else error
                     running -= 1
                     continue
                 yield item
@@ -320,10 +315,13 @@ def arena_for(service: StageService) -> ArenaService | None:
     return arena
 
 
-def _anonymous(exc: APIError, stages: tuple[str, str]) -> APIError:
-    """The same error without the stage's name in it: a side's refusal must not reveal the pair."""
-    message = exc.message
-    for stage in stages:
-        message = re.sub(rf"(?<![\w-]){re.escape(stage)}(?![\w-])", "<one side's stage>", message)
+def _anonymous(exc: APIError) -> APIError:
+    """The same error (status, type, code, parameter, Retry-After) with a fixed message: a side's own
+    message may name its stage, or hint at it (a context length, an outage's reason), and must not
+    reveal the pair. The code and parameter say what to change."""
     param = None if exc.param == "model" else exc.param
+    what = f"'{exc.code or exc.type}'" + (f" on '{param}'" if param else "")
+    message = (
+        f"One side of the battle could not answer ({what}); its own message is withheld, as it could name the stage."
+    )
     return APIError(exc.status, message, type=exc.type, param=param, code=exc.code, headers=exc.headers)
