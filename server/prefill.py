@@ -8,8 +8,9 @@ it: "prefilling" the answer; the final message must be the assistant's, and aski
 Where vLLM silently drops a template kwarg the template never reads, this server refuses it with a
 400 naming `chat_template_kwargs.KEY` (a field that does nothing must not be ignored silently), and a
 stage without a chat template (a base checkpoint chatting in the plain transcript) refuses every
-non-default prefill field with a 400 naming it. Knows tokenizers and templates; nothing about HTTP
-or engines.
+non-default prefill field with a 400 naming it. `chat_text` is the one rendering of a chat (for
+generation, scoring and `/tokenize`): the template's, or the plain transcript of a stage without one.
+Knows tokenizers and templates; nothing about HTTP or engines.
 """
 
 from __future__ import annotations
@@ -18,6 +19,47 @@ import functools
 from typing import Any
 
 from server.errors import bad_request
+
+# A base checkpoint without a chat template still chats, in this plain transcript format; the
+# stop string keeps it from writing the user's next turn too.
+PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+PLAIN_STOP = "\nUser:"
+PLAIN_REPLY = "\nAssistant:"
+
+
+def plain_transcript(messages: list[dict[str, str]]) -> str:
+    lines = [f"{PLAIN_ROLES[m['role']]}: {m['content']}" for m in messages]
+    return "\n".join(lines) + PLAIN_REPLY
+
+
+def has_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_text(
+    tokenizer,
+    messages: list[dict[str, Any]],
+    tools: list[dict] | None = None,
+    options: dict[str, Any] | None = None,
+    *,
+    add_generation_prompt: bool = True,
+) -> str:
+    """The chat as the stage reads it: its template's rendering (with `tools`; `options`, a prefill's
+    template arguments from `template_options`, replace `add_generation_prompt`), or the plain
+    transcript for a stage without a template. A template that cannot render a prefill is a 400."""
+    if not has_template(tokenizer):
+        text = plain_transcript(messages)
+        return text if add_generation_prompt else text[: -len(PLAIN_REPLY)]
+    extra = {"tools": tools} if tools else {}
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, **(options or {"add_generation_prompt": add_generation_prompt}), **extra
+        )
+    except Exception as exc:  # a template that cannot render what the prefill asks
+        if options is None:
+            raise
+        raise render_error(exc, options) from None
+
 
 # Variables a request may not set through chat_template_kwargs: the renderer sets them itself
 # (vLLM refuses chat_template and tokenize; the rest would silently override the request's own fields).

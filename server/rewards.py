@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from server import metrics
 from server.engine import EngineDead
 from server.errors import APIError, bad_request, not_found
+from server.prefill import chat_text
 from server.registry import Registry
 from server.supervisor import Supervisor, unavailable, watch
 
@@ -69,19 +70,14 @@ class Score:
     error: str | None = None
 
 
-_PLAIN = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
-
-
 def render(tokenizer, prompt: Prompt, completion: str) -> list[int]:
     """The token ids a reward model scores for `completion` as the answer to `prompt`."""
     if isinstance(prompt, str):  # TRL adds EOS to non-conversational rows
         return tokenizer.encode(prompt + completion + (tokenizer.eos_token or ""), add_special_tokens=False)
     messages = [{"role": m["role"], "content": m.get("content") or ""} for m in prompt]
     messages.append({"role": "assistant", "content": completion})
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-    else:
-        text = "\n".join(f"{_PLAIN.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+    # The whole exchange, the answer closed: the template's rendering, or the plain transcript.
+    text = chat_text(tokenizer, messages, add_generation_prompt=False)
     return tokenizer.encode(text, add_special_tokens=False)
 
 

@@ -28,7 +28,7 @@ from server.errors import APIError, bad_request, not_ready
 from server.generation_log import GenerationLog
 from server.limits import Lease, Limiter
 from server.pool import EnginePool, Route
-from server.prefill import render_error, template_options
+from server.prefill import PLAIN_STOP, chat_text, has_template, template_options
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.rewards import RewardService, Score
 from server.spec_marks import SpecMarks, align
@@ -37,16 +37,6 @@ from server.supervisor import unavailable
 from server.tools import template_tools
 
 log = logging.getLogger(__name__)
-
-# A base checkpoint without a chat template still chats, in this plain transcript format; the
-# stop string keeps it from writing the user's next turn too.
-PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
-PLAIN_STOP = "\nUser:"
-
-
-def plain_transcript(messages: list[dict[str, str]]) -> str:
-    lines = [f"{PLAIN_ROLES[m['role']]}: {m['content']}" for m in messages]
-    return "\n".join(lines) + "\nAssistant:"
 
 
 @dataclass
@@ -475,20 +465,10 @@ async def _off_loop(size: int, fn, *args):
 def render_chat(
     tokenizer, messages: list[dict[str, str]], tools: list[dict] | None = None, options: dict[str, Any] | None = None
 ) -> tuple[list[int], tuple[str, ...]]:
-    """The prompt's token ids for a chat (with `tools` rendered by the template when given), and the
-    stop strings its format needs. `options`: the template arguments of a prefill (`server.prefill`)."""
-    if getattr(tokenizer, "chat_template", None):
-        extra = {"tools": tools} if tools else {}
-        try:
-            text = tokenizer.apply_chat_template(
-                messages, tokenize=False, **{"add_generation_prompt": True, **(options or {})}, **extra
-            )
-        except Exception as exc:  # a template that cannot render what the prefill asks
-            if options is None:
-                raise
-            raise render_error(exc, options) from None
-        return tokenizer.encode(text, add_special_tokens=False), ()
-    return tokenizer.encode(plain_transcript(messages), add_special_tokens=False), (PLAIN_STOP,)
+    """The prompt's token ids for a chat (`server.prefill.chat_text`), and the stop strings its format
+    needs (the plain transcript's next user turn)."""
+    stop = () if has_template(tokenizer) else (PLAIN_STOP,)
+    return tokenizer.encode(chat_text(tokenizer, messages, tools, options), add_special_tokens=False), stop
 
 
 def _with_stop(settings: SamplingSettings, extra: tuple[str, ...]) -> SamplingSettings:

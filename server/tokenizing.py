@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 
 from server.errors import bad_request, not_ready
-from server.prefill import render_error, template_options
+from server.prefill import chat_text, has_template, template_options
 from server.protocol import DetokenizeRequest, TokenizeRequest
-from server.serving import StageService, plain_transcript
+from server.serving import StageService
 from server.tools import template_tools
 
 
@@ -65,24 +65,8 @@ class Tokenizing:
         return {"prompt": await asyncio.to_thread(engine.tokenizer.decode, request.tokens)}
 
 
-def has_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
 def _render(
     tokenizer, messages, tools, add_generation_prompt: bool, add_special_tokens: bool, options: dict | None = None
 ) -> list[int]:
-    if has_template(tokenizer):
-        extra = {"tools": tools} if tools else {}
-        asked = options or {"add_generation_prompt": add_generation_prompt}
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, **asked, **extra)
-        except Exception as exc:  # a template that cannot render what the prefill asks
-            if options is None:
-                raise
-            raise render_error(exc, options) from None
-    else:
-        text = (
-            plain_transcript(messages) if add_generation_prompt else plain_transcript(messages)[: -len("\nAssistant:")]
-        )
+    text = chat_text(tokenizer, messages, tools, options, add_generation_prompt=add_generation_prompt)
     return tokenizer.encode(text, add_special_tokens=add_special_tokens)

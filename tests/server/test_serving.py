@@ -2,8 +2,9 @@
 
 import asyncio
 
+from server.prefill import PLAIN_STOP, plain_transcript
 from server.protocol import ChatCompletionRequest
-from server.serving import PLAIN_STOP, StageService, plain_transcript
+from server.serving import StageService
 
 
 def run(coro):
