@@ -28,7 +28,7 @@ PLAIN_REPLY = "\nAssistant:"
 
 
 def plain_transcript(messages: list[dict[str, str]]) -> str:
-    lines = [f"{PLAIN_ROLES[m['role']]}: {m['content']}" for m in messages]
+    lines = [f"{PLAIN_ROLES.get(m['role'], m['role'])}: {m['content']}" for m in messages]
     return "\n".join(lines) + PLAIN_REPLY
 
 
