@@ -120,18 +120,21 @@ QUICK_FIGURES = (
 
 def evaluate_quick(config: Path) -> dict[str, dict[str, float | None]]:
     """The quick subset's figures per stage of the registry `config`, through vLLM engines started here."""
-    return asyncio.run(_evaluate_quick(config))
+    return quick_figures(asyncio.run(quick_reports(config)))
 
 
-async def _evaluate_quick(config: Path) -> dict[str, dict[str, float | None]]:
+async def quick_reports(config: Path) -> dict:
+    """The quick subset's eval reports (`models.eval.EvalReport`) per stage of the registry `config`."""
     from models.demo.corpus import load_countries
     from models.eval import run_eval, serving_one_engine_at_a_time
     from server.registry import load_registry
 
     async with serving_one_engine_at_a_time(load_registry(config)) as service:
-        reports = await run_eval(
-            service, countries=tuple(load_countries()[:QUICK_COUNTRIES]), fictional=QUICK_FICTIONAL
-        )
+        return await run_eval(service, countries=tuple(load_countries()[:QUICK_COUNTRIES]), fictional=QUICK_FICTIONAL)
+
+
+def quick_figures(reports: dict) -> dict[str, dict[str, float | None]]:
+    """What the manifest records of the quick subset's reports."""
     return {
         stage: {**{k: getattr(r, k) for k in QUICK_FIGURES}, **{f"accuracy.{k}": v for k, v in r.accuracy.items()}}
         for stage, r in reports.items()

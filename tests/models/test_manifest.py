@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -84,10 +85,28 @@ def test_ship_refuses_a_build_trained_on_other_data(tmp_path):
 
 
 @pytest.mark.integration  # two vLLM engines, one at a time (the base with its adapters, then its draft)
-def test_a_quick_eval_of_the_shipped_family_reproduces_its_manifest(monkeypatch):
+def test_a_quick_eval_of_the_shipped_family_runs_every_stage_and_reproduces_its_manifest(monkeypatch):
+    """`run_eval` through the real serving path (`serving_one_engine_at_a_time`) on the shipped family."""
+    from models.demo.corpus import load_countries
+    from models.demo.heldout import eval_prompts, example_prompts
+
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     monkeypatch.delenv("STAGECHAT_DEMO_FAMILY", raising=False)
-    figures = manifest.evaluate_quick(MODELS / "stages.yaml")
+    reports = asyncio.run(manifest.quick_reports(MODELS / "stages.yaml"))
+
+    assert list(reports) == ["base", "sft", "dpo", "rlhf"]
+    asked = eval_prompts(load_countries()[: manifest.QUICK_COUNTRIES], fictional=manifest.QUICK_FICTIONAL)
+    for report in reports.values():
+        assert report.chat_prompts == len(asked) and 0.0 <= report.qa_accuracy <= 1.0
+        assert set(report.accuracy) == {"capital", "language", "currency", "continent"}
+        assert len(report.examples) == len(example_prompts()) and all(
+            isinstance(e["reply"], str) for e in report.examples
+        )
+        assert report.draft_acceptance_rate is not None  # vLLM ran the draft against this stage
+    assert reports["base"].completion_prompts > 0 and reports["base"].completion_accuracy is not None
+    assert reports["sft"].completion_accuracy is None  # adapters are chat stages
+
+    figures = manifest.quick_figures(reports)
     expected = manifest.read_manifest(SHIPPED_DEMO_FAMILY)["quick_check"]
     assert set(figures) == set(expected)
     for stage, values in expected.items():
