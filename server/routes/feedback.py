@@ -199,56 +199,81 @@ def _is_admin(request: Request, settings: Settings) -> bool:
     return True
 
 
+def write_judgement(store: Store, kind: str, body: BaseModel, rater: str) -> dict[str, Any]:
+    """Store one rating, preference, ranking or correction (`kind`, a `JUDGEMENT_BODIES` key) and answer
+    its object: the one write both the HTTP routes below and the WebSocket's frames make. Blocking."""
+    if kind == "feedback":
+        return feedback_object(
+            store.rate(
+                body.response_id,
+                body.rating,
+                rater=rater,
+                comment=body.comment,
+                tags=body.tags,
+                prompt=body.prompt,
+                completion=body.completion,
+            )
+        )
+    if kind == "preference":
+        return preference_object(
+            store.prefer(
+                body.response_ids,
+                body.choice,
+                rater=rater,
+                comment=body.comment,
+                prompt=body.prompt,
+                completions=body.completions,
+            )
+        )
+    if kind == "ranking":
+        return ranking_object(
+            store.rank(
+                body.response_ids,
+                body.ranking,
+                rater=rater,
+                comment=body.comment,
+                prompt=body.prompt,
+                completions=body.completions,
+            )
+        )
+    return correction_object(
+        store.correct(
+            body.response_id,
+            body.completion,
+            rater=rater,
+            comment=body.comment,
+            prompt=body.prompt,
+            original=body.original,
+        )
+    )
+
+
+JUDGEMENT_BODIES: dict[str, type[BaseModel]] = {
+    "feedback": FeedbackRequest,
+    "preference": PreferenceRequest,
+    "ranking": RankingRequest,
+    "correction": CorrectionRequest,
+}
+
+
 @router.post("/v1/feedback")
 def create_feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
-    rater = authenticate(request, _settings(request))
-    fb = _store(request).rate(
-        body.response_id,
-        body.rating,
-        rater=rater,
-        comment=body.comment,
-        tags=body.tags,
-        prompt=body.prompt,
-        completion=body.completion,
-    )
-    return feedback_object(fb)
+    return write_judgement(_store(request), "feedback", body, authenticate(request, _settings(request)))
 
 
 @router.post("/v1/preferences")
 def create_preference(body: PreferenceRequest, request: Request) -> dict[str, Any]:
-    rater = authenticate(request, _settings(request))
-    pref = _store(request).prefer(
-        body.response_ids,
-        body.choice,
-        rater=rater,
-        comment=body.comment,
-        prompt=body.prompt,
-        completions=body.completions,
-    )
-    return preference_object(pref)
+    return write_judgement(_store(request), "preference", body, authenticate(request, _settings(request)))
 
 
 @router.post("/v1/rankings")
 def create_ranking(body: RankingRequest, request: Request) -> dict[str, Any]:
-    rater = authenticate(request, _settings(request))
-    ranking = _store(request).rank(
-        body.response_ids,
-        body.ranking,
-        rater=rater,
-        comment=body.comment,
-        prompt=body.prompt,
-        completions=body.completions,
-    )
-    return ranking_object(ranking)
+    return write_judgement(_store(request), "ranking", body, authenticate(request, _settings(request)))
 
 
 @router.post("/v1/corrections")
 def create_correction(body: CorrectionRequest, request: Request) -> dict[str, Any]:
-    rater = authenticate(request, _settings(request))
-    correction = _store(request).correct(
-        body.response_id, body.completion, rater=rater, comment=body.comment, prompt=body.prompt, original=body.original
-    )
-    return correction_object(correction)
+    return write_judgement(_store(request), "correction", body, authenticate(request, _settings(request)))
 
 
 def _own_items(

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from server import metrics
 from server.conversations import Caller, answer_message, caller, save_turn
@@ -360,75 +360,15 @@ class Connection:
             return await self.error(
                 fid, APIError(503, "This server keeps no feedback store.", type="service_unavailable", code="no_store")
             )
-        # The HTTP route's body types and helpers, so both doors validate and answer alike.
-        from server.routes.feedback import (
-            CorrectionRequest,
-            FeedbackRequest,
-            PreferenceRequest,
-            RankingRequest,
-            correction_object,
-            feedback_object,
-            preference_object,
-            ranking_object,
-        )
-        from server.store.records import StoreError
+        # The HTTP routes' body types and their one write, so both doors validate, store and answer alike.
+        from server.routes.feedback import JUDGEMENT_BODIES, write_judgement
 
-        body_type: type[BaseModel] = {
-            "feedback": FeedbackRequest,
-            "preference": PreferenceRequest,
-            "ranking": RankingRequest,
-            "correction": CorrectionRequest,
-        }[kind]
         try:
-            body = body_type.model_validate({k: v for k, v in frame.items() if k not in _ENVELOPE})
+            body = JUDGEMENT_BODIES[kind].model_validate({k: v for k, v in frame.items() if k not in _ENVELOPE})
         except ValidationError as exc:
             return await self.error(fid, from_validation_errors(exc.errors()))
         try:
-            if kind == "feedback":
-                result = await asyncio.to_thread(
-                    store.rate,
-                    body.response_id,
-                    body.rating,
-                    rater=self.client_id,
-                    comment=body.comment,
-                    tags=body.tags,
-                    prompt=body.prompt,
-                    completion=body.completion,
-                )
-                obj = feedback_object(result)
-            elif kind == "ranking":
-                result = await asyncio.to_thread(
-                    store.rank,
-                    body.response_ids,
-                    body.ranking,
-                    rater=self.client_id,
-                    comment=body.comment,
-                    prompt=body.prompt,
-                    completions=body.completions,
-                )
-                obj = ranking_object(result)
-            elif kind == "correction":
-                result = await asyncio.to_thread(
-                    store.correct,
-                    body.response_id,
-                    body.completion,
-                    rater=self.client_id,
-                    comment=body.comment,
-                    prompt=body.prompt,
-                    original=body.original,
-                )
-                obj = correction_object(result)
-            else:
-                result = await asyncio.to_thread(
-                    store.prefer,
-                    body.response_ids,
-                    body.choice,
-                    rater=self.client_id,
-                    comment=body.comment,
-                    prompt=body.prompt,
-                    completions=body.completions,
-                )
-                obj = preference_object(result)
+            obj = await asyncio.to_thread(write_judgement, store, kind, body, self.client_id)
         except StoreError as exc:
             return await self.error(fid, from_store_error(exc))
         except Exception as exc:  # an error frame, never a task that dies silently: nothing was stored

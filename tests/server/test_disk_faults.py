@@ -226,10 +226,10 @@ def test_the_export_command_into_a_read_only_folder_exits_2_naming_the_path(tmp_
 
 
 def test_an_export_to_a_full_disk_exits_2_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
-    import argparse
     import io
 
     from cli.feedback import export_feedback
+    from cli.main import parser
 
     store = Store(f"sqlite:///{tmp_path / 'stagechat.db'}")
     store.record_generation(_generation("chatcmpl-1"))
@@ -250,13 +250,18 @@ def test_an_export_to_a_full_disk_exits_2_and_leaves_no_partial_file(tmp_path, m
 
     monkeypatch.setattr(Path, "open", open_on_a_full_disk)
     out = tmp_path / "kto.jsonl"
-    args = argparse.Namespace(
-        format="kto",
-        out=str(out),
-        hf_dataset=None,
-        push_to_hub=None,
-        test_fraction=0.1,
-        database_url=f"sqlite:///{tmp_path / 'stagechat.db'}",
+    # Parsed by the real command line, so a flag added to it cannot be missing here.
+    args = parser().parse_args(
+        [
+            "feedback",
+            "export",
+            "--format",
+            "kto",
+            "--out",
+            str(out),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'stagechat.db'}",
+        ]
     )
     assert export_feedback(args) == 2
     err = capsys.readouterr().err.strip()
