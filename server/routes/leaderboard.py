@@ -52,6 +52,18 @@ def _registry(request: Request):
     return None if service is None else service.pool.registry
 
 
+def _judgements(store, votes, since, until, rater, min_gold_accuracy):
+    """The judgements the filters select: (votes read, judgements, raters left out for gold)."""
+    return read_judgements(
+        store,
+        votes,
+        since=parse_time(since, "since"),
+        until=parse_time(until, "until"),
+        rater=rater,
+        min_gold_accuracy=min_gold_accuracy,
+    )
+
+
 Since = Annotated[str | None, Query(description="Judged at or after: Unix seconds or ISO 8601."), TIME]
 Until = Annotated[str | None, Query(description="Judged before: Unix seconds or ISO 8601."), TIME]
 Rater = Annotated[str | None, Query(description="Only this rater's judgements (a client id).")]
@@ -84,14 +96,7 @@ def get_leaderboard(
     authenticate(request, request.app.state.settings)
     _only(request, _FILTERS)
     store = request.app.state.store
-    chosen, judgements, excluded = read_judgements(
-        store,
-        votes,
-        since=parse_time(since, "since"),
-        until=parse_time(until, "until"),
-        rater=rater,
-        min_gold_accuracy=min_gold_accuracy,
-    )
+    chosen, judgements, excluded = _judgements(store, votes, since, until, rater, min_gold_accuracy)
     body = board_body(store, judgements, bootstrap=bootstrap, seed=seed)
     body["reward_agreement"] = read_agreement(store, _registry(request), judgements)
     body["votes"] = chosen
@@ -130,14 +135,7 @@ def get_lineage(
             code="model_not_found",
         )
     store = request.app.state.store
-    chosen, judgements, _ = read_judgements(
-        store,
-        votes,
-        since=parse_time(since, "since"),
-        until=parse_time(until, "until"),
-        rater=rater,
-        min_gold_accuracy=min_gold_accuracy,
-    )
+    chosen, judgements, _ = _judgements(store, votes, since, until, rater, min_gold_accuracy)
     board = {**leaderboard(judgements, bootstrap=bootstrap, seed=seed).to_dict(), "votes": chosen}
     return lineage(registry, board, read_agreement(store, registry, judgements), family=family)
 
