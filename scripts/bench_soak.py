@@ -97,7 +97,7 @@ class Soak:
     acked: dict[str, set[str]] = field(default_factory=lambda: {"feedback": set(), "ranking": set()})
     rss: list[tuple[float, float, float]] = field(default_factory=list)  # (t, server MiB, engines MiB)
     events: list[dict[str, Any]] = field(default_factory=list)  # the kill, the round, the restart
-    served_at: list[float] = field(default_factory=list)  # when a stream ended well
+    served_at: list[float] = field(default_factory=list)  # when a stream that ended well began
 
     def now(self) -> float:
         return time.monotonic() - self.began
@@ -168,7 +168,8 @@ def write_ledger(acked: dict[str, set[str]], stored: dict[str, set[str]]) -> dic
 
 
 def recovery_seconds(killed_at: float, served_at: list[float]) -> float | None:
-    """Seconds from the kill to the first stream that ended well after it (None: never served again)."""
+    """Seconds from the kill to the first stream begun after it that ended well (None: never served
+    again). Begun, not ended: a stream generated before the kill can end just after it."""
     after = [t for t in served_at if t > killed_at]
     return min(after) - killed_at if after else None
 
@@ -214,7 +215,7 @@ async def sse_chat(client, soak: Soak, stage: str, max_tokens: int, *, drop: boo
     if first is not None:
         soak.ttfts.append((t0, first))
     soak.ok["stream"] += 1
-    soak.served_at.append(soak.now())
+    soak.served_at.append(t0)
     return response_id
 
 

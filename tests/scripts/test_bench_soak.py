@@ -64,7 +64,7 @@ def test_the_ledger_counts_lost_and_unacknowledged_writes():
     assert ledger["ranking"]["lost"] == 0
 
 
-def test_recovery_is_the_first_good_stream_after_the_kill():
+def test_recovery_is_the_first_good_stream_begun_after_the_kill():
     assert soak.recovery_seconds(100.0, [50.0, 99.0, 131.5, 140.0]) == pytest.approx(31.5)
     assert soak.recovery_seconds(100.0, [50.0]) is None
 
