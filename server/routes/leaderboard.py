@@ -27,23 +27,11 @@ from server.errors import bad_request
 from server.leaderboard import BOOTSTRAP, board_body, leaderboard, read_judgements
 from server.lineage import lineage
 from server.reward_agreement import SCORE_LIMIT, read_agreement, score_judged
-from server.routes.params import TIME, parse_time
+from server.routes.params import TIME, only, parse_time
 
 router = APIRouter()
 
 _FILTERS = ("since", "until", "rater", "votes", "min_gold_accuracy", "bootstrap", "seed")
-_AUTH = ("api_key",)  # read by server.auth (browsers cannot set headers on a WebSocket)
-
-
-def _only(request: Request, known: tuple[str, ...]) -> None:
-    """A 400 naming the first query parameter this route does not read."""
-    for name in request.query_params:
-        if name not in known and name not in _AUTH:
-            raise bad_request(
-                f"Unsupported query parameter '{name}'; this route reads {', '.join(known)}.",
-                param=name,
-                code="unknown_parameter",
-            )
 
 
 def _registry(request: Request):
@@ -94,7 +82,7 @@ def get_leaderboard(
     seed: Seed = 0,
 ) -> dict[str, Any]:
     authenticate(request, request.app.state.settings)
-    _only(request, _FILTERS)
+    only(request, _FILTERS)
     store = request.app.state.store
     chosen, judgements, excluded = _judgements(store, votes, since, until, rater, min_gold_accuracy)
     body = board_body(store, judgements, bootstrap=bootstrap, seed=seed)
@@ -124,7 +112,7 @@ def get_lineage(
     seed: Seed = 0,
 ) -> dict[str, Any]:
     authenticate(request, request.app.state.settings)
-    _only(request, ("family", *_FILTERS))
+    only(request, ("family", *_FILTERS))
     registry = _registry(request)
     if registry is None:
         raise bad_request("This server has no stage registry, so no lineage.", param=None)
@@ -155,7 +143,7 @@ class ScoreRequest(BaseModel):
 async def post_reward_scores(request: Request, body: ScoreRequest | None = None) -> dict[str, Any]:
     """Score every judged answer (arena votes and named judgements) a reward model has not scored yet."""
     authenticate(request, request.app.state.settings)
-    _only(request, ())
+    only(request, ())
     body = body or ScoreRequest()
     service = getattr(request.app.state, "service", None)
     rewards = None if service is None else service.rewards

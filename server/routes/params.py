@@ -2,8 +2,9 @@
 
 What it knows: how a time filter (`since`, `until`) is written — Unix seconds or ISO 8601, naive
 meaning UTC — the 400 a malformed one gets, and the schema that says so (`TIME`, `CURSOR`), so a client
-generating requests from the spec sends only times the server reads. What it does not know: what
-the routes filter.
+generating requests from the spec sends only times the server reads; and that a query parameter a
+route does not read is a 400 naming it (`only`), never ignored. What it does not know: what the
+routes filter.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import WithJsonSchema
+from starlette.requests import Request
 
 from server.errors import bad_request
 
@@ -58,3 +60,16 @@ def parse_time(value: str | None, param: str) -> datetime | None:
         return t.astimezone(timezone.utc)
     except OverflowError:
         return _EARLIEST if t.year == 1 else _LATEST
+
+
+# Read by server.auth (for clients that cannot set headers): every route takes it.
+AUTH_PARAMS = ("api_key",)
+
+
+def only(request: Request, known: tuple[str, ...] = ()) -> None:
+    """A 400 naming the first query parameter the route does not read (as `errors.py` answers a body
+    field it does not honour)."""
+    for name in request.query_params:
+        if name not in known and name not in AUTH_PARAMS:
+            reads = f"this route reads {', '.join(known)}" if known else "this route takes none"
+            raise bad_request(f"Unsupported parameter '{name}': {reads}.", param=name, code="extra_forbidden")

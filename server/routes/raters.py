@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request
 
 from server.auth import ANONYMOUS, authenticate, require_admin
 from server.errors import APIError, bad_request, error_responses
+from server.routes.params import only
 
 router = APIRouter(prefix="/v1/raters")
 MAX_RATER = 64  # the store's rater columns
@@ -36,9 +37,7 @@ def _forbidden(message: str, code: str) -> APIError:
 def _nothing_else(request: Request) -> None:
     """These routes take no parameters and no body: one sent (a `dry_run` a client hoped for) is a 400,
     never ignored — least of all by a deletion."""
-    for name in request.query_params:
-        if name != "api_key":  # the key, for clients that cannot set headers
-            raise bad_request(f"Unsupported parameter '{name}': this endpoint takes none.", name, "extra_forbidden")
+    only(request)
     if int(request.headers.get("content-length") or 0) or request.headers.get("transfer-encoding"):
         raise bad_request("This endpoint takes no request body.", None, "extra_forbidden")
 
