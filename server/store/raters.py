@@ -92,16 +92,20 @@ class RaterData(StoreBase):
                     sa.select(model).where(getattr(model, column) == rater).order_by(*model.__table__.primary_key)
                 ).all()
                 doc[section] = [_row_dict(r) for r in rows]
-            for conversation in doc["conversations"]:
-                cid = conversation["id"]
-                messages = session.scalars(
-                    sa.select(MessageRow).where(MessageRow.conversation_id == cid).order_by(MessageRow.seq)
-                )
-                shares = session.scalars(
-                    sa.select(ShareRow).where(ShareRow.conversation_id == cid).order_by(ShareRow.created_at)
-                )
-                conversation["messages"] = [_row_dict(m) for m in messages]
-                conversation["shares"] = [_row_dict(s) for s in shares]
+            # Two statements for all their conversations, not two per conversation.
+            owned = sa.select(ConversationRow.id).where(ConversationRow.owner == rater)
+            messages = session.scalars(
+                sa.select(MessageRow).where(MessageRow.conversation_id.in_(owned)).order_by(MessageRow.seq)
+            )
+            shares = session.scalars(
+                sa.select(ShareRow).where(ShareRow.conversation_id.in_(owned)).order_by(ShareRow.created_at)
+            )
+            by_id = {c["id"]: {**c, "messages": [], "shares": []} for c in doc["conversations"]}
+            for m in messages:
+                by_id[m.conversation_id]["messages"].append(_row_dict(m))
+            for share in shares:
+                by_id[share.conversation_id]["shares"].append(_row_dict(share))
+            doc["conversations"] = list(by_id.values())
         doc["counts"] = {section: len(doc[section]) for section in OWNED}
         doc["counts"]["conversation_messages"] = sum(len(c["messages"]) for c in doc["conversations"])
         return doc
