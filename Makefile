@@ -62,15 +62,19 @@ system-deps:
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql podman runc debootstrap >/dev/null; fi; \
 	fi
 
-# Lint and format first (seconds): a style slip fails before the slow suite starts.
+# Lint and format first (seconds): a style slip fails before the slow suite starts. Then the tests
+# that start no engine and no browser, two at a time (one per core: they are single-threaded), then
+# the rest one at a time, since engines and browsers use every core and some measure timings.
+SERIAL := integration or browser or container
 test: setup system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 -m "not ($(SERIAL))"
+	$(PY) -m pytest -m "$(SERIAL)"
 
 # Unit tests only: no vLLM engine, no browser, no database server.
 test-fast: setup
-	$(PY) -m pytest -m "not integration and not browser and not postgres"
+	$(PY) -m pytest -n 2 -m "not integration and not browser and not postgres"
 
 clean:
 	rm -rf $(VENV)

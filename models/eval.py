@@ -19,6 +19,8 @@ chosen on. Figures per stage:
   the preference data ranks first;
 - `completion_accuracy` (full checkpoints): the plain completion goes on with the fact;
 - `draft_acceptance_rate`: the share of draft-model tokens accepted, for stages offering `draft_model`;
+  `draft_same_text_rate`: the share of those replies identical to the reply without speculation
+  (1.0 for a lossless method at temperature 0);
 - `mean_reward` (when the registry has a reward model): its mean score of the stage's replies, scored
   through `server.rewards` (vLLM's pooling runner) after generation, one engine at a time;
 - `kl_to_sft` (adapter stages other than sft, `kl_samples` > 0): a Monte-Carlo estimate of
@@ -146,6 +148,7 @@ class StageReport:
     completion_accuracy: float | None = None
     completion_by_skill: dict[str, float] | None = None
     draft_acceptance_rate: float | None = None
+    draft_same_text_rate: float | None = None
     mean_reward: float | None = None
     kl_to_sft: float | None = None
     chat_prompts: int = 0
@@ -327,6 +330,8 @@ async def run_eval(
         if "draft_model" not in registry.speculative_methods(stage):
             continue
         runs = await asyncio.gather(*(chat(stage, p, "draft_model") for p in facts))
+        plain = {id(p): text for p, text in replies[stage]}
+        reports[stage].draft_same_text_rate = _rate(text == plain[id(p)] for p, text, _ in runs)
         figures = [spec for _, _, spec in runs if spec is not None]
         accepted = sum(f.accepted_tokens for f in figures)
         drafted = sum(f.draft_tokens for f in figures)

@@ -4,10 +4,12 @@
 - `tiny_family`: a random tiny Llama checkpoint with a LoRA adapter and a registry for it, made once
   per session in seconds; integration tests serve it with real vLLM.
 - `live_server`: `stagechat serve` in a child process on the tiny family (`server.launcher`).
+- `assert_a_signal_stops_every_engine`: a signal to such a server ends it and every engine process.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +19,7 @@ from starlette.testclient import TestClient
 
 from server.app import create_app
 from server.fake_engine import ScriptedEngine
-from server.launcher import stagechat_server
+from server.launcher import ChildServer, stagechat_server
 from server.pool import EnginePool
 from server.registry import Registry
 from server.settings import Settings
@@ -82,6 +84,20 @@ def ready_client(app, pool):
             time.sleep(0.01)
         client.pool = pool
         yield client
+
+
+def assert_a_signal_stops_every_engine(server: ChildServer, sig: signal.Signals) -> None:
+    """Send `sig` to a running `stagechat serve`: it exits, and no engine process it started is left."""
+    import psutil
+
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    assert children, "the engine runs in child processes"
+    server.process.send_signal(sig)
+    server.process.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while alive := [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]:
+        assert time.monotonic() < deadline, f"orphan engine processes: {[c.name() for c in alive]}"
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

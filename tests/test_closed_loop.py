@@ -4,14 +4,19 @@ Answers come from a live `stagechat serve` (real vLLM) on a tiny random family, 
 `POST /v1/feedback` by the scripted short-answer rater of `models.closed_loop` (so the store holds real
 generation records), a DPO round continues the rlhf adapter, `POST /v1/admin/reload` adds the new stage
 to the same running engine, and the trait is measured again on the new stage through the server.
+Then Ctrl-C (SIGINT) stops that server and every engine process it started (SIGTERM:
+tests/server/test_load_faults.py).
 """
 
 from __future__ import annotations
+
+import signal
 
 import httpx
 import pytest
 
 from models.closed_loop import run_loop
+from tests.conftest import assert_a_signal_stops_every_engine
 
 
 @pytest.mark.integration
@@ -40,5 +45,6 @@ def test_a_round_on_ratings_moves_the_trait_and_serves_without_restart(tmp_path)
         assert models["rlhf-2"]["parent"] == "rlhf"
         assert server.process.poll() is None and server.process.pid == pid  # the same server served it
         assert report.after_rate >= report.before_rate + 0.2, report
+        assert_a_signal_stops_every_engine(server, signal.SIGINT)
     finally:
         server.stop()

@@ -55,6 +55,8 @@ def test_the_registry_serves_the_shipped_family_by_default(monkeypatch):
     assert registry.stages["base"].model == str(SHIPPED_DEMO_FAMILY / "base")
     assert registry.stages["rlhf"].adapter == str(SHIPPED_DEMO_FAMILY / "rlhf")
     assert registry.reward_models["rm"].model == str(SHIPPED_DEMO_FAMILY / "rm")
+    for stage in registry.stages:  # adapter stages share their base's engine, so its methods too
+        assert set(registry.speculative_methods(stage)) == {"draft_model", "ngram"}, stage
 
 
 def test_another_family_is_picked_by_the_environment(tmp_path, monkeypatch):
@@ -84,7 +86,7 @@ def test_ship_refuses_a_build_trained_on_other_data(tmp_path):
     assert not (tmp_path / "family").exists() and not (tmp_path / "family.partial").exists()
 
 
-@pytest.mark.integration  # two vLLM engines, one at a time (the base with its adapters, then its draft)
+@pytest.mark.integration  # two vLLM engines, one at a time (the base with its adapters, then with its draft)
 def test_a_quick_eval_of_the_shipped_family_runs_every_stage_and_reproduces_its_manifest(monkeypatch):
     """`run_eval` through the real serving path (`serving_one_engine_at_a_time`) on the shipped family."""
     from models.demo.corpus import load_countries
@@ -103,6 +105,8 @@ def test_a_quick_eval_of_the_shipped_family_runs_every_stage_and_reproduces_its_
             isinstance(e["reply"], str) for e in report.examples
         )
         assert report.draft_acceptance_rate is not None  # vLLM ran the draft against this stage
+        # draft_model is lossless at temperature 0: the shipped draft changes no reply of any stage
+        assert report.draft_same_text_rate == 1.0, report.stage
     assert reports["base"].completion_prompts > 0 and reports["base"].completion_accuracy is not None
     assert reports["sft"].completion_accuracy is None  # adapters are chat stages
 

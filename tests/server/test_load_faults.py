@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from server.launcher import stagechat_server
-from tests.server.test_lifecycle import assert_a_signal_stops_every_engine
+from tests.conftest import assert_a_signal_stops_every_engine
 
 pytestmark = pytest.mark.integration
 
@@ -169,6 +169,6 @@ def test_kill_9_during_streams_and_ratings_loses_no_acknowledged_rating(tiny_fam
             timeout=60,
         )
         assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] > 0
-        assert_a_signal_stops_every_engine(restarted, signal.SIGTERM)  # test_lifecycle.py's other signal
+        assert_a_signal_stops_every_engine(restarted, signal.SIGTERM)  # SIGINT: tests/test_closed_loop.py
     finally:
         restarted.stop()

@@ -3,8 +3,8 @@ client: figures in the body and the final stream chunk, an adapter stage on a sp
 the Prometheus counters, losslessness at temperature 0 for every method, and an unchanged output
 distribution at temperature > 0 (a chi-square test that is also shown to detect a real shift).
 
-The demo family the repository ships (models/stages.yaml: base, sft and rlhf adapters, draft_model
-and ngram) gets its own server for the lossless check.
+The demo family the repository ships is checked lossless with its draft by its quick eval
+(tests/models/test_manifest.py), which runs every stage with and without it.
 
 One server serves a random tiny family (base, a LoRA adapter, a smaller draft with the same
 tokenizer) with `--max-engines 1`, so each variant's engine starts lazily and evicts the previous
@@ -21,11 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import yaml
 
 from server.launcher import stagechat_server
-from server.settings import SHIPPED_DEMO_FAMILY
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -307,56 +304,3 @@ def test_chi_square_p_values():
     # 2x2 table [[60, 40], [40, 60]]: chi2 = 8.0 on 1 df -> p = 0.004678
     assert chi_square_p(["a"] * 60 + ["b"] * 40, ["a"] * 40 + ["b"] * 60) == pytest.approx(0.004678, rel=1e-3)
     assert math.isclose(chi_square_p(["a"] * 100, ["b"] * 100), 0.0, abs_tol=1e-12)
-
-
-# -- the demo family ----------------------------------------------------------------------------
-
-DEMO_STAGES = ("base", "sft", "rlhf")
-
-
-@pytest.fixture(scope="module")
-def demo_server(tmp_path_factory):
-    # The shipped registry without its reward model: speculation never needs rm, so its engine's start
-    # (a minute on a busy 2-core machine) is not paid here.
-    work = tmp_path_factory.mktemp("demo-serve")
-    registry = yaml.safe_load((REPO / "models" / "stages.yaml").read_text())
-    del registry["reward_models"]
-    config = work / "stages.yaml"
-    config.write_text(yaml.safe_dump(registry).replace("{demo_family}", str(SHIPPED_DEMO_FAMILY)))
-    server = stagechat_server(config, work / "data", ("--no-ui", "--max-engines", "1"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def demo_runs(demo_server):
-    client = openai.OpenAI(base_url=f"{demo_server.url}/v1", api_key="none", max_retries=0, timeout=300)
-    models = {m.id: m.model_extra for m in client.models.list().data}
-    methods = models["base"]["speculative"]
-    out = {"models": models, "texts": {}, "figures": {}}
-    for method in ("off", *methods):  # variant by variant: one engine start each
-        for stage in DEMO_STAGES:
-            reply = client.chat.completions.create(
-                model=stage,
-                messages=[{"role": "user", "content": "What is the capital of Kenya?"}],
-                max_tokens=24,
-                temperature=0,
-                extra_body={"speculative": method, "ignore_eos": True},
-            )
-            out["texts"][(stage, method)] = reply.choices[0].message.content
-            out["figures"][(stage, method)] = reply.model_extra.get("speculative")
-    return out
-
-
-def test_demo_family_offers_its_methods_on_every_stage(demo_runs):
-    for stage in DEMO_STAGES:
-        assert demo_runs["models"][stage]["speculative"] == ["draft_model", "ngram"]
-
-
-@pytest.mark.parametrize("method", ["draft_model", "ngram"])
-@pytest.mark.parametrize("stage", DEMO_STAGES)
-def test_demo_family_is_lossless_at_temperature_zero(demo_runs, stage, method):
-    assert demo_runs["texts"][(stage, method)] == demo_runs["texts"][(stage, "off")]
-    figures = demo_runs["figures"][(stage, method)]
-    assert figures is not None and figures["method"] == method
-    assert demo_runs["figures"][(stage, "off")] is None
