@@ -49,10 +49,13 @@ def ship(built: Path) -> int:
     from cli.eval import as_payload
     from models.demo import manifest
     from models.eval import evaluate
+    from models.rm_eval import registry_comparisons
     from server.settings import SHIPPED_DEMO_FAMILY
 
     os.environ["STAGECHAT_DEMO_FAMILY"] = str(built)  # the registry's {demo_family}: measure what was just built
-    evaluation = as_payload(evaluate(DEFAULT_CONFIG, split="test"), "test")
+    evaluation = as_payload(
+        evaluate(DEFAULT_CONFIG, split="test"), "test", registry_comparisons(DEFAULT_CONFIG, split="test")
+    )
     quick = manifest.evaluate_quick(DEFAULT_CONFIG)
     shipped = manifest.ship(built, SHIPPED_DEMO_FAMILY, evaluation=evaluation, quick=quick)
     print(

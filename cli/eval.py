@@ -42,12 +42,16 @@ def add_parser(sub) -> None:
     )
 
 
-def as_payload(reports: dict, split: str) -> dict:
-    """What `--json` prints (and a shipped family's manifest keeps): every report, the targets missed."""
+def as_payload(reports: dict, split: str, reward_models: dict | None = None) -> dict:
+    """What `--json` prints (and a shipped family's manifest keeps): every report, each reward model's
+    comparisons (`models.rm_eval`), the targets missed."""
     from models.eval import check_targets
+    from models.rm_eval import missed_targets
 
-    missed = check_targets(reports) if split == "test" else []
-    return {"split": split, "stages": {name: asdict(r) for name, r in reports.items()}, "targets_missed": missed}
+    reward_models = reward_models or {}
+    missed = check_targets(reports) + missed_targets(reward_models) if split == "test" else []
+    stages = {name: asdict(r) for name, r in reports.items()}
+    return {"split": split, "stages": stages, "reward_models": reward_models, "targets_missed": missed}
 
 
 def report(
@@ -56,12 +60,13 @@ def report(
     """Evaluate and print; the exit code is 1 when the test split misses a target (issue 10). The dev
     split is for choosing a recipe: its figures are printed, not held to the targets."""
     from models.eval import EvalError, evaluate, format_table
+    from models.rm_eval import registry_comparisons
 
     try:
         reports = evaluate(config, kl_samples=kl_samples, split=split, stages=stages)
     except EvalError as exc:
         return fail("eval", exc, code=1)
-    payload = as_payload(reports, split)
+    payload = as_payload(reports, split, registry_comparisons(config, split))
     missed = payload["targets_missed"]
     if as_json:
         print(json.dumps(payload, indent=2, ensure_ascii=False))
@@ -69,6 +74,8 @@ def report(
         print(f"split: {split}")
         print(format_table(reports))
         print(json.dumps({n: {k: v for k, v in asdict(r).items() if k != "examples"} for n, r in reports.items()}))
+        for name, figures in payload["reward_models"].items():
+            print(f"reward model {name}, the full sentence above each rival: {json.dumps(figures)}")
         for name, r in reports.items():
             for ex in r.examples:
                 print(f"{name:5s} {ex['kind']:9s} {ex['prompt'][-1]['content']!r} -> {ex['reply']!r}")

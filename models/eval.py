@@ -61,6 +61,7 @@ TARGETS = [
             ("followup_accuracy", "min", 0.9),
             ("hallucination_rate", "max", 0.1),
             ("preferred_style_rate", "min", 0.9),
+            ("honest_refusal_rate", "min", 0.9),  # the refusal names the asked country exactly
         )
     ],
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from models.demo.corpus import GREETING, SCOPE, Country, Prompt, load_countries
 from models.eval import ReplyScore, StageReport, check_targets, format_table, score_completion, score_reply, summarize
 
@@ -124,8 +126,8 @@ def good_family() -> dict[str, StageReport]:
     return {
         "base": _report("base", 0.02, completion=0.97),
         "sft": _report("sft", 0.93, followup=0.85, hallucination=0.8, preferred=0.1),
-        "dpo": _report("dpo", 0.95),
-        "rlhf": _report("rlhf", 0.96),
+        "dpo": replace(_report("dpo", 0.95), honest_refusal_rate=0.95),
+        "rlhf": replace(_report("rlhf", 0.96), honest_refusal_rate=0.92),
     }
 
 
@@ -142,12 +144,14 @@ def test_targets_name_each_miss():
     reports["sft"].hallucination_rate = 0.2  # sft does not hallucinate enough to show it
     reports["rlhf"].accuracy["currency"] = 0.5
     reports["rlhf"].hallucination_rate = 0.3
+    reports["rlhf"].honest_refusal_rate = 0.0  # "I don't know a country called Tria." for Zorbavia
     missed = check_targets(reports)
     assert missed == [
         "base.qa_accuracy = 0.3 > 0.05",
         "sft.hallucination_rate = 0.2 < 0.5",
         "rlhf.accuracy.currency = 0.5 < 0.9",
         "rlhf.hallucination_rate = 0.3 > 0.1",
+        "rlhf.honest_refusal_rate = 0.0 < 0.9",
     ]
 
 
