@@ -151,8 +151,8 @@ def remote_vllm(tiny_family, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def remote_live_server(tiny_family, remote_vllm, tmp_path_factory):
-    """`stagechat serve` with `base` and `sft` served by `remote_vllm`, next to a `local` in-process
-    stage on the same checkpoint. `engine_url` is where the remote engine's own metrics are."""
+    """`stagechat serve` with `base` and `sft` served by `remote_vllm`, and no engine of its own.
+    `engine_url` is where the remote engine's own metrics are."""
     config = tiny_family / "remote-stages.yaml"
     config.write_text(
         "engine: {max_model_len: 512, dtype: float32}\n"
@@ -164,9 +164,6 @@ def remote_live_server(tiny_family, remote_vllm, tmp_path_factory):
         f"    remote: {{url: '{remote_vllm.url}/v1', model: sft}}\n"
         "    base: base\n"
         "    description: random LoRA on base\n"
-        "  local:\n"
-        "    model: ./base\n"
-        "    description: the same checkpoint, in process\n"
     )
     server = stagechat_server(config, tmp_path_factory.mktemp("remote-live-data"), ("--no-ui",))
     server.engine_url = remote_vllm.url

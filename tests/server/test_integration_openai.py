@@ -35,7 +35,7 @@ def aclient(live):
 
 def test_lists_stages(client):
     models = {m.id: m for m in client.models.list().data}
-    assert {"base", "sft"} <= set(models)  # the remote server's stagechat also serves a `local` stage
+    assert {"base", "sft"} <= set(models)
     assert models["sft"].model_extra["parent"] == "base"
     assert models["base"].model_extra["description"] == "random tiny base"
 
