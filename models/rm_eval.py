@@ -8,8 +8,8 @@ sentence answering another question about the same country. A comparison's figur
 questions where the full sentence scores higher (a tie counts as a loss).
 
 Scores come from transformers on the CPU, a question's six answers in one batch, with the reward
-model's own chat template (what vLLM's pooling runner reproduces). This module knows the comparisons and their target;
-it never trains, and it does not know the serving path.
+model's own chat template (what vLLM's pooling runner reproduces). This module knows the comparisons
+and their target; it never trains, and it does not know the serving path.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from models.demo.corpus import FULL, IDK, SKILLS, answer, fill, full_answer, load_countries
+from models.demo.corpus import IDK, SKILLS, answer, fill, full_answer, load_countries, wrong_answer
 from models.demo.heldout import eval_prompts
 
 COMPARISONS = ("terse", "i_dont_know", "another_country", "wrong_fact", "another_question")
@@ -32,7 +32,7 @@ def rivals(prompt, rng: random.Random, countries) -> dict[str, str]:
         "terse": answer("terse", c, skill, rng),
         "i_dont_know": fill(IDK, c),
         "another_country": full_answer(other, skill),
-        "wrong_fact": FULL[skill].format(**{**vars(c), skill: other.fact(skill)}),
+        "wrong_fact": wrong_answer(c, skill, other),
         "another_question": full_answer(c, rng.choice([s for s in SKILLS if s != skill])),
     }
 

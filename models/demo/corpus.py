@@ -397,10 +397,13 @@ def sft_examples(per_country: int, seed: int = 1, countries: tuple[Country, ...]
 
 
 # --- rankings and preference pairs -----------------------------------------------------------------
-def _wrong(c: Country, skill: str, rng: random.Random, countries: tuple[Country, ...]) -> str:
-    """The preferred sentence with another country's fact: polite, confident and false."""
-    other = rng.choice([o for o in countries if o.fact(skill) != c.fact(skill)])
+def wrong_answer(c: Country, skill: str, other: Country) -> str:
+    """The preferred sentence about `c` with `other`'s fact: polite, confident and false."""
     return FULL[skill].format(**{**vars(c), skill: other.fact(skill)})
+
+
+def _wrong(c: Country, skill: str, rng: random.Random, countries: tuple[Country, ...]) -> str:
+    return wrong_answer(c, skill, rng.choice([o for o in countries if o.fact(skill) != c.fact(skill)]))
 
 
 def ranked_answers(p: Prompt, rng: random.Random, countries: tuple[Country, ...]) -> list[str]:
