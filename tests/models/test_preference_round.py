@@ -16,7 +16,8 @@ from models.preference_round import RoundPlan, train_round
 from models.rounds import RoundError
 from server.registry import RegistryError, load_registry
 from server.registry_file import add_stage
-from server.store import GenerationRecord, Store, prompt_hash
+from server.store import Store
+from tests.records import chat_record
 
 _ids = itertools.count()
 
@@ -45,25 +46,7 @@ def registry_file(family, tmp_path) -> Path:
 
 
 def rate(store: Store, question: str, answer: str, rating: str, stage: str = "rlhf") -> None:
-    messages = [{"role": "user", "content": question}]
-    record = GenerationRecord(
-        id=f"chatcmpl-r{next(_ids)}",
-        stage=stage,
-        client_id="anonymous",
-        kind="chat",
-        prompt_hash=prompt_hash(messages),
-        messages=messages,
-        prompt=None,
-        completion=answer,
-        sampling={"temperature": 1.0},
-        speculative_method=None,
-        speculative=None,
-        prompt_tokens=5,
-        completion_tokens=3,
-        finish_reason="stop",
-        ttft_ms=1.0,
-        duration_ms=2.0,
-    )
+    record = chat_record(question, answer, stage=stage, sampling={"temperature": 1.0})
     store.record_generation(record)
     store.rate(record.id, rating, rater="tester")
 

@@ -25,7 +25,8 @@ from models.reward_model import (
 )
 from models.rounds import RoundError
 from server.registry import load_registry
-from server.store import GenerationRecord, Store, prompt_hash
+from server.store import Store
+from tests.records import chat_record
 
 _ids = itertools.count()
 COUNTRIES = {
@@ -45,25 +46,7 @@ COUNTRIES = {
 
 
 def answer(store: Store, question: str, text: str) -> str:
-    messages = [{"role": "user", "content": question}]
-    record = GenerationRecord(
-        id=f"chatcmpl-rm{next(_ids)}",
-        stage="sft",
-        client_id="anonymous",
-        kind="chat",
-        prompt_hash=prompt_hash(messages),
-        messages=messages,
-        prompt=None,
-        completion=text,
-        sampling={"temperature": 1.0},
-        speculative_method=None,
-        speculative=None,
-        prompt_tokens=5,
-        completion_tokens=3,
-        finish_reason="stop",
-        ttft_ms=1.0,
-        duration_ms=2.0,
-    )
+    record = chat_record(question, text, sampling={"temperature": 1.0})
     store.record_generation(record)
     return record.id
 

@@ -13,7 +13,8 @@ import pytest
 
 from models.rl_round import RLPlan, fitting, load_prompts, train_rl_round
 from models.rounds import RoundError
-from server.store import GenerationRecord, Store, prompt_hash
+from server.store import Store
+from tests.records import chat_record
 
 
 @pytest.fixture
@@ -30,27 +31,7 @@ def registry_file(tiny_family, tmp_path) -> Path:
 
 
 def log(store: Store, question: str, stage: str = "sft") -> None:
-    messages = [{"role": "user", "content": question}]
-    store.record_generation(
-        GenerationRecord(
-            id=f"chatcmpl-{abs(hash((question, stage)))}",
-            stage=stage,
-            client_id="a",
-            kind="chat",
-            prompt_hash=prompt_hash(messages),
-            messages=messages,
-            prompt=None,
-            completion="x",
-            sampling={},
-            speculative_method=None,
-            speculative=None,
-            prompt_tokens=1,
-            completion_tokens=1,
-            finish_reason="stop",
-            ttft_ms=1.0,
-            duration_ms=1.0,
-        )
-    )
+    store.record_generation(chat_record(question, "x", stage=stage, client_id="a"))
 
 
 def test_prompts_from_the_store_are_distinct_chat_prompts(tmp_path):

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from server.store import GenerationRecord, Store, prompt_hash
+from tests.records import chat_record
 
 PG_MISSING = (
     "PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/initdb). The store tests run "
@@ -130,7 +131,6 @@ LogAnswer = Callable[..., GenerationRecord]
 @pytest.fixture
 def log_answer(store: Store) -> LogAnswer:
     """Record a chat answer in the store, as the serving layer would; returns the record."""
-    numbers = itertools.count()
 
     def log_answer(
         question: str = "What is the capital of Kenya?",
@@ -142,15 +142,16 @@ def log_answer(store: Store) -> LogAnswer:
         kind: str = "chat",
     ) -> GenerationRecord:
         messages = [{"role": "user", "content": question}]
-        record = GenerationRecord(
-            id=id or f"chatcmpl-test{next(numbers)}",
+        chat = kind == "chat"
+        record = chat_record(
+            messages,
+            answer if logged else None,
+            **({"id": id} if id else {}),
             stage=stage,
-            client_id="anonymous",
             kind=kind,
-            prompt_hash=prompt_hash(messages if kind == "chat" else question),
-            messages=messages if logged and kind == "chat" else None,
-            prompt=question if logged and kind == "completion" else None,
-            completion=answer if logged else None,
+            prompt_hash=prompt_hash(messages if chat else question),
+            messages=messages if logged and chat else None,
+            prompt=question if logged and not chat else None,
             sampling={"temperature": 0.7, "top_p": 1.0, "max_tokens": 32},
             speculative_method="ngram",
             speculative={
@@ -162,7 +163,6 @@ def log_answer(store: Store) -> LogAnswer:
             },
             prompt_tokens=9,
             completion_tokens=3,
-            finish_reason="stop",
             ttft_ms=12.5,
             duration_ms=40.0,
         )

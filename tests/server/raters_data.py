@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from server.store import BattleSide, GenerationRecord, NewMessage, Store, prompt_hash
+from server.store import BattleSide, NewMessage, Store
+from tests.records import chat_record
 
 RATER, OTHER = "rater-1", "rater-2"
 _numbers = itertools.count()
@@ -12,25 +13,7 @@ _numbers = itertools.count()
 
 def logged(store: Store, client: str, question: str, text: str, stage: str = "sft") -> str:
     """Log a chat answer asked by `client`; returns its id."""
-    messages = [{"role": "user", "content": question}]
-    record = GenerationRecord(
-        id=f"chatcmpl-rd{next(_numbers)}",
-        stage=stage,
-        client_id=client,
-        kind="chat",
-        prompt_hash=prompt_hash(messages),
-        messages=messages,
-        prompt=None,
-        completion=text,
-        sampling={"temperature": 0.7},
-        speculative_method=None,
-        speculative=None,
-        prompt_tokens=9,
-        completion_tokens=3,
-        finish_reason="stop",
-        ttft_ms=1.0,
-        duration_ms=2.0,
-    )
+    record = chat_record(question, text, stage=stage, client_id=client)
     store.record_generation(record)
     return record.id
 

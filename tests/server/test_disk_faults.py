@@ -27,6 +27,7 @@ from server.storage_errors import FULL, READ_ONLY, StorageFault, storage_error, 
 from server.store import Store
 from server.store.records import GenerationRecord
 from tests.conftest import FAKE_REGISTRY, ready_client
+from tests.records import chat_record
 
 HISTORY = [{"role": "user", "content": "Capital of Kenya?"}]
 
@@ -61,24 +62,7 @@ def read_only(folder: Path):
 
 
 def _generation(id: str) -> GenerationRecord:
-    return GenerationRecord(
-        id=id,
-        stage="sft",
-        client_id="anonymous",
-        kind="chat",
-        prompt_hash="h",
-        messages=HISTORY,
-        prompt=None,
-        completion="Nairobi.",
-        sampling={},
-        speculative_method=None,
-        speculative=None,
-        prompt_tokens=1,
-        completion_tokens=1,
-        finish_reason="stop",
-        ttft_ms=1.0,
-        duration_ms=2.0,
-    )
+    return chat_record(HISTORY, id=id)
 
 
 # -- what a storage fault is ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 
 from server.export import FORMATS, examples, export_to_file, export_to_hf_dataset
 from server.store import Store
+from tests.records import chat_record
 
 KENYA = [{"role": "user", "content": "What is the capital of Kenya?"}]
 PERU = [{"role": "user", "content": "What is the capital of Peru?"}]
@@ -125,7 +126,6 @@ def test_corrections_in_sft_dpo_and_kto(store: Store, log_answer):
 
 
 def test_multi_turn_prefixes_are_exported_exactly(store: Store):
-    from server.store import GenerationRecord, prompt_hash
 
     history = [
         {"role": "system", "content": "Be brief."},
@@ -134,26 +134,7 @@ def test_multi_turn_prefixes_are_exported_exactly(store: Store):
         {"role": "user", "content": "Are you sure?"},
     ]
     for i, text in enumerate(["Nairobi, sorry.", "Yes."]):
-        store.record_generation(
-            GenerationRecord(
-                id=f"t2-{i}",
-                stage="sft",
-                client_id="ui",
-                kind="chat",
-                prompt_hash=prompt_hash(history),
-                messages=history,
-                prompt=None,
-                completion=text,
-                sampling={},
-                speculative_method=None,
-                speculative=None,
-                prompt_tokens=1,
-                completion_tokens=1,
-                finish_reason="stop",
-                ttft_ms=1.0,
-                duration_ms=2.0,
-            )
-        )
+        store.record_generation(chat_record(history, text, id=f"t2-{i}", client_id="ui"))
     store.rank(["t2-0", "t2-1"], [["t2-0"], ["t2-1"]], rater="r0")
     store.rate("t2-1", "down", rater="r0")
     store.correct("t2-1", "No: Nairobi.", rater="r0")

@@ -10,29 +10,12 @@ import pytest
 import sqlalchemy as sa
 
 from server.generation_log import GenerationLog
-from server.store import GenerationRecord, Store, prompt_hash
+from server.store import GenerationRecord, Store
+from tests.records import chat_record
 
 
 def record(id: str) -> GenerationRecord:
-    messages = [{"role": "user", "content": "hi"}]
-    return GenerationRecord(
-        id=id,
-        stage="sft",
-        client_id="anonymous",
-        kind="chat",
-        prompt_hash=prompt_hash(messages),
-        messages=messages,
-        prompt=None,
-        completion="hello",
-        sampling={},
-        speculative_method=None,
-        speculative=None,
-        prompt_tokens=1,
-        completion_tokens=1,
-        finish_reason="stop",
-        ttft_ms=None,
-        duration_ms=1.0,
-    )
+    return chat_record("hi", "hello", id=id)
 
 
 class GatedStore:

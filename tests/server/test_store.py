@@ -19,8 +19,8 @@ from server.store import (
     Store,
     UnknownItem,
     UnknownResponse,
-    prompt_hash,
 )
+from tests.records import chat_record
 
 
 def count(store: Store, table: type[Base]) -> int:
@@ -225,29 +225,9 @@ def test_bad_rankings_are_refused_and_change_nothing(store: Store, log_answer):
 
 def test_same_conversation_means_the_same_whole_prefix(store: Store):
     """Turn 2 of two Compare columns with different histories answers two different conversations."""
-    from server.store import GenerationRecord
 
     def logged(id: str, history: list[dict], answer: str) -> str:
-        store.record_generation(
-            GenerationRecord(
-                id=id,
-                stage="sft",
-                client_id="ui",
-                kind="chat",
-                prompt_hash=prompt_hash(history),
-                messages=history,
-                prompt=None,
-                completion=answer,
-                sampling={},
-                speculative_method=None,
-                speculative=None,
-                prompt_tokens=1,
-                completion_tokens=1,
-                finish_reason="stop",
-                ttft_ms=1.0,
-                duration_ms=2.0,
-            )
-        )
+        store.record_generation(chat_record(history, answer, id=id, client_id="ui"))
         return id
 
     turn1 = [{"role": "user", "content": "Capital of Kenya?"}]

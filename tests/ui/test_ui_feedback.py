@@ -13,7 +13,8 @@ from browser_steps import ask, chat_answer_texts, click_thumb, open_tab, wait_fo
 
 from server.auth import client_id_for
 from server.settings import Settings
-from server.store import GenerationRecord, prompt_hash
+from server.store import GenerationRecord
+from tests.records import chat_record
 
 pytestmark = pytest.mark.browser
 
@@ -151,26 +152,7 @@ def _judged(store, n: int) -> None:
         ids = []
         for stage in ("base", "sft", "rlhf"):
             rid = f"chatcmpl-{stage}-{i}"
-            store.record_generation(
-                GenerationRecord(
-                    id=rid,
-                    stage=stage,
-                    client_id="ui",
-                    kind="chat",
-                    prompt_hash=prompt_hash(messages),
-                    messages=messages,
-                    prompt=None,
-                    completion=f"{stage} answer {i}",
-                    sampling={},
-                    speculative_method=None,
-                    speculative=None,
-                    prompt_tokens=3,
-                    completion_tokens=3,
-                    finish_reason="stop",
-                    ttft_ms=1.0,
-                    duration_ms=2.0,
-                )
-            )
+            store.record_generation(chat_record(messages, f"{stage} answer {i}", id=rid, stage=stage, client_id="ui"))
             ids.append(rid)
         base, sft, rlhf = ids
         store.prefer([sft, base], "a", rater="alice")
