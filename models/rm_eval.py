@@ -7,9 +7,9 @@ naming the country, another country's sentence, the same sentence with a wrong f
 sentence answering another question about the same country. A comparison's figure is the share of
 questions where the full sentence scores higher (a tie counts as a loss).
 
-Scores come from transformers on the CPU, a question's six answers in one batch, with the reward
-model's own chat template (what vLLM's pooling runner reproduces). This module knows the comparisons
-and their target; it never trains, and it does not know the serving path.
+Scores come from transformers on the CPU, batched and tokenised as the build scores its held-out
+pairs (`models.reward_model.pairwise_accuracy`). This module knows the comparisons and their target;
+it never trains, and it does not know the serving path.
 """
 
 from __future__ import annotations
@@ -37,38 +37,30 @@ def rivals(prompt, rng: random.Random, countries) -> dict[str, str]:
     }
 
 
-def score_replies(model, tokenizer, messages: list[dict], replies: list[str]) -> list[float]:
-    """The reward model's score of each reply to `messages`, in one right-padded batch (the classifier
-    reads each row's last non-pad token, so padding changes no score)."""
-    import torch
-
-    texts = [
-        tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": r}], tokenize=False) for r in replies
-    ]
-    batch = tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
-    with torch.no_grad():
-        return model(**batch).logits[:, 0].tolist()
-
-
 def reward_model_comparisons(rm_dir: Path, split: str = "test", every: int = 1, seed: int = 0) -> dict[str, float]:
     """Per comparison, the share of `split`'s real-country questions (every `every`-th) where `rm_dir`
-    scores the full sentence above the rival; `questions` says how many were asked."""
+    scores the full sentence above the rival; `questions` says how many were asked. Scored as the
+    build scores `rm`'s held-out pairs (`reward_model.pairwise_accuracy`)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from models.reward_model import pairwise_accuracy
+
     tokenizer = AutoTokenizer.from_pretrained(rm_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(rm_dir, dtype=torch.float32).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(rm_dir, dtype=torch.float32)
     countries = load_countries()
     rng = random.Random(seed)
-    asked = [p for p in eval_prompts(split=split) if p.kind in ("fact", "followup") and p.country.real][::every]
-    wins = dict.fromkeys(COMPARISONS, 0)
+    # Fact and follow-up questions are about real countries; unknown ones are the "unknown" kind.
+    asked = [p for p in eval_prompts(split=split) if p.kind in ("fact", "followup")][::every]
+    pairs: dict[str, list[dict]] = {name: [] for name in COMPARISONS}
     for prompt in asked:
-        named = rivals(prompt, rng, countries)
-        full = full_answer(prompt.country, prompt.skill)
-        best, *others = score_replies(model, tokenizer, prompt.message_list, [full, *named.values()])
-        for name, other in zip(named, others, strict=True):
-            wins[name] += best > other
-    return {**{name: round(n / len(asked), 4) for name, n in wins.items()}, "questions": len(asked)}
+        chosen = [{"role": "assistant", "content": full_answer(prompt.country, prompt.skill)}]
+        for name, rival in rivals(prompt, rng, countries).items():
+            rejected = [{"role": "assistant", "content": rival}]
+            pairs[name].append({"prompt": prompt.message_list, "chosen": chosen, "rejected": rejected})
+    limit = tokenizer.model_max_length
+    shares = {name: round(pairwise_accuracy(model, tokenizer, named, limit)[0], 4) for name, named in pairs.items()}
+    return {**shares, "questions": len(asked)}
 
 
 def registry_comparisons(config: Path, split: str = "test") -> dict[str, dict[str, float]]:

@@ -8,7 +8,7 @@ import pytest
 
 from models.demo.corpus import full_answer, load_countries
 from models.demo.heldout import eval_prompts
-from models.rm_eval import COMPARISONS, missed_targets, reward_model_comparisons, rivals, score_replies
+from models.rm_eval import COMPARISONS, missed_targets, reward_model_comparisons, rivals
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def tiny_rm(tmp_path_factory):
     model, tokenizer = load_policy_as_classifier(str(root / "base"), None, root / "scratch")
     model.save_pretrained(root / "rm")
     tokenizer.save_pretrained(root / "rm")
-    return root / "rm", model.eval(), tokenizer
+    return root / "rm"
 
 
 def test_each_rival_is_the_answer_its_comparison_names():
@@ -37,19 +37,8 @@ def test_each_rival_is_the_answer_its_comparison_names():
     assert c.country in named["another_question"] and not named["another_question"].startswith("The capital")
 
 
-def test_a_batch_scores_each_reply_as_it_scores_alone(tiny_rm):
-    _, model, tokenizer = tiny_rm
-    messages = [{"role": "user", "content": "What is the capital of Kenya?"}]
-    replies = ["The capital of Kenya is Nairobi.", "Nairobi.", "I don't know a country called Kenya at all, sorry."]
-    batch = score_replies(model, tokenizer, messages, replies)
-    alone = [score_replies(model, tokenizer, messages, [r])[0] for r in replies]
-    assert batch == pytest.approx(alone, abs=1e-5)
-    assert len(set(batch)) == 3  # the scores differ, so the comparison above has teeth
-
-
 def test_comparisons_are_shares_of_the_split_real_questions(tiny_rm):
-    rm_dir, _, _ = tiny_rm
-    figures = reward_model_comparisons(rm_dir, split="dev", every=40)
+    figures = reward_model_comparisons(tiny_rm, split="dev", every=40)
     real = [p for p in eval_prompts(split="dev") if p.kind in ("fact", "followup") and p.country.real]
     assert figures["questions"] == len(real[::40])
     for name in COMPARISONS:
