@@ -28,7 +28,7 @@ from server import metrics
 from server.engine import AdapterRef, Engine
 from server.errors import APIError, bad_request, not_found
 from server.registry import SPECULATIVE_OFF, Registry, RemoteSpec
-from server.supervisor import Outage, Supervisor, unavailable, watch
+from server.supervisor import Outage, Supervisor, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,6 @@ class EnginePool:
         self._lock = asyncio.Lock()
         self.ready = False
         self.supervisor = Supervisor()
-        self._watcher: asyncio.Task | None = None
-        self._burials: set[asyncio.Task] = set()  # dead engines being shut down
         self._dead: dict[int, EngineKey] = {}  # id(dead engine) -> its key, for streams that report it late
         self.set_registry(registry)
 
@@ -198,10 +196,7 @@ class EnginePool:
             if key not in self._engines:
                 await self._start(key, self._spec_for(stage, key))
         self.ready = True
-        if self._watcher is None:
-            self._watcher = asyncio.get_running_loop().create_task(
-                watch(self.engines, lambda key, engine, reason: self.engine_died(engine, reason))
-            )
+        self.supervisor.watch(self.engines, self.engine_died)
 
     # -- healing ---------------------------------------------------------------------------------
 
@@ -215,28 +210,17 @@ class EnginePool:
             return self._outage_of(engine)
         del self._engines[key]
         spec = self._specs.pop(key, None)
-        self._bury(engine)
 
         async def restart() -> None:
             await self._start(key, self._fresh_spec(key, spec))
 
-        self.supervisor.died(key, engine_label(key), reason, restart)
+        self.supervisor.died(key, engine_label(key), reason, engine, restart)
         self._dead[id(engine)] = key
         return self.supervisor.outage(key)
 
     def _outage_of(self, engine: Engine) -> Outage | None:
         key = self._dead.get(id(engine))
         return self.supervisor.outage(key) if key is not None else None
-
-    def _bury(self, engine: Engine) -> None:
-        async def shut_down() -> None:
-            try:
-                await engine.shutdown()
-            except Exception:  # it is dead already: what is left to free is best effort
-                log.warning("shutting down a dead engine failed", exc_info=True)
-
-        self._burials.add(task := asyncio.get_running_loop().create_task(shut_down()))
-        task.add_done_callback(self._burials.discard)
 
     def _fresh_spec(self, key: EngineKey, old: EngineSpec | None) -> EngineSpec:
         """The spec to restart `key` with, from today's registry (a reload may have come meanwhile)."""
@@ -332,11 +316,7 @@ class EnginePool:
 
     async def shutdown(self) -> None:
         self.ready = False
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
         await self.supervisor.shutdown()
-        await asyncio.gather(*self._burials, return_exceptions=True)
         for engine in self._engines.values():
             await engine.shutdown()
         self._engines.clear()

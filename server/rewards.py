@@ -26,7 +26,7 @@ from server.engine import EngineDead
 from server.errors import APIError, bad_request, not_found
 from server.prefill import chat_text
 from server.registry import Registry
-from server.supervisor import Supervisor, unavailable, watch
+from server.supervisor import Supervisor, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,6 @@ class RewardService:
         self._lock = asyncio.Lock()
         self.ready = not registry.reward_models
         self.supervisor = Supervisor()
-        self._watcher: asyncio.Task | None = None
-        self._burials: set[asyncio.Task] = set()  # dead engines being shut down
 
     # -- what is served ------------------------------------------------------------------------------
 
@@ -122,10 +120,7 @@ class RewardService:
         for name in self.registry.reward_models:
             await self._engine(name)
         self.ready = True
-        if self._watcher is None:
-            self._watcher = asyncio.get_running_loop().create_task(
-                watch(lambda: dict(self._engines), lambda model, engine, reason: self.engine_died(engine, reason))
-            )
+        self.supervisor.watch(lambda: dict(self._engines), self.engine_died)
 
     # -- healing -------------------------------------------------------------------------------------
 
@@ -135,8 +130,6 @@ class RewardService:
         if model is None or not self.ready:  # not ours any more, or shutting down
             return
         del self._engines[model]
-        self._burials.add(task := asyncio.get_running_loop().create_task(self._bury(engine)))
-        task.add_done_callback(self._burials.discard)
 
         async def restart() -> None:
             async with self._lock:
@@ -144,14 +137,7 @@ class RewardService:
                 await fresh.start()
                 self._engines[model] = fresh
 
-        self.supervisor.died(model, f"reward:{model}", reason, restart)
-
-    @staticmethod
-    async def _bury(engine: RewardEngine) -> None:
-        try:
-            await engine.shutdown()
-        except Exception:  # it is dead already: what is left to free is best effort
-            log.warning("shutting down a dead reward engine failed", exc_info=True)
+        self.supervisor.died(model, f"reward:{model}", reason, engine, restart)
 
     def down(self) -> list[dict[str, Any]]:
         """The reward engines that are down, with the reward models they serve."""
@@ -199,9 +185,6 @@ class RewardService:
 
     async def shutdown(self) -> None:
         self.ready = False
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
         await self.supervisor.shutdown()
         for engine in self._engines.values():
             await engine.shutdown()

@@ -2,11 +2,13 @@
 
 What it knows: for each engine (by a key its owner chooses: the pool's (checkpoint, speculative
 method), the reward service's checkpoint) whether it is down, since when and why, how many times it
-died lately, and when it will try again. `died` takes the death and a `restart` coroutine function
-from the owner and runs it in the background: first after `backoff[0]` seconds, then doubling up to
-`backoff[1]` while restarts fail. `crash_loop` deaths (a death or a failed restart) within its window
-stop the restarts: the engine stays down, `/ready` and the log say so, and only a server restart
-brings it back. Restarts are counted in `/metrics` (`stagechat_engine_restarts_total{engine}`).
+died lately, and when it will try again. `watch` looks at the owner's engines twice a second and
+reports a dead one to the owner. `died` takes the death, shuts the dead engine down in the background
+(what is left of it) and runs the owner's `restart` coroutine function: first after `backoff[0]`
+seconds, then doubling up to `backoff[1]` while restarts fail. `crash_loop` deaths (a death or a
+failed restart) within its window stop the restarts: the engine stays down, `/ready` and the log say
+so, and only a server restart brings it back. Restarts are counted in `/metrics`
+(`stagechat_engine_restarts_total{engine}`).
 
 What it does not know: how an engine is built or served (its owner's `restart` does that), HTTP
 (`unavailable` only makes the 503 its owner raises), or which requests ran on the engine.
@@ -79,6 +81,13 @@ class Supervisor:
         self.down: dict[Hashable, Outage] = {}
         self._deaths: dict[Hashable, deque[float]] = {}
         self._tasks: dict[Hashable, asyncio.Task] = {}
+        self._burials: set[asyncio.Task] = set()  # dead engines being shut down
+        self._watcher: asyncio.Task | None = None
+
+    def watch(self, engines: Callable[[], dict[Hashable, Any]], report: Callable[[Any, str], None]) -> None:
+        """From now until `shutdown`, `report(engine, reason)` each engine of `engines()` that died."""
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(watch(engines, report))
 
     def outage(self, key: Hashable) -> Outage | None:
         return self.down.get(key)
@@ -95,10 +104,12 @@ class Supervisor:
         first, most = self.backoff
         return min(first * 2 ** max(deaths - 1, 0), most)
 
-    def died(self, key: Hashable, label: str, reason: str, restart: Callable[[], Awaitable[None]]) -> None:
-        """Engine `key` died: restart it in the background (unless it is in a crash loop).
-
-        A second report of the same death (a stream and the watcher both saw it) changes nothing."""
+    def died(self, key: Hashable, label: str, reason: str, engine: Any, restart: Callable[[], Awaitable[None]]) -> None:
+        """Engine `key` died: shut `engine` down and restart it in the background (unless it is in a
+        crash loop). Its owner reports each dead engine once (a stream and the watcher may both see it).
+        """
+        self._burials.add(task := asyncio.get_running_loop().create_task(_bury(engine, label)))
+        task.add_done_callback(self._burials.discard)
         if key in self.down:
             return
         metrics.ENGINE_DEATHS.labels(label).inc()
@@ -163,10 +174,20 @@ class Supervisor:
             self._tasks.pop(key, None)
 
     async def shutdown(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._burials, return_exceptions=True)
+
+
+async def _bury(engine: Any, label: str) -> None:
+    try:
+        await engine.shutdown()
+    except Exception:  # it is dead already: what is left to free is best effort
+        log.warning("shutting down the dead engine %s failed", label, exc_info=True)
 
 
 def unavailable(what: str, outage: Outage) -> APIError:
@@ -192,17 +213,17 @@ def unavailable(what: str, outage: Outage) -> APIError:
 
 async def watch(
     engines: Callable[[], dict[Hashable, Any]],
-    report: Callable[[Hashable, Any, str], None],
+    report: Callable[[Any, str], None],
     every: float = WATCH_SECONDS,
 ) -> None:
     """Forever: every `every` seconds, report each engine whose `dead()` says it died (an idle engine's
     death is noticed here; a busy one's also by the streams it breaks)."""
     while True:
         await asyncio.sleep(every)
-        for key, engine in list(engines().items()):
+        for engine in list(engines().values()):
             try:
                 reason = getattr(engine, "dead", lambda: None)()
             except Exception as exc:  # a check that fails says enough
                 reason = f"{type(exc).__name__}: {exc}"
             if reason is not None:
-                report(key, engine, reason)
+                report(engine, reason)
