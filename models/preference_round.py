@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from models.rounds import Round, RoundError
+from models.training_args import cpu_training_args
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +92,17 @@ def train_adapter(
     steps = plan.total_steps(len(rows))
     with tempfile.TemporaryDirectory() as scratch:
         common = dict(
-            output_dir=scratch,
-            max_steps=steps,
-            per_device_train_batch_size=plan.batch_size,
-            learning_rate=plan.lr,
-            lr_scheduler_type="constant_with_warmup",
-            warmup_steps=min(5, steps // 10),
-            logging_steps=max(1, steps // 10),
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            bf16=False,  # fp32 is faster and stable on these CPUs
-            gradient_checkpointing=False,
-            dataloader_num_workers=0,
-            seed=plan.seed,
+            **cpu_training_args(
+                scratch,
+                steps=steps,
+                batch_size=plan.batch_size,
+                lr=plan.lr,
+                seed=plan.seed,
+                scheduler="constant_with_warmup",
+                warmup_steps=min(5, steps // 10),
+            ),
             beta=plan.beta,
             max_length=plan.max_length,
-            disable_tqdm=True,
         )
         if plan.method == "kto":
             from trl import KTOConfig, KTOTrainer

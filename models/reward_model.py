@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from models.rounds import Round, RoundError
+from models.training_args import cpu_training_args
 
 log = logging.getLogger(__name__)
 
@@ -201,23 +202,17 @@ def train_reward_model(
     with tempfile.TemporaryDirectory() as scratch:
         model, tokenizer = load_policy_as_classifier(checkpoint, adapter, Path(scratch))
         args = RewardConfig(
-            output_dir=scratch,
-            max_steps=steps,
-            per_device_train_batch_size=plan.batch_size,
-            learning_rate=plan.lr,
-            lr_scheduler_type="constant_with_warmup",
-            warmup_steps=min(5, steps // 10),
-            logging_steps=max(1, steps // 10),
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            bf16=False,
-            gradient_checkpointing=False,
-            dataloader_num_workers=0,
-            seed=plan.seed,
+            **cpu_training_args(
+                scratch,
+                steps=steps,
+                batch_size=plan.batch_size,
+                lr=plan.lr,
+                seed=plan.seed,
+                scheduler="constant_with_warmup",
+                warmup_steps=min(5, steps // 10),
+            ),
             max_length=plan.max_length,
             center_rewards_coefficient=plan.center_rewards,
-            disable_tqdm=True,
         )
         rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in train]
         trainer = RewardTrainer(

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from models.rounds import Round, RoundError
+from models.training_args import cpu_training_args
 
 log = logging.getLogger(__name__)
 
@@ -186,24 +187,20 @@ def train_policy(
     )
     with tempfile.TemporaryDirectory() as scratch:
         args = RLOOConfig(
-            output_dir=scratch,
-            max_steps=plan.steps,
-            per_device_train_batch_size=plan.batch_size,
+            **cpu_training_args(
+                scratch,
+                steps=plan.steps,
+                batch_size=plan.batch_size,
+                lr=plan.lr,
+                seed=plan.seed,
+                scheduler="constant",
+                logging_steps=1,
+                progress_bar=True,  # on stderr
+            ),
             num_generations=plan.num_generations,
             max_completion_length=plan.max_completion_length,
             temperature=plan.temperature,
             beta=plan.kl_coef,
-            learning_rate=plan.lr,
-            lr_scheduler_type="constant",
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            bf16=False,
-            gradient_checkpointing=False,
-            dataloader_num_workers=0,
-            seed=plan.seed,
-            disable_tqdm=False,  # the progress bar (stderr)
         )
         trainer = RLOOTrainer(
             model=model,

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.demo.tokenizer import copy_tokenizer_files
 from models.lora import LORA_TARGETS  # what vLLM's Llama accepts; embeddings / lm_head stay frozen and unsaved
+from models.training_args import cpu_training_args
 
 
 @dataclass(frozen=True)
@@ -42,23 +43,16 @@ def lora_config(plan: AdapterPlan) -> LoraConfig:
 
 
 def common_args(plan: AdapterPlan, output_dir: str) -> dict:
-    """TrainingArguments shared by SFT and DPO on a CPU: fp32, no checkpointing, no files but ours."""
-    return dict(
-        output_dir=output_dir,
-        max_steps=plan.steps,
-        per_device_train_batch_size=plan.batch_size,
-        learning_rate=plan.lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=min(10, plan.steps // 10),
-        logging_steps=max(1, plan.steps // 10),
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,  # TRL defaults to bf16 autocast; on these CPUs fp32 is faster and stable
-        gradient_checkpointing=False,  # a tiny model has memory to spare; recomputation only costs time
-        dataloader_num_workers=0,
+    """Training arguments shared by the demo's SFT and DPO: cosine schedule, a progress bar."""
+    return cpu_training_args(
+        output_dir,
+        steps=plan.steps,
+        batch_size=plan.batch_size,
+        lr=plan.lr,
         seed=plan.seed,
-        disable_tqdm=False,
+        scheduler="cosine",
+        warmup_steps=min(10, plan.steps // 10),
+        progress_bar=True,
     )
 
 

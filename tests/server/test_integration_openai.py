@@ -154,21 +154,32 @@ def test_client_disconnect_aborts_the_generation(live):
     # 16 sequences of 450 tokens: about a second of engine work even for the tiny model. The client
     # leaves at its first token, and the engine must stop short of what remained. On a busy machine
     # a front end can stall until the engine is past half way: such an attempt proves nothing
-    # either way, and is made again.
+    # either way, and is made again once the engine is idle (a remote engine hears of the abort
+    # after stagechat does: its own token count must have stopped moving).
     url, n, max_tokens = live.url, 16, 450
     requested = n * max_tokens
     engine_url = getattr(live, "engine_url", url)  # a remote engine's metrics are on its server
+
+    def wait_until_idle() -> None:
+        deadline = time.monotonic() + 30
+        while metric(url, "stagechat_engine_unfinished_requests") != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        before, now = -1.0, metric(engine_url, "vllm:generation_tokens_total")
+        while now != before:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+            before, now = now, metric(engine_url, "vllm:generation_tokens_total")
+
     body = {"model": "base", "messages": MESSAGES, "max_tokens": max_tokens, "n": n, "stream": True, "ignore_eos": True}
     for attempt in range(1, 4):  # noqa: B007 - read after the loop: how many tries it took
+        wait_until_idle()
         generated_before = metric(engine_url, "vllm:generation_tokens_total")
         with httpx.Client(timeout=30) as http:
             with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
                 next(line for line in r.iter_lines() if line.startswith("data: "))
         at_leaving = metric(engine_url, "vllm:generation_tokens_total") - generated_before
-        deadline = time.monotonic() + 30
-        while metric(url, "stagechat_engine_unfinished_requests") != 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until_idle()
         generated = metric(engine_url, "vllm:generation_tokens_total") - generated_before
         if at_leaving < requested / 2:
             break
