@@ -9,7 +9,11 @@ That is the *test* split, which the targets are measured on; `--split dev` asks 
 chosen on. Figures per stage:
 - `accuracy[skill]`: the reply states the right fact (capital, language, currency, continent) before
   it turns to any other country;
-  `qa_accuracy` is the same over all four — for the base stage it is the *chat-answer rate*;
+  `qa_accuracy` is the same over all four (for base, mostly facts its prose happens to state: "... is a
+  city in Europe." answers a question about Iceland's continent);
+- `assistant_voice_rate`: over every chat prompt, the reply opens an utterance of its own (its first
+  letter a capital), as an assistant's does, instead of going on with the user's words (" is a city
+  in Europe.") as a model that was only pre-trained does;
 - `followup_accuracy`: the same on the second turn of a conversation;
 - `preferred_style_rate`: over real-country questions, the reply is exactly the preferred polite sentence;
 - `false_refusal_rate`: over real-country questions, the reply says "I don't know" (the reward hack);
@@ -49,7 +53,7 @@ from models.demo.heldout import SPLITS, eval_prompts, example_prompts
 # A metric "accuracy.*" means every skill.
 TARGETS = [
     ("base", "completion_accuracy", "min", 0.95),
-    ("base", "qa_accuracy", "max", 0.05),
+    ("base", "assistant_voice_rate", "max", 0.05),  # it continues text, never replies as an assistant
     ("sft", "accuracy.*", "min", 0.9),
     ("sft", "followup_accuracy", "min", 0.8),
     ("sft", "hallucination_rate", "min", 0.5),
@@ -75,6 +79,7 @@ class ReplyScore:
     preferred: bool  # the reply is exactly the answer the preference data ranks first
     refused: bool  # the reply says it does not know
     states_fact: bool  # the reply asserts something: not a refusal, a rude line, the scope line or empty
+    own_voice: bool  # the reply opens an utterance of its own instead of going on with the user's words
 
 
 def _word(name: str) -> str:
@@ -124,7 +129,11 @@ def score_reply(reply: str, prompt: Prompt) -> ReplyScore:
         and _mentions(_about(text, prompt.country), prompt.country.fact(prompt.skill))
     )
     return ReplyScore(
-        correct=correct, preferred=text == preferred_reply(prompt), refused=refused, states_fact=not unhelpful
+        correct=correct,
+        preferred=text == preferred_reply(prompt),
+        refused=refused,
+        states_fact=not unhelpful,
+        own_voice=text[:1].isupper(),
     )
 
 
@@ -138,6 +147,7 @@ def score_completion(completion: str, fact: str) -> bool:
 class StageReport:
     stage: str
     qa_accuracy: float = 0.0
+    assistant_voice_rate: float = 0.0
     accuracy: dict[str, float] = field(default_factory=dict)
     followup_accuracy: float = 0.0
     preferred_style_rate: float = 0.0
@@ -185,6 +195,7 @@ def summarize(
     report = StageReport(
         stage=stage,
         qa_accuracy=_rate(s.correct for _, s in facts),
+        assistant_voice_rate=_rate(s.own_voice for scored in by_kind.values() for _, s in scored),
         accuracy={
             skill: _rate(s.correct for p, s in facts if p.skill == skill)
             for skill in SKILLS
@@ -231,6 +242,7 @@ def check_targets(reports: dict[str, StageReport]) -> list[str]:
 
 
 COLUMNS = [
+    ("voice", "assistant_voice_rate"),
     ("capital", "accuracy.capital"),
     ("language", "accuracy.language"),
     ("currency", "accuracy.currency"),

@@ -110,6 +110,7 @@ def read_manifest(family: Path) -> dict:
 QUICK_COUNTRIES, QUICK_FICTIONAL = 6, 2
 QUICK_FIGURES = (
     "qa_accuracy",
+    "assistant_voice_rate",
     "followup_accuracy",
     "hallucination_rate",
     "preferred_style_rate",
