@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
 from pathlib import Path
 
 from cli.common import DEFAULT_CONFIG, fail
@@ -69,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     # uvicorn closes a socket on a frame over ws_max_size; keep that above our own frame limit, which
     # answers with an error frame and keeps the socket.
     ws_max = max(16 * 1024 * 1024, settings.ws_max_frame_bytes + 1024 * 1024)
+    # After its graceful shutdown uvicorn raises the signal it caught again; SIGTERM's default action
+    # would then end the process without its exit handlers (which remove vLLM's IPC sockets).
+    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
     uvicorn.run(
         app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5, ws_max_size=ws_max
     )

@@ -43,8 +43,10 @@ class ChildServer:
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
-        # A few GiB of KV cache, not vLLM's default of 92% of the machine's memory per engine.
-        full_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
+        # A few GiB of KV cache, not vLLM's default of 92% of the machine's memory per engine. vLLM's
+        # IPC sockets go where the child puts them (stagechat: a directory of its own), not the parent's.
+        inherited = {k: v for k, v in os.environ.items() if k != "VLLM_RPC_BASE_PATH"}
+        full_env = {**inherited, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
         with log.open("w") as out:
             self.process = subprocess.Popen(
                 list(command(self.port)),

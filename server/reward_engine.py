@@ -16,11 +16,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 from typing import Any
 
 from server.engine import EngineDead
-from server.vllm_engine import DEFAULT_CPU_KVCACHE_GIB, cpu_lists_in_use, death_of, pick_cpu_list, with_default_dtype
+from server.vllm_engine import cpu_lists_in_use, death_of, prepare_engine_env, with_default_dtype
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +42,7 @@ class VllmRewardEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
-        self._cpus = pick_cpu_list()
-        if self._cpus is not None:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._cpus
-            cpu_lists_in_use[self._cpus] += 1
+        self._cpus = prepare_engine_env()
         args = AsyncEngineArgs(
             model=self.model, runner="pooling", disable_log_stats=True, **with_default_dtype(self._engine_args)
         )

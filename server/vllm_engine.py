@@ -11,8 +11,11 @@ about stages, chat templates or HTTP.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -72,6 +75,24 @@ def with_default_dtype(args: dict[str, Any]) -> dict[str, Any]:
     return {**args, "dtype": dtype} if dtype is not None and "dtype" not in args else args
 
 
+def prepare_engine_env() -> str | None:
+    """Set what a vLLM engine's processes read from the environment when they are spawned (the pool
+    starts one engine at a time); returns the cores it is bound to (None: the user's binding)."""
+    # vLLM's CPU backend otherwise reserves 92% of the machine's memory per engine, so a
+    # second engine (or anything else) cannot start. A few GiB of KV cache serve small models.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
+    # vLLM leaves its ZeroMQ IPC sockets in the temp directory (about a dozen per engine start, even
+    # after a clean shutdown): they go to a directory of this process's own, removed when it exits.
+    if "VLLM_RPC_BASE_PATH" not in os.environ:
+        os.environ["VLLM_RPC_BASE_PATH"] = ipc_dir = tempfile.mkdtemp(prefix=f"stagechat-vllm-{os.getpid()}-")
+        atexit.register(shutil.rmtree, ipc_dir, ignore_errors=True)
+    cpus = pick_cpu_list()
+    if cpus is not None:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpus
+        cpu_lists_in_use[cpus] += 1
+    return cpus
+
+
 def pick_cpu_list() -> str | None:
     lists = [s for s in os.environ.get(ENGINE_CPUS_ENV, "").split("|") if s]
     if not lists:
@@ -119,14 +140,8 @@ class VllmEngine:
     async def start(self) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        # vLLM's CPU backend otherwise reserves 92% of the machine's memory per engine, so a
-        # second engine (or anything else) cannot start. A few GiB of KV cache serve small models.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
-        # The engine's processes read it when spawned; the pool starts one engine at a time.
-        self._cpus = pick_cpu_list()
+        self._cpus = prepare_engine_env()
         if self._cpus is not None:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._cpus
-            cpu_lists_in_use[self._cpus] += 1
             log.info("engine %s bound to cpus %s", self.model, self._cpus)
         # Building the engine takes tens of seconds of blocking work: keep the event loop free
         # so /health answers meanwhile.

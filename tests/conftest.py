@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import glob
+import os
 import signal
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,17 +90,21 @@ def ready_client(app, pool):
 
 
 def assert_a_signal_stops_every_engine(server: ChildServer, sig: signal.Signals) -> None:
-    """Send `sig` to a running `stagechat serve`: it exits, and no engine process it started is left."""
+    """Send `sig` to a running `stagechat serve`: it exits, and no engine process it started is left,
+    nor the directory of vLLM's IPC sockets."""
     import psutil
 
     children = psutil.Process(server.process.pid).children(recursive=True)
     assert children, "the engine runs in child processes"
+    ipc_dirs = glob.glob(f"{tempfile.gettempdir()}/stagechat-vllm-{server.process.pid}-*")
+    assert len(ipc_dirs) == 1 and os.listdir(ipc_dirs[0]), "vLLM's sockets are in the server's own directory"
     server.process.send_signal(sig)
     server.process.wait(timeout=60)
     deadline = time.monotonic() + 30
     while alive := [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]:
         assert time.monotonic() < deadline, f"orphan engine processes: {[c.name() for c in alive]}"
         time.sleep(0.2)
+    assert not os.path.exists(ipc_dirs[0]), "the server left vLLM's IPC sockets behind"
 
 
 @pytest.fixture(scope="session")

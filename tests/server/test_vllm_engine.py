@@ -2,6 +2,10 @@
 starts: the engine-core side is never reached). Serving through real engines is in the integration
 tests (test_integration_openai.py, test_speculative_vllm.py)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -81,3 +85,29 @@ def test_engines_run_float32_where_the_cpu_has_no_native_bf16(monkeypatch, bf16,
     args = {"max_model_len": 512} | ({"dtype": stage_dtype} if stage_dtype else {})
     built = VllmEngine("some/model", engine_args=args)._build_args()
     assert built.dtype == (expected or "auto")
+
+
+PREPARE_AND_EXIT = """
+import os, sys
+from pathlib import Path
+from server.vllm_engine import prepare_engine_env
+prepare_engine_env()
+ipc = Path(os.environ["VLLM_RPC_BASE_PATH"])
+(ipc / "a-socket-vllm-left").touch()
+print(ipc)
+"""
+
+
+@pytest.mark.parametrize("preset", [False, True])
+def test_vllms_ipc_sockets_go_to_a_directory_of_the_servers_own_removed_at_exit(tmp_path, preset):
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_RPC_BASE_PATH"}
+    if preset:  # the user's choice is left alone, and so is what is in it
+        env["VLLM_RPC_BASE_PATH"] = str(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", PREPARE_AND_EXIT], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    ipc = Path(out.strip())
+    if preset:
+        assert ipc == tmp_path and (ipc / "a-socket-vllm-left").exists()
+    else:
+        assert ipc.name.startswith("stagechat-vllm-") and not ipc.exists()
