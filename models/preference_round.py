@@ -92,15 +92,7 @@ def train_adapter(
     steps = plan.total_steps(len(rows))
     with tempfile.TemporaryDirectory() as scratch:
         common = dict(
-            **cpu_training_args(
-                scratch,
-                steps=steps,
-                batch_size=plan.batch_size,
-                lr=plan.lr,
-                seed=plan.seed,
-                scheduler="constant_with_warmup",
-                warmup_steps=min(5, steps // 10),
-            ),
+            **cpu_training_args(scratch, plan, steps=steps),
             beta=plan.beta,
             max_length=plan.max_length,
         )

@@ -202,15 +202,7 @@ def train_reward_model(
     with tempfile.TemporaryDirectory() as scratch:
         model, tokenizer = load_policy_as_classifier(checkpoint, adapter, Path(scratch))
         args = RewardConfig(
-            **cpu_training_args(
-                scratch,
-                steps=steps,
-                batch_size=plan.batch_size,
-                lr=plan.lr,
-                seed=plan.seed,
-                scheduler="constant_with_warmup",
-                warmup_steps=min(5, steps // 10),
-            ),
+            **cpu_training_args(scratch, plan, steps=steps),
             max_length=plan.max_length,
             center_rewards_coefficient=plan.center_rewards,
         )

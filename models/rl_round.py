@@ -189,13 +189,12 @@ def train_policy(
         args = RLOOConfig(
             **cpu_training_args(
                 scratch,
+                plan,
                 steps=plan.steps,
-                batch_size=plan.batch_size,
-                lr=plan.lr,
-                seed=plan.seed,
                 scheduler="constant",
+                warmup_steps=0,
                 logging_steps=1,
-                progress_bar=True,  # on stderr
+                progress_bar=True,
             ),
             num_generations=plan.num_generations,
             max_completion_length=plan.max_completion_length,

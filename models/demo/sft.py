@@ -46,10 +46,8 @@ def common_args(plan: AdapterPlan, output_dir: str) -> dict:
     """Training arguments shared by the demo's SFT and DPO: cosine schedule, a progress bar."""
     return cpu_training_args(
         output_dir,
+        plan,
         steps=plan.steps,
-        batch_size=plan.batch_size,
-        lr=plan.lr,
-        seed=plan.seed,
         scheduler="cosine",
         warmup_steps=min(10, plan.steps // 10),
         progress_bar=True,
