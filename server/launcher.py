@@ -7,10 +7,12 @@ talk to. It knows processes, ports and readiness; nothing about what the server 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +29,11 @@ def free_port() -> int:
 
 
 class ChildServer:
-    """`command(port)` started in its own process group; ready when `ready_path` answers 200."""
+    """`command(port)` started in its own process group; ready when `ready_path` answers 200.
+
+    vLLM's IPC sockets go where the child puts them (`stagechat serve`: a directory of its own, which
+    it removes at exit), or with `ipc_dir` to a directory made here and removed by `stop`: for vLLM's
+    own server, and for a server that will be killed."""
 
     def __init__(
         self,
@@ -37,16 +43,21 @@ class ChildServer:
         env: dict[str, str] | None = None,
         ready_path: str = "/ready",
         timeout: float = 300,
+        ipc_dir: bool = False,
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
-        # A few GiB of KV cache, not vLLM's default of 92% of the machine's memory per engine. vLLM's
-        # IPC sockets go where the child puts them (stagechat: a directory of its own), not the parent's.
-        inherited = {k: v for k, v in os.environ.items() if k != "VLLM_RPC_BASE_PATH"}
-        full_env = {**inherited, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
+        # A few GiB of KV cache, not vLLM's default of 92% of the machine's memory per engine.
+        full_env = {k: v for k, v in os.environ.items() if k != "VLLM_RPC_BASE_PATH"}
+        full_env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+        # Short (a socket's path has at most 107 bytes), and not under a test's deep tmp_path.
+        self.ipc_dir = tempfile.mkdtemp(prefix="stagechat-ipc-") if ipc_dir else None
+        if self.ipc_dir is not None:
+            full_env["VLLM_RPC_BASE_PATH"] = self.ipc_dir
+        full_env.update(env or {})
         with log.open("w") as out:
             self.process = subprocess.Popen(
                 list(command(self.port)),
@@ -85,6 +96,8 @@ class ChildServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        if self.ipc_dir is not None:
+            shutil.rmtree(self.ipc_dir, ignore_errors=True)
         return self.process.returncode
 
 
@@ -94,9 +107,11 @@ def stagechat_server(
     extra_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     timeout: float = 300,
+    ipc_dir: bool = False,
 ) -> ChildServer:
     """`stagechat serve --config CONFIG` with its data (store, rounds) in `data_dir`; `timeout`: seconds
-    it may take to answer `/ready` (a busy machine can take minutes to start an engine)."""
+    it may take to answer `/ready` (a busy machine can take minutes to start an engine); `ipc_dir`: see
+    `ChildServer`."""
     data_dir.mkdir(parents=True, exist_ok=True)
     return ChildServer(
         lambda port: [
@@ -115,6 +130,7 @@ def stagechat_server(
         log=data_dir / "server.log",
         env={"STAGECHAT_DATA_DIR": str(data_dir), **(env or {})},
         timeout=timeout,
+        ipc_dir=ipc_dir,
     )
 
 
@@ -153,6 +169,7 @@ def vllm_openai_server(
         log=log,
         env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **(env or {})},
         ready_path="/v1/models",
+        ipc_dir=True,
     )
 
 

@@ -108,8 +108,7 @@ def test_a_client_dropping_100_streams_at_once_frees_every_engine_slot(live_serv
 
 def test_kill_9_during_streams_and_ratings_loses_no_acknowledged_rating(tiny_family, tmp_path):
     config, data = tiny_family / "stages.yaml", tmp_path / "data"
-    (ipc := tmp_path / "ipc").mkdir()  # a killed server cannot remove its IPC sockets: keep them here
-    server = stagechat_server(config, data, ("--no-ui",), env={"VLLM_RPC_BASE_PATH": str(ipc)})
+    server = stagechat_server(config, data, ("--no-ui",), ipc_dir=True)  # killed, it cannot remove its own
     acked: dict[str, str] = {}  # feedback id -> response id, for every rating the server acknowledged
     try:
         url = server.url
