@@ -22,11 +22,12 @@ endif
 .PHONY: setup run build-demo test test-fast system-deps clean
 
 # uv installs what pip would, from the same places, about 6x faster (a cold install here: 33 s
-# against pip's 186 s; 44-64 s with bytecode). It reads none of pip's configuration, so pip's find-links, extra indexes and
-# constraints (`pip config list`) are handed on as flags; unsafe-best-match picks versions across
-# indexes as pip does. Unlike pip, uv leaves bytecode to the first import, and where
-# PYTHONDONTWRITEBYTECODE is set (it is on these machines) every process then compiles torch, vLLM
-# and transformers again: 21 s to import them instead of 10, three times per engine start.
+# against pip's 186 s; 44-66 s with bytecode). It reads none of pip's configuration, so pip's
+# find-links, extra indexes and constraints (`pip config list`) are handed on as flags;
+# unsafe-best-match picks versions across indexes as pip does. Unlike pip, uv leaves bytecode to
+# the first import, and where PYTHONDONTWRITEBYTECODE is set (it is on these machines) every process
+# then compiles torch, vLLM and transformers again: 21 s to import them instead of 10, three times
+# per engine start.
 pip_setting = $(shell python3 -m pip config list 2>/dev/null | sed -n "s/^[^.]*\.$(1)='\(.*\)'$$/\1/p" | head -1)
 UV_FLAGS := --python $(PY) --compile-bytecode --index-strategy unsafe-best-match \
 	$(foreach d,$(call pip_setting,find-links),--find-links $(d)) \
