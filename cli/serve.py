@@ -45,8 +45,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from server.app import build_app
     from server.registry import RegistryError
     from server.storage_errors import sqlite_file, storage_fault
@@ -71,10 +69,17 @@ def run(args: argparse.Namespace) -> int:
     # uvicorn closes a socket on a frame over ws_max_size; keep that above our own frame limit, which
     # answers with an error frame and keeps the socket.
     ws_max = max(16 * 1024 * 1024, settings.ws_max_frame_bytes + 1024 * 1024)
-    # After its graceful shutdown uvicorn raises the signal it caught again; SIGTERM's default action
-    # would then end the process without its exit handlers (which remove vLLM's IPC sockets).
-    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
-    uvicorn.run(
+    run_uvicorn(
         app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5, ws_max_size=ws_max
     )
     return 0
+
+
+def run_uvicorn(app, **options) -> None:
+    """`uvicorn.run(app, **options)`, and on SIGTERM the process's exit handlers run (which remove
+    vLLM's IPC sockets, `server.vllm_engine.prepare_engine_env`): after its graceful shutdown uvicorn
+    raises the signal it caught again, and SIGTERM's default action would end the process without them."""
+    import uvicorn
+
+    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
+    uvicorn.run(app, **options)

@@ -126,7 +126,6 @@ class InstrumentedServer(ChildServer):
             ],
             log=data_dir / "server.log",
             env={"STAGECHAT_DATA_DIR": str(data_dir)},
-            ipc_dir=True,  # uvicorn run directly: on SIGTERM no exit handler removes the IPC directory
         )
         self.store = Store(f"sqlite:///{data_dir / 'stagechat.db'}", upgrade=False)
 

@@ -1,7 +1,7 @@
 """The real stagechat app (vLLM engines, SQLite store, UI) for the browser tests, with one addition:
 each request's first token is logged with its wall-clock time as it leaves the engine, so a test can
 measure how long the browser took to paint it. Run as a script (vLLM spawns processes, hence the
-`__main__` guard); the app itself is `server.app.create_app`, unchanged.
+`__main__` guard); the app itself is `server.app.create_app`, unchanged, run as `stagechat serve` runs it.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ def timed(factory, log_path: Path):
 
 
 def main() -> None:
-    import uvicorn
-
+    from cli.serve import run_uvicorn
     from server.app import create_app
     from server.pool import EnginePool, vllm_factory
     from server.registry import load_registry
@@ -56,7 +55,7 @@ def main() -> None:
     pool = EnginePool(registry, timed(vllm_factory, args.first_tokens), max_live_engines=1)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, pool, store=Store(settings.resolved_database_url))
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    run_uvicorn(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":
